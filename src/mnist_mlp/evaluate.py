@@ -1,0 +1,82 @@
+"""Evaluation of a finished run on the test set: loss, accuracy with its interval, per-class precision
+and recall, the confusion matrix, and a gallery of the most confidently wrong digits."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from mnist_mlp import data, plots, runs
+from mnist_mlp.errors import UserError
+from mnist_mlp.model import NUM_CLASSES
+from mnist_mlp.train import wilson_interval
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    run_dir: Path
+    test_loss: float
+    test_accuracy: float
+    ci95: tuple[float, float]
+    confusion: np.ndarray  # int (10, 10): rows true digit, columns predicted digit
+    precision: tuple[float, ...]  # per predicted digit
+    recall: tuple[float, ...]  # per true digit: the class's accuracy
+    support: tuple[int, ...]  # test images per true digit
+    wrong: int
+
+
+def load_model(run: runs.Run) -> keras.Model:
+    """The run's model.keras; a corrupt file is a UserError."""
+    try:
+        return keras.saving.load_model(run.model_path)
+    except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as e:
+        raise UserError(f"{run.model_path} is corrupt or unreadable ({type(e).__name__}); train the run "
+                        f"again with `mnist-mlp train --out {run.path} --overwrite`") from None
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    return matrix
+
+
+def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, gallery_size: int = 25) -> EvalResult:
+    """Score a run's model on the 10,000 test images; writes confusion.png, misclassified.png and
+    evaluation.json into the run directory."""
+    run = runs.load_run(run_dir)
+    model = load_model(run)
+    x_test, y_test = data.load_split("test", data_dir)
+    probabilities = np.asarray(model.predict(data.preprocess(x_test), batch_size=1024, verbose=0))
+    test_loss, test_accuracy = _loss_and_accuracy(probabilities, y_test)
+    predicted = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(y_test.astype(np.int64), predicted)
+    correct = np.diag(matrix)
+    precision = correct / np.maximum(matrix.sum(axis=0), 1)
+    recall = correct / np.maximum(matrix.sum(axis=1), 1)
+
+    wrong = np.flatnonzero(predicted != y_test)
+    confidence = probabilities[wrong, predicted[wrong]]
+    worst = wrong[np.argsort(-confidence)][:gallery_size]
+    titles = [f"true {y_test[i]}, said {predicted[i]}\n{probabilities[i, predicted[i]]:.1%}, test #{i}" for i in worst]
+    plots.plot_confusion(matrix, run.path / runs.CONFUSION)
+    plots.plot_gallery(x_test[worst], titles, run.path / runs.MISCLASSIFIED)
+
+    result = EvalResult(run.path, test_loss, test_accuracy, wilson_interval(int(correct.sum()), len(y_test)),
+                        matrix, tuple(precision.tolist()), tuple(recall.tolist()),
+                        tuple(matrix.sum(axis=1).tolist()), len(wrong))
+    runs.write_json(run.path / runs.EVALUATION, {
+        "test_loss": test_loss, "test_accuracy": test_accuracy, "test_accuracy_ci95": list(result.ci95),
+        "confusion": matrix.tolist(), "precision": list(result.precision), "recall": list(result.recall),
+        "support": list(result.support), "misclassified": worst.tolist(), "backend": keras.backend.backend(),
+    })
+    return result
+
+
+def _loss_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Categorical cross-entropy as Keras computes it (probabilities clipped to [1e-7, 1 - 1e-7]) and accuracy."""
+    p = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1 - 1e-7)
+    return float(-np.log(p).mean()), float((probabilities.argmax(axis=1) == labels).mean())

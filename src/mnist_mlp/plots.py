@@ -1,0 +1,74 @@
+"""Figures from run data: training curves (one run or several overlaid), the confusion matrix and a
+gallery of digits. matplotlib's Agg backend; never Keras."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mnist_mlp.runs import atomic  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> Path:
+    with atomic(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_curves(histories: dict[str, dict[str, list[float]]], path: str | Path) -> Path:
+    """Loss and accuracy per epoch, training (solid) vs validation (dashed); one colour per run."""
+    return _save(curves_figure(histories), path)
+
+
+def curves_figure(histories: dict[str, dict[str, list[float]]]):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (name, history) in enumerate(histories.items()):
+        color = f"C{i}"
+        epochs = [int(e) + 1 for e in history.get("epoch", range(len(history["loss"])))]
+        prefix = f"{name} " if len(histories) > 1 else ""
+        for ax, metric in zip(axes, ("loss", "accuracy")):
+            ax.plot(epochs, history[metric], color=color, marker=".", label=f"{prefix}training")
+            if f"val_{metric}" in history:
+                ax.plot(epochs, history[f"val_{metric}"], color=color, linestyle="--", marker=".",
+                        label=f"{prefix}validation")
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return fig
+
+
+def plot_confusion(confusion: np.ndarray, path: str | Path) -> Path:
+    """Counts of (true, predicted) pairs, annotated."""
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    shown = np.log1p(confusion)  # log scale so the few mistakes stay visible beside ~1000 correct
+    ax.imshow(shown, cmap="Blues")
+    for (t, p), count in np.ndenumerate(confusion):
+        ax.text(p, t, str(count), ha="center", va="center", fontsize=8,
+                color="white" if shown[t, p] > shown.max() / 2 else "black")
+    ax.set_xticks(range(len(confusion)))
+    ax.set_yticks(range(len(confusion)))
+    ax.set_xlabel("predicted digit")
+    ax.set_ylabel("true digit")
+    ax.set_title("confusion matrix (test set)")
+    return _save(fig, path)
+
+
+def plot_gallery(images: np.ndarray, titles: list[str], path: str | Path, columns: int = 5) -> Path:
+    """Digits (n, 28, 28) in a grid, each with its title."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.8, rows * 2.0), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        ax.imshow(image, cmap="gray_r")
+        ax.set_title(title, fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,110 @@
+"""The run directory, the unit of output: the only module that knows its file names. Creating it
+safely, writing files atomically (temporary name, then rename), and reading a run back."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from mnist_mlp.config import Config, load_config
+from mnist_mlp.errors import UserError
+
+CONFIG = "config.toml"  # resolved config; `train --config RUN/config.toml` repeats the run
+HISTORY = "history.csv"  # one row per epoch, Keras' CSVLogger
+METRICS = "metrics.json"  # test metrics, timing, versions, data hashes
+MODEL = "model.keras"  # loads with stock keras.saving.load_model
+CURVES = "curves.png"
+CONFUSION = "confusion.png"  # written by evaluate
+MISCLASSIFIED = "misclassified.png"  # written by evaluate
+EVALUATION = "evaluation.json"  # written by evaluate
+REQUIRED = (CONFIG, HISTORY, METRICS, MODEL)
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    config: Config
+    history: dict[str, list[float]]  # column -> one value per epoch
+    metrics: dict
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL
+
+
+def prepare(path: str | Path, overwrite: bool = False) -> Path:
+    """Create an empty run directory; an existing one is replaced only with `overwrite`."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not overwrite:
+            raise UserError(f"{path} already exists; choose another --out or add --overwrite")
+        if not (path / CONFIG).exists():
+            raise UserError(f"{path} is not a run directory, so --overwrite will not delete it; choose another --out")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic(path: str | Path):
+    """Yield a temporary path beside `path` (same suffix); rename it to `path` only if the block succeeds."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_history(path: str | Path) -> dict[str, list[float]]:
+    """history.csv as column -> values, epochs in order."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise UserError(f"{path} has no epochs; train the run again")
+    try:
+        return {key: [float(row[key]) for row in rows] for key in rows[0]}
+    except (TypeError, ValueError):
+        raise UserError(f"{path} is not a valid history; train the run again") from None
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a finished run directory; a missing or incomplete one is a UserError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"run directory {path} not found; give a folder written by `mnist-mlp train`")
+    missing = [name for name in REQUIRED if not (path / name).is_file()]
+    if missing:
+        raise UserError(f"{path} is an incomplete run (missing {', '.join(missing)}); "
+                        f"train it again with `mnist-mlp train --out {path} --overwrite`")
+    try:
+        metrics = json.loads((path / METRICS).read_text())
+    except ValueError:
+        raise UserError(f"{path / METRICS} is not valid JSON; train the run again") from None
+    return Run(path, load_config(path / CONFIG), read_history(path / HISTORY), metrics)
+
+
+def list_runs(root: str | Path = "runs") -> list[Path]:
+    """Finished run directories directly under `root`, oldest first."""
+    root = Path(root)
+    found = [p for p in root.iterdir() if (p / METRICS).is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda p: (p / METRICS).stat().st_mtime)

@@ -1,0 +1,112 @@
+"""The command line through main(argv): output, exit codes and one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from mnist_mlp import data
+from mnist_mlp.cli import main
+
+ROW_5 = "000 000 000 000 000 000 000 000 000 000 000 000 003 018 018 018 126 136 175 026 166 255 247 127 000 000 000 000 "
+ONE_HOT_5 = "[0.000000 0.000000 0.000000 0.000000 0.000000 1.000000 0.000000 0.000000 0.000000 0.000000 ]"
+
+
+def test_inspect_reproduces_the_walk_through(mnist_dir, capsys):
+    assert main(["inspect", "--cache-dir", str(mnist_dir)]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    assert len(lines) == 28 + 2 + 1 and lines[-1] == ""
+    assert lines[5] == ROW_5
+    assert all(len(line) == 28 * 4 and line.endswith(" ") for line in lines[:28])
+    assert lines[28] == "first sample is 5"
+    assert lines[29] == ONE_HOT_5
+
+
+def test_inspect_other_split_and_index(mnist_dir, capsys):
+    assert main(["inspect", "--split", "test", "--index", "1", "--cache-dir", str(mnist_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[28] == "#1 test sample is 2"
+    assert lines[29].strip("[] ").split().index("1.000000") == 2
+
+
+def test_inspect_never_imports_keras(mnist_dir):
+    code = ("import sys; from mnist_mlp.cli import main; main(['inspect', '--cache-dir', sys.argv[1]]); "
+            "assert not {'keras', 'jax', 'torch', 'tensorflow'} & set(sys.modules), 'heavy import'")
+    done = subprocess.run([sys.executable, "-c", code, str(mnist_dir)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "first sample is 5" in done.stdout
+
+
+def test_data_info_and_fetch(mnist_dir, capsys):
+    assert main(["data", "info", "--cache-dir", str(mnist_dir)]) == 0
+    out = capsys.readouterr().out
+    assert str(mnist_dir) in out and out.count("ok (SHA-256 verified)") == 4
+    assert main(["data", "fetch", "--cache-dir", str(mnist_dir)]) == 0
+
+
+def test_data_info_on_an_empty_cache_says_what_to_do(tmp_path, capsys):
+    assert main(["data", "info", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("missing") == 4 + 1 and "mnist-mlp data fetch" in out
+
+
+def _one_line_error(capsys, argv, *expected):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mnist-mlp") and "Traceback" not in err
+    for text in expected:
+        assert text in err
+    return err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--set", "train.epoch=3"], "unknown config key train.epoch"),
+    (["train", "--set", "train.epochs=0"], "train.epochs must be > 0"),
+    (["train", "--set", "model.dropout=1.5"], "model.dropout must be in [0, 1)"),
+    (["train", "--set", "train.batch_size=big"], "train.batch_size must be int"),
+    (["train", "--backend", "theano"], "invalid choice: 'theano'"),
+    (["train", "--set", "backend=theano"], "config key backend"),
+    (["train", "--config", "nope.toml"], "nope.toml not found"),
+    (["inspect", "--index", "60000"], "out of range"),
+    (["frobnicate"], "invalid choice"),
+    (["evaluate", "no/such/run"], "run directory no/such/run not found"),
+    (["plot", "no/such/run"], "not found"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, expected, capsys, mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if argv[0] == "inspect":
+        argv = [*argv, "--cache-dir", str(mnist_dir)]
+    _one_line_error(capsys, argv, expected)
+    assert not (tmp_path / "runs").exists()  # nothing written on bad input
+
+
+def test_import_of_bad_files_is_one_line_and_exit_2(mnist_dir, tmp_path, capsys):
+    truncated = tmp_path / "train-labels-idx1-ubyte"
+    truncated.write_bytes((mnist_dir / "train-labels-idx1-ubyte").read_bytes()[:1000])
+    cache = tmp_path / "cache"
+    _one_line_error(capsys, ["data", "import", str(truncated), "--cache-dir", str(cache)], "SHA-256")
+    stranger = tmp_path / "digits.bin"
+    stranger.write_bytes(b"hello")
+    _one_line_error(capsys, ["data", "import", str(stranger), "--cache-dir", str(cache)], "not an MNIST file name")
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_import_rejects_a_gz_with_the_wrong_content(mnist_dir, tmp_path, capsys):
+    import gzip
+
+    wrong = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    wrong.write_bytes(gzip.compress((mnist_dir / "train-labels-idx1-ubyte").read_bytes()))
+    _one_line_error(capsys, ["data", "import", str(wrong), "--cache-dir", str(tmp_path / "c")],
+                    "not that of MNIST test-labels")
+
+
+def test_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("data", "inspect", "train", "evaluate", "plot"):
+        assert command in out
+
+
+def test_python_m_entry_point():
+    done = subprocess.run([sys.executable, "-m", "mnist_mlp", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("mnist-mlp ")

