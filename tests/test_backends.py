@@ -36,7 +36,9 @@ def backend_runs(mnist_dir, tmp_path_factory):
 def test_one_epoch_on_each_backend(backend_runs, name):
     run_dir, stdout = backend_runs[name]
     assert f"Backend: {name} (chosen by --backend / config)" in stdout
+    assert ("Engine: compiled" if name == "jax" else "Engine: Keras fit.") in stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["engine"] == ("compiled" if name == "jax" else "fit")
     assert metrics["backend"] == name and metrics["test_accuracy"] > 0.8  # 1 epoch on 5,000 images: ~0.87-0.9
 
 

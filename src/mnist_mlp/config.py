@@ -22,6 +22,7 @@ from mnist_mlp.errors import UserError
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "elu", "selu", "silu", "softplus", "linear")
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd", "nadam", "adamax", "adagrad", "adadelta")
 LOSSES = ("categorical_crossentropy",)
+ENGINES = ("auto", "compiled", "fit")  # auto: compiled on JAX, Keras fit elsewhere
 VALIDATIONS = ("test", "split")  # test: the classic examples' choice; split: last 10,000 train images
 BACKENDS = ("auto", "jax", "torch", "tensorflow")
 
@@ -48,6 +49,7 @@ class TrainConfig:
     epochs: int = 20
     seed: int = 20160715  # the 2016 walk-through's seed
     validation: str = "test"
+    engine: str = "auto"
 
     def __post_init__(self):
         _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
@@ -57,6 +59,7 @@ class TrainConfig:
         _check(self.epochs > 0, "train.epochs", "must be > 0")
         _check(0 <= self.seed < 2**32, "train.seed", "must be in [0, 2**32)")
         _check(self.validation in VALIDATIONS, "train.validation", f"must be one of {', '.join(VALIDATIONS)}")
+        _check(self.engine in ENGINES, "train.engine", f"must be one of {', '.join(ENGINES)}")
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,19 @@ def validation_note(config: TrainConfig) -> str:
     return "Validating on the last 10,000 training images; the test set is scored once, at the end."
 
 
+def choose_engine(requested: str, backend: str) -> str:
+    """compiled runs only on JAX; auto picks it there and Keras fit elsewhere."""
+    return "compiled" if backend == "jax" and requested in ("auto", "compiled") else "fit"
+
+
+def engine_note(requested: str, engine: str) -> str:
+    if engine == "compiled":
+        return "Engine: compiled (each epoch one jitted XLA scan over its batches; --set train.engine=fit for Keras fit)."
+    if requested == "compiled":
+        return "Engine: Keras fit (the compiled engine needs the JAX backend)."
+    return "Engine: Keras fit."
+
+
 def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwrite: bool = False,
           data_dir: str | Path | None = None, train_samples: int = 0, verbose: int | str = "auto",
           log: Callable[[str], None] = lambda text: None) -> TrainResult:
@@ -114,10 +127,20 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
 
     model = compile_model(build_model(config.model), tc)
     log(model_summary(model))
+    engine = choose_engine(tc.engine, backend.name)
+    log(engine_note(tc.engine, engine))
     timer = EpochTimer()
     with runs.atomic(run_dir / runs.HISTORY) as history_tmp:
-        model.fit(x_train, y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=verbose,
-                  validation_data=validation, callbacks=[keras.callbacks.CSVLogger(str(history_tmp)), timer])
+        callbacks = [keras.callbacks.CSVLogger(str(history_tmp)), timer]
+        if engine == "compiled":
+            from mnist_mlp.engine import enable_compile_cache, fit_compiled
+
+            enable_compile_cache(data.cache_dir(data_dir) / "xla")
+            fit_compiled(model, x_train, y_train, batch_size=tc.batch_size, epochs=tc.epochs, seed=tc.seed,
+                         validation_data=validation, callbacks=callbacks, verbose=verbose)
+        else:
+            model.fit(x_train, y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=verbose,
+                      validation_data=validation, callbacks=callbacks)
     test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=1024, verbose=0)
     with runs.atomic(run_dir / runs.MODEL) as model_tmp:
         model.save(model_tmp)
@@ -130,7 +153,7 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
     runs.write_json(run_dir / runs.METRICS, {
         "test_loss": result.test_loss, "test_accuracy": result.test_accuracy, "test_accuracy_ci95": list(ci95),
         "test_samples": len(x_test), "train_samples": len(x_train), "validation": tc.validation,
-        "epochs": tc.epochs, "seconds_per_epoch": result.seconds_per_epoch, "epoch_seconds": timer.seconds,
+        "epochs": tc.epochs, "engine": engine, "seconds_per_epoch": result.seconds_per_epoch, "epoch_seconds": timer.seconds,
         "wall_seconds": result.wall_seconds, "backend": backend.name, "backend_reason": backend.reason,
         "versions": versions(backend.name), "machine": f"{platform.machine()}, {platform.system()}",
         "data_sha256": {key: sha for key, (_, sha) in data.FILES.items()},

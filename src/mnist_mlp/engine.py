@@ -1,0 +1,125 @@
+"""The compiled training engine for the JAX backend: Keras builds the model and optimizer, and each
+epoch runs as a few jitted `lax.scan` chunks over all its batches (stateless_call + stateless_apply),
+with the variables written back into the Keras model at the end."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+CHUNKS = 4  # jitted calls per epoch: the progress bar moves between them
+
+
+def enable_compile_cache(path) -> None:
+    """JAX's persistent compilation cache: a second run of the same config skips most compiling."""
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _loss_fn(model, loss):
+    def compute(trainable, non_trainable, x, y):
+        y_pred, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
+        value = jnp.mean(loss(y, y_pred))
+        return value, (y_pred, non_trainable)
+    return compute
+
+
+def _make_programs(model, optimizer, loss):
+    grad_fn = jax.value_and_grad(_loss_fn(model, loss), has_aux=True)
+
+    def step(state, batch):
+        trainable, non_trainable, opt_vars, loss_sum, correct = state
+        x, y = batch
+        (value, (y_pred, non_trainable)), grads = grad_fn(trainable, non_trainable, x, y)
+        trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
+        hits = jnp.sum(jnp.argmax(y_pred, axis=-1) == jnp.argmax(y, axis=-1))
+        return (trainable, non_trainable, opt_vars, loss_sum + value * x.shape[0], correct + hits), None
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def run_chunk(state, x, y, index):
+        """index: int32 (steps, batch_size) rows of x/y for each step of this chunk."""
+        state, _ = jax.lax.scan(lambda s, i: step(s, (x[i], y[i])), state, index)
+        return state
+
+    @jax.jit
+    def evaluate(trainable, non_trainable, x, y):
+        y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+        hits = jnp.sum(jnp.argmax(y_pred, axis=-1) == jnp.argmax(y, axis=-1))
+        return jnp.mean(loss(y, y_pred)), hits / x.shape[0]
+
+    return run_chunk, evaluate
+
+
+def epoch_index(n: int, batch_size: int, rng: np.random.Generator | None, chunks: int = CHUNKS) -> list[np.ndarray]:
+    """An epoch as index arrays, shuffled by `rng` (None: in order): `chunks` blocks of full batches,
+    then the last partial batch (as `fit` does), each of shape (steps, batch_size_or_rest)."""
+    order = (rng.permutation(n) if rng is not None else np.arange(n)).astype(np.int32)
+    full = n // batch_size
+    blocks = order[: full * batch_size].reshape(full, batch_size)
+    per_chunk = math.ceil(full / chunks) if full else 0
+    parts = [blocks[i : i + per_chunk] for i in range(0, full, per_chunk)] if full else []
+    if n % batch_size:
+        parts.append(order[full * batch_size :][None, :])
+    return parts
+
+
+def fit_compiled(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed: int,
+                 validation_data=None, callbacks=(), verbose=1, initial_epoch: int = 0,
+                 shuffle: bool = True) -> None:
+    """Train a compiled Keras model as `model.fit` would, reporting to the same callbacks and
+    progress bar; loss and accuracy accumulate as Keras' metrics define them (means over samples)."""
+    optimizer, loss = model.optimizer, model.loss
+    loss = keras.losses.get(loss) if isinstance(loss, str) else loss
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    run_chunk, evaluate = _make_programs(model, optimizer, loss)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    if validation_data is not None:
+        x_val, y_val = map(jnp.asarray, validation_data)
+    n = x.shape[0]
+    steps = math.ceil(n / batch_size)
+    callback_list = keras.callbacks.CallbackList(list(callbacks), add_history=True, add_progbar=verbose != 0,
+                                                 model=model, verbose=verbose, epochs=epochs, steps=steps)
+    rng = np.random.default_rng(seed) if shuffle else None
+    for _ in range(initial_epoch if shuffle else 0):  # a resumed run sees the same shuffles as an uninterrupted one
+        rng.permutation(n)
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    opt_vars = [v.value for v in optimizer.variables]
+    model.stop_training = False
+    callback_list.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        callback_list.on_epoch_begin(epoch)
+        # A copy: the chunks donate (reuse) their input buffers, and the model's own must stay valid.
+        state = jax.tree.map(jnp.copy, (trainable, non_trainable, opt_vars)) + (jnp.float32(0), jnp.int32(0))
+        done_steps = done_samples = 0
+        for index in epoch_index(n, batch_size, rng):
+            state = run_chunk(state, x, y, jnp.asarray(index))
+            done_steps += index.shape[0]
+            done_samples += index.size
+            logs = {"loss": float(state[3]) / done_samples, "accuracy": int(state[4]) / done_samples}
+            callback_list.on_train_batch_end(done_steps - 1, logs)
+        trainable, non_trainable, opt_vars = state[0], state[1], state[2]
+        if validation_data is not None:
+            val_loss, val_accuracy = evaluate(trainable, non_trainable, x_val, y_val)
+            logs = {**logs, "val_loss": float(val_loss), "val_accuracy": float(val_accuracy)}
+        _write_back(model, optimizer, trainable, non_trainable, opt_vars)
+        callback_list.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    callback_list.on_train_end(logs)
+
+
+def _write_back(model, optimizer, trainable, non_trainable, opt_vars) -> None:
+    for variable, value in zip(model.trainable_variables, trainable):
+        variable.assign(value)
+    for variable, value in zip(model.non_trainable_variables, non_trainable):
+        variable.assign(value)
+    for variable, value in zip(optimizer.variables, opt_vars):
+        variable.assign(value)

@@ -1,0 +1,65 @@
+"""The compiled JAX engine against Keras fit: same weights and batches give the same training."""
+
+import keras
+import numpy as np
+import pytest
+
+from mnist_mlp import data, engine
+from mnist_mlp.config import ModelConfig, TrainConfig
+from mnist_mlp.model import build_model
+from mnist_mlp.train import choose_engine, compile_model
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="the compiled engine is JAX-only")
+
+
+def _twin_models(config: ModelConfig, train: TrainConfig):
+    keras.utils.set_random_seed(3)
+    first = compile_model(build_model(config), train)
+    second = compile_model(build_model(config), train)
+    for ours, theirs in zip(second.variables, first.variables):  # weights and dropout seed states
+        ours.assign(np.array(theirs))
+    return first, second
+
+
+@pytest.mark.parametrize("optimizer, dropout", [("rmsprop", 0.0), ("adam", 0.0), ("rmsprop", 0.2)])
+def test_same_weights_same_batches_same_training_as_fit(mnist, optimizer, dropout):
+    (x_train, y_train), _ = mnist
+    x, y = data.preprocess(x_train[:700]), data.to_one_hot(y_train[:700])  # 5 full batches + one of 60
+    train = TrainConfig(optimizer=optimizer)
+    by_fit, by_engine = _twin_models(ModelConfig(hidden_units=(64, 32), dropout=dropout), train)
+    fit_history = by_fit.fit(x, y, batch_size=128, epochs=2, shuffle=False, verbose=0).history
+    logger = keras.callbacks.History()
+    engine.fit_compiled(by_engine, x, y, batch_size=128, epochs=2, seed=0, shuffle=False, verbose=0,
+                        callbacks=[logger])
+    np.testing.assert_allclose(logger.history["loss"], fit_history["loss"], atol=1e-5)
+    np.testing.assert_allclose(logger.history["accuracy"], fit_history["accuracy"], atol=1e-6)
+    for ours, theirs in zip(by_engine.get_weights(), by_fit.get_weights()):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert int(by_engine.optimizer.iterations.numpy()) == 12  # 6 steps per epoch, as fit
+
+
+def test_validation_metrics_match_keras_evaluate(mnist):
+    (x_train, y_train), (x_test, y_test) = mnist
+    x, y = data.preprocess(x_train[:1000]), data.to_one_hot(y_train[:1000])
+    x_val, y_val = data.preprocess(x_test[:2000]), data.to_one_hot(y_test[:2000])
+    model = compile_model(build_model(ModelConfig(hidden_units=(32,))), TrainConfig())
+    logger = keras.callbacks.History()
+    engine.fit_compiled(model, x, y, batch_size=100, epochs=1, seed=1, validation_data=(x_val, y_val),
+                        verbose=0, callbacks=[logger])
+    loss, accuracy = model.evaluate(x_val, y_val, verbose=0)
+    assert logger.history["val_loss"][0] == pytest.approx(loss, abs=1e-5)
+    assert logger.history["val_accuracy"][0] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_epoch_index_covers_every_example_once_in_equal_chunks():
+    parts = engine.epoch_index(1000, 128, np.random.default_rng(0), chunks=3)
+    assert [p.shape for p in parts] == [(3, 128), (3, 128), (1, 128), (1, 104)]
+    assert sorted(np.concatenate([p.ravel() for p in parts]).tolist()) == list(range(1000))
+    assert np.concatenate([p.ravel() for p in engine.epoch_index(10, 4, None)]).tolist() == list(range(10))
+
+
+def test_engine_choice():
+    assert choose_engine("auto", "jax") == "compiled"
+    assert choose_engine("auto", "torch") == "fit"
+    assert choose_engine("compiled", "tensorflow") == "fit"
+    assert choose_engine("fit", "jax") == "fit"
