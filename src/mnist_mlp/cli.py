@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mnist_mlp import __version__, data
 from mnist_mlp.backend import use_backend
-from mnist_mlp.config import BACKENDS, VALIDATIONS, load_config
+from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, load_config
 from mnist_mlp.errors import UserError
 
 
@@ -50,20 +50,31 @@ def cmd_inspect(args) -> None:
 
 
 def cmd_train(args) -> None:
-    overrides = list(args.set)
-    for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("seed", "train.seed"),
-                      ("validation", "train.validation"), ("backend", "backend")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)!r}".replace("'", '"'))
-    config = load_config(args.config, overrides)
-    stem = Path(args.config).stem if args.config else "classic"
-    out = Path(args.out) if args.out else Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.resume:
+        from mnist_mlp import runs
+
+        out, resume = Path(args.resume), True
+        runs.completed_epochs(out)  # a run that cannot be resumed fails before Keras starts
+        config = load_config(out / runs.CONFIG)
+    else:
+        overrides = list(args.set)
+        for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("seed", "train.seed"),
+                          ("validation", "train.validation"), ("engine", "train.engine"),
+                          ("train_samples", "train.train_samples"), ("backend", "backend")):
+            if getattr(args, flag) is not None:
+                overrides.append(f"{key}={getattr(args, flag)!r}".replace("'", '"'))
+        config = load_config(args.config, overrides)
+        stem = Path(args.config).stem if args.config else "classic"
+        out = Path(args.out) if args.out else Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        resume = False
     choice = use_backend(config.backend)
     from mnist_mlp.train import train
 
-    result = train(config, out, choice, overwrite=args.overwrite, data_dir=args.cache_dir,
-                   train_samples=args.train_samples, verbose=1 if sys.stdout.isatty() else 2,
-                   log=lambda text: print(text, flush=True))
+    try:
+        result = train(config, out, choice, overwrite=args.overwrite, resume=resume, data_dir=args.cache_dir,
+                       verbose=1 if sys.stdout.isatty() else 2, log=lambda text: print(text, flush=True))
+    except KeyboardInterrupt:
+        raise UserError(f"interrupted; continue with `mnist-mlp train --resume {out}`") from None
     low, high = result.ci95
     print(f"Test loss: {result.test_loss:.4f}")
     print(f"Test accuracy: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f})")
@@ -139,7 +150,9 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, help="shortcut for --set train.seed=N")
     p.add_argument("--validation", choices=VALIDATIONS, help="test: the classic examples' choice; split: "
                    "hold out the last 10,000 training images")
-    p.add_argument("--train-samples", type=int, default=0, help="train on the first N images only (0: all)")
+    p.add_argument("--engine", choices=ENGINES, help="compiled: one jitted scan per epoch (JAX only); fit: Keras fit")
+    p.add_argument("--train-samples", type=int, help="shortcut for --set train.train_samples=N (0: all)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last completed epoch")
     p.add_argument("--out", help="run directory (default: runs/<config>-<date>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.set_defaults(func=cmd_train)
@@ -162,9 +175,6 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, --version and usage errors: return the code, as for commands
         return int(done.code or 0)
-    if getattr(args, "train_samples", 0) < 0:
-        print("mnist-mlp: error: --train-samples must be >= 0", file=sys.stderr)
-        return 2
     try:
         args.func(args)
     except UserError as e:

@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 20160715  # the 2016 walk-through's seed
     validation: str = "test"
     engine: str = "auto"
+    train_samples: int = 0  # 0: all; N: only the first N training images (quick tries, tests)
 
     def __post_init__(self):
         _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
@@ -59,6 +60,7 @@ class TrainConfig:
         _check(self.epochs > 0, "train.epochs", "must be > 0")
         _check(0 <= self.seed < 2**32, "train.seed", "must be in [0, 2**32)")
         _check(self.validation in VALIDATIONS, "train.validation", f"must be one of {', '.join(VALIDATIONS)}")
+        _check(self.train_samples >= 0, "train.train_samples", "must be >= 0 (0 means all)")
         _check(self.engine in ENGINES, "train.engine", f"must be one of {', '.join(ENGINES)}")
 
 

@@ -22,6 +22,9 @@ CURVES = "curves.png"
 CONFUSION = "confusion.png"  # written by evaluate
 MISCLASSIFIED = "misclassified.png"  # written by evaluate
 EVALUATION = "evaluation.json"  # written by evaluate
+CHECKPOINT = "checkpoint"  # Keras BackupAndRestore folder while training; removed when the run finishes
+PARTIAL_HISTORY = ".history.partial.csv"  # the epochs done so far; renamed to history.csv at the end
+RNG_STATE = "rng.json"  # inside CHECKPOINT: shuffle and dropout random state, for an exact resume
 REQUIRED = (CONFIG, HISTORY, METRICS, MODEL)
 
 
@@ -101,6 +104,27 @@ def load_run(path: str | Path) -> Run:
     except ValueError:
         raise UserError(f"{path / METRICS} is not valid JSON; train the run again") from None
     return Run(path, load_config(path / CONFIG), read_history(path / HISTORY), metrics)
+
+
+def completed_epochs(path: str | Path) -> int:
+    """Epochs an interrupted run finished (from its checkpoint); a UserError if it cannot be resumed."""
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        raise UserError(f"{path} is not a run directory (no {CONFIG}); start it with `mnist-mlp train --out {path}`")
+    if (path / METRICS).is_file():
+        raise UserError(f"{path} has finished; nothing to resume (train again with --overwrite)")
+    try:
+        return int(json.loads((path / CHECKPOINT / "training_metadata.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"{path} has no completed epoch to resume from; train it again with "
+                        f"`mnist-mlp train --out {path} --overwrite`") from None
+
+
+def truncate_history(path: str | Path, epochs: int) -> None:
+    """Keep the header and the first `epochs` rows (a row written after the last checkpoint is redone)."""
+    path = Path(path)
+    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    write_text(path, "".join(lines[: 1 + epochs]) if epochs else "")
 
 
 def list_runs(root: str | Path = "runs") -> list[Path]:

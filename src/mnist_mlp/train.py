@@ -3,7 +3,10 @@ directory (config, history, metrics, model, curves)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -95,20 +98,52 @@ def engine_note(requested: str, engine: str) -> str:
     return "Engine: Keras fit."
 
 
+class RngCheckpoint(keras.callbacks.Callback):
+    """Saves the random state that Keras' BackupAndRestore leaves out, at each epoch's end: NumPy's global
+    RNG (Keras fit draws its shuffles from it on JAX) and the dropout layers' seed states. Restored on
+    resume, so a resumed run sees the same batches and masks as an uninterrupted one."""
+
+    def __init__(self, path: Path, resume: bool):
+        super().__init__()
+        self.path, self.resume = path, resume
+
+    def on_train_begin(self, logs=None):
+        if not (self.resume and self.path.exists()):
+            return
+        saved = json.loads(self.path.read_text())
+        name, keys, pos, has_gauss, gauss = saved["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        for variable in self.model.non_trainable_variables:
+            if variable.path in saved["seeds"]:
+                variable.assign(np.array(saved["seeds"][variable.path], dtype=variable.dtype))
+
+    def on_epoch_end(self, epoch, logs=None):
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        seeds = {v.path: np.asarray(v.value).tolist() for v in self.model.non_trainable_variables}
+        self.path.parent.mkdir(exist_ok=True)
+        runs.write_json(self.path, {"numpy": [name, keys.tolist(), pos, has_gauss, gauss], "seeds": seeds})
+
+
 def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwrite: bool = False,
-          data_dir: str | Path | None = None, train_samples: int = 0, verbose: int | str = "auto",
+          resume: bool = False, data_dir: str | Path | None = None, verbose: int | str = "auto",
           log: Callable[[str], None] = lambda text: None) -> TrainResult:
-    """Train `config` on MNIST into a new run directory.
+    """Train `config` on MNIST into a new run directory, or continue an interrupted one.
 
     Args:
         backend: the active Keras backend and why it was chosen (recorded in metrics.json).
-        train_samples: train on the first N training images only (0 = all); for quick tries and tests.
+        resume: continue `run_dir` from its last completed epoch (its config.toml is `config`).
         verbose: Keras' progress display (1 bar, 2 one line per epoch).
         log: receives the lines a user should see before training (backend, validation, summary).
     """
     started = time.perf_counter()
-    run_dir = runs.prepare(run_dir, overwrite)
-    runs.write_text(run_dir / runs.CONFIG, config_to_toml(config))
+    config = dataclasses.replace(config, backend=backend.name)  # resolved: a rerun uses the same backend
+    if resume:
+        run_dir, done = Path(run_dir), runs.completed_epochs(run_dir)
+        runs.truncate_history(run_dir / runs.PARTIAL_HISTORY, done)
+        log(f"Resuming {run_dir} after epoch {done} of {config.train.epochs}")
+    else:
+        run_dir = runs.prepare(run_dir, overwrite)
+        runs.write_text(run_dir / runs.CONFIG, config_to_toml(config))
     tc = config.train
     log(f"Backend: {backend.name} (chosen by {backend.reason})")
     keras.utils.set_random_seed(tc.seed)
@@ -120,8 +155,8 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
         (x_train, y_train), validation = data.split_validation(x_train, y_train)
     else:
         validation = (x_test, y_test)
-    if train_samples:
-        x_train, y_train = x_train[:train_samples], y_train[:train_samples]
+    if tc.train_samples:
+        x_train, y_train = x_train[: tc.train_samples], y_train[: tc.train_samples]
     log(f"{len(x_train)} train samples, {len(x_test)} test samples")
     log(validation_note(tc))
 
@@ -130,32 +165,45 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
     engine = choose_engine(tc.engine, backend.name)
     log(engine_note(tc.engine, engine))
     timer = EpochTimer()
-    with runs.atomic(run_dir / runs.HISTORY) as history_tmp:
-        callbacks = [keras.callbacks.CSVLogger(str(history_tmp)), timer]
-        if engine == "compiled":
-            from mnist_mlp.engine import enable_compile_cache, fit_compiled
+    callbacks = [keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume), timer,
+                 RngCheckpoint(run_dir / runs.CHECKPOINT / runs.RNG_STATE, resume),
+                 keras.callbacks.BackupAndRestore(str(run_dir / runs.CHECKPOINT))]  # last: saves after the rest
+    if engine == "compiled":
+        from mnist_mlp.engine import enable_compile_cache, fit_compiled
 
-            enable_compile_cache(data.cache_dir(data_dir) / "xla")
-            fit_compiled(model, x_train, y_train, batch_size=tc.batch_size, epochs=tc.epochs, seed=tc.seed,
-                         validation_data=validation, callbacks=callbacks, verbose=verbose)
-        else:
-            model.fit(x_train, y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=verbose,
-                      validation_data=validation, callbacks=callbacks)
+        enable_compile_cache(data.cache_dir(data_dir) / "xla")
+        fit_compiled(model, x_train, y_train, batch_size=tc.batch_size, epochs=tc.epochs, seed=tc.seed,
+                     validation_data=validation, callbacks=callbacks, verbose=verbose)
+    else:
+        model.fit(x_train, y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=verbose,
+                  validation_data=validation, callbacks=callbacks)
+    return _finish(config, run_dir, model, (x_test, y_test), timer, backend, engine, started)
+
+
+def _finish(config, run_dir, model, test, timer, backend, engine, started) -> TrainResult:
+    """Score the test set once and write the model, history, curves and metrics."""
+    x_test, y_test = test
     test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=1024, verbose=0)
     with runs.atomic(run_dir / runs.MODEL) as model_tmp:
         model.save(model_tmp)
+    os.replace(run_dir / runs.PARTIAL_HISTORY, run_dir / runs.HISTORY)
     history = runs.read_history(run_dir / runs.HISTORY)
     plots.plot_curves({run_dir.name: history}, run_dir / runs.CURVES)
 
     ci95 = wilson_interval(round(test_accuracy * len(x_test)), len(x_test))
+    seconds = timer.seconds or [0.0]
     result = TrainResult(run_dir, float(test_loss), float(test_accuracy), ci95,
-                         float(np.median(timer.seconds)), time.perf_counter() - started, backend.name)
+                         float(np.median(seconds)), time.perf_counter() - started, backend.name)
+    tc = config.train
     runs.write_json(run_dir / runs.METRICS, {
         "test_loss": result.test_loss, "test_accuracy": result.test_accuracy, "test_accuracy_ci95": list(ci95),
-        "test_samples": len(x_test), "train_samples": len(x_train), "validation": tc.validation,
-        "epochs": tc.epochs, "engine": engine, "seconds_per_epoch": result.seconds_per_epoch, "epoch_seconds": timer.seconds,
-        "wall_seconds": result.wall_seconds, "backend": backend.name, "backend_reason": backend.reason,
-        "versions": versions(backend.name), "machine": f"{platform.machine()}, {platform.system()}",
+        "test_samples": len(x_test), "train_samples": tc.train_samples or (60000 if tc.validation == "test" else 50000),
+        "validation": tc.validation, "epochs": tc.epochs, "engine": engine,
+        "seconds_per_epoch": result.seconds_per_epoch, "epoch_seconds": timer.seconds,
+        "epochs_this_process": len(timer.seconds), "wall_seconds": result.wall_seconds,
+        "backend": backend.name, "backend_reason": backend.reason, "versions": versions(backend.name),
+        "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs",
+        "threads": {"XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")},
         "data_sha256": {key: sha for key, (_, sha) in data.FILES.items()},
     })
     return result

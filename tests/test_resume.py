@@ -1,0 +1,71 @@
+"""Resume: a training process killed mid-run continues from its last completed epoch with a continuous
+history and the same final result as an uninterrupted run of the same seed (both engines, JAX)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli
+from mnist_mlp.cli import main
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["--train-samples", "12000", "--epochs", "6", "--backend", "jax"]
+
+
+def _kill_after_epoch(out, mnist_dir, engine, sig, epoch=2):
+    """Start a real training process and send it `sig` once `epoch` epochs are checkpointed; its stderr."""
+    process = subprocess.Popen([sys.executable, "-m", "mnist_mlp", "train", *ARGS, "--engine", engine,
+                                "--out", str(out), "--cache-dir", str(mnist_dir)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metadata = out / "checkpoint" / "training_metadata.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if json.loads(metadata.read_text())["epoch"] >= epoch:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.02)
+    assert process.poll() is None, "training ended before it could be killed"
+    os.kill(process.pid, sig)
+    return process.communicate(timeout=120)[1]
+
+
+@pytest.mark.parametrize("engine, sig", [("compiled", signal.SIGINT), ("fit", signal.SIGKILL)])
+def test_killed_run_resumes_to_the_same_result(engine, sig, mnist_dir, tmp_path):
+    whole = run_cli("train", *ARGS, "--engine", engine, "--out", str(tmp_path / "whole"), "--cache-dir", str(mnist_dir))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    killed = tmp_path / "killed"
+    stderr = _kill_after_epoch(killed, mnist_dir, engine, sig)
+    if sig == signal.SIGINT:  # Ctrl-C: one line that says how to continue
+        assert f"interrupted; continue with `mnist-mlp train --resume {killed}`" in stderr
+        assert "Traceback" not in stderr
+    assert not (killed / "metrics.json").exists() and not (killed / "history.csv").exists()
+    resumed = run_cli("train", "--resume", str(killed), "--cache-dir", str(mnist_dir))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming" in resumed.stdout
+
+    assert (killed / "history.csv").read_text() == (tmp_path / "whole" / "history.csv").read_text()
+    ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (killed, tmp_path / "whole"))
+    assert ours["test_accuracy"] == theirs["test_accuracy"] and ours["test_loss"] == theirs["test_loss"]
+    assert ours["epochs_this_process"] < 6
+    assert not (killed / "checkpoint").exists()
+
+
+def test_resume_refuses_finished_and_fresh_runs(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "none")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.toml").write_text("")
+    assert main(["train", "--resume", str(tmp_path / "r")]) == 2
+    assert "no completed epoch" in capsys.readouterr().err
+    (tmp_path / "r" / "metrics.json").write_text("{}")
+    assert main(["train", "--resume", str(tmp_path / "r")]) == 2
+    assert "has finished" in capsys.readouterr().err
