@@ -116,6 +116,24 @@ def cmd_plot(args) -> None:
     print(f"Wrote {out}")
 
 
+def cmd_bench(args) -> None:
+    from mnist_mlp import bench, runs
+
+    if args.time_to is not None:
+        configs = {"classic": None, **({Path(c).stem: c for c in args.config} if args.config else {})}
+        report = {"time_to": args.time_to, "results": bench.time_to(args.time_to, configs, args.epochs),
+                  "machine": bench._machine()}
+        print(f"Seconds from process start to the first epoch with test accuracy >= {args.time_to}:")
+        for name, found in report["results"].items():
+            seconds = f"{found['seconds']:.1f} s (epoch {found['epochs']})" if found["seconds"] else "not reached"
+            print(f"  {name:<12} {seconds}; best {found['best_accuracy']:.4f}")
+    else:
+        report = bench.bench(tuple(args.variants.split(",")), args.epochs, args.gpu)
+        print(bench.markdown(report))
+    runs.write_json(args.json, report)
+    print(f"\nWrote {args.json}")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="mnist-mlp", description=__doc__.splitlines()[0],
                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -167,6 +185,18 @@ def build_parser() -> Parser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     p.add_argument("--out", help="PNG to write (default: RUN/curves.png for one run, ./curves.png for several)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("bench", help="side-by-side speed: stock Keras fit, plain PyTorch, our engine",
+                       formatter_class=formatter)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--variants", default="ours,keras-jax,keras-tensorflow,keras-torch,torch,torch-1thread",
+                   help="comma-separated; those whose package is missing are skipped")
+    p.add_argument("--gpu", action="store_true", help="let JAX and PyTorch use a CUDA GPU when present")
+    p.add_argument("--time-to", type=float, metavar="ACCURACY",
+                   help="instead: seconds to reach this test accuracy, classic recipe vs --config presets")
+    p.add_argument("--config", action="append", help="preset(s) for --time-to, e.g. configs/fast.toml")
+    p.add_argument("--json", default="bench.json", help="where to write the full results")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -22,6 +22,7 @@ from mnist_mlp.errors import UserError
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "elu", "selu", "silu", "softplus", "linear")
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd", "nadam", "adamax", "adagrad", "adadelta")
 LOSSES = ("categorical_crossentropy",)
+SCHEDULES = ("constant", "cosine")  # cosine: from learning_rate down to 0 over all the run's steps
 ENGINES = ("auto", "compiled", "fit")  # auto: compiled on JAX, Keras fit elsewhere
 VALIDATIONS = ("test", "split")  # test: the classic examples' choice; split: last 10,000 train images
 BACKENDS = ("auto", "jax", "torch", "tensorflow")
@@ -44,6 +45,7 @@ class ModelConfig:
 class TrainConfig:
     optimizer: str = "rmsprop"
     learning_rate: float = 0.001  # Keras' RMSprop default
+    lr_schedule: str = "constant"
     loss: str = "categorical_crossentropy"
     batch_size: int = 128
     epochs: int = 20
@@ -55,6 +57,7 @@ class TrainConfig:
     def __post_init__(self):
         _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         _check(self.learning_rate > 0, "train.learning_rate", "must be > 0")
+        _check(self.lr_schedule in SCHEDULES, "train.lr_schedule", f"must be one of {', '.join(SCHEDULES)}")
         _check(self.loss in LOSSES, "train.loss", f"must be one of {', '.join(LOSSES)}")
         _check(self.batch_size > 0, "train.batch_size", "must be > 0")
         _check(self.epochs > 0, "train.epochs", "must be > 0")

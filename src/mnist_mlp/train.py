@@ -48,8 +48,13 @@ def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[floa
     return centre - half, centre + half
 
 
-def compile_model(model: keras.Model, config: TrainConfig) -> keras.Model:
-    optimizer = OPTIMIZERS[config.optimizer](learning_rate=config.learning_rate)
+def compile_model(model: keras.Model, config: TrainConfig, train_samples: int = 60000) -> keras.Model:
+    """Loss, optimizer (with its learning-rate schedule over `train_samples` per epoch) and accuracy."""
+    learning_rate = config.learning_rate
+    if config.lr_schedule == "cosine":
+        steps = math.ceil(train_samples / config.batch_size) * config.epochs
+        learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
+    optimizer = OPTIMIZERS[config.optimizer](learning_rate=learning_rate)
     model.compile(loss=config.loss, optimizer=optimizer, metrics=["accuracy"])
     return model
 
@@ -160,7 +165,7 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
     log(f"{len(x_train)} train samples, {len(x_test)} test samples")
     log(validation_note(tc))
 
-    model = compile_model(build_model(config.model), tc)
+    model = compile_model(build_model(config.model), tc, len(x_train))
     log(model_summary(model))
     engine = choose_engine(tc.engine, backend.name)
     log(engine_note(tc.engine, engine))

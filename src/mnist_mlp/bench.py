@@ -1,0 +1,242 @@
+"""The side-by-side benchmark: the classic config trained by stock Keras `fit` on each installed
+backend, by a plain PyTorch loop (default threads and one thread) and by our compiled engine, each in
+its own process, beside the machine's measured float32 matmul peak."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mnist_mlp.errors import UserError
+
+VARIANTS = ("ours", "keras-jax", "keras-tensorflow", "keras-torch", "torch", "torch-1thread")
+NEEDS = {"ours": "jax", "keras-jax": "jax", "keras-tensorflow": "tensorflow", "keras-torch": "torch",
+         "torch": "torch", "torch-1thread": "torch"}
+LAYERS = ((784, 512), (512, 512), (512, 10))
+# FLOPs per training sample: forward and weight gradients 2*m*n each; input gradients for layers 2 and 3
+TRAIN_FLOP = sum(4 * m * n for m, n in LAYERS) + sum(2 * m * n for m, n in LAYERS[1:])
+EVAL_FLOP = sum(2 * m * n for m, n in LAYERS)  # per validation sample
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    variant: str
+    first_epoch_s: float  # includes compiling
+    steady_epoch_s: float  # median of the epochs after the first
+    total_s: float  # process start to the last epoch's end
+    test_accuracy: float
+    peak_memory_mb: float
+    gflops: float  # achieved in a steady epoch (training + validation FLOPs / seconds)
+    epoch_end_s: list  # seconds from process start to the end of each epoch
+    epoch_accuracy: list  # test accuracy after each epoch
+    note: str = ""
+
+
+def epoch_flop(train_samples: int = 60000, eval_samples: int = 10000) -> float:
+    return TRAIN_FLOP * train_samples + EVAL_FLOP * eval_samples
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _keras_child(variant: str, epochs: int, config_path: str | None, t0: float) -> dict:
+    from mnist_mlp.backend import use_backend
+    from mnist_mlp.config import load_config
+
+    config = load_config(config_path, ["train.validation=test", f"train.epochs={epochs}"])
+    use_backend("jax" if variant == "ours" else variant.removeprefix("keras-"))
+    import keras
+
+    from mnist_mlp import data
+    from mnist_mlp.model import build_model
+    from mnist_mlp.train import compile_model
+
+    keras.utils.set_random_seed(config.train.seed)
+    (x_train, y_train), (x_test, y_test) = data.load_data()
+    x_train, x_test = data.preprocess(x_train), data.preprocess(x_test)
+    y_train, y_test = data.to_one_hot(y_train), data.to_one_hot(y_test)
+    model = compile_model(build_model(config.model), config.train)
+    ends, accuracy = [], []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: (ends.append(time.time() - t0), accuracy.append(logs["val_accuracy"])))
+    if variant == "ours":
+        from mnist_mlp.engine import enable_compile_cache, fit_compiled
+
+        enable_compile_cache(data.cache_dir() / "xla")
+        fit_compiled(model, x_train, y_train, batch_size=config.train.batch_size, epochs=epochs,
+                     seed=config.train.seed, validation_data=(x_test, y_test), callbacks=[record], verbose=0)
+    else:  # as the classic script: model.fit with the test set as validation
+        model.fit(x_train, y_train, batch_size=config.train.batch_size, epochs=epochs, verbose=0,
+                  validation_data=(x_test, y_test), callbacks=[record])
+    return {"epoch_end_s": ends, "epoch_accuracy": accuracy}
+
+
+def _torch_child(variant: str, epochs: int, t0: float) -> dict:
+    """A plain PyTorch loop on the same model and recipe (RMSprop with Keras' rho and epsilon)."""
+    import torch
+    from torch import nn
+
+    from mnist_mlp import data
+
+    if variant == "torch-1thread":
+        torch.set_num_threads(1)
+    device = torch.device("cuda" if os.environ.get("MNIST_MLP_BENCH_GPU") and torch.cuda.is_available() else "cpu")
+    torch.manual_seed(20160715)
+    (x_train, y_train), (x_test, y_test) = data.load_data()
+    x_train, x_test = torch.from_numpy(data.preprocess(x_train)), torch.from_numpy(data.preprocess(x_test))
+    y_train, y_test = torch.from_numpy(y_train.astype("int64")), torch.from_numpy(y_test.astype("int64"))
+    x_train, x_test, y_train, y_test = (t.to(device) for t in (x_train, x_test, y_train, y_test))
+    model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.2), nn.Linear(512, 512), nn.ReLU(),
+                          nn.Dropout(0.2), nn.Linear(512, 10)).to(device)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=0.001, alpha=0.9, eps=1e-7)
+    loss_fn = nn.CrossEntropyLoss()
+    ends, accuracy = [], []
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(x_train), device=device)
+        for start in range(0, len(x_train), 128):
+            index = order[start : start + 128]
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(x_train[index]), y_train[index]).backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            accuracy.append(float((model(x_test).argmax(1) == y_test).float().mean()))  # waits for the GPU
+        ends.append(time.time() - t0)
+    return {"epoch_end_s": ends, "epoch_accuracy": accuracy, "threads": torch.get_num_threads(), "device": str(device)}
+
+
+def child(variant: str, epochs: int, config_path: str | None, t0: float, out: str) -> None:
+    """Run one variant in this (fresh) process and write its raw timings as JSON to `out`."""
+    if variant.startswith("torch"):
+        result = _torch_child(variant, epochs, t0)
+    else:
+        result = _keras_child(variant, epochs, config_path, t0)
+    result["peak_memory_mb"] = _peak_mb()
+    Path(out).write_text(json.dumps(result))
+
+
+def matmul_peak(seconds: float = 2.0, gpu: bool = False) -> float:
+    """Best float32 GFLOP/s of jitted matmuls at the model's batch-128 shapes (fresh process)."""
+    code = f"""
+import time, jax, jax.numpy as jnp
+best = 0.0
+for m, n in {LAYERS[:2]!r}:
+    a, b = jnp.ones((128, m), jnp.float32), jnp.ones((m, n), jnp.float32)
+    @jax.jit
+    def many(a, b):
+        return jax.lax.fori_loop(0, 200, lambda i, acc: acc + (a + acc[0, 0] * 1e-9) @ b, jnp.zeros((128, n)))
+    many(a, b).block_until_ready()
+    end = time.perf_counter() + {seconds} / 2
+    while time.perf_counter() < end:
+        start = time.perf_counter(); many(a, b).block_until_ready()
+        best = max(best, 200 * 2 * 128 * m * n / (time.perf_counter() - start) / 1e9)
+print(best)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_child_env(gpu))
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def _child_env(gpu: bool = False) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if gpu:
+        env["MNIST_MLP_BENCH_GPU"] = "1"
+    else:
+        env["JAX_PLATFORMS"] = "cpu"
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def run_variant(variant: str, epochs: int, config_path: str | None = None, gpu: bool = False) -> VariantResult:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        t0 = time.time()
+        code = (f"from mnist_mlp.bench import child; child({variant!r}, {epochs}, {config_path!r}, {t0!r}, "
+                f"{str(out)!r})")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_child_env(gpu))
+        if done.returncode != 0:
+            raise RuntimeError(f"{variant} failed: {done.stderr[-3000:]}")
+        raw = json.loads(out.read_text())
+    ends = raw["epoch_end_s"]
+    durations = [b - a for a, b in zip(ends, ends[1:])]
+    steady = statistics.median(durations) if durations else ends[0]
+    note = f"{raw['threads']} threads, {raw['device']}" if "threads" in raw else ""
+    return VariantResult(variant, ends[0], steady, ends[-1], raw["epoch_accuracy"][-1], raw["peak_memory_mb"],
+                         epoch_flop() / steady / 1e9, ends, raw["epoch_accuracy"], note)
+
+
+def installed(variant: str) -> bool:
+    return importlib.util.find_spec(NEEDS[variant]) is not None
+
+
+def bench(variants: tuple[str, ...] = VARIANTS, epochs: int = 20, gpu: bool = False,
+          config_path: str | None = None) -> dict:
+    """Run each installed variant in its own process; returns the peak and the per-variant results."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise UserError(f"unknown bench variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if epochs < 2:
+        raise UserError("bench needs --epochs >= 2 (the first epoch includes compiling)")
+    peak = matmul_peak(gpu=gpu)
+    results, skipped = [], []
+    for variant in variants:
+        if installed(variant):
+            results.append(run_variant(variant, epochs, config_path, gpu))
+        else:
+            skipped.append(variant)
+    return {"peak_gflops": peak, "floor_epoch_s": epoch_flop() / peak / 1e9, "epochs": epochs,
+            "results": [asdict(r) for r in results], "skipped": skipped, "machine": _machine()}
+
+
+def time_to(accuracy: float, configs: dict[str, str | None], epochs: int = 20) -> dict:
+    """Seconds from process start to the first epoch whose test accuracy reaches `accuracy`, per config."""
+    found = {}
+    for name, path in configs.items():
+        result = run_variant("ours", epochs, path)
+        hits = [t for t, a in zip(result.epoch_end_s, result.epoch_accuracy) if a >= accuracy]
+        found[name] = {"seconds": hits[0] if hits else None, "epochs": result.epoch_accuracy.index(
+            next(a for a in result.epoch_accuracy if a >= accuracy)) + 1 if hits else None,
+            "best_accuracy": max(result.epoch_accuracy)}
+    return found
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs"
+
+
+def markdown(report: dict) -> str:
+    """The report as a Markdown table, ratios against ours."""
+    ours = next((r for r in report["results"] if r["variant"] == "ours"), None)
+    lines = [f"Machine: {report['machine']}; float32 matmul peak {report['peak_gflops']:.0f} GFLOP/s; "
+             f"epoch floor {report['floor_epoch_s']:.2f} s; {report['epochs']} epochs", "",
+             "| variant | first epoch s | steady epoch s | total s | test acc | peak MB | GFLOP/s | % of peak "
+             "| total vs ours |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        ratio = f"{r['total_s'] / ours['total_s']:.2f}x" if ours else "-"
+        name = r["variant"] + (f" ({r['note']})" if r["note"] else "")
+        lines.append(f"| {name} | {r['first_epoch_s']:.2f} | {r['steady_epoch_s']:.2f} | {r['total_s']:.1f} | "
+                     f"{r['test_accuracy']:.4f} | {r['peak_memory_mb']:.0f} | {r['gflops']:.0f} | "
+                     f"{100 * r['gflops'] / report['peak_gflops']:.0f}% | {ratio} |")
+    if report["skipped"]:
+        lines.append(f"\nSkipped (package not installed): {', '.join(report['skipped'])}")
+    return "\n".join(lines)
