@@ -4,15 +4,18 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup setup-all clean
+.PHONY: run test setup setup-all browser clean
 
 run: setup
 	$(BIN)/mnist-mlp data fetch
 	$(BIN)/mnist-mlp inspect
 	$(BIN)/mnist-mlp train --config configs/default.toml
 
-test: setup-all
+test: setup-all browser
 	$(BIN)/python -m pytest
+
+browser:  # Debian's Chromium for the browser test (Playwright drives it; no browser download)
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 setup: $(VENV)/.setup-base
 setup-all: $(VENV)/.setup-all

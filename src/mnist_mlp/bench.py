@@ -49,23 +49,24 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _keras_child(variant: str, epochs: int, config_path: str | None, t0: float) -> dict:
+def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: float) -> dict:
     from mnist_mlp.backend import use_backend
     from mnist_mlp.config import load_config
 
-    config = load_config(config_path, ["train.validation=test", f"train.epochs={epochs}"])
-    use_backend("jax" if variant == "ours" else variant.removeprefix("keras-"))
+    config = load_config(config_path, ["train.validation=test"] + ([f"train.epochs={epochs}"] if epochs else []))
+    epochs = config.train.epochs
+    backend = use_backend("jax" if variant == "ours" else variant.removeprefix("keras-")).name
     import keras
 
     from mnist_mlp import data
     from mnist_mlp.model import build_model
-    from mnist_mlp.train import compile_model
+    from mnist_mlp.train import compile_model, set_seed
 
-    keras.utils.set_random_seed(config.train.seed)
+    set_seed(config.train.seed, backend)  # the same seeding, without importing TensorFlow, for every variant
     (x_train, y_train), (x_test, y_test) = data.load_data()
     x_train, x_test = data.preprocess(x_train), data.preprocess(x_test)
     y_train, y_test = data.to_one_hot(y_train), data.to_one_hot(y_test)
-    model = compile_model(build_model(config.model), config.train)
+    model = compile_model(build_model(config.model), config.train, len(x_train))
     ends, accuracy = [], []
     record = keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: (ends.append(time.time() - t0), accuracy.append(logs["val_accuracy"])))
@@ -116,7 +117,7 @@ def _torch_child(variant: str, epochs: int, t0: float) -> dict:
     return {"epoch_end_s": ends, "epoch_accuracy": accuracy, "threads": torch.get_num_threads(), "device": str(device)}
 
 
-def child(variant: str, epochs: int, config_path: str | None, t0: float, out: str) -> None:
+def child(variant: str, epochs: int | None, config_path: str | None, t0: float, out: str) -> None:
     """Run one variant in this (fresh) process and write its raw timings as JSON to `out`."""
     if variant.startswith("torch"):
         result = _torch_child(variant, epochs, t0)
@@ -159,7 +160,7 @@ def _child_env(gpu: bool = False) -> dict:
     return env
 
 
-def run_variant(variant: str, epochs: int, config_path: str | None = None, gpu: bool = False) -> VariantResult:
+def run_variant(variant: str, epochs: int | None, config_path: str | None = None, gpu: bool = False) -> VariantResult:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         t0 = time.time()
@@ -200,11 +201,12 @@ def bench(variants: tuple[str, ...] = VARIANTS, epochs: int = 20, gpu: bool = Fa
             "results": [asdict(r) for r in results], "skipped": skipped, "machine": _machine()}
 
 
-def time_to(accuracy: float, configs: dict[str, str | None], epochs: int = 20) -> dict:
-    """Seconds from process start to the first epoch whose test accuracy reaches `accuracy`, per config."""
+def time_to(accuracy: float, configs: dict[str, str | None]) -> dict:
+    """Seconds from process start to the first epoch whose test accuracy reaches `accuracy`, per config
+    (each trained for its own number of epochs by our engine)."""
     found = {}
     for name, path in configs.items():
-        result = run_variant("ours", epochs, path)
+        result = run_variant("ours", None, path)
         hits = [t for t, a in zip(result.epoch_end_s, result.epoch_accuracy) if a >= accuracy]
         found[name] = {"seconds": hits[0] if hits else None, "epochs": result.epoch_accuracy.index(
             next(a for a in result.epoch_accuracy if a >= accuracy)) + 1 if hits else None,

@@ -105,6 +105,53 @@ def cmd_evaluate(args) -> None:
     print(f"\nWrote confusion.png, misclassified.png and evaluation.json in {result.run_dir}/")
 
 
+def cmd_predict(args) -> None:
+    from mnist_mlp import runs
+    from mnist_mlp.predict import image_files
+
+    run = runs.load_run(args.run)
+    files = image_files(args.images)
+    use_backend(args.backend)
+    from mnist_mlp.evaluate import load_model
+    from mnist_mlp.predict import open_image, predict_arrays, to_mnist
+
+    prepared = [to_mnist(open_image(path, str(path))) for path in files]
+    predictions = predict_arrays(load_model(run), [image for image, _ in prepared], [note for _, note in prepared])
+    rows = [{"file": str(path), "digit": p.digit, "probabilities": [round(v, 6) for v in p.probabilities],
+             "unsure": p.unsure, "reason": p.reason} for path, p in zip(files, predictions)]
+    if args.csv:
+        from mnist_mlp.runs import write_text
+
+        header = "file,digit,unsure," + ",".join(f"p{d}" for d in range(10)) + "\n"
+        write_text(args.csv, header + "".join(
+            f"{r['file']},{r['digit']},{int(r['unsure'])}," + ",".join(f"{v:.6f}" for v in r["probabilities"]) + "\n"
+            for r in rows))
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=2))
+        return
+    for path, prediction in zip(files, predictions):
+        top = ", ".join(f"{d}: {p:.1%}" for d, p in prediction.top(3))
+        flag = f"  (unsure: {prediction.reason})" if prediction.unsure else ""
+        print(f"{path}: {prediction.digit}   [{top}]{flag}")
+        if args.show:
+            print(data.format_digit(prediction.image), end="")
+    if args.csv:
+        print(f"Wrote {args.csv}")
+
+
+def cmd_serve(args) -> None:
+    from mnist_mlp import runs
+
+    runs.load_run(args.run)
+    use_backend(args.backend)
+    from mnist_mlp.serve import serve
+
+    print(f"Serving {args.run} on http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops", flush=True)
+    serve(args.run, args.host, args.port)
+
+
 def cmd_plot(args) -> None:
     from mnist_mlp import plots, runs
 
@@ -121,7 +168,7 @@ def cmd_bench(args) -> None:
 
     if args.time_to is not None:
         configs = {"classic": None, **({Path(c).stem: c for c in args.config} if args.config else {})}
-        report = {"time_to": args.time_to, "results": bench.time_to(args.time_to, configs, args.epochs),
+        report = {"time_to": args.time_to, "results": bench.time_to(args.time_to, configs),
                   "machine": bench._machine()}
         print(f"Seconds from process start to the first epoch with test accuracy >= {args.time_to}:")
         for name, found in report["results"].items():
@@ -180,6 +227,22 @@ def build_parser() -> Parser:
     p.add_argument("run", metavar="RUN", help="a run directory")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="read digits from your own image files", formatter_class=formatter)
+    p.add_argument("run", metavar="RUN", help="a run directory")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, BMP, GIF, TIFF) or folders")
+    p.add_argument("--show", action="store_true", help="print the 28x28 the model saw, as inspect does")
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.add_argument("--csv", metavar="FILE", help="also write one CSV row per image")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="the draw-a-digit web page and JSON API", formatter_class=formatter)
+    p.add_argument("run", metavar="RUN", help="a run directory")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let other machines in")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("plot", help="training curves of one run, or several overlaid", formatter_class=formatter)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -46,6 +47,19 @@ def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[floa
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
     return centre - half, centre + half
+
+
+def set_seed(seed: int, backend: str) -> None:
+    """keras.utils.set_random_seed, without its import of TensorFlow (~2 s here) when TensorFlow is
+    installed but not the backend: Keras seeds it only for tf.data pipelines, which we do not use."""
+    if backend == "tensorflow" or "tensorflow" in sys.modules:
+        keras.utils.set_random_seed(seed)
+        return
+    sys.modules["tensorflow"] = None  # `import tensorflow` raises ImportError while this is set
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        del sys.modules["tensorflow"]
 
 
 def compile_model(model: keras.Model, config: TrainConfig, train_samples: int = 60000) -> keras.Model:
@@ -151,7 +165,7 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
         runs.write_text(run_dir / runs.CONFIG, config_to_toml(config))
     tc = config.train
     log(f"Backend: {backend.name} (chosen by {backend.reason})")
-    keras.utils.set_random_seed(tc.seed)
+    set_seed(tc.seed, backend.name)
 
     (x_train, y_train), (x_test, y_test) = data.load_data(data_dir)
     x_train, x_test = data.preprocess(x_train), data.preprocess(x_test)

@@ -1,0 +1,49 @@
+"""The benchmark: FLOP accounting, the report table, and a real two-epoch run of two variants."""
+
+import json
+
+import pytest
+
+from mnist_mlp import bench
+from mnist_mlp.cli import main
+
+
+def test_flop_count_by_hand():
+    forward = 2 * (784 * 512 + 512 * 512 + 512 * 10)  # multiply-adds of the three Dense layers
+    input_grads = 2 * (512 * 512 + 512 * 10)  # the first layer needs no input gradient
+    assert bench.TRAIN_FLOP == 2 * forward + input_grads == 3_209_216
+    assert bench.epoch_flop() == 60000 * 3_209_216 + 10000 * forward
+
+
+def test_markdown_ratios_against_ours():
+    row = dict(first_epoch_s=3.0, steady_epoch_s=1.5, test_accuracy=0.98, peak_memory_mb=900, gflops=100.0,
+               epoch_end_s=[], epoch_accuracy=[], note="")
+    report = {"machine": "test CPU", "peak_gflops": 200.0, "floor_epoch_s": 1.0, "epochs": 20, "skipped": ["keras-torch"],
+              "results": [{**row, "variant": "ours", "total_s": 30.0}, {**row, "variant": "torch", "total_s": 75.0}]}
+    table = bench.markdown(report)
+    assert "| ours | 3.00 | 1.50 | 30.0 | 0.9800 | 900 | 100 | 50% | 1.00x |" in table
+    assert "| torch | 3.00 | 1.50 | 75.0 | 0.9800 | 900 | 100 | 50% | 2.50x |" in table
+    assert "Skipped (package not installed): keras-torch" in table
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["bench", "--variants", "ours,caffe"], "unknown bench variant caffe"),
+    (["bench", "--epochs", "1"], "--epochs >= 2"),
+])
+def test_bad_bench_arguments(argv, expected, capsys):
+    assert main(argv) == 2
+    assert expected in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_epoch_bench_of_ours_and_plain_torch(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--epochs", "2", "--variants", "ours,torch", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| ours |" in table and "| torch (" in table
+    report = json.loads(out.read_text())
+    assert report["peak_gflops"] > 1
+    for result in report["results"]:
+        assert len(result["epoch_end_s"]) == 2 and result["epoch_end_s"][0] < result["epoch_end_s"][1]
+        assert result["first_epoch_s"] > 0 and result["steady_epoch_s"] > 0 and result["peak_memory_mb"] > 50
+        assert result["test_accuracy"] > 0.95  # two full epochs of the classic model

@@ -1,0 +1,89 @@
+"""End to end in a real browser: `mnist-mlp serve` on a free port, Debian's Chromium driven headless by
+Playwright; strokes drawn with the mouse must read as the right digit with ten bars."""
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from test_predict import trained  # noqa: F401  (the shared trained-model fixture)
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+SEVEN = [[(60, 60), (220, 60), (120, 240)]]  # strokes in the 280x280 pad's pixels
+ONE = [[(140, 40), (140, 240)]]
+ZERO = [[(140, 40), (80, 80), (70, 140), (80, 200), (140, 240), (200, 200), (210, 140), (200, 80), (140, 40)]]
+
+
+@pytest.fixture(scope="module")
+def server(trained):  # noqa: F811
+    _, run = trained
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "mnist_mlp", "serve", str(run), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "api/health", timeout=1)
+            break
+        except OSError:
+            assert process.poll() is None, process.stdout.read()
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Chromium missing: `make test` installs it (apt-get install chromium)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone-sized screen
+        page.goto(server)
+        yield page
+        browser.close()
+
+
+def _draw(page, strokes):
+    page.click("#clear")
+    box = page.locator("#pad").bounding_box()
+    scale = box["width"] / 280
+    for stroke in strokes:
+        with page.expect_response("**/api/predict"):
+            page.mouse.move(box["x"] + stroke[0][0] * scale, box["y"] + stroke[0][1] * scale)
+            page.mouse.down()
+            for x, y in stroke[1:]:
+                page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=8)
+            page.mouse.up()
+    page.wait_for_function("document.querySelector('#digit').textContent !== '?'")
+
+
+@pytest.mark.parametrize("strokes, digit", [(SEVEN, "7"), (ONE, "1"), (ZERO, "0")])
+def test_drawn_digit_is_read_with_ten_bars(page, strokes, digit):
+    _draw(page, strokes)
+    page.wait_for_timeout(100)
+    assert page.locator("#digit").text_content() == digit
+    widths = page.locator(".bar > div").evaluate_all("bars => bars.map(b => parseFloat(b.style.width))")
+    assert len(widths) == 10 and abs(sum(widths) - 100) < 1 and max(widths) == widths[int(digit)]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"draw-{digit}.png"))
+
+
+def test_clear_resets_the_page(page):
+    _draw(page, ONE)
+    page.click("#clear")
+    assert page.locator("#digit").text_content() == "?"

@@ -1,0 +1,147 @@
+"""Your own handwriting: MNIST-style preprocessing of users' images, and accuracy on re-rendered digits."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_mlp import data
+from mnist_mlp.cli import main
+from mnist_mlp.errors import UserError
+from mnist_mlp.predict import open_image, predict_arrays, predict_image, to_mnist
+
+
+@pytest.fixture(scope="module")
+def trained(mnist_dir, tmp_path_factory):
+    """A classic model trained 3 epochs on the full data (~97.5%), and its run directory."""
+    out = tmp_path_factory.mktemp("predict") / "run"
+    assert main(["train", "--epochs", "3", "--out", str(out), "--cache-dir", str(mnist_dir)]) == 0
+    from mnist_mlp import runs
+    from mnist_mlp.evaluate import load_model
+
+    return load_model(runs.load_run(out)), out
+
+
+def _centre_of_mass(image):
+    ys, xs = np.indices(image.shape)
+    total = image.astype(float).sum()
+    return (ys * image).sum() / total, (xs * image).sum() / total
+
+
+def _render(digit, canvas=200, size=120, top=40, left=40, dark_ink=True):
+    """An MNIST digit as a user's picture: upscaled, on a bigger canvas, black on white by default."""
+    big = np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BILINEAR))
+    sheet = np.zeros((canvas, canvas), np.uint8)
+    sheet[top : top + size, left : left + size] = big
+    return 255 - sheet if dark_ink else sheet
+
+
+def _png(array, **save):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=save.pop("format", "PNG"), **save)
+    return buffer.getvalue()
+
+
+def _forms(digit):
+    """The same digit as users produce it, in eight forms."""
+    white_on_black = _render(digit, dark_ink=False)
+    alpha = np.zeros((200, 200, 4), np.uint8)
+    alpha[..., 3] = 255 - _render(digit)  # black strokes on a transparent sheet
+    upright = Image.fromarray(_render(digit))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned 90° counter-clockwise; viewers rotate it back
+    rotated = io.BytesIO()
+    upright.rotate(90, expand=True).save(rotated, format="JPEG", exif=exif, quality=95)
+    sixteen = (_render(digit).astype(np.uint16) * 257)
+    return {
+        "centred": _png(_render(digit)),
+        "off-centre": _png(_render(digit, canvas=300, size=100, top=10, left=190)),
+        "small": _png(_render(digit, size=30, top=150, left=20)),
+        "large": _png(_render(digit, canvas=600, size=560, top=20, left=20)),
+        "white on black": _png(white_on_black),
+        "alpha": _png(alpha),
+        "exif-rotated jpeg": rotated.getvalue(),
+        "16-bit": _png(sixteen),
+    }
+
+
+def test_every_form_comes_out_centred_by_mass_and_reads_the_same(trained, mnist):
+    model, _ = trained
+    (_, _), (x_test, y_test) = mnist
+    for index in (0, 1, 2, 3):  # a 7, a 2, a 1 and a 0
+        results = {}
+        for form, blob in _forms(x_test[index]).items():
+            image, note = to_mnist(open_image(blob, form))
+            assert image.shape == (28, 28) and image.dtype == np.uint8 and note == ""
+            y, x = _centre_of_mass(image)
+            assert abs(y - 14) <= 1 and abs(x - 14) <= 1, (form, y, x)  # where MNIST puts it
+            rows, cols = np.flatnonzero(image.any(1)), np.flatnonzero(image.any(0))
+            assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 <= 22  # fits MNIST's 20x20 box (+ resampling)
+            results[form] = predict_image(model, blob, form).digit
+        assert set(results.values()) == {int(y_test[index])}, results
+
+
+def test_re_rendered_test_digits_keep_their_accuracy_and_plain_resize_does_not(trained, mnist):
+    model, _ = trained
+    (_, _), (x_test, y_test) = mnist
+    rng = np.random.default_rng(0)
+    n = 1500
+    ours, plain = [], []
+    for digit in x_test[:n]:
+        size = int(rng.integers(60, 150))
+        top, left = (int(v) for v in rng.integers(5, 200 - size - 5, size=2))
+        picture = _render(digit, canvas=200, size=size, top=top, left=left)
+        ours.append(to_mnist(picture.astype(np.float32))[0])
+        naive = np.asarray(Image.fromarray(picture).resize((28, 28), Image.Resampling.BILINEAR))
+        plain.append(255 - naive)  # a plain resize, even given the inversion to white on black
+    original = np.mean([p.digit for p in predict_arrays(model, list(x_test[:n]))] == y_test[:n])
+    ours_accuracy = np.mean([p.digit for p in predict_arrays(model, ours)] == y_test[:n])
+    plain_accuracy = np.mean([p.digit for p in predict_arrays(model, plain)] == y_test[:n])
+    print(f"accuracy on {n} test digits: original {original:.4f}, re-rendered + ours {ours_accuracy:.4f}, "
+          f"re-rendered + plain resize {plain_accuracy:.4f}")
+    assert ours_accuracy >= original - 0.01
+    assert plain_accuracy < ours_accuracy - 0.2
+
+
+def test_blank_and_block_images_are_flagged(trained):
+    model, _ = trained
+    blank = predict_image(model, _png(np.full((50, 50), 255, np.uint8)))
+    assert blank.unsure and "blank" in blank.reason
+    block = np.full((100, 100), 255, np.uint8)
+    block[20:80, 20:80] = 0
+    assert "not look like a single digit" in predict_image(model, _png(block)).reason
+
+
+def test_bad_images_are_user_errors():
+    with pytest.raises(UserError, match="not a readable image"):
+        open_image(b"this is not an image", "upload")
+    with pytest.raises(UserError, match="not a readable image"):
+        open_image(_png(np.zeros((30, 30), np.uint8))[:40], "upload")  # truncated PNG
+    with pytest.raises(UserError, match="more than"):
+        open_image(_png(np.zeros((6000, 6000), np.uint8), optimize=False), "upload")
+    with pytest.raises(UserError, match="784"):
+        open_image(np.zeros((3, 5, 7)), "pixels")
+
+
+def test_predict_command(trained, mnist, tmp_path, capsys):
+    _, run = trained
+    (_, _), (x_test, _) = mnist
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "seven.png").write_bytes(_forms(x_test[0])["off-centre"])
+    (folder / "two.jpg").write_bytes(_png(_render(x_test[1]), format="JPEG"))
+    (folder / "notes.txt").write_text("ignored: not an image")
+    assert main(["predict", str(run), str(folder), "--show", "--csv", str(tmp_path / "out.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "seven.png: 7   [7: " in out and "two.jpg: 2   [2: " in out
+    assert out.count("\n") >= 2 * 28 + 2  # --show prints each 28x28
+    rows = (tmp_path / "out.csv").read_text().splitlines()
+    assert rows[0].startswith("file,digit,unsure,p0") and len(rows) == 3
+    assert main(["predict", str(run), str(folder / "seven.png"), "--json"]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)[0]["digit"] == 7
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    assert main(["predict", str(run), str(tmp_path / "bad.png")]) == 2
+    assert "not a readable image" in capsys.readouterr().err
