@@ -222,7 +222,8 @@ def _finish(config, run_dir, model, test, timer, backend, engine, started) -> Tr
         "epochs_this_process": len(timer.seconds), "wall_seconds": result.wall_seconds,
         "backend": backend.name, "backend_reason": backend.reason, "versions": versions(backend.name),
         "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs",
-        "threads": {"XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")},
+        "threads": {"cpus_available": len(os.sched_getaffinity(0)), "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+                    "choice": "XLA's defaults (1-thread XLA flags measured no faster here; README, Speed)"},
         "data_sha256": {key: sha for key, (_, sha) in data.FILES.items()},
     })
     return result
