@@ -54,6 +54,9 @@ def _forms(digit):
     rotated = io.BytesIO()
     upright.rotate(90, expand=True).save(rotated, format="JPEG", exif=exif, quality=95)
     sixteen = (_render(digit).astype(np.uint16) * 257)
+    animated = io.BytesIO()
+    first, second = Image.fromarray(_render(digit)).convert("P"), Image.new("P", (200, 200), 0)
+    first.save(animated, format="GIF", save_all=True, append_images=[second])  # the digit is frame 0
     return {
         "centred": _png(_render(digit)),
         "off-centre": _png(_render(digit, canvas=300, size=100, top=10, left=190)),
@@ -63,6 +66,9 @@ def _forms(digit):
         "alpha": _png(alpha),
         "exif-rotated jpeg": rotated.getvalue(),
         "16-bit": _png(sixteen),
+        "palette gif, 2 frames": animated.getvalue(),
+        "bmp": _png(_render(digit), format="BMP"),
+        "tiff": _png(_render(digit), format="TIFF"),
     }
 
 
