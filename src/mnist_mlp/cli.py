@@ -50,6 +50,8 @@ def cmd_inspect(args) -> None:
 
 
 def cmd_train(args) -> None:
+    if args.seeds < 0:
+        raise UserError(f"--seeds {args.seeds} must be >= 1 (0: one run with the config's seed)")
     if args.resume:
         from mnist_mlp import runs
 
@@ -70,9 +72,22 @@ def cmd_train(args) -> None:
     choice = use_backend(config.backend)
     from mnist_mlp.train import train
 
+    options = dict(data_dir=args.cache_dir, verbose=1 if sys.stdout.isatty() else 2,
+                   log=lambda text: print(text, flush=True))
+    if args.seeds:
+        if resume:
+            raise UserError("--seeds and --resume do not go together; resume each seed's run directory")
+        from mnist_mlp.train import train_seeds
+
+        group = train_seeds(config, out, choice, args.seeds, overwrite=args.overwrite, **options)
+        for seed, result in zip(group.seeds, group.results):
+            print(f"seed {seed}: test accuracy {result.test_accuracy:.4f}  ({result.run_dir})")
+        print(f"Test accuracy over {len(group.seeds)} seeds: {group.mean:.4f} ± {group.std:.4f} "
+              f"(mean ± std; min {group.low:.4f}, max {group.high:.4f})")
+        print(f"Runs saved in {group.group_dir}/ (next: mnist-mlp plot {group.group_dir})")
+        return
     try:
-        result = train(config, out, choice, overwrite=args.overwrite, resume=resume, data_dir=args.cache_dir,
-                       verbose=1 if sys.stdout.isatty() else 2, log=lambda text: print(text, flush=True))
+        result = train(config, out, choice, overwrite=args.overwrite, resume=resume, **options)
     except KeyboardInterrupt:
         raise UserError(f"interrupted; continue with `mnist-mlp train --resume {out}`") from None
     low, high = result.ci95
@@ -155,12 +170,58 @@ def cmd_serve(args) -> None:
 def cmd_plot(args) -> None:
     from mnist_mlp import plots, runs
 
+    if len(args.runs) == 1 and (Path(args.runs[0]) / runs.GROUP).exists():  # a train --seeds folder
+        group, loaded = runs.load_group(args.runs[0])
+        out = Path(args.out) if args.out else Path(args.runs[0]) / runs.CURVES
+        plots.plot_mean_band([run.history for run in loaded], out)
+        print(f"Wrote {out} (mean ± std over seeds {', '.join(map(str, group['seeds']))})")
+        return
     loaded = [runs.load_run(path) for path in args.runs]
-    names = [run.name if run.name not in [r.name for r in loaded if r is not run] else str(run.path)
-             for run in loaded]
     out = Path(args.out) if args.out else (loaded[0].path / runs.CURVES if len(loaded) == 1 else Path("curves.png"))
-    plots.plot_curves({name: run.history for name, run in zip(names, loaded)}, out)
+    plots.plot_curves(_named(loaded), out)
     print(f"Wrote {out}")
+
+
+def _named(loaded) -> dict:
+    """Run histories by name; the full path where two runs share a name."""
+    names = [run.name for run in loaded]
+    return {(run.name if names.count(run.name) == 1 else str(run.path)): run.history for run in loaded}
+
+
+def cmd_runs(args) -> None:
+    from mnist_mlp import runs
+
+    if args.action == "list":
+        rows = [runs.summary(runs.load_run(path)) for path in runs.list_runs(args.root)]
+        if not rows:
+            print(f"No finished runs under {args.root}/ (train one with `mnist-mlp train`)")
+            return
+        loaded = [runs.load_run(r["run"]) for r in rows]
+        differing = runs.config_differences(loaded) if len(loaded) > 1 else {}
+        print(f"{'run':<36} {'date':<16} {'epochs':>6} {'test acc':>8} {'s/epoch':>7} {'backend':<10} differs")
+        for i, row in enumerate(rows):
+            differs = ", ".join(f"{k.split('.')[-1]}={v[i]}" for k, v in differing.items())
+            print(f"{row['run']:<36} {row['date']:<16} {row['epochs']:>6} {row['test_accuracy']:>8.4f} "
+                  f"{row['seconds_per_epoch']:>7.2f} {row['backend']:<10} {differs}")
+        return
+    loaded = [runs.load_run(path) for path in args.runs]
+    if args.action == "show":
+        run = loaded[0]
+        for key, value in {**runs.summary(run), **runs.flat_config(run.config)}.items():
+            print(f"{key:<22} {value}")
+        return
+    if len(loaded) < 2:
+        raise UserError("runs compare needs at least two run directories")
+    differing = runs.config_differences(loaded)
+    print("config differences:" if differing else "same config in every run")
+    for key, values in differing.items():
+        print(f"  {key}: " + " | ".join(map(str, values)))
+    for run in loaded:
+        print(f"{run.path}: test accuracy {run.metrics['test_accuracy']:.4f}")
+    from mnist_mlp import plots
+
+    plots.plot_curves(_named(loaded), args.out)
+    print(f"Wrote {args.out}")
 
 
 def cmd_bench(args) -> None:
@@ -218,6 +279,8 @@ def build_parser() -> Parser:
     p.add_argument("--engine", choices=ENGINES, help="compiled: one jitted scan per epoch (JAX only); fit: Keras fit")
     p.add_argument("--train-samples", type=int, help="shortcut for --set train.train_samples=N (0: all)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last completed epoch")
+    p.add_argument("--seeds", type=int, default=0, metavar="N",
+                   help="train N runs with consecutive seeds under --out and report mean ± std")
     p.add_argument("--out", help="run directory (default: runs/<config>-<date>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.set_defaults(func=cmd_train)
@@ -227,6 +290,17 @@ def build_parser() -> Parser:
     p.add_argument("run", metavar="RUN", help="a run directory")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("runs", help="list, show and compare runs", formatter_class=formatter)
+    runs_sub = p.add_subparsers(dest="action", required=True, parser_class=Parser)
+    listing = runs_sub.add_parser("list", help="a table of finished runs", formatter_class=formatter)
+    listing.add_argument("--root", default="runs", help="where to look (recursively)")
+    show = runs_sub.add_parser("show", help="one run's config and results")
+    show.add_argument("runs", nargs=1, metavar="RUN")
+    compare = runs_sub.add_parser("compare", help="config differences and overlaid curves", formatter_class=formatter)
+    compare.add_argument("runs", nargs="+", metavar="RUN")
+    compare.add_argument("--out", default="compare.png", help="PNG of the overlaid curves")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("predict", help="read digits from your own image files", formatter_class=formatter)
     p.add_argument("run", metavar="RUN", help="a run directory")

@@ -48,6 +48,28 @@ def curves_figure(histories: dict[str, dict[str, list[float]]]):
     return fig
 
 
+def plot_mean_band(histories: list[dict[str, list[float]]], path: str | Path, label: str = "") -> Path:
+    """Mean curve over several runs (seeds) with a band of ± one standard deviation."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for i, key in enumerate((metric, f"val_{metric}")):
+            if key not in histories[0]:
+                continue
+            values = np.array([h[key] for h in histories])
+            mean, std = values.mean(axis=0), values.std(axis=0, ddof=1) if len(values) > 1 else 0 * values[0]
+            epochs = np.arange(1, values.shape[1] + 1)
+            name = "training" if i == 0 else "validation"
+            ax.plot(epochs, mean, color=f"C{i}", label=f"{label}{name} (mean of {len(values)})")
+            ax.fill_between(epochs, mean - std, mean + std, color=f"C{i}", alpha=0.25)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric}, mean ± std over seeds")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
 def plot_confusion(confusion: np.ndarray, path: str | Path) -> Path:
     """Counts of (true, predicted) pairs, annotated."""
     fig, ax = plt.subplots(figsize=(6.5, 6))

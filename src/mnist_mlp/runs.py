@@ -4,10 +4,12 @@ safely, writing files atomically (temporary name, then rename), and reading a ru
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import csv
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ EVALUATION = "evaluation.json"  # written by evaluate
 CHECKPOINT = "checkpoint"  # Keras BackupAndRestore folder while training; removed when the run finishes
 PARTIAL_HISTORY = ".history.partial.csv"  # the epochs done so far; renamed to history.csv at the end
 RNG_STATE = "rng.json"  # inside CHECKPOINT: shuffle and dropout random state, for an exact resume
+GROUP = "group.json"  # in a folder of seed runs (train --seeds): seeds and accuracy statistics
 REQUIRED = (CONFIG, HISTORY, METRICS, MODEL)
 
 
@@ -50,7 +53,7 @@ def prepare(path: str | Path, overwrite: bool = False) -> Path:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         if not overwrite:
             raise UserError(f"{path} already exists; choose another --out or add --overwrite")
-        if not (path / CONFIG).exists():
+        if not (path / CONFIG).exists() and not (path / GROUP).exists():
             raise UserError(f"{path} is not a run directory, so --overwrite will not delete it; choose another --out")
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -106,6 +109,16 @@ def load_run(path: str | Path) -> Run:
     return Run(path, load_config(path / CONFIG), read_history(path / HISTORY), metrics)
 
 
+def load_group(path: str | Path) -> tuple[dict, list[Run]]:
+    """A `train --seeds` folder: its group.json and its runs."""
+    path = Path(path)
+    try:
+        group = json.loads((path / GROUP).read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{path} is not a finished seed group (no valid {GROUP}); run `mnist-mlp train --seeds N`") from None
+    return group, [load_run(path / name) for name in group["runs"]]
+
+
 def completed_epochs(path: str | Path) -> int:
     """Epochs an interrupted run finished (from its checkpoint); a UserError if it cannot be resumed."""
     path = Path(path)
@@ -128,7 +141,32 @@ def truncate_history(path: str | Path, epochs: int) -> None:
 
 
 def list_runs(root: str | Path = "runs") -> list[Path]:
-    """Finished run directories directly under `root`, oldest first."""
+    """Finished run directories under `root` (seed groups included), oldest first."""
     root = Path(root)
-    found = [p for p in root.iterdir() if (p / METRICS).is_file()] if root.is_dir() else []
+    found = [p.parent for p in root.rglob(METRICS)] if root.is_dir() else []
     return sorted(found, key=lambda p: (p / METRICS).stat().st_mtime)
+
+
+def flat_config(config: Config) -> dict[str, object]:
+    """{"model.dropout": 0.2, ...}: every config key with its value."""
+    flat = {}
+    for section, value in dataclasses.asdict(config).items():
+        if isinstance(value, dict):
+            flat.update({f"{section}.{key}": v for key, v in value.items()})
+        else:
+            flat[section] = value
+    return flat
+
+
+def config_differences(loaded: list[Run]) -> dict[str, list]:
+    """The config keys whose values differ between runs, with each run's value (seed included)."""
+    flats = [flat_config(run.config) for run in loaded]
+    return {key: [flat[key] for flat in flats] for key in flats[0] if len({str(f[key]) for f in flats}) > 1}
+
+
+def summary(run: Run) -> dict[str, object]:
+    """One row of `mnist-mlp runs list`."""
+    return {"run": str(run.path), "date": time.strftime("%Y-%m-%d %H:%M", time.localtime((run.path / METRICS).stat().st_mtime)),
+            "epochs": run.config.train.epochs, "test_accuracy": run.metrics.get("test_accuracy"),
+            "seconds_per_epoch": run.metrics.get("seconds_per_epoch"), "backend": run.metrics.get("backend"),
+            "engine": run.metrics.get("engine", "fit")}

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -102,6 +103,37 @@ def validation_note(config: TrainConfig) -> str:
         return ("Validating on the 10,000 test images each epoch, as the classic example does "
                 "(--validation split holds out training images instead).")
     return "Validating on the last 10,000 training images; the test set is scored once, at the end."
+
+
+@dataclass(frozen=True)
+class SeedsResult:
+    group_dir: Path
+    results: tuple[TrainResult, ...]  # one per seed, in order
+    seeds: tuple[int, ...]
+    mean: float  # test accuracy over the seeds
+    std: float  # sample standard deviation (n - 1)
+    low: float
+    high: float
+
+
+def train_seeds(config: Config, group_dir: str | Path, backend: BackendChoice, seeds: int, *,
+                overwrite: bool = False, **kwargs) -> SeedsResult:
+    """Train `config` with `seeds` consecutive seeds from its own, a run directory each under `group_dir`,
+    and write the accuracy statistics to group.json."""
+    group_dir = runs.prepare(group_dir, overwrite)
+    runs.write_json(group_dir / runs.GROUP, {"seeds": [], "runs": [], "complete": False})  # marks it ours
+    chosen = tuple(config.train.seed + i for i in range(seeds))
+    results = []
+    for seed in chosen:
+        seeded = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
+        results.append(train(seeded, group_dir / f"seed-{seed}", backend, **kwargs))
+    accuracies = [r.test_accuracy for r in results]
+    result = SeedsResult(group_dir, tuple(results), chosen, statistics.mean(accuracies),
+                         statistics.stdev(accuracies) if seeds > 1 else 0.0, min(accuracies), max(accuracies))
+    runs.write_json(group_dir / runs.GROUP, {
+        "seeds": list(chosen), "runs": [f"seed-{s}" for s in chosen], "test_accuracy": accuracies,
+        "mean": result.mean, "std": result.std, "min": result.low, "max": result.high, "complete": True})
+    return result
 
 
 def choose_engine(requested: str, backend: str) -> str:

@@ -1,0 +1,67 @@
+"""Experiments: seed groups with statistics checked by hand, run listing and comparison."""
+
+import json
+import statistics
+
+import numpy as np
+import pytest
+
+from mnist_mlp import plots, runs
+from mnist_mlp.cli import main
+
+QUICK = ["--train-samples", "1000", "--epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def group(mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("experiments") / "group"
+    assert main(["train", *QUICK, "--seeds", "3", "--seed", "7", "--out", str(out), "--cache-dir", str(mnist_dir)]) == 0
+    return out
+
+
+def test_seed_statistics_match_the_runs_metrics(group, capsys):
+    info = json.loads((group / runs.GROUP).read_text())
+    assert info["seeds"] == [7, 8, 9] and info["complete"]
+    accuracies = [json.loads((group / f"seed-{s}" / runs.METRICS).read_text())["test_accuracy"] for s in (7, 8, 9)]
+    assert info["test_accuracy"] == accuracies
+    assert info["mean"] == pytest.approx(sum(accuracies) / 3)
+    by_hand = (sum((a - sum(accuracies) / 3) ** 2 for a in accuracies) / 2) ** 0.5  # sample std, n - 1
+    assert info["std"] == pytest.approx(by_hand) and info["std"] > 0
+    assert (info["min"], info["max"]) == (min(accuracies), max(accuracies))
+    for seed in (7, 8, 9):
+        assert runs.load_run(group / f"seed-{seed}").config.train.seed == seed
+
+
+def test_group_plot_draws_mean_and_band(group, capsys):
+    assert main(["plot", str(group)]) == 0
+    assert "mean ± std over seeds 7, 8, 9" in capsys.readouterr().out
+    assert (group / runs.CURVES).read_bytes()[:4] == b"\x89PNG"
+    _, loaded = runs.load_group(group)
+    values = np.array([run.history["val_accuracy"] for run in loaded])
+    assert values.shape == (3, 2) and statistics.stdev(values[:, -1]) > 0
+
+
+def test_runs_list_show_and_compare(group, tmp_path, capsys, monkeypatch):
+    assert main(["runs", "list", "--root", str(group)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4 and all(f"seed={s}" in out[i + 1] for i, s in enumerate((7, 8, 9)))
+    assert main(["runs", "show", str(group / "seed-8")]) == 0
+    assert "train.seed             8" in capsys.readouterr().out
+    other = tmp_path / "adam"
+    assert main(["train", "--train-samples", "1000", "--epochs", "2", "--set", "train.optimizer=adam",
+                 "--out", str(other)]) == 0
+    capsys.readouterr()
+    png = tmp_path / "cmp.png"
+    assert main(["runs", "compare", str(group / "seed-7"), str(other), "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "train.optimizer: rmsprop | adam" in out and "train.seed: 7 | 20160715" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert runs.config_differences([runs.load_run(group / "seed-7")] * 2) == {}
+
+
+def test_runs_errors(tmp_path, capsys):
+    assert main(["runs", "compare", str(tmp_path)]) == 2
+    assert main(["train", "--seeds", "-1"]) == 2
+    assert "--seeds -1" in capsys.readouterr().err
+    assert main(["runs", "list", "--root", str(tmp_path)]) == 0
+    assert "No finished runs" in capsys.readouterr().out
