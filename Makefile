@@ -4,18 +4,21 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup setup-all browser clean
+.PHONY: run test setup setup-all browser postgres clean
 
 run: setup
 	$(BIN)/mnist-mlp data fetch
 	$(BIN)/mnist-mlp inspect
 	$(BIN)/mnist-mlp train --config configs/default.toml
 
-test: setup-all browser
+test: setup-all browser postgres
 	$(BIN)/python -m pytest
 
 browser:  # Debian's Chromium for the browser test (Playwright drives it; no browser download)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+postgres:  # Debian's PostgreSQL server binaries for the many-machines sweep test (the test starts its own)
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 
 setup: $(VENV)/.setup-base
 setup-all: $(VENV)/.setup-all

@@ -201,7 +201,8 @@ def cmd_runs(args) -> None:
         print(f"{'run':<36} {'date':<16} {'epochs':>6} {'test acc':>8} {'s/epoch':>7} {'backend':<10} differs")
         for i, row in enumerate(rows):
             differs = ", ".join(f"{k.split('.')[-1]}={v[i]}" for k, v in differing.items())
-            print(f"{row['run']:<36} {row['date']:<16} {row['epochs']:>6} {row['test_accuracy']:>8.4f} "
+            accuracy = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "-"
+            print(f"{row['run']:<36} {row['date']:<16} {row['epochs']:>6} {accuracy:>8} "
                   f"{row['seconds_per_epoch']:>7.2f} {row['backend']:<10} {differs}")
         return
     loaded = [runs.load_run(path) for path in args.runs]
@@ -217,11 +218,42 @@ def cmd_runs(args) -> None:
     for key, values in differing.items():
         print(f"  {key}: " + " | ".join(map(str, values)))
     for run in loaded:
-        print(f"{run.path}: test accuracy {run.metrics['test_accuracy']:.4f}")
+        accuracy = run.metrics["test_accuracy"]
+        print(f"{run.path}: test accuracy {accuracy:.4f}" if accuracy is not None else f"{run.path}: not scored on test")
     from mnist_mlp import plots
 
     plots.plot_curves(_named(loaded), args.out)
     print(f"Wrote {args.out}")
+
+
+def cmd_sweep(args) -> None:
+    if args.trials is not None and args.trials < 1:
+        raise UserError(f"--trials {args.trials} must be >= 1")
+    out = Path(args.out)
+    if args.report:
+        from mnist_mlp.sweep import report
+
+        found = report(out, args.study, args.storage)
+        print(f"study {found['study']}: {found['finished']} finished, {found['pruned']} pruned")
+        print("\nrank  trial  val_accuracy  params")
+        for rank, leader in enumerate(found["leaders"], 1):
+            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in leader["params"].items())
+            print(f"{rank:>4}  {leader['trial']:>5}  {leader['val_accuracy']:>12.4f}  {params}")
+        if found["importances"]:
+            print("\nparameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in found["importances"].items()))
+        print("\nWrote " + " and ".join(found["plots"]))
+        return
+    base = load_config(args.config, args.set)
+    choice = use_backend(base.backend)
+    from mnist_mlp.sweep import sweep
+
+    result = sweep(args.space, out, choice, base=base, study_name=args.study, storage=args.storage,
+                   trials=args.trials, data_dir=args.cache_dir, log=lambda text: print(text, flush=True))
+    study = result.study
+    print(f"best trial {study.best_trial.number}: val_accuracy {study.best_value:.4f} {study.best_params}")
+    if result.best is not None:
+        print(f"re-trained as {result.best.run_dir}: test accuracy {result.best.test_accuracy:.4f} (scored once)")
+    print(f"next: mnist-mlp sweep --out {out} --report")
 
 
 def cmd_bench(args) -> None:
@@ -322,6 +354,19 @@ def build_parser() -> Parser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     p.add_argument("--out", help="PNG to write (default: RUN/curves.png for one run, ./curves.png for several)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("sweep", parents=[cache], help="Optuna hyperparameter search, one machine or many",
+                       formatter_class=formatter)
+    p.add_argument("--space", default="configs/sweep.toml", help="the search space (TOML)")
+    p.add_argument("--out", default="runs/sweep", help="folder of the trials' run directories (and study.db)")
+    p.add_argument("--study", help="study name (default: the --out folder's name); the same on every machine")
+    p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db (default: SQLite in --out)")
+    p.add_argument("--trials", type=int, help="finished or pruned trials in the study, all workers together "
+                   "(default: from --space)")
+    p.add_argument("--config", help="base config the space varies (default: the classic one)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
+    p.add_argument("--report", action="store_true", help="leaderboard, importances and Optuna's plots, then stop")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("bench", help="side-by-side speed: stock Keras fit, plain PyTorch, our engine",
                        formatter_class=formatter)

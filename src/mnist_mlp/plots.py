@@ -22,6 +22,11 @@ def _save(fig, path: str | Path) -> Path:
     return Path(path)
 
 
+def save_axes(axes, path: str | Path) -> Path:
+    """Save the figure holding matplotlib `axes` (as Optuna's plots return them)."""
+    return _save(axes.figure if hasattr(axes, "figure") else axes.flat[0].figure, path)
+
+
 def plot_curves(histories: dict[str, dict[str, list[float]]], path: str | Path) -> Path:
     """Loss and accuracy per epoch, training (solid) vs validation (dashed); one colour per run."""
     return _save(curves_figure(histories), path)

@@ -34,9 +34,9 @@ OPTIMIZERS = {
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
-    test_loss: float
-    test_accuracy: float
-    ci95: tuple[float, float]  # Wilson 95% interval of the test accuracy
+    test_loss: float | None  # None when the test set was not scored (sweep trials)
+    test_accuracy: float | None
+    ci95: tuple[float, float] | None  # Wilson 95% interval of the test accuracy
     seconds_per_epoch: float  # median over epochs
     wall_seconds: float
     backend: str
@@ -177,12 +177,15 @@ class RngCheckpoint(keras.callbacks.Callback):
 
 def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwrite: bool = False,
           resume: bool = False, data_dir: str | Path | None = None, verbose: int | str = "auto",
-          log: Callable[[str], None] = lambda text: None) -> TrainResult:
+          log: Callable[[str], None] = lambda text: None, callbacks: tuple = (),
+          score_test: bool = True) -> TrainResult:
     """Train `config` on MNIST into a new run directory, or continue an interrupted one.
 
     Args:
         backend: the active Keras backend and why it was chosen (recorded in metrics.json).
         resume: continue `run_dir` from its last completed epoch (its config.toml is `config`).
+        callbacks: more Keras callbacks (a sweep's pruning).
+        score_test: score the test set at the end; sweeps pass False, so selection never sees it.
         verbose: Keras' progress display (1 bar, 2 one line per epoch).
         log: receives the lines a user should see before training (backend, validation, summary).
     """
@@ -216,7 +219,7 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
     engine = choose_engine(tc.engine, backend.name)
     log(engine_note(tc.engine, engine))
     timer = EpochTimer()
-    callbacks = [keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume), timer,
+    callbacks = [*callbacks, keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume), timer,
                  RngCheckpoint(run_dir / runs.CHECKPOINT / runs.RNG_STATE, resume),
                  keras.callbacks.BackupAndRestore(str(run_dir / runs.CHECKPOINT))]  # last: saves after the rest
     if engine == "compiled":
@@ -228,27 +231,30 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
     else:
         model.fit(x_train, y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=verbose,
                   validation_data=validation, callbacks=callbacks)
-    return _finish(config, run_dir, model, (x_test, y_test), timer, backend, engine, started)
+    return _finish(config, run_dir, model, (x_test, y_test) if score_test else None, timer, backend, engine, started)
 
 
 def _finish(config, run_dir, model, test, timer, backend, engine, started) -> TrainResult:
-    """Score the test set once and write the model, history, curves and metrics."""
-    x_test, y_test = test
-    test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=1024, verbose=0)
+    """Score the test set once (unless `test` is None) and write the model, history, curves and metrics."""
+    test_loss = test_accuracy = ci95 = None
+    if test is not None:
+        x_test, y_test = test
+        test_loss, test_accuracy = map(float, model.evaluate(x_test, y_test, batch_size=1024, verbose=0))
+        ci95 = wilson_interval(round(test_accuracy * len(x_test)), len(x_test))
     with runs.atomic(run_dir / runs.MODEL) as model_tmp:
         model.save(model_tmp)
     os.replace(run_dir / runs.PARTIAL_HISTORY, run_dir / runs.HISTORY)
     history = runs.read_history(run_dir / runs.HISTORY)
     plots.plot_curves({run_dir.name: history}, run_dir / runs.CURVES)
 
-    ci95 = wilson_interval(round(test_accuracy * len(x_test)), len(x_test))
     seconds = timer.seconds or [0.0]
-    result = TrainResult(run_dir, float(test_loss), float(test_accuracy), ci95,
+    result = TrainResult(run_dir, test_loss, test_accuracy, ci95,
                          float(np.median(seconds)), time.perf_counter() - started, backend.name)
     tc = config.train
     runs.write_json(run_dir / runs.METRICS, {
-        "test_loss": result.test_loss, "test_accuracy": result.test_accuracy, "test_accuracy_ci95": list(ci95),
-        "test_samples": len(x_test), "train_samples": tc.train_samples or (60000 if tc.validation == "test" else 50000),
+        "test_loss": result.test_loss, "test_accuracy": result.test_accuracy,
+        "test_accuracy_ci95": list(ci95) if ci95 else None, "test_samples": 10000 if test is not None else 0,
+        "final_val_accuracy": history.get("val_accuracy", [None])[-1], "stopped_after_epochs": len(history["loss"]), "train_samples": tc.train_samples or (60000 if tc.validation == "test" else 50000),
         "validation": tc.validation, "epochs": tc.epochs, "engine": engine,
         "seconds_per_epoch": result.seconds_per_epoch, "epoch_seconds": timer.seconds,
         "epochs_this_process": len(timer.seconds), "wall_seconds": result.wall_seconds,

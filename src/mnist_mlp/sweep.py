@@ -1,0 +1,198 @@
+"""Hyperparameter sweeps on Optuna: trials are normal runs validated on held-out training images, pruned
+on per-epoch validation accuracy; the storage URL (SQLite file by default, PostgreSQL across machines)
+decides who shares the study. The best trial is re-trained and scored on the test set once."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import keras
+import optuna
+
+from mnist_mlp import runs
+from mnist_mlp.backend import BackendChoice
+from mnist_mlp.config import Config, config_from_dict, load_config
+from mnist_mlp.errors import UserError
+from mnist_mlp.train import TrainResult, train
+
+STUDY_DB = "study.db"  # the default SQLite storage, in the sweep folder
+LAYER_KEYS = ("hidden_layers", "hidden_width")  # sweep-only keys that build model.hidden_units
+
+
+@dataclass(frozen=True)
+class SweepSpace:
+    trials: int
+    prune_after: int
+    params: dict  # name -> {"int": [lo, hi]} | {"float": [lo, hi], "log": bool} | {"choice": [...]}
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    study: optuna.Study
+    best: TrainResult | None  # the best trial re-trained and scored on the test set; None while trials run elsewhere
+
+
+def load_space(path: str | Path) -> SweepSpace:
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UserError(f"sweep space {path} is unreadable ({e}); see configs/sweep.toml") from None
+    sweep, params = data.get("sweep", {}), data.get("space", {})
+    for name, spec in params.items():
+        kinds = [k for k in ("int", "float", "choice") if k in spec]
+        if len(kinds) != 1 or not isinstance(spec[kinds[0]], list) or (kinds[0] != "choice" and len(spec[kinds[0]]) != 2):
+            raise UserError(f"sweep space key {name} needs one of int = [lo, hi], float = [lo, hi], choice = [...]")
+    return SweepSpace(int(sweep.get("trials", 20)), int(sweep.get("prune_after", 2)), params)
+
+
+def suggest(trial: optuna.Trial, space: SweepSpace, base: Config) -> Config:
+    """The base config with this trial's choices; validation always on held-out training images."""
+    values = {}
+    for name, spec in space.params.items():
+        if "int" in spec:
+            values[name] = trial.suggest_int(name, *spec["int"])
+        elif "float" in spec:
+            values[name] = trial.suggest_float(name, *spec["float"], log=bool(spec.get("log")))
+        else:
+            values[name] = trial.suggest_categorical(name, spec["choice"])
+    data = dataclasses.asdict(base)
+    if any(key in values for key in LAYER_KEYS):
+        layers = values.pop("hidden_layers", len(base.model.hidden_units))
+        width = values.pop("hidden_width", base.model.hidden_units[0])
+        data["model"]["hidden_units"] = [width] * layers
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        if section not in ("model", "train") or not name:
+            raise UserError(f"sweep space key {key} is not model.X, train.X, hidden_layers or hidden_width")
+        data[section][name] = value
+    data["train"]["validation"] = "split"
+    data["model"]["hidden_units"] = list(data["model"]["hidden_units"])
+    return config_from_dict(data)
+
+
+class PruneOnValidation(keras.callbacks.Callback):
+    """Report each epoch's val_accuracy to Optuna; stop training when the trial should be pruned."""
+
+    def __init__(self, trial: optuna.Trial):
+        super().__init__()
+        self.trial, self.pruned = trial, False
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.trial.report(float(logs["val_accuracy"]), epoch)
+        if self.trial.should_prune():
+            self.pruned = True
+            self.model.stop_training = True
+
+
+class OverBudget(Exception):
+    """This trial was started after the study already held its number of trials (workers raced)."""
+
+
+def open_study(sweep_dir: Path, study_name: str, storage: str | None, space: SweepSpace, seed: int) -> optuna.Study:
+    url = storage or f"sqlite:///{(sweep_dir / STUDY_DB).resolve()}"
+    for attempt in range(3):  # workers starting together race to create the study; the loser loads it
+        try:
+            # heartbeats: a trial whose worker was killed turns FAIL after the grace period, so it is re-run
+            rdb = optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=60)
+            return optuna.create_study(
+                study_name=study_name, storage=rdb, load_if_exists=True, direction="maximize",
+                sampler=optuna.samplers.TPESampler(seed=seed),
+                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=space.prune_after - 1))
+        except ImportError as e:
+            raise UserError(f"the storage {url.split(':')[0]} needs a driver ({e}); for PostgreSQL: "
+                            "pip install 'mnist-mlp[postgres]'") from None
+        except Exception as e:  # sqlalchemy: unreachable or refused database, or the creation race
+            if "Integrity" in type(e).__name__ or isinstance(e, optuna.exceptions.DuplicatedStudyError):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise UserError(f"cannot open the study at {url.split('@')[-1]} ({type(e).__name__}); "
+                            "check the --storage URL") from None
+    raise UserError(f"could not create or load study {study_name} at {url.split('@')[-1]}; try again")
+
+
+def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice, *, base: Config | None = None,
+          study_name: str | None = None, storage: str | None = None, trials: int | None = None,
+          data_dir: str | Path | None = None, log=lambda text: None) -> SweepResult:
+    """Run trials until the study holds `trials` finished-or-pruned ones (counting every worker's), then
+    re-train the best as sweep_dir/best and score it on the test set."""
+    space = load_space(space_path)
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    base = base or Config()
+    total = trials or space.trials
+    study = open_study(sweep_dir, study_name or sweep_dir.name, storage, space, base.train.seed)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    over = []
+
+    def objective(trial: optuna.Trial) -> float:
+        counted = states + (optuna.trial.TrialState.RUNNING,)
+        ahead = [t for t in study.get_trials(deepcopy=False, states=counted) if t.number < trial.number]
+        if len(ahead) >= total:  # another worker took the last place first
+            over.append(trial.number)
+            trial.set_user_attr("over_budget", True)
+            raise OverBudget()
+        config = suggest(trial, space, base)
+        pruning = PruneOnValidation(trial)
+        result = train(config, sweep_dir / f"trial-{trial.number:04d}", backend, overwrite=True, data_dir=data_dir,
+                       verbose=0, callbacks=(pruning,), score_test=False)
+        metrics = runs.load_run(result.run_dir).metrics
+        log(f"trial {trial.number}: val_accuracy {metrics['final_val_accuracy']:.4f}"
+            f"{' (pruned)' if pruning.pruned else ''}")
+        if pruning.pruned:
+            raise optuna.TrialPruned()
+        return float(metrics["final_val_accuracy"])
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    while not over and len(study.get_trials(deepcopy=False, states=states)) < total:
+        study.optimize(objective, n_trials=1, catch=(OverBudget,))
+    if any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+        return SweepResult(study, None)  # another worker is still on its last trial; it re-trains the best
+    best_dir = sweep_dir / "best"
+    if (best_dir / runs.METRICS).exists():
+        return SweepResult(study, None)
+    best = suggest(optuna.trial.FixedTrial(study.best_params), space, base)
+    log(f"re-training the best trial ({study.best_trial.number}, val_accuracy {study.best_value:.4f}) into {best_dir}")
+    return SweepResult(study, train(best, best_dir, backend, overwrite=True, data_dir=data_dir, verbose=0))
+
+
+def report(sweep_dir: str | Path, study_name: str | None = None, storage: str | None = None, top: int = 10) -> dict:
+    """Leaderboard, parameter importances, and Optuna's optimisation-history and parallel-coordinate PNGs."""
+    sweep_dir = Path(sweep_dir)
+    storage = storage or f"sqlite:///{(sweep_dir / STUDY_DB).resolve()}"
+    import warnings
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        study = optuna.load_study(study_name=study_name or sweep_dir.name, storage=storage)
+    except KeyError:
+        raise UserError(f"no study {study_name or sweep_dir.name} in {storage.split('@')[-1]}; run the sweep first") from None
+    except Exception as e:  # sqlalchemy: no such database file, refused connection, missing driver
+        raise UserError(f"cannot open the study at {storage.split('@')[-1]} ({type(e).__name__}); run the sweep "
+                        "first or check --out and --storage") from None
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise UserError("the study has no finished trial yet")
+    leaders = sorted(done, key=lambda t: t.value, reverse=True)[:top]
+    importances = optuna.importance.get_param_importances(study) if len(done) > 1 else {}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.visualization import matplotlib as optuna_plots
+
+    from mnist_mlp.plots import save_axes
+
+    written = [save_axes(optuna_plots.plot_optimization_history(study), sweep_dir / "optimization_history.png"),
+               save_axes(optuna_plots.plot_parallel_coordinate(study), sweep_dir / "parallel_coordinate.png")]
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    return {"study": study.study_name, "finished": len(done), "pruned": pruned,
+            "leaders": [{"trial": t.number, "val_accuracy": t.value, "params": t.params} for t in leaders],
+            "importances": importances, "plots": [str(p) for p in written]}

@@ -1,0 +1,141 @@
+"""Sweeps: a tiny study on SQLite (trials, pruning, the best run), continuing it, the report, and two
+worker processes sharing one study on a real PostgreSQL server."""
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+
+from mnist_mlp import runs
+from mnist_mlp.cli import main
+
+TINY = """
+[sweep]
+trials = 6
+prune_after = 1
+[space]
+hidden_layers = { int = [1, 2] }
+hidden_width = { choice = [32, 64] }
+"train.learning_rate" = { choice = [0.00001, 0.003] }  # 1e-5 learns almost nothing in 2 epochs
+"train.epochs" = { int = [2, 3] }
+"""
+SMALL = ["--set", "train.train_samples=2000"]
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    path = tmp_path_factory.mktemp("space") / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sqlite_sweep(space, mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweeps") / "tiny"
+    assert main(["sweep", "--space", str(space), "--out", str(out), *SMALL, "--cache-dir", str(mnist_dir)]) == 0
+    return out
+
+
+def _study(out, name=None, storage=None):
+    return optuna.load_study(study_name=name or out.name, storage=storage or f"sqlite:///{out / 'study.db'}")
+
+
+def test_sqlite_sweep_trials_pruning_and_best_run(sqlite_sweep):
+    study = _study(sqlite_sweep)
+    finished = study.get_trials(states=FINISHED)
+    assert len(finished) == 6
+    pruned = [t for t in finished if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, "the median rule pruned no trial"
+    for trial in pruned:  # stopped at a step where it was below the other trials' median, so below the best
+        assert max(trial.intermediate_values.values()) < study.best_value
+    for trial in finished:  # every trial is a normal run, validated on held-out training images, test unseen
+        run = runs.load_run(sqlite_sweep / f"trial-{trial.number:04d}")
+        assert run.config.train.validation == "split" and run.metrics["test_accuracy"] is None
+    best = runs.load_run(sqlite_sweep / "best")
+    assert best.metrics["test_accuracy"] > 0.8 and best.config.train.validation == "split"
+    assert best.config.train.learning_rate == study.best_params["train.learning_rate"]
+    assert list(best.config.model.hidden_units) == [study.best_params["hidden_width"]] * study.best_params["hidden_layers"]
+
+
+def test_running_again_continues_the_study(sqlite_sweep, space, mnist_dir):
+    assert main(["sweep", "--space", str(space), "--out", str(sqlite_sweep), "--trials", "8", *SMALL,
+                 "--cache-dir", str(mnist_dir)]) == 0
+    numbers = [t.number for t in _study(sqlite_sweep).get_trials(states=FINISHED)]
+    assert sorted(numbers) == list(range(8))
+
+
+def test_report(sqlite_sweep, capsys):
+    assert main(["sweep", "--out", str(sqlite_sweep), "--report"]) == 0
+    out = capsys.readouterr().out
+    assert "pruned" in out and "parameter importances" in out
+    ranks = [line.split() for line in out.splitlines() if line[:4].strip().isdigit()]
+    values = [float(r[2]) for r in ranks]
+    assert values == sorted(values, reverse=True) and values[0] == pytest.approx(_study(sqlite_sweep).best_value, abs=1e-4)
+    for name in ("optimization_history.png", "parallel_coordinate.png"):
+        assert (sqlite_sweep / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[space]\n"train.epochs" = { between = [1, 2] }\n')
+    assert main(["sweep", "--space", str(bad), "--out", str(tmp_path / "s")]) == 2
+    assert "needs one of int" in capsys.readouterr().err
+    assert main(["sweep", "--out", str(tmp_path / "none"), "--report"]) == 2
+    assert main(["sweep", "--storage", "postgresql://nobody@127.0.0.1:1/none", "--out", str(tmp_path / "p")]) == 2
+    assert "cannot open the study" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server on a free local port, in a temporary data folder."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    assert bins, "PostgreSQL server missing: `make test` installs it (apt-get install postgresql)"
+    folder = Path(tempfile.mkdtemp(prefix="mnist-mlp-pg-"))
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = lambda *cmd: subprocess.run([*as_postgres, *cmd], check=True, capture_output=True, timeout=120)  # noqa: E731
+    run(f"{bins[-1]}/initdb", "-D", str(folder / "data"), "-U", "postgres", "-A", "trust")
+    run(f"{bins[-1]}/pg_ctl", "-D", str(folder / "data"), "-l", str(folder / "log"), "-w", "start", "-o",
+        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1")
+    try:
+        run(f"{bins[-1]}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "sweeps")
+        yield f"postgresql://postgres@127.0.0.1:{port}/sweeps"
+    finally:
+        run(f"{bins[-1]}/pg_ctl", "-D", str(folder / "data"), "-m", "fast", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_on_postgresql(postgres, space, mnist_dir, tmp_path):
+    workers = [subprocess.Popen([sys.executable, "-m", "mnist_mlp", "sweep", "--space", str(space), "--study", "shared",
+                                 "--storage", postgres, "--trials", "8", "--out", str(tmp_path / f"worker-{i}"), *SMALL,
+                                 "--cache-dir", str(mnist_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for i in (0, 1)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="shared", storage=postgres)
+    finished = study.get_trials(states=FINISHED)
+    numbers = [t.number for t in finished]
+    assert len(finished) == 8 and len(set(numbers)) == 8  # exactly the requested trials, none repeated
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))  # none left hanging (lost)
+    ran_by = {i: {int(p.name.split("-")[1]) for p in (tmp_path / f"worker-{i}").glob("trial-*")} for i in (0, 1)}
+    assert ran_by[0] and ran_by[1], "both workers ran trials"
+    over = {t.number for t in study.get_trials(states=(optuna.trial.TrialState.FAIL,)) if t.user_attrs.get("over_budget")}
+    assert ran_by[0] | ran_by[1] == set(numbers) and not ran_by[0] & ran_by[1]  # each trial run once
+    assert not over & set(numbers)  # a trial started past the budget (workers raced) trains nothing
+    for i, found in ran_by.items():  # each finished trial has its run directory where its worker ran it
+        for number in found:
+            assert (tmp_path / f"worker-{i}" / f"trial-{number:04d}" / "metrics.json").is_file()
