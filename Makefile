@@ -30,7 +30,7 @@ $(VENV)/.setup-base: pyproject.toml
 
 $(VENV)/.setup-all: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch,tensorflow,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch,tensorflow,postgres,dev]'
 	touch $@ $(VENV)/.setup-base
 
 clean:
