@@ -275,8 +275,10 @@ def cmd_bench(args) -> None:
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="mnist-mlp", description=__doc__.splitlines()[0],
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(prog="mnist-mlp", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                    description="The classic Keras MNIST MLP walk-through, on the real MNIST: fetch the data, "
+                                "look at a digit, train, evaluate, read your own handwriting, compare and sweep.",
+                    epilog="Start with: mnist-mlp data fetch; mnist-mlp inspect; mnist-mlp train")
     parser.add_argument("--version", action="version", version=f"mnist-mlp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     cache = Parser(add_help=False)
