@@ -198,7 +198,7 @@ def bench(variants: tuple[str, ...] = VARIANTS, epochs: int = 20, gpu: bool = Fa
         else:
             skipped.append(variant)
     return {"peak_gflops": peak, "floor_epoch_s": epoch_flop() / peak / 1e9, "epochs": epochs,
-            "results": [asdict(r) for r in results], "skipped": skipped, "machine": _machine()}
+            "results": [asdict(r) for r in results], "skipped": skipped, "machine": machine()}
 
 
 def time_to(accuracy: float, configs: dict[str, str | None]) -> dict:
@@ -207,14 +207,13 @@ def time_to(accuracy: float, configs: dict[str, str | None]) -> dict:
     found = {}
     for name, path in configs.items():
         result = run_variant("ours", None, path)
-        hits = [t for t, a in zip(result.epoch_end_s, result.epoch_accuracy) if a >= accuracy]
-        found[name] = {"seconds": hits[0] if hits else None, "epochs": result.epoch_accuracy.index(
-            next(a for a in result.epoch_accuracy if a >= accuracy)) + 1 if hits else None,
-            "best_accuracy": max(result.epoch_accuracy)}
+        first = next((i for i, a in enumerate(result.epoch_accuracy) if a >= accuracy), None)
+        found[name] = {"seconds": None if first is None else result.epoch_end_s[first],
+                       "epochs": None if first is None else first + 1, "best_accuracy": max(result.epoch_accuracy)}
     return found
 
 
-def _machine() -> str:
+def machine() -> str:
     model = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -262,7 +262,7 @@ def cmd_bench(args) -> None:
     if args.time_to is not None:
         configs = {"classic": None, **({Path(c).stem: c for c in args.config} if args.config else {})}
         report = {"time_to": args.time_to, "results": bench.time_to(args.time_to, configs),
-                  "machine": bench._machine()}
+                  "machine": bench.machine()}
         print(f"Seconds from process start to the first epoch with test accuracy >= {args.time_to}:")
         for name, found in report["results"].items():
             seconds = f"{found['seconds']:.1f} s (epoch {found['epochs']})" if found["seconds"] else "not reached"

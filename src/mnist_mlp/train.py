@@ -231,10 +231,11 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
     else:
         model.fit(x_train, y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=verbose,
                   validation_data=validation, callbacks=callbacks)
-    return _finish(config, run_dir, model, (x_test, y_test) if score_test else None, timer, backend, engine, started)
+    return _finish(config, run_dir, model, len(x_train), (x_test, y_test) if score_test else None, timer, backend,
+                   engine, started)
 
 
-def _finish(config, run_dir, model, test, timer, backend, engine, started) -> TrainResult:
+def _finish(config, run_dir, model, train_samples, test, timer, backend, engine, started) -> TrainResult:
     """Score the test set once (unless `test` is None) and write the model, history, curves and metrics."""
     test_loss = test_accuracy = ci95 = None
     if test is not None:
@@ -253,9 +254,9 @@ def _finish(config, run_dir, model, test, timer, backend, engine, started) -> Tr
     tc = config.train
     runs.write_json(run_dir / runs.METRICS, {
         "test_loss": result.test_loss, "test_accuracy": result.test_accuracy,
-        "test_accuracy_ci95": list(ci95) if ci95 else None, "test_samples": 10000 if test is not None else 0,
-        "final_val_accuracy": history.get("val_accuracy", [None])[-1], "stopped_after_epochs": len(history["loss"]), "train_samples": tc.train_samples or (60000 if tc.validation == "test" else 50000),
-        "validation": tc.validation, "epochs": tc.epochs, "engine": engine,
+        "test_accuracy_ci95": list(ci95) if ci95 else None, "test_samples": len(test[0]) if test is not None else 0,
+        "train_samples": train_samples, "final_val_accuracy": history.get("val_accuracy", [None])[-1],
+        "stopped_after_epochs": len(history["loss"]), "validation": tc.validation, "epochs": tc.epochs, "engine": engine,
         "seconds_per_epoch": result.seconds_per_epoch, "epoch_seconds": timer.seconds,
         "epochs_this_process": len(timer.seconds), "wall_seconds": result.wall_seconds,
         "backend": backend.name, "backend_reason": backend.reason, "versions": versions(backend.name),
