@@ -79,7 +79,23 @@ def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: 
     else:  # as the classic script: model.fit with the test set as validation
         model.fit(x_train, y_train, batch_size=config.train.batch_size, epochs=epochs, verbose=0,
                   validation_data=(x_test, y_test), callbacks=[record])
-    return {"epoch_end_s": ends, "epoch_accuracy": accuracy}
+    return {"epoch_end_s": ends, "epoch_accuracy": accuracy, "device": _device_name(backend)}
+
+
+def _device_name(backend: str) -> str:
+    """The accelerator a Keras backend trains on, e.g. "gpu NVIDIA H200", or "cpu"."""
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return "cpu" if device.platform == "cpu" else f"{device.platform} {device.device_kind}"
+    if backend == "torch":
+        import torch
+
+        return f"cuda {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cpu"
+    import tensorflow as tf
+
+    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
 
 
 def _torch_child(variant: str, epochs: int, t0: float) -> dict:
@@ -114,7 +130,8 @@ def _torch_child(variant: str, epochs: int, t0: float) -> dict:
         with torch.no_grad():
             accuracy.append(float((model(x_test).argmax(1) == y_test).float().mean()))  # waits for the GPU
         ends.append(time.time() - t0)
-    return {"epoch_end_s": ends, "epoch_accuracy": accuracy, "threads": torch.get_num_threads(), "device": str(device)}
+    return {"epoch_end_s": ends, "epoch_accuracy": accuracy, "threads": torch.get_num_threads(),
+            "device": f"cuda {torch.cuda.get_device_name()}" if device.type == "cuda" else "cpu"}
 
 
 def child(variant: str, epochs: int | None, config_path: str | None, t0: float, out: str) -> None:
@@ -173,7 +190,7 @@ def run_variant(variant: str, epochs: int | None, config_path: str | None = None
     ends = raw["epoch_end_s"]
     durations = [b - a for a, b in zip(ends, ends[1:])]
     steady = statistics.median(durations) if durations else ends[0]
-    note = f"{raw['threads']} threads, {raw['device']}" if "threads" in raw else ""
+    note = ", ".join(([f"{raw['threads']} threads"] if "threads" in raw else []) + [raw["device"]])
     return VariantResult(variant, ends[0], steady, ends[-1], raw["epoch_accuracy"][-1], raw["peak_memory_mb"],
                          epoch_flop() / steady / 1e9, ends, raw["epoch_accuracy"], note)
 
