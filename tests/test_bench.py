@@ -1,6 +1,7 @@
 """The benchmark: FLOP accounting, the report table, and a real two-epoch run of two variants."""
 
 import json
+import re
 
 import pytest
 
@@ -40,7 +41,7 @@ def test_two_epoch_bench_of_ours_and_plain_torch(mnist_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--epochs", "2", "--variants", "ours,torch", "--json", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "| ours |" in table and "| torch (" in table
+    assert "| ours (cpu) |" in table and re.search(r"\| torch \(\d+ threads, cpu\) \|", table)
     report = json.loads(out.read_text())
     assert report["peak_gflops"] > 1
     for result in report["results"]:

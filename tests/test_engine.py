@@ -56,6 +56,9 @@ def test_epoch_index_covers_every_example_once_in_equal_chunks():
     assert [p.shape for p in parts] == [(3, 128), (3, 128), (1, 128), (1, 104)]
     assert sorted(np.concatenate([p.ravel() for p in parts]).tolist()) == list(range(1000))
     assert np.concatenate([p.ravel() for p in engine.epoch_index(10, 4, None)]).tolist() == list(range(10))
+    # blocks of one length where a count up to `chunks` divides the full batches: one program, not two
+    assert [p.shape for p in engine.epoch_index(60000, 128, None, chunks=4)] == [(117, 128)] * 4 + [(1, 96)]
+    assert [p.shape for p in engine.epoch_index(60000, 256, None, chunks=4)] == [(78, 256)] * 3 + [(1, 96)]
 
 
 def test_engine_choice():

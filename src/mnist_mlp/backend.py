@@ -70,3 +70,19 @@ def activate(choice: BackendChoice) -> BackendChoice:
 def use_backend(requested: str = "auto") -> BackendChoice:
     """Choose and activate in one call."""
     return activate(choose_backend(requested))
+
+
+def device_name(backend: str) -> str:
+    """The accelerator a Keras backend trains on, e.g. "gpu NVIDIA H200", or "cpu"."""
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return "cpu" if device.platform == "cpu" else f"{device.platform} {device.device_kind}"
+    if backend == "torch":
+        import torch
+
+        return f"cuda {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cpu"
+    import tensorflow as tf
+
+    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"

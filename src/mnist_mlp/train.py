@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from mnist_mlp import data, plots, runs
-from mnist_mlp.backend import BackendChoice
+from mnist_mlp.backend import BackendChoice, device_name
 from mnist_mlp.config import Config, TrainConfig, config_to_toml
 from mnist_mlp.model import build_model, model_summary
 
@@ -201,6 +201,10 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
     tc = config.train
     log(f"Backend: {backend.name} (chosen by {backend.reason})")
     set_seed(tc.seed, backend.name)
+    if backend.name == "jax":  # before the model is built: its initializers are compiled programs too
+        from mnist_mlp.engine import enable_compile_cache
+
+        enable_compile_cache(data.cache_dir(data_dir) / "xla")
 
     (x_train, y_train), (x_test, y_test) = data.load_data(data_dir)
     x_train, x_test = data.preprocess(x_train), data.preprocess(x_test)
@@ -223,9 +227,8 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
                  RngCheckpoint(run_dir / runs.CHECKPOINT / runs.RNG_STATE, resume),
                  keras.callbacks.BackupAndRestore(str(run_dir / runs.CHECKPOINT))]  # last: saves after the rest
     if engine == "compiled":
-        from mnist_mlp.engine import enable_compile_cache, fit_compiled
+        from mnist_mlp.engine import fit_compiled
 
-        enable_compile_cache(data.cache_dir(data_dir) / "xla")
         fit_compiled(model, x_train, y_train, batch_size=tc.batch_size, epochs=tc.epochs, seed=tc.seed,
                      validation_data=validation, callbacks=callbacks, verbose=verbose)
     else:
@@ -261,6 +264,7 @@ def _finish(config, run_dir, model, train_samples, test, timer, backend, engine,
         "epochs_this_process": len(timer.seconds), "wall_seconds": result.wall_seconds,
         "backend": backend.name, "backend_reason": backend.reason, "versions": versions(backend.name),
         "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs",
+        "device": device_name(backend.name),
         "threads": {"cpus_available": len(os.sched_getaffinity(0)), "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
                     "choice": "XLA's defaults (1-thread XLA flags measured no faster here; README, Speed)"},
         "data_sha256": {key: sha for key, (_, sha) in data.FILES.items()},
