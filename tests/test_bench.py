@@ -20,10 +20,11 @@ def test_markdown_ratios_against_ours():
     row = dict(first_epoch_s=3.0, steady_epoch_s=1.5, test_accuracy=0.98, peak_memory_mb=900, gflops=100.0,
                epoch_end_s=[], epoch_accuracy=[], note="")
     report = {"machine": "test CPU", "peak_gflops": 200.0, "floor_epoch_s": 1.0, "epochs": 20, "skipped": ["keras-torch"],
-              "results": [{**row, "variant": "ours", "total_s": 30.0}, {**row, "variant": "torch", "total_s": 75.0}]}
+              "results": [{**row, "variant": "ours", "total_s": 30.0},
+                          {**row, "variant": "torch", "total_s": 75.0, "steady_epoch_s": 3.3}]}
     table = bench.markdown(report)
-    assert "| ours | 3.00 | 1.50 | 30.0 | 0.9800 | 900 | 100 | 50% | 1.00x |" in table
-    assert "| torch | 3.00 | 1.50 | 75.0 | 0.9800 | 900 | 100 | 50% | 2.50x |" in table
+    assert "| ours | 3.00 | 1.5 | 30.0 | 0.9800 | 900 | 100 | 50% | 1.00x | 1.00x |" in table
+    assert "| torch | 3.00 | 3.3 | 75.0 | 0.9800 | 900 | 100 | 50% | 2.20x | 2.50x |" in table
     assert "Skipped (package not installed): keras-torch" in table
 
 
