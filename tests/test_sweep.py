@@ -140,3 +140,52 @@ def test_two_workers_share_one_study_on_postgresql(postgres, space, mnist_dir, t
     for i, found in ran_by.items():  # each finished trial has its run directory where its worker ran it
         for number in found:
             assert (tmp_path / f"worker-{i}" / f"trial-{number:04d}" / "metrics.json").is_file()
+
+
+RACE = """
+import sys, time, types
+from pathlib import Path
+from mnist_mlp.sweep import open_study
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # start together
+open_study(Path("."), "race", sys.argv[1], types.SimpleNamespace(prune_after=1), 0)
+"""
+
+
+@pytest.mark.slow
+def test_workers_starting_together_on_a_fresh_postgresql_database_all_open_the_study(postgres):
+    """The first workers on an empty database race to create Optuna's tables and the study; every one of
+    them must open it, whichever process wins."""
+    import psycopg
+
+    server = postgres.rsplit("/", 1)[0]
+    for round_ in range(3):
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE race{round_}")
+        start = f"{__import__('time').time() + 4:.3f}"
+        workers = [subprocess.Popen([sys.executable, "-c", RACE, f"{server}/race{round_}", start],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+        outputs = [w.communicate(timeout=120)[0] for w in workers]
+        assert [w.returncode for w in workers] == [0] * 4, outputs
+        assert len(optuna.get_all_study_names(f"{server}/race{round_}")) == 1
+
+
+def test_a_table_created_by_another_worker_mid_open_is_retried(tmp_path, monkeypatch):
+    """PostgreSQL reports the creation race as ProgrammingError too (DuplicateTable, or a table not there yet)."""
+    import types
+
+    import sqlalchemy
+
+    from mnist_mlp import sweep
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    class Flaky(real):
+        def __init__(self, url, **kwargs):
+            calls.append(url)
+            if len(calls) == 1:
+                raise sqlalchemy.exc.ProgrammingError("CREATE TABLE studies", {}, Exception("relation exists"))
+            super().__init__(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Flaky)
+    study = sweep.open_study(tmp_path, "s", None, types.SimpleNamespace(prune_after=1), 0)
+    assert study.study_name == "s" and len(calls) == 2

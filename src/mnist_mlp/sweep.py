@@ -93,13 +93,19 @@ class PruneOnValidation(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+# What a worker sees when another creates the same table, type or row at the same moment on PostgreSQL
+# (a duplicate key: IntegrityError; DuplicateTable, or a table not yet there: ProgrammingError).
+RACE_ERRORS = ("IntegrityError", "ProgrammingError")
+
+
 class OverBudget(Exception):
     """This trial was started after the study already held its number of trials (workers raced)."""
 
 
 def open_study(sweep_dir: Path, study_name: str, storage: str | None, space: SweepSpace, seed: int) -> optuna.Study:
     url = storage or f"sqlite:///{(sweep_dir / STUDY_DB).resolve()}"
-    for attempt in range(3):  # workers starting together race to create the study; the loser loads it
+    where = url.split("@")[-1]
+    for attempt in range(5):  # workers starting together race to create the tables and the study; losers retry
         try:
             # heartbeats: a trial whose worker was killed turns FAIL after the grace period, so it is re-run
             rdb = optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=60)
@@ -111,12 +117,11 @@ def open_study(sweep_dir: Path, study_name: str, storage: str | None, space: Swe
             raise UserError(f"the storage {url.split(':')[0]} needs a driver ({e}); for PostgreSQL: "
                             "pip install 'mnist-mlp[postgres]'") from None
         except Exception as e:  # sqlalchemy: unreachable or refused database, or the creation race
-            if "Integrity" in type(e).__name__ or isinstance(e, optuna.exceptions.DuplicatedStudyError):
-                time.sleep(0.5 * (attempt + 1))
-                continue
-            raise UserError(f"cannot open the study at {url.split('@')[-1]} ({type(e).__name__}); "
-                            "check the --storage URL") from None
-    raise UserError(f"could not create or load study {study_name} at {url.split('@')[-1]}; try again")
+            error = type(e).__name__
+            if error not in RACE_ERRORS and not isinstance(e, optuna.exceptions.DuplicatedStudyError):
+                raise UserError(f"cannot open the study at {where} ({error}); check the --storage URL") from None
+            time.sleep(0.5 * (attempt + 1))
+    raise UserError(f"could not create or load study {study_name} at {where} ({error}); try again")
 
 
 def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice, *, base: Config | None = None,
