@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
@@ -161,7 +162,7 @@ def test_workers_starting_together_on_a_fresh_postgresql_database_all_open_the_s
     for round_ in range(3):
         with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
             connection.execute(f"CREATE DATABASE race{round_}")
-        start = f"{__import__('time').time() + 4:.3f}"
+        start = f"{time.time() + 4:.3f}"
         workers = [subprocess.Popen([sys.executable, "-c", RACE, f"{server}/race{round_}", start],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(4)]
         outputs = [w.communicate(timeout=120)[0] for w in workers]
