@@ -19,7 +19,8 @@ def test_flop_count_by_hand():
 def test_markdown_ratios_against_ours():
     row = dict(first_epoch_s=3.0, steady_epoch_s=1.5, test_accuracy=0.98, peak_memory_mb=900, gflops=100.0,
                epoch_end_s=[], epoch_accuracy=[], note="")
-    report = {"machine": "test CPU", "peak_gflops": 200.0, "floor_epoch_s": 1.0, "epochs": 20, "skipped": ["keras-torch"],
+    report = {"machine": "test CPU", "peak_gflops": 200.0, "floor_epoch_s": 1.0, "matmul_epoch_s": 1.2, "epochs": 20,
+              "skipped": ["keras-torch"],
               "results": [{**row, "variant": "ours", "total_s": 30.0},
                           {**row, "variant": "torch", "total_s": 75.0, "steady_epoch_s": 3.3}]}
     table = bench.markdown(report)
@@ -45,6 +46,8 @@ def test_two_epoch_bench_of_ours_and_plain_torch(mnist_dir, tmp_path, capsys):
     assert "| ours (cpu) |" in table and re.search(r"\| torch \(\d+ threads, cpu\) \|", table)
     report = json.loads(out.read_text())
     assert report["peak_gflops"] > 1
+    # the epoch's matmuls do the floor's FLOPs (less the last partial batch): they cannot run far below it
+    assert 0.5 * report["floor_epoch_s"] < report["matmul_epoch_s"] < 20
     for result in report["results"]:
         assert len(result["epoch_end_s"]) == 2 and result["epoch_end_s"][0] < result["epoch_end_s"][1]
         assert result["first_epoch_s"] > 0 and result["steady_epoch_s"] > 0 and result["peak_memory_mb"] > 50
