@@ -21,8 +21,11 @@ def _twin_models(config: ModelConfig, train: TrainConfig):
     return first, second
 
 
-@pytest.mark.parametrize("optimizer, dropout", [("rmsprop", 0.0), ("adam", 0.0), ("rmsprop", 0.2)])
-def test_same_weights_same_batches_same_training_as_fit(mnist, optimizer, dropout):
+@pytest.mark.parametrize("optimizer, dropout, chunks, unroll", [
+    ("rmsprop", 0.0, None, None), ("adam", 0.0, None, None), ("rmsprop", 0.2, None, None),
+    ("rmsprop", 0.2, 1, 4),  # the GPU's layout (one call per epoch, scan unrolled), run here on the CPU
+])
+def test_same_weights_same_batches_same_training_as_fit(mnist, optimizer, dropout, chunks, unroll):
     (x_train, y_train), _ = mnist
     x, y = data.preprocess(x_train[:700]), data.to_one_hot(y_train[:700])  # 5 full batches + one of 60
     train = TrainConfig(optimizer=optimizer)
@@ -30,7 +33,7 @@ def test_same_weights_same_batches_same_training_as_fit(mnist, optimizer, dropou
     fit_history = by_fit.fit(x, y, batch_size=128, epochs=2, shuffle=False, verbose=0).history
     logger = keras.callbacks.History()
     engine.fit_compiled(by_engine, x, y, batch_size=128, epochs=2, seed=0, shuffle=False, verbose=0,
-                        callbacks=[logger])
+                        callbacks=[logger], chunks=chunks, unroll=unroll)
     np.testing.assert_allclose(logger.history["loss"], fit_history["loss"], atol=1e-5)
     np.testing.assert_allclose(logger.history["accuracy"], fit_history["accuracy"], atol=1e-6)
     for ours, theirs in zip(by_engine.get_weights(), by_fit.get_weights()):
