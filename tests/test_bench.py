@@ -38,6 +38,13 @@ def test_bad_bench_arguments(argv, expected, capsys):
     assert expected in capsys.readouterr().err
 
 
+def test_gpu_bench_without_a_gpu_says_so(capsys):
+    if bench._jax_platform(True) != "cpu":
+        pytest.skip("JAX sees a GPU on this machine")
+    assert main(["bench", "--gpu", "--variants", "ours"]) == 2
+    assert "JAX finds no GPU here" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_two_epoch_bench_of_ours_and_plain_torch(mnist_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"

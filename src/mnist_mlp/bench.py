@@ -182,6 +182,13 @@ print(sorted(times)[len(times) // 2])
     return float(done.stdout.strip().splitlines()[-1])
 
 
+def _jax_platform(gpu: bool) -> str:
+    """The platform JAX trains on in a bench child: "cpu", "gpu"/"cuda", ... (fresh process)."""
+    code = "import jax; print(jax.devices()[0].platform)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_child_env(gpu))
+    return done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else "cpu"
+
+
 def _child_env(gpu: bool = False) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     if gpu:
@@ -222,6 +229,9 @@ def bench(variants: tuple[str, ...] = VARIANTS, epochs: int = 20, gpu: bool = Fa
         raise UserError(f"unknown bench variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if epochs < 2:
         raise UserError("bench needs --epochs >= 2 (the first epoch includes compiling)")
+    if gpu and _jax_platform(gpu) == "cpu":
+        raise UserError("bench --gpu: JAX finds no GPU here (a GPU needs a CUDA build: pip install 'jax[cuda12]'); "
+                        "run bench without --gpu")
     peak, matmuls = matmul_peak(gpu=gpu), matmul_epoch(gpu=gpu)
     results, skipped = [], []
     for variant in variants:
