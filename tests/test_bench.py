@@ -32,6 +32,7 @@ def test_markdown_ratios_against_ours():
 @pytest.mark.parametrize("argv, expected", [
     (["bench", "--variants", "ours,caffe"], "unknown bench variant caffe"),
     (["bench", "--epochs", "1"], "--epochs >= 2"),
+    (["bench", "--time-to", "98.2"], "an accuracy between 0 and 1"),
 ])
 def test_bad_bench_arguments(argv, expected, capsys):
     assert main(argv) == 2

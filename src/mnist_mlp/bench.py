@@ -67,9 +67,7 @@ def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: 
         from mnist_mlp.engine import enable_compile_cache, fit_compiled
 
         enable_compile_cache(data.cache_dir() / "xla")  # before building: the initializers are compiled too
-    (x_train, y_train), (x_test, y_test) = data.load_data()
-    x_train, x_test = data.preprocess(x_train), data.preprocess(x_test)
-    y_train, y_test = data.to_one_hot(y_train), data.to_one_hot(y_test)
+    (x_train, y_train), (x_test, y_test) = data.load_arrays()
     model = compile_model(build_model(config.model), config.train, len(x_train))
     ends, accuracy = [], []
     record = keras.callbacks.LambdaCallback(
@@ -146,10 +144,7 @@ for m, n in {LAYERS[:2]!r}:
         best = max(best, 200 * 2 * 128 * m * n / (time.perf_counter() - start) / 1e9)
 print(best)
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_child_env(gpu))
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr[-2000:])
-    return float(done.stdout.strip().splitlines()[-1])
+    return float(_python(code, gpu))
 
 
 def matmul_epoch(gpu: bool = False, repeats: int = 3) -> float:
@@ -176,17 +171,20 @@ for _ in range({repeats}):
     start = time.perf_counter(); jax.block_until_ready(epoch(ws, index)); times.append(time.perf_counter() - start)
 print(sorted(times)[len(times) // 2])
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_child_env(gpu))
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr[-2000:])
-    return float(done.stdout.strip().splitlines()[-1])
+    return float(_python(code, gpu))
 
 
 def _jax_platform(gpu: bool) -> str:
     """The platform JAX trains on in a bench child: "cpu", "gpu"/"cuda", ... (fresh process)."""
-    code = "import jax; print(jax.devices()[0].platform)"
+    return _python("import jax; print(jax.devices()[0].platform)", gpu)
+
+
+def _python(code: str, gpu: bool) -> str:
+    """The last line `code` prints, run by this Python in a fresh process with the bench's environment."""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_child_env(gpu))
-    return done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else "cpu"
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(done.stderr[-2000:])
+    return done.stdout.strip().splitlines()[-1]
 
 
 def _child_env(gpu: bool = False) -> dict:

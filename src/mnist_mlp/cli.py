@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from mnist_mlp import __version__, data
+from mnist_mlp.bench import VARIANTS
 from mnist_mlp.backend import use_backend
 from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, load_config
 from mnist_mlp.errors import UserError
@@ -192,11 +193,11 @@ def cmd_runs(args) -> None:
     from mnist_mlp import runs
 
     if args.action == "list":
-        rows = [runs.summary(runs.load_run(path)) for path in runs.list_runs(args.root)]
-        if not rows:
+        loaded = [runs.load_run(path) for path in runs.list_runs(args.root)]
+        if not loaded:
             print(f"No finished runs under {args.root}/ (train one with `mnist-mlp train`)")
             return
-        loaded = [runs.load_run(r["run"]) for r in rows]
+        rows = [runs.summary(run) for run in loaded]
         differing = runs.config_differences(loaded) if len(loaded) > 1 else {}
         print(f"{'run':<36} {'date':<16} {'epochs':>6} {'test acc':>8} {'s/epoch':>7} {'backend':<10} differs")
         for i, row in enumerate(rows):
@@ -260,6 +261,8 @@ def cmd_bench(args) -> None:
     from mnist_mlp import bench, runs
 
     if args.time_to is not None:
+        if not 0 < args.time_to < 1:
+            raise UserError(f"--time-to {args.time_to} is an accuracy between 0 and 1, e.g. 0.982")
         configs = {"classic": None, **({Path(c).stem: c for c in args.config} if args.config else {})}
         report = {"time_to": args.time_to, "results": bench.time_to(args.time_to, configs),
                   "machine": bench.machine()}
@@ -373,9 +376,9 @@ def build_parser() -> Parser:
     p = sub.add_parser("bench", help="side-by-side speed: stock Keras fit, plain PyTorch, our engine",
                        formatter_class=formatter)
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--variants", default="ours,keras-jax,keras-tensorflow,keras-torch,torch,torch-1thread",
+    p.add_argument("--variants", default=",".join(VARIANTS),
                    help="comma-separated; those whose package is missing are skipped")
-    p.add_argument("--gpu", action="store_true", help="let JAX and PyTorch use a CUDA GPU when present")
+    p.add_argument("--gpu", action="store_true", help="JAX and PyTorch on a CUDA GPU (an error where JAX finds none)")
     p.add_argument("--time-to", type=float, metavar="ACCURACY",
                    help="instead: seconds to reach this test accuracy, classic recipe vs --config presets")
     p.add_argument("--config", action="append", help="preset(s) for --time-to, e.g. configs/fast.toml")

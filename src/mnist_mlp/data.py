@@ -349,6 +349,12 @@ def load_data(directory: str | Path | None = None):
     return load_split("train", directory), load_split("test", directory)
 
 
+def load_arrays(directory: str | Path | None = None):
+    """`load_data()` ready to train on: float32 (n, 784) images in [0, 1] and one-hot float32 labels."""
+    (x_train, y_train), (x_test, y_test) = load_data(directory)
+    return (preprocess(x_train), to_one_hot(y_train)), (preprocess(x_test), to_one_hot(y_test))
+
+
 def preprocess(x: np.ndarray) -> np.ndarray:
     """uint8 images (n, 28, 28) or (n, 784) -> float32 (n, 784) in [0, 1]."""
     x = np.asarray(x)

@@ -20,6 +20,10 @@ UNSURE_BELOW = 0.6  # top probability under which the prediction is flagged as u
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
+class ImageTooLarge(UserError):
+    """More pixels than MAX_PIXELS (the web API answers 413)."""
+
+
 @dataclass(frozen=True)
 class Prediction:
     digit: int
@@ -41,7 +45,7 @@ def open_image(source: str | Path | bytes | np.ndarray, name: str = "image") -> 
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         if image.width * image.height > MAX_PIXELS:
-            raise UserError(f"{name} is {image.width}x{image.height} pixels, more than {MAX_PIXELS:,}; "
+            raise ImageTooLarge(f"{name} is {image.width}x{image.height} pixels, more than {MAX_PIXELS:,}; "
                             "send a smaller image")
         image.seek(0)
         image = ImageOps.exif_transpose(image)

@@ -167,6 +167,7 @@ def config_differences(loaded: list[Run]) -> dict[str, list]:
 def summary(run: Run) -> dict[str, object]:
     """One row of `mnist-mlp runs list`."""
     return {"run": str(run.path), "date": time.strftime("%Y-%m-%d %H:%M", time.localtime((run.path / METRICS).stat().st_mtime)),
-            "epochs": run.config.train.epochs, "test_accuracy": run.metrics.get("test_accuracy"),
+            "epochs": run.metrics.get("stopped_after_epochs", run.config.train.epochs),  # pruned trials stop early
+            "test_accuracy": run.metrics.get("test_accuracy"),
             "seconds_per_epoch": run.metrics.get("seconds_per_epoch"), "backend": run.metrics.get("backend"),
             "engine": run.metrics.get("engine", "fit")}

@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from mnist_mlp import runs
 from mnist_mlp.errors import UserError
-from mnist_mlp.predict import Prediction, predict_arrays, predict_image
+from mnist_mlp.predict import ImageTooLarge, Prediction, predict_arrays, predict_image
 
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes; larger uploads get 413
 
@@ -70,8 +70,7 @@ def create_app(run_dir: str | Path, model=None) -> FastAPI:
                 source = body
             return prediction_json(predict_image(app.state.model, source, "upload"))
         except UserError as e:
-            status = 413 if "pixels, more than" in str(e) else 400
-            return error(status, str(e))
+            return error(413 if isinstance(e, ImageTooLarge) else 400, str(e))
 
     return app
 

@@ -84,10 +84,11 @@ class PruneOnValidation(keras.callbacks.Callback):
 
     def __init__(self, trial: optuna.Trial):
         super().__init__()
-        self.trial, self.pruned = trial, False
+        self.trial, self.pruned, self.last = trial, False, float("nan")
 
     def on_epoch_end(self, epoch, logs=None):
-        self.trial.report(float(logs["val_accuracy"]), epoch)
+        self.last = float(logs["val_accuracy"])
+        self.trial.report(self.last, epoch)
         if self.trial.should_prune():
             self.pruned = True
             self.model.stop_training = True
@@ -102,8 +103,13 @@ class OverBudget(Exception):
     """This trial was started after the study already held its number of trials (workers raced)."""
 
 
+def storage_url(sweep_dir: str | Path, storage: str | None) -> str:
+    """The study's storage: the URL given, else the SQLite file in the sweep folder."""
+    return storage or f"sqlite:///{(Path(sweep_dir) / STUDY_DB).resolve()}"
+
+
 def open_study(sweep_dir: Path, study_name: str, storage: str | None, space: SweepSpace, seed: int) -> optuna.Study:
-    url = storage or f"sqlite:///{(sweep_dir / STUDY_DB).resolve()}"
+    url = storage_url(sweep_dir, storage)
     where = url.split("@")[-1]
     for attempt in range(5):  # workers starting together race to create the tables and the study; losers retry
         try:
@@ -147,14 +153,12 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
             raise OverBudget()
         config = suggest(trial, space, base)
         pruning = PruneOnValidation(trial)
-        result = train(config, sweep_dir / f"trial-{trial.number:04d}", backend, overwrite=True, data_dir=data_dir,
-                       verbose=0, callbacks=(pruning,), score_test=False)
-        metrics = runs.load_run(result.run_dir).metrics
-        log(f"trial {trial.number}: val_accuracy {metrics['final_val_accuracy']:.4f}"
-            f"{' (pruned)' if pruning.pruned else ''}")
+        train(config, sweep_dir / f"trial-{trial.number:04d}", backend, overwrite=True, data_dir=data_dir,
+              verbose=0, callbacks=(pruning,), score_test=False)
+        log(f"trial {trial.number}: val_accuracy {pruning.last:.4f}{' (pruned)' if pruning.pruned else ''}")
         if pruning.pruned:
             raise optuna.TrialPruned()
-        return float(metrics["final_val_accuracy"])
+        return pruning.last
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     while not over and len(study.get_trials(deepcopy=False, states=states)) < total:
@@ -172,7 +176,7 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
 def report(sweep_dir: str | Path, study_name: str | None = None, storage: str | None = None, top: int = 10) -> dict:
     """Leaderboard, parameter importances, and Optuna's optimisation-history and parallel-coordinate PNGs."""
     sweep_dir = Path(sweep_dir)
-    storage = storage or f"sqlite:///{(sweep_dir / STUDY_DB).resolve()}"
+    storage = storage_url(sweep_dir, storage)
     import warnings
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -206,9 +206,7 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
 
         enable_compile_cache(data.cache_dir(data_dir) / "xla")
 
-    (x_train, y_train), (x_test, y_test) = data.load_data(data_dir)
-    x_train, x_test = data.preprocess(x_train), data.preprocess(x_test)
-    y_train, y_test = data.to_one_hot(y_train), data.to_one_hot(y_test)
+    (x_train, y_train), (x_test, y_test) = data.load_arrays(data_dir)
     if tc.validation == "split":
         (x_train, y_train), validation = data.split_validation(x_train, y_train)
     else:
