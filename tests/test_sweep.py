@@ -190,3 +190,45 @@ def test_a_table_created_by_another_worker_mid_open_is_retried(tmp_path, monkeyp
     monkeypatch.setattr(optuna.storages, "RDBStorage", Flaky)
     study = sweep.open_study(tmp_path, "s", None, types.SimpleNamespace(prune_after=1), 0)
     assert study.study_name == "s" and len(calls) == 2
+
+
+def _heartbeats(db: Path) -> int:
+    """Heartbeats recorded in a study's SQLite file (Optuna's table; a trial without one never turns stale)."""
+    if not db.exists():
+        return 0
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(db)) as connection:
+        try:
+            return connection.execute("SELECT count(*) FROM trial_heartbeats").fetchone()[0]
+        except sqlite3.OperationalError:  # the tables are not there yet
+            return 0
+
+
+def test_a_killed_workers_trial_is_failed_and_another_worker_finishes_the_study(space, mnist_dir, tmp_path,
+                                                                               monkeypatch, capsys):
+    from mnist_mlp import sweep
+
+    out = tmp_path / "killed"
+    args = ["sweep", "--space", str(space), "--out", str(out), "--trials", "2", *SMALL, "--cache-dir", str(mnist_dir)]
+    worker = subprocess.Popen([sys.executable, "-m", "mnist_mlp", *args], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not _heartbeats(out / "study.db"):  # the worker is inside its first trial and has said so once
+        assert worker.poll() is None and time.time() < deadline, "the worker never started a trial"
+        time.sleep(0.02)
+    worker.kill()
+    worker.wait()
+    assert [t.state for t in _study(out).trials] == [optuna.trial.TrialState.RUNNING]  # left by the dead worker
+    # Within the grace period its trial counts as running: this worker runs one trial, then leaves the last
+    # place (and re-training the best) to it, and says what to do.
+    assert main(args) == 0
+    assert "0 still running elsewhere" in capsys.readouterr().out and not (out / "best").exists()
+    assert len(_study(out).get_trials(states=FINISHED)) == 1
+    monkeypatch.setattr(sweep, "GRACE_S", 1)  # instead of a minute: the dead worker's trial is stale now
+    assert main(args) == 0
+    study = _study(out)
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    assert len(study.get_trials(states=FINISHED)) == 2  # its place was run again
+    assert (out / "best" / "metrics.json").is_file()

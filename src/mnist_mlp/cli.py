@@ -246,7 +246,7 @@ def cmd_sweep(args) -> None:
         return
     base = load_config(args.config, args.set)
     choice = use_backend(base.backend)
-    from mnist_mlp.sweep import sweep
+    from mnist_mlp.sweep import GRACE_S, sweep
 
     result = sweep(args.space, out, choice, base=base, study_name=args.study, storage=args.storage,
                    trials=args.trials, data_dir=args.cache_dir, log=lambda text: print(text, flush=True))
@@ -254,6 +254,9 @@ def cmd_sweep(args) -> None:
     print(f"best trial {study.best_trial.number}: val_accuracy {study.best_value:.4f} {study.best_params}")
     if result.best is not None:
         print(f"re-trained as {result.best.run_dir}: test accuracy {result.best.test_accuracy:.4f} (scored once)")
+    elif result.running:
+        print(f"trial(s) {', '.join(map(str, result.running))} still running elsewhere: the worker that finishes "
+              f"last re-trains the best (if a worker was stopped, run this again after {GRACE_S} s)")
     print(f"next: mnist-mlp sweep --out {out} --report")
 
 

@@ -25,6 +25,8 @@ from mnist_mlp.errors import UserError
 from mnist_mlp.train import TrainResult, train
 
 STUDY_DB = "study.db"  # the default SQLite storage, in the sweep folder
+HEARTBEAT_S = 10  # a worker marks its running trial alive this often
+GRACE_S = 60  # a running trial whose worker has been silent this long is failed and its place re-run
 LAYER_KEYS = ("hidden_layers", "hidden_width")  # sweep-only keys that build model.hidden_units
 
 
@@ -38,7 +40,8 @@ class SweepSpace:
 @dataclass(frozen=True)
 class SweepResult:
     study: optuna.Study
-    best: TrainResult | None  # the best trial re-trained and scored on the test set; None while trials run elsewhere
+    best: TrainResult | None  # the best trial re-trained and scored on the test set here; else None
+    running: tuple[int, ...] = ()  # trials still running on other workers (or on one that was stopped)
 
 
 def load_space(path: str | Path) -> SweepSpace:
@@ -114,7 +117,7 @@ def open_study(sweep_dir: Path, study_name: str, storage: str | None, space: Swe
     for attempt in range(5):  # workers starting together race to create the tables and the study; losers retry
         try:
             # heartbeats: a trial whose worker was killed turns FAIL after the grace period, so it is re-run
-            rdb = optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=60)
+            rdb = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
             return optuna.create_study(
                 study_name=study_name, storage=rdb, load_if_exists=True, direction="maximize",
                 sampler=optuna.samplers.TPESampler(seed=seed),
@@ -163,8 +166,9 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     while not over and len(study.get_trials(deepcopy=False, states=states)) < total:
         study.optimize(objective, n_trials=1, catch=(OverBudget,))
-    if any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
-        return SweepResult(study, None)  # another worker is still on its last trial; it re-trains the best
+    running = tuple(t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+    if running:
+        return SweepResult(study, None, running)  # the worker that finishes the last trial re-trains the best
     best_dir = sweep_dir / "best"
     if (best_dir / runs.METRICS).exists():
         return SweepResult(study, None)
