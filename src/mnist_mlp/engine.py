@@ -116,9 +116,9 @@ def fit_compiled(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed
     on_cpu = jax.devices()[0].platform == "cpu"
     chunks = chunks or (CHUNKS if on_cpu else GPU_CHUNKS)
     run_chunk, evaluate = _make_programs(model, optimizer, loss, unroll or (1 if on_cpu else GPU_UNROLL))
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    x, y = jax.device_put(x), jax.device_put(y)  # one copy; jnp.asarray holds two at its peak
     if validation_data is not None:
-        x_val, y_val = map(jnp.asarray, validation_data)
+        x_val, y_val = map(jax.device_put, validation_data)
     n = x.shape[0]
     steps = math.ceil(n / batch_size)
     callback_list = keras.callbacks.CallbackList(list(callbacks), add_history=True, add_progbar=verbose != 0,
