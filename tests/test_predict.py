@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_mlp import data
 from mnist_mlp.cli import main
 from mnist_mlp.errors import UserError
 from mnist_mlp.predict import open_image, predict_arrays, predict_image, to_mnist

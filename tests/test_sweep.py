@@ -2,7 +2,6 @@
 worker processes sharing one study on a real PostgreSQL server."""
 
 import glob
-import json
 import os
 import shutil
 import socket

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from mnist_mlp import __version__, data
+from mnist_mlp import __version__, data, sources
 from mnist_mlp.bench import VARIANTS
 from mnist_mlp.backend import use_backend
 from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, load_config
@@ -25,7 +25,7 @@ class Parser(argparse.ArgumentParser):
 
 def cmd_data(args) -> None:
     if args.action == "fetch":
-        info = data.fetch(args.cache_dir)
+        info = sources.fetch(args.cache_dir)
     elif args.action == "import":
         info = data.import_data(args.paths, args.cache_dir)
     else:

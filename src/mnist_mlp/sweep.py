@@ -20,7 +20,7 @@ import optuna
 
 from mnist_mlp import runs
 from mnist_mlp.backend import BackendChoice
-from mnist_mlp.config import Config, config_from_dict, load_config
+from mnist_mlp.config import Config, config_from_dict
 from mnist_mlp.errors import UserError
 from mnist_mlp.train import TrainResult, train
 

