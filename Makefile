@@ -23,14 +23,14 @@ postgres:  # Debian's PostgreSQL server binaries for the many-machines sweep tes
 setup: $(VENV)/.setup-base
 setup-all: $(VENV)/.setup-all
 
-$(VENV)/.setup-base: pyproject.toml
+$(VENV)/.setup-base: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e .
 	touch $@
 
-$(VENV)/.setup-all: pyproject.toml
+$(VENV)/.setup-all: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch,tensorflow,postgres,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[torch,tensorflow,postgres,dev]'
 	touch $@ $(VENV)/.setup-base
 
 clean:
