@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import math
 
 import jax
@@ -35,7 +36,7 @@ def unroll_threefry_on_cpu() -> bool:
     draw in this process from now on. False where this JAX keeps the lowering elsewhere (nothing changes)."""
     for name in ("jax._src.random.threefry2x32", "jax._src.prng"):  # newer JAX, older JAX
         lowering = getattr(_try_import(name), "_threefry2x32_lowering", None)
-        if lowering is not None:
+        if lowering is not None and "use_rolled_loops" in inspect.signature(lowering).parameters:
             break
     else:
         return False
