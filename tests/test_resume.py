@@ -11,7 +11,9 @@ import time
 import pytest
 
 from conftest import run_cli
+from mnist_mlp import runs
 from mnist_mlp.cli import main
+from mnist_mlp.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -23,13 +25,12 @@ def _kill_after_epoch(out, mnist_dir, engine, sig, epoch=2):
     process = subprocess.Popen([sys.executable, "-m", "mnist_mlp", "train", *ARGS, "--engine", engine,
                                 "--out", str(out), "--cache-dir", str(mnist_dir)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metadata = out / "checkpoint" / "training_metadata.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if json.loads(metadata.read_text())["epoch"] >= epoch:
+            if runs.completed_epochs(out) >= epoch:
                 break
-        except (OSError, ValueError, KeyError):
+        except UserError:
             pass
         time.sleep(0.02)
     assert process.poll() is None, "training ended before it could be killed"
@@ -56,7 +57,7 @@ def test_killed_run_resumes_to_the_same_result(engine, sig, mnist_dir, tmp_path)
     ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (killed, tmp_path / "whole"))
     assert ours["test_accuracy"] == theirs["test_accuracy"] and ours["test_loss"] == theirs["test_loss"]
     assert ours["epochs_this_process"] < 6
-    assert not (killed / "checkpoint").exists()
+    assert not (killed / runs.CHECKPOINT).exists()
 
 
 def test_resume_refuses_finished_and_fresh_runs(tmp_path, capsys):

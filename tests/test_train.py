@@ -37,7 +37,7 @@ def test_train_prints_the_walk_through(mnist_dir, tmp_path, capsys):
 
 def test_run_directory_holds_every_file(small_run):
     assert sorted(p.name for p in small_run.iterdir()) == sorted(
-        [runs.CONFIG, runs.HISTORY, runs.METRICS, runs.MODEL, runs.CURVES])  # no temporary files left
+        [runs.MARKER, runs.CONFIG, runs.HISTORY, runs.METRICS, runs.MODEL, runs.CURVES])  # no temporary files left
     run = runs.load_run(small_run)
     assert run.config.train.epochs == 2
     assert list(run.history) == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
@@ -80,7 +80,7 @@ def test_validation_split_keeps_the_test_set_out(mnist_dir, tmp_path, capsys):
 def test_existing_output_is_refused_unless_overwrite(small_run, mnist_dir, tmp_path, capsys):
     before = (small_run / runs.HISTORY).read_text()
     assert main(["train", *SMALL, "--out", str(small_run), "--cache-dir", str(mnist_dir)]) == 2
-    assert "already exists" in capsys.readouterr().err
+    assert "already holds a run" in capsys.readouterr().err
     assert (small_run / runs.HISTORY).read_text() == before
     stranger = tmp_path / "notes"
     stranger.mkdir()
@@ -117,6 +117,12 @@ def test_incomplete_run_and_corrupt_model_are_user_errors(small_run, tmp_path, c
     broken = tmp_path / "broken"
     shutil.copytree(small_run, broken)
     (broken / runs.MODEL).write_bytes(b"not a keras file")
+    assert main(["evaluate", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "model.keras is not the model this run saved" in err and err.count("\n") == 1
+    metrics = json.loads((broken / runs.METRICS).read_text())
+    del metrics["model_sha256"]  # as in a run trained before the hash was recorded
+    (broken / runs.METRICS).write_text(json.dumps(metrics))
     assert main(["evaluate", str(broken)]) == 2
     err = capsys.readouterr().err
     assert "model.keras" in err and "corrupt" in err and err.count("\n") == 1

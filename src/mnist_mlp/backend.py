@@ -19,6 +19,8 @@ INSTALL_HINTS = {
     "tensorflow": "pip install 'mnist-mlp[tensorflow]'",
 }
 
+REASON_VARIABLE = "MNIST_MLP_BACKEND_REASON"  # "name:why" when default_on_import set KERAS_BACKEND
+
 # The keras.json that Keras writes by itself on first import (whatever backend is running) is no choice.
 KERAS_AUTO_JSON = json.dumps({"floatx": "float32", "epsilon": 1e-07, "backend": "tensorflow",
                               "image_data_format": "channels_last"}, indent=4)
@@ -36,7 +38,9 @@ def choose_backend(requested: str = "auto", environ: dict | None = None) -> Back
     if requested != "auto":
         return BackendChoice(_known(requested, "--backend"), "--backend / config")
     if environ.get("KERAS_BACKEND"):
-        return BackendChoice(_known(environ["KERAS_BACKEND"], "KERAS_BACKEND"), "KERAS_BACKEND environment variable")
+        name = _known(environ["KERAS_BACKEND"], "KERAS_BACKEND")
+        ours, _, reason = environ.get(REASON_VARIABLE, "").partition(":")  # set by default_on_import
+        return BackendChoice(name, reason if ours == name else "KERAS_BACKEND environment variable")
     keras_json = Path(environ.get("KERAS_HOME") or Path.home() / ".keras") / "keras.json"
     try:
         text = keras_json.read_text()
@@ -46,6 +50,21 @@ def choose_backend(requested: str = "auto", environ: dict | None = None) -> Back
     if name:
         return BackendChoice(_known(name, str(keras_json)), str(keras_json))
     return BackendChoice("jax", "default")
+
+
+def default_on_import() -> None:
+    """Set KERAS_BACKEND by these rules when `import mnist_mlp` comes before Keras, so that a classic script
+    importing us first and Keras next runs on JAX (Keras alone falls back to TensorFlow, which the base
+    install lacks). Nothing changes where KERAS_BACKEND is set, Keras is imported or the choice is missing."""
+    if os.environ.get("KERAS_BACKEND") or "keras" in sys.modules:
+        return
+    try:
+        choice = choose_backend()
+    except UserError:
+        return  # an unknown name in keras.json: the command that needs Keras says so
+    if importlib.util.find_spec(PACKAGES[choice.name]) is not None:
+        os.environ["KERAS_BACKEND"] = choice.name
+        os.environ[REASON_VARIABLE] = f"{choice.name}:{choice.reason}"
 
 
 def _known(name: str, source: str) -> str:

@@ -5,6 +5,8 @@ UserErrors that name the key."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +28,8 @@ SCHEDULES = ("constant", "cosine")  # cosine: from learning_rate down to 0 over 
 ENGINES = ("auto", "compiled", "fit")  # auto: compiled on JAX, Keras fit elsewhere
 VALIDATIONS = ("test", "split")  # test: the classic examples' choice; split: last 10,000 train images
 BACKENDS = ("auto", "jax", "torch", "tensorflow")
+TRAIN_IMAGES = 60_000  # MNIST's training set
+HELD_OUT = 10_000  # the last training images, held out by validation = "split"
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,39 @@ class Config:
 
     def __post_init__(self):
         _check(self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
+
+
+def training_images(config: TrainConfig) -> int:
+    """How many images an epoch trains on."""
+    available = TRAIN_IMAGES - (HELD_OUT if config.validation == "split" else 0)
+    return min(config.train_samples, available) if config.train_samples else available
+
+
+def memory_needed(config: Config) -> int:
+    """Bytes that training takes, roughly: the parameters five times (weights, gradients, two optimizer slots,
+    a checkpoint copy), one batch's activations four times (forward, masks, backward), the data twice."""
+    sizes = (784, *config.model.hidden_units, 10)  # pixels in, digits out
+    parameters = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    activations = config.train.batch_size * sum(sizes)
+    images = (TRAIN_IMAGES + 10_000) * (784 + 10)  # float32 pixels and one-hot labels, train and test
+    return 4 * (5 * parameters + 4 * activations + 2 * images)  # float32: 4 bytes
+
+
+def check_fits(config: Config, memory: int | None = None) -> None:
+    """A UserError, before anything is allocated, for a batch larger than the data or a model whose training
+    would not fit in `memory` bytes (default: this machine's RAM)."""
+    images, batch = training_images(config.train), config.train.batch_size
+    _check(batch <= images, "train.batch_size", f"{batch} is larger than the {images:,} training images; "
+           f"use at most {images}")
+    try:
+        memory = memory or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no way to tell here: let the allocator decide
+        return
+    needed = memory_needed(config)
+    if needed > 0.8 * memory:  # leave room for the Python process, Keras and the OS
+        raise UserError(f"training this model would take about {needed / 2**30:,.1f} GiB (model.hidden_units "
+                        f"{list(config.model.hidden_units)}, batch {batch}) and this machine has "
+                        f"{memory / 2**30:.1f} GiB; use fewer or narrower layers or a smaller batch")
 
 
 def _check(ok: bool, key: str, why: str) -> None:
@@ -147,6 +184,8 @@ def _coerce(value, hint, key: str):
             return tuple(value)
         raise UserError(f"config key {key} must be a list of integers, e.g. [512, 512]; got {value!r}")
     if hint is float and (_is_int(value) or isinstance(value, float)):
+        if not math.isfinite(value):
+            raise UserError(f"config key {key} must be a finite number; got {value!r}")
         return float(value)
     if hint is int and _is_int(value):
         return value

@@ -4,6 +4,7 @@ prediction. NumPy and stdlib only."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import UserError, write_failed
 
 FILES = {  # key -> (canonical file name, SHA-256 of the uncompressed IDX content)
     "train-images": ("train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
@@ -110,8 +111,12 @@ def identify(path: Path) -> str | None:
 
 
 def store(directory: Path, contents: dict[str, bytes], source: str) -> None:
-    """Write verified contents into the cache (atomically) and record where they came from."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write verified contents into the cache (atomically) and record where they came from. A write that
+    fails (read-only, disk full, a folder in the way) is one WriteFailed; the cache stays as it was."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_failed(directory, e, _CACHE_ADVICE) from None
     for key, content in contents.items():
         _write_atomic(directory / FILES[key][0], content)
     sources = _read_sources(directory)
@@ -119,10 +124,19 @@ def store(directory: Path, contents: dict[str, bytes], source: str) -> None:
     _write_atomic(directory / SOURCE_FILE, json.dumps(sources, indent=2).encode())
 
 
+_CACHE_ADVICE = "free some space or give a writable folder with --cache-dir (or MNIST_MLP_CACHE)"
+
+
 def _write_atomic(path: Path, content: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_failed(path, e, _CACHE_ADVICE) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def _read_sources(directory: Path) -> dict:

@@ -125,14 +125,14 @@ def fit_compiled(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed
     callback_list = keras.callbacks.CallbackList(list(callbacks), add_history=True, add_progbar=verbose != 0,
                                                  model=model, verbose=verbose, epochs=epochs, steps=steps)
     model.stop_training = False
-    callback_list.on_train_begin()  # BackupAndRestore loads a checkpoint here and sets the first epoch
-    initial_epoch = getattr(model, "_initial_epoch", None) or initial_epoch
+    callback_list.on_train_begin()
     rng = np.random.default_rng(seed) if shuffle else None
     for _ in range(initial_epoch if shuffle else 0):  # a resumed run sees the same shuffles as an uninterrupted one
         rng.permutation(n)
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     opt_vars = [v.value for v in optimizer.variables]
+    logs = {}
     for epoch in range(initial_epoch, epochs):
         callback_list.on_epoch_begin(epoch)
         # A copy: the chunks donate (reuse) their input buffers, and the model's own must stay valid.

@@ -3,7 +3,6 @@ and recall, the confusion matrix, and a gallery of the most confidently wrong di
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +10,8 @@ import keras
 import numpy as np
 
 from mnist_mlp import data, plots, runs
-from mnist_mlp.errors import UserError
 from mnist_mlp.model import NUM_CLASSES
+from mnist_mlp.runs import load_model
 from mnist_mlp.train import wilson_interval
 
 
@@ -27,15 +26,6 @@ class EvalResult:
     recall: tuple[float, ...]  # per true digit: the class's accuracy
     support: tuple[int, ...]  # test images per true digit
     wrong: int
-
-
-def load_model(run: runs.Run) -> keras.Model:
-    """The run's model.keras; a corrupt file is a UserError."""
-    try:
-        return keras.saving.load_model(run.model_path)
-    except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as e:
-        raise UserError(f"{run.model_path} is corrupt or unreadable ({type(e).__name__}); train the run "
-                        f"again with `mnist-mlp train --out {run.path} --overwrite`") from None
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:

@@ -1,20 +1,25 @@
-"""The run directory, the unit of output: the only module that knows its file names. Creating it
-safely, writing files atomically (temporary name, then rename), and reading a run back."""
+"""The run directory, the unit of output: the only module that knows its file names. Claiming a folder
+(marked as the tool's, locked while a process trains into it), writing files atomically (temporary name,
+then rename), the resume checkpoint, and reading a run back."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import csv
+import dataclasses
+import fcntl
+import hashlib
 import json
 import os
-import shutil
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_mlp.config import Config, load_config
-from mnist_mlp.errors import UserError
+import numpy as np
+
+from mnist_mlp.config import Config, config_from_dict, load_config
+from mnist_mlp.errors import UserError, write_failed
 
 CONFIG = "config.toml"  # resolved config; `train --config RUN/config.toml` repeats the run
 HISTORY = "history.csv"  # one row per epoch, Keras' CSVLogger
@@ -24,11 +29,20 @@ CURVES = "curves.png"
 CONFUSION = "confusion.png"  # written by evaluate
 MISCLASSIFIED = "misclassified.png"  # written by evaluate
 EVALUATION = "evaluation.json"  # written by evaluate
-CHECKPOINT = "checkpoint"  # Keras BackupAndRestore folder while training; removed when the run finishes
+CHECKPOINT = "checkpoint.npz"  # weights, optimizer and random state after the last completed epoch; removed at the end
 PARTIAL_HISTORY = ".history.partial.csv"  # the epochs done so far; renamed to history.csv at the end
-RNG_STATE = "rng.json"  # inside CHECKPOINT: shuffle and dropout random state, for an exact resume
 GROUP = "group.json"  # in a folder of seed runs (train --seeds): seeds and accuracy statistics
+MARKER = ".mnist-mlp-run"  # written when the tool creates a run folder; also the lock a training process holds
 REQUIRED = (CONFIG, HISTORY, METRICS, MODEL)
+OURS = (CONFIG, HISTORY, METRICS, MODEL, CURVES, CONFUSION, MISCLASSIFIED, EVALUATION, CHECKPOINT, PARTIAL_HISTORY,
+        GROUP)  # what --overwrite may delete in a folder that carries MARKER (with their temporary names)
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+
+
+TEMPORARY = tuple(_temporary(Path(name)).name for name in OURS)
 
 
 @dataclass(frozen=True)
@@ -47,29 +61,137 @@ class Run:
         return self.path / MODEL
 
 
-def prepare(path: str | Path, overwrite: bool = False) -> Path:
-    """Create an empty run directory; an existing one is replaced only with `overwrite`."""
+@contextlib.contextmanager
+def claim(path: str | Path, *, overwrite: bool = False, resume: bool = False):
+    """Hold run folder `path` for the block: created and marked as the tool's, or, with `overwrite`, emptied
+    of what the tool wrote there; `resume` takes a run as it is. Locked while the block runs, so a second
+    process gets a UserError instead of mixing its files in. Yields the path."""
     path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        if not overwrite:
-            raise UserError(f"{path} already exists; choose another --out or add --overwrite")
-        if not (path / CONFIG).exists() and not (path / GROUP).exists():
-            raise UserError(f"{path} is not a run directory, so --overwrite will not delete it; choose another --out")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    try:
+        if path.is_symlink():
+            raise UserError(f"{path} is a symbolic link; give the folder itself (mnist-mlp never writes through a link)")
+        here, where = Path.cwd().resolve(), path.resolve()
+        if not resume and (where == here or where in here.parents):
+            raise UserError(f"{path} is the working folder or holds it; give a new folder, e.g. --out runs/NAME")
+        fd, created = _open_marker(path, resume)
+    except OSError as e:  # a name too long, a read-only or full disk, no permission
+        raise UserError(f"cannot use {path} as a run folder ({e.strerror}); choose another --out") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{path} is in use: another mnist-mlp process is training into it; wait for it to "
+                            "finish or choose another --out") from None
+        if created:
+            os.write(fd, b"made by mnist-mlp: --overwrite deletes only the files mnist-mlp writes here\n")
+        elif not resume:
+            if not overwrite:
+                raise UserError(f"{path} already holds a run; choose another --out or add --overwrite to replace it")
+            _remove_ours(path)
+        yield path
+    finally:
+        os.close(fd)
+
+
+def _open_marker(path: Path, resume: bool) -> tuple[int, bool]:
+    """An open descriptor of `path`'s marker, and whether this call created it (and the folder's claim)."""
+    marker, flags = path / MARKER, os.O_RDWR | os.O_NOFOLLOW
+    if resume:
+        if not marker.is_file():
+            raise UserError(f"{path} is not a run folder made by mnist-mlp train (no {MARKER}); nothing to resume")
+        return os.open(marker, flags), False
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{path} exists and is not a folder; choose another --out") from None
+    if not marker.exists() and any(path.iterdir()):
+        raise UserError(f"{path} holds files that mnist-mlp did not write, so it will neither train into it nor "
+                        f"delete it (--overwrite included); choose another --out, e.g. {free_name(path)}")
+    try:
+        return os.open(marker, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+    except FileExistsError:  # made a moment ago by another process, or a run of ours
+        return os.open(marker, flags), False
+
+
+def _remove_ours(folder: Path) -> None:
+    """Delete what the tool wrote in a run folder of its own (the marker stays: it holds the lock); keep the rest."""
+    try:
+        for entry in folder.iterdir():
+            if entry.is_symlink() or not entry.is_dir():
+                if entry.name in OURS or entry.name in TEMPORARY:
+                    entry.unlink()
+            elif (entry / MARKER).is_file():  # a seed's run inside a group folder
+                with claim(entry, overwrite=True):
+                    if [p.name for p in entry.iterdir()] == [MARKER]:  # else it keeps files of the user's
+                        (entry / MARKER).unlink()
+                        entry.rmdir()
+    except OSError as e:
+        raise UserError(f"cannot clear {folder} for --overwrite ({e.strerror}); remove it yourself or choose "
+                        "another --out") from None
+
+
+def in_use(path: str | Path) -> bool:
+    """Whether a process holds run folder `path` (is training into it)."""
+    try:
+        fd = os.open(Path(path) / MARKER, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def free_name(path: str | Path) -> Path:
+    """`path` itself if nothing is there, else the first of path-2, path-3, ... that does not exist."""
+    path = Path(path)
+    candidates = (path.with_name(f"{path.name}-{i}") for i in range(2, 10_000))
+    return path if not path.exists() else next(p for p in candidates if not p.exists())
+
+
+def fresh_start(path: str | Path) -> str:
+    """The command that trains the run in `path` again from scratch, as far as the tool may write there."""
+    path = Path(path)
+    try:
+        load_config(path / CONFIG)
+        config = f"--config {path / CONFIG} "
+    except UserError:
+        config = ""
+    seeds = ""
+    if (path / GROUP).is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            seeds = f"--seeds {len(json.loads((path / GROUP).read_text())['planned'])} "
+    if (path / MARKER).is_file():
+        return f"`mnist-mlp train {config}{seeds}--out {path} --overwrite`"
+    return f"`mnist-mlp train {config}{seeds}--out {free_name(path)}`"
+
+
+def continue_advice(path: str | Path) -> str:
+    """How to go on with an interrupted run: resume after its last completed epoch, else start it again."""
+    try:
+        completed_epochs(path)
+        return f"continue with `mnist-mlp train --resume {path}`"
+    except UserError:
+        return f"start it again with {fresh_start(path)}"
 
 
 @contextlib.contextmanager
 def atomic(path: str | Path):
-    """Yield a temporary path beside `path` (same suffix); rename it to `path` only if the block succeeds."""
+    """Yield a temporary path beside `path` (same suffix); rename it to `path` only if the block succeeds.
+    An OSError (disk full, read-only, ...) becomes a WriteFailed naming `path`; no temporary file is left."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    tmp = _temporary(path)
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        raise write_failed(path, e) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -94,19 +216,52 @@ def read_history(path: str | Path) -> dict[str, list[float]]:
 
 
 def load_run(path: str | Path) -> Run:
-    """Read a finished run directory; a missing or incomplete one is a UserError."""
+    """Read a finished run directory; a missing, incomplete or edited one is a UserError."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"run directory {path} not found; give a folder written by `mnist-mlp train`")
     missing = [name for name in REQUIRED if not (path / name).is_file()]
     if missing:
-        raise UserError(f"{path} is an incomplete run (missing {', '.join(missing)}); "
-                        f"train it again with `mnist-mlp train --out {path} --overwrite`")
+        if in_use(path):
+            raise UserError(f"{path} is still training in another process; wait for it to finish")
+        raise UserError(f"{path} is an incomplete run (missing {', '.join(missing)}); {continue_advice(path)}")
     try:
         metrics = json.loads((path / METRICS).read_text())
     except ValueError:
-        raise UserError(f"{path / METRICS} is not valid JSON; train the run again") from None
-    return Run(path, load_config(path / CONFIG), read_history(path / HISTORY), metrics)
+        raise UserError(f"{path / METRICS} is not valid JSON; train the run again with {fresh_start(path)}") from None
+    run = Run(path, load_config(path / CONFIG), read_history(path / HISTORY), metrics)
+    if isinstance(metrics.get("config"), dict):  # runs trained before it was recorded have nothing to check
+        trained = flat_config(config_from_dict(metrics["config"]))
+        edited = [f"{key} {trained[key]!r} -> {value!r}" for key, value in flat_config(run.config).items()
+                  if trained.get(key) != value]
+        if edited:
+            raise UserError(f"{path / CONFIG} was edited after training ({'; '.join(edited)}), so it no longer "
+                            f"describes model.keras; undo the edit, or train the edited config with {fresh_start(path)}")
+    return run
+
+
+def load_model(run: Run):
+    """The run's model.keras as a Keras model; a corrupt file, or one that is not the model this run saved
+    (its SHA-256 differs from metrics.json), is a UserError."""
+    import keras
+
+    recorded = run.metrics.get("model_sha256")
+    try:
+        if recorded and file_sha256(run.model_path) != recorded:
+            raise UserError(f"{run.model_path} is not the model this run saved (its SHA-256 differs from "
+                            f"{METRICS}); train the run again with {fresh_start(run.path)}")
+        return keras.saving.load_model(run.model_path)
+    except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as e:
+        raise UserError(f"{run.model_path} is corrupt or unreadable ({type(e).__name__}); train the run "
+                        f"again with {fresh_start(run.path)}") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_group(path: str | Path) -> tuple[dict, list[Run]]:
@@ -114,23 +269,42 @@ def load_group(path: str | Path) -> tuple[dict, list[Run]]:
     path = Path(path)
     try:
         group = json.loads((path / GROUP).read_text())
-    except (OSError, ValueError):
-        raise UserError(f"{path} is not a finished seed group (no valid {GROUP}); run `mnist-mlp train --seeds N`") from None
-    return group, [load_run(path / name) for name in group["runs"]]
+        names = group["runs"] if group.get("complete") else None
+    except (OSError, ValueError, KeyError, TypeError):
+        names = None
+    if names is None:
+        raise UserError(f"{path} is not a finished seed group (no complete {GROUP}); {continue_advice(path)}")
+    return group, [load_run(path / name) for name in names]
 
 
 def completed_epochs(path: str | Path) -> int:
     """Epochs an interrupted run finished (from its checkpoint); a UserError if it cannot be resumed."""
     path = Path(path)
     if not (path / CONFIG).is_file():
-        raise UserError(f"{path} is not a run directory (no {CONFIG}); start it with `mnist-mlp train --out {path}`")
+        raise UserError(f"{path} is not a run directory (no {CONFIG}); start a run with "
+                        f"`mnist-mlp train --out {free_name(path) if path.exists() else path}`")
     if (path / METRICS).is_file():
-        raise UserError(f"{path} has finished; nothing to resume (train again with --overwrite)")
+        raise UserError(f"{path} has finished; nothing to resume (train it again with {fresh_start(path)})")
     try:
-        return int(json.loads((path / CHECKPOINT / "training_metadata.json").read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
-        raise UserError(f"{path} has no completed epoch to resume from; train it again with "
-                        f"`mnist-mlp train --out {path} --overwrite`") from None
+        with np.load(path / CHECKPOINT) as saved:
+            return int(saved["epoch"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        raise UserError(f"{path} has no completed epoch to resume from; start it again with "
+                        f"{fresh_start(path)}") from None
+
+
+def save_checkpoint(path: str | Path, epoch: int, arrays: dict[str, np.ndarray]) -> None:
+    """Write a run's state after `epoch` completed epochs (an atomic .npz: the last good one survives a full disk)."""
+    path = Path(path) / CHECKPOINT
+    with atomic(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, epoch=np.int64(epoch), **arrays)
+
+
+def load_checkpoint(path: str | Path) -> tuple[int, dict[str, np.ndarray]]:
+    """(completed epochs, arrays) saved by save_checkpoint."""
+    with np.load(Path(path) / CHECKPOINT) as saved:
+        return int(saved["epoch"]), {key: saved[key] for key in saved.files if key != "epoch"}
 
 
 def truncate_history(path: str | Path, epochs: int) -> None:

