@@ -51,11 +51,14 @@ def cmd_inspect(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from mnist_mlp import runs
+    from mnist_mlp.config import check_fits
+
     if args.seeds < 0:
         raise UserError(f"--seeds {args.seeds} must be >= 1 (0: one run with the config's seed)")
     if args.resume:
-        from mnist_mlp import runs
-
+        if args.seeds:
+            raise UserError("--seeds and --resume do not go together; resume each seed's run directory")
         out, resume = Path(args.resume), True
         runs.completed_epochs(out)  # a run that cannot be resumed fails before Keras starts
         config = load_config(out / runs.CONFIG)
@@ -70,27 +73,26 @@ def cmd_train(args) -> None:
         stem = Path(args.config).stem if args.config else "classic"
         out = Path(args.out) if args.out else Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         resume = False
+    check_fits(config)  # before Keras starts and anything is allocated
     choice = use_backend(config.backend)
-    from mnist_mlp.train import train
+    from mnist_mlp.train import train, train_seeds
 
     options = dict(data_dir=args.cache_dir, verbose=1 if sys.stdout.isatty() else 2,
                    log=lambda text: print(text, flush=True))
+    try:
+        if args.seeds:
+            group = train_seeds(config, out, choice, args.seeds, overwrite=args.overwrite, **options)
+        else:
+            result = train(config, out, choice, overwrite=args.overwrite, resume=resume, **options)
+    except KeyboardInterrupt:
+        raise UserError(f"interrupted; {runs.continue_advice(out)}") from None
     if args.seeds:
-        if resume:
-            raise UserError("--seeds and --resume do not go together; resume each seed's run directory")
-        from mnist_mlp.train import train_seeds
-
-        group = train_seeds(config, out, choice, args.seeds, overwrite=args.overwrite, **options)
-        for seed, result in zip(group.seeds, group.results):
-            print(f"seed {seed}: test accuracy {result.test_accuracy:.4f}  ({result.run_dir})")
+        for seed, seeded in zip(group.seeds, group.results):
+            print(f"seed {seed}: test accuracy {seeded.test_accuracy:.4f}  ({seeded.run_dir})")
         print(f"Test accuracy over {len(group.seeds)} seeds: {group.mean:.4f} ± {group.std:.4f} "
               f"(mean ± std; min {group.low:.4f}, max {group.high:.4f})")
         print(f"Runs saved in {group.group_dir}/ (next: mnist-mlp plot {group.group_dir})")
         return
-    try:
-        result = train(config, out, choice, overwrite=args.overwrite, resume=resume, **options)
-    except KeyboardInterrupt:
-        raise UserError(f"interrupted; continue with `mnist-mlp train --resume {out}`") from None
     low, high = result.ci95
     print(f"Test loss: {result.test_loss:.4f}")
     print(f"Test accuracy: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f})")
@@ -193,7 +195,12 @@ def cmd_runs(args) -> None:
     from mnist_mlp import runs
 
     if args.action == "list":
-        loaded = [runs.load_run(path) for path in runs.list_runs(args.root)]
+        loaded = []
+        for path in runs.list_runs(args.root):
+            try:
+                loaded.append(runs.load_run(path))
+            except UserError as e:  # one broken or edited run does not hide the others
+                print(f"skipped: {e}", file=sys.stderr)
         if not loaded:
             print(f"No finished runs under {args.root}/ (train one with `mnist-mlp train`)")
             return
@@ -278,6 +285,19 @@ def cmd_bench(args) -> None:
         print(bench.markdown(report))
     runs.write_json(args.json, report)
     print(f"\nWrote {args.json}")
+
+
+def cmd_doctor(args) -> int:
+    from mnist_mlp.doctor import diagnose
+
+    found = diagnose(args.cache_dir, network=not args.offline)
+    for check in found:
+        print(f"{'ok' if check.ok else 'FAIL':<5} {check.name:<20} {check.detail}")
+    problems = [check for check in found if not check.ok]
+    for check in problems:
+        print(f"mnist-mlp doctor: {check.name}: {check.detail}; {check.fix}", file=sys.stderr)
+    print("All is well." if not problems else f"{len(problems)} problem(s); each line above says what to do.")
+    return 1 if problems else 0
 
 
 def build_parser() -> Parser:
@@ -387,6 +407,11 @@ def build_parser() -> Parser:
     p.add_argument("--config", action="append", help="preset(s) for --time-to, e.g. configs/fast.toml")
     p.add_argument("--json", default="bench.json", help="where to write the full results")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("doctor", parents=[cache], help="check this machine: packages, backends, data, sources, device",
+                       formatter_class=formatter)
+    p.add_argument("--offline", action="store_true", help="skip the data sources' network checks")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 
@@ -396,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help, --version and usage errors: return the code, as for commands
         return int(done.code or 0)
     try:
-        args.func(args)
+        code = args.func(args)
     except UserError as e:
         print(f"mnist-mlp: error: {e}", file=sys.stderr)
         return 2
@@ -406,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head`: stop quietly
         sys.stdout = open(os.devnull, "w")
         return 0
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":
