@@ -9,14 +9,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from mnist_mlp.data import preprocess
 from mnist_mlp.errors import UserError
 
 MAX_PIXELS = 25_000_000  # larger images are refused (decompression bombs); a phone photo is ~12 MP
 INK_FLOOR = 0.2  # ink fainter than this fraction of the strongest ink is noise
+MIN_CONTRAST = 16.0  # gray levels (of 255) ink must stand out from the paper to count as a mark
+NO_DIGIT_SIGMAS = 8.0  # ...and by this many noise standard deviations (noise peaks reach ~5 on a photo)
+NOISE_FLOOR_SIGMAS = 5.0  # ink weaker than this many noise deviations is dropped before cropping
+MIN_SPAN = 0.04  # ink spanning less than this fraction of the image's long side is a speck, not a digit
+MIN_FILL = 0.02  # ink covering less than this fraction of its box is scattered dust, not strokes
+NO_DIGIT = "no digit found: the image is blank or its marks are too faint"
+BLOCK_ASPECT = 0.4  # a filled box squarer than this (short side / long side) is a blot, not a 1
+WORK_SIDE = 1024  # px; larger images are box-averaged down to this on their long side first
+FIT_SIDE = 48  # px; the lighting surface is fitted on a copy this size on its long side
 UNSURE_BELOW = 0.6  # top probability under which the prediction is flagged as unsure
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")  # Pillow decodes only these (the README's list)
+FORMAT_NAMES = "PNG, JPEG, BMP, GIF, TIFF or WebP"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -39,31 +50,46 @@ class Prediction:
 
 def open_image(source: str | Path | bytes | np.ndarray, name: str = "image") -> np.ndarray:
     """Grayscale float32 (h, w) in 0..255 from a path, bytes or array: EXIF orientation applied, the first
-    frame of an animation, 16-bit and palette modes scaled, and transparency turned into ink."""
+    frame of an animation, 16-bit and palette modes scaled, and transparency turned into ink. Only FORMATS
+    are decoded; anything else, and any failure inside a decoder, is a UserError."""
     if isinstance(source, np.ndarray):
         return _array_to_gray(source, name)
     try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS)
         if image.width * image.height > MAX_PIXELS:
             raise ImageTooLarge(f"{name} is {image.width}x{image.height} pixels, more than {MAX_PIXELS:,}; "
-                            "send a smaller image")
+                                "send a smaller image")
         image.seek(0)
-        image = ImageOps.exif_transpose(image)
-        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        gray = _image_to_gray(image)
+    except UserError:
+        raise
     except FileNotFoundError:
         raise UserError(f"{name} not found; give an image file") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{name} is not a readable image ({type(e).__name__}); give a PNG, JPEG, BMP, GIF "
-                        "or TIFF") from None
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        gray = np.asarray(image, dtype=np.float32)
-        return gray * (255 / 65535) if image.mode != "F" and gray.max() > 255 else gray
-    if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA"):
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
-        alpha = rgba[..., 3]
-        if alpha.min() < 250:  # drawn on a transparent sheet: the opaque strokes are the ink
-            return alpha
-    return np.asarray(image.convert("L"), dtype=np.float32)
+    except Image.DecompressionBombError:  # Pillow's own limit, far above ours, refuses before we can look
+        raise ImageTooLarge(f"{name} has more than {MAX_PIXELS:,} pixels; send a smaller image") from None
+    except Exception as e:  # noqa: BLE001  decoders fail in many ways on hostile bytes; each is the file's fault
+        raise UserError(f"{name} is not a readable image ({type(e).__name__}); give a {FORMAT_NAMES}") from None
+    if not np.isfinite(gray).all():
+        raise UserError(f"{name} has NaN or infinite pixel values")
+    return gray
+
+
+def _image_to_gray(image: Image.Image) -> np.ndarray:
+    """One gray channel, box-averaged down to WORK_SIDE before it becomes float (a 25 MP photo: 25 MB, not 100)."""
+    if image.mode in ("I;16", "I;16B", "I;16L"):
+        image = image.convert("I")
+    if image.mode in ("I", "F"):
+        gray = image
+    elif image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA"):
+        alpha = (image if image.mode in ("RGBA", "LA") else image.convert("RGBA")).getchannel("A")
+        # drawn on a transparent sheet: the opaque strokes are the ink
+        gray = alpha if alpha.getextrema()[0] < 250 else image.convert("L")
+    else:
+        gray = image.convert("L")
+    factor = -(-max(gray.size) // WORK_SIDE)
+    array = np.asarray(gray.reduce(factor) if factor > 1 else gray, dtype=np.float32)
+    return array * (255 / 65535) if image.mode == "I" and array.max() > 255 else array
 
 
 def _array_to_gray(array: np.ndarray, name: str) -> np.ndarray:
@@ -80,19 +106,20 @@ def _array_to_gray(array: np.ndarray, name: str) -> np.ndarray:
 
 
 def to_mnist(gray: np.ndarray) -> tuple[np.ndarray, str]:
-    """MNIST-style uint8 (28, 28) and a note ("" if fine): white ink on black, noise removed, cropped to
-    the ink, scaled to fit 20x20 keeping the aspect ratio, centred by mass in 28x28."""
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    background = float(np.median(border))
-    ink = gray - background if background < 128 else background - gray  # dark or light background
-    ink = np.clip(ink, 0, None)
-    if ink.max() <= 0:
-        return np.zeros((28, 28), np.uint8), "no ink found: the image is blank"
-    ink = ink / ink.max()
-    ink[ink < INK_FLOOR] = 0
+    """MNIST-style uint8 (28, 28) and a note ("" if fine): white ink on black, the paper's lighting and
+    noise removed, cropped to the ink, scaled to fit 20x20 keeping the aspect ratio, centred by mass."""
+    gray = _shrink(gray)
+    ink, noise = _ink(gray)
+    peak = float(ink.max())
+    if peak < max(MIN_CONTRAST, NO_DIGIT_SIGMAS * noise):
+        return np.zeros((28, 28), np.uint8), NO_DIGIT
+    ink[ink < max(INK_FLOOR * peak, NOISE_FLOOR_SIGMAS * noise)] = 0
+    ink /= peak
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     height, width = ink.shape
+    if max(height, width) < MIN_SPAN * max(gray.shape) or ink.sum() < MIN_FILL * ink.size:
+        return np.zeros((28, 28), np.uint8), NO_DIGIT  # a speck, or specks scattered far apart: dust
     scale = 20 / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     digit = np.asarray(Image.fromarray(ink.astype(np.float32)).resize(size, Image.Resampling.LANCZOS))
@@ -108,21 +135,77 @@ def to_mnist(gray: np.ndarray) -> tuple[np.ndarray, str]:
     left = int(np.clip(round(14 - centre_x), 0, 28 - digit.shape[1]))
     canvas[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
     note = ""
-    if (digit > 0.5).mean() > 0.85 and min(height, width) > 3:
+    # a filled box that is roughly square is a blot; a filled thin bar is a straight 1
+    if (digit > 0.5).mean() > 0.85 and min(height, width) > 3 and min(height, width) > BLOCK_ASPECT * max(height, width):
         note = "the ink fills its whole box: this does not look like a single digit"
     return np.round(canvas * 255).astype(np.uint8), note
+
+
+def _shrink(gray: np.ndarray) -> np.ndarray:
+    """Box-average a large image down to WORK_SIDE on its long side: a digit ends up 20 px tall anyway."""
+    factor = -(-max(gray.shape) // WORK_SIDE)
+    if factor <= 1:
+        return np.asarray(gray, np.float32)
+    return np.asarray(Image.fromarray(np.asarray(gray, np.float32)).reduce(factor), np.float32)
+
+
+def _ink(gray: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ink strength (h, w) >= 0 in gray levels above the paper's own lighting, and the noise's standard
+    deviation in the same units (0 for a clean, evenly lit image such as a canvas)."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if border.min() == border.max():  # an even background (a canvas, a clean render): nothing to fit
+        sign = -1.0 if border[0] >= 128 else 1.0  # dark ink on light paper, or light ink on dark
+        return np.clip(sign * (gray - border[0]), 0, None), 0.0
+    step = max(1, max(gray.shape) // 256)
+    low, middle, high = np.percentile(gray[::step, ::step], [0.5, 50, 99.5])
+    sign = -1.0 if middle - low > high - middle else 1.0  # the ink is the side that stands out further
+    residual = sign * (gray - _paper(gray, sign, float(np.median(border))))
+    residual = _box3(residual)  # averages pixel noise down ~3x; strokes are wider than 3 px
+    spread = np.median(np.abs(residual - np.median(residual)))
+    return np.clip(residual, 0, None), float(1.4826 * spread)  # MAD -> standard deviation
+
+
+def _paper(gray: np.ndarray, sign: float, border_level: float) -> np.ndarray:
+    """The paper's brightness under uneven lighting: a quadratic surface fitted, ink excluded, to a
+    small copy of the image, evaluated at full size."""
+    small_size = (max(2, round(gray.shape[1] * FIT_SIDE / max(gray.shape))),
+                  max(2, round(gray.shape[0] * FIT_SIDE / max(gray.shape))))
+    small = np.asarray(Image.fromarray(gray).resize(small_size, Image.Resampling.BOX), np.float64)
+    v, u = np.meshgrid(np.linspace(-1, 1, small.shape[0]), np.linspace(-1, 1, small.shape[1]), indexing="ij")
+    terms = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=-1).reshape(-1, 6)
+    values = small.ravel()
+    extreme = values.min() if sign < 0 else values.max()
+    paper = sign * (values - (border_level + extreme) / 2) <= 0  # the paper's side of the midway level
+    for _ in range(4):  # refit without the pixels that stand out from the last fit as ink
+        coef = np.linalg.lstsq(terms[paper], values[paper], rcond=None)[0]
+        residual = sign * (values - terms @ coef)
+        sigma = 1.4826 * np.median(np.abs(residual[paper])) + 1.0  # +1: a clean fit still allows 1 level
+        paper = residual < 3 * sigma
+    y = np.linspace(-1, 1, gray.shape[0])[:, None]
+    x = np.linspace(-1, 1, gray.shape[1])[None, :]
+    return (coef[0] + coef[1] * x + coef[3] * x * x + (coef[2] + coef[4] * x) * y + coef[5] * y * y).astype(np.float32)
+
+
+def _box3(a: np.ndarray) -> np.ndarray:
+    """3x3 box average, edges replicated."""
+    p = np.pad(a, 1, mode="edge")
+    rows = p[:-2] + p[1:-1] + p[2:]
+    return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) / 9
 
 
 def predict_arrays(model, images: list[np.ndarray], notes: list[str] | None = None) -> list[Prediction]:
     """Predictions for MNIST-style uint8 (28, 28) images with one model call."""
     notes = notes or [""] * len(images)
-    probabilities = np.asarray(model.predict(preprocess(np.stack(images)), verbose=0), dtype=np.float64)
-    found = []
-    for image, note, p in zip(images, notes, probabilities):
-        digit = int(p.argmax())
-        reason = note or (f"low confidence: top probability {p[digit]:.0%}" if p[digit] < UNSURE_BELOW else "")
-        found.append(Prediction(digit, tuple(float(v) for v in p), image, bool(reason), reason))
-    return found
+    probabilities = model.predict(preprocess(np.stack(images)), verbose=0)
+    return [prediction(image, note, p) for image, note, p in zip(images, notes, probabilities)]
+
+
+def prediction(image: np.ndarray, note: str, probabilities: np.ndarray) -> Prediction:
+    """The Prediction for one uint8 (28, 28) image, its note from to_mnist, and the model's (10,) output."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    digit = int(p.argmax())
+    reason = note or (f"low confidence: top probability {p[digit]:.0%}" if p[digit] < UNSURE_BELOW else "")
+    return Prediction(digit, tuple(float(v) for v in p), image, bool(reason), reason)
 
 
 def predict_image(model, source, name: str = "image") -> Prediction:
