@@ -1,0 +1,133 @@
+"""Disk errors on a real small disk (a tmpfs the test mounts; skipped where mounting is not allowed) and by
+injected faults: one line naming the path and the cause, exit 2, no partial file, the cache as it was,
+and a run folder that resumes from its last complete epoch."""
+
+import contextlib
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_mlp import data, runs
+from mnist_mlp.cli import main
+from mnist_mlp.errors import WriteFailed
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "1m", read_only: bool = False):
+    """A tmpfs of `size` mounted at `path` for the block."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def _one_line(capsys, *expected):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, err
+
+
+def test_import_into_a_full_cache_leaves_it_as_it_was(mnist_dir, tmp_path, capsys):
+    with small_disk(tmp_path / "cache", "1m") as cache:
+        (cache / "keep.txt").write_text("mine")
+        assert main(["data", "import", str(mnist_dir), "--cache-dir", str(cache)]) == 2
+        _one_line(capsys, "cannot write", str(cache), "No space left on device", "--cache-dir")
+        assert sorted(os.listdir(cache)) == ["keep.txt"]  # no temporary file left behind
+
+
+def test_import_into_a_read_only_cache_is_one_line(mnist_dir, tmp_path, capsys):
+    with small_disk(tmp_path / "cache", "1m", read_only=True) as cache:
+        assert main(["data", "import", str(mnist_dir), "--cache-dir", str(cache)]) == 2
+        _one_line(capsys, "Read-only file system")
+        assert main(["data", "import", str(mnist_dir), "--cache-dir", str(cache / "sub")]) == 2
+        _one_line(capsys, "Read-only file system")
+
+
+def test_a_folder_named_like_an_idx_file_in_the_cache_is_one_line(mnist_dir, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    (cache / data.FILES["train-labels"][0]).mkdir(parents=True)
+    assert main(["data", "import", str(mnist_dir), "--cache-dir", str(cache)]) == 2
+    _one_line(capsys, "cannot write", data.FILES["train-labels"][0])
+
+
+def test_a_failed_write_is_one_line_with_no_partial_file(mnist_dir, tmp_path, capsys, monkeypatch):
+    """The same contract where no tmpfs can be mounted: the disk fills during the rename."""
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full)
+    assert main(["data", "import", str(mnist_dir / "t10k-labels-idx1-ubyte"), "--cache-dir", str(tmp_path)]) == 2
+    _one_line(capsys, "No space left on device")
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(WriteFailed, match="No space left on device"):
+        runs.write_text(tmp_path / "a.txt", "x")
+    assert os.listdir(tmp_path) == []
+
+
+# Trains a small model into a run folder whose disk is filled at a given moment (stand-in for a disk that
+# fills while training); in a subprocess, so a crash of the process (as h5py's was) shows as its exit code.
+FILL = """
+import sys
+import keras
+from mnist_mlp.cli import main
+
+when, filler, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+
+def fill():
+    with open(filler, "wb") as f:
+        for size in (1 << 16, 1 << 12, 1):
+            try:
+                while True:
+                    f.write(b"\\0" * size)
+                    f.flush()
+            except OSError:
+                pass
+
+original_epoch_end, original_train_end = keras.callbacks.CSVLogger.on_epoch_end, keras.callbacks.CSVLogger.on_train_end
+
+def on_epoch_end(self, epoch, logs=None):
+    if when == "epoch-2" and epoch == 1:
+        fill()
+    return original_epoch_end(self, epoch, logs)
+
+def on_train_end(self, logs=None):
+    if when == "end":
+        fill()
+    return original_train_end(self, logs)
+
+keras.callbacks.CSVLogger.on_epoch_end, keras.callbacks.CSVLogger.on_train_end = on_epoch_end, on_train_end
+sys.exit(main(argv))
+"""
+SMALL_MODEL = ["--train-samples", "2000", "--epochs", "3", "--set", "model.hidden_units=[64]", "--backend", "jax"]
+
+
+@pytest.mark.parametrize("when, completed", [("epoch-2", 1), ("end", 3)])
+def test_a_disk_that_fills_while_training_leaves_a_resumable_run(when, completed, mnist_dir, tmp_path):
+    whole = tmp_path / "whole"
+    assert main(["train", *SMALL_MODEL, "--out", str(whole), "--cache-dir", str(mnist_dir)]) == 0
+    with small_disk(tmp_path / "disk", "4m") as disk:
+        out, filler = disk / "run", disk / "filler"
+        done = subprocess.run([sys.executable, "-c", FILL, when, str(filler), "train", *SMALL_MODEL,
+                               "--out", str(out), "--cache-dir", str(mnist_dir)], capture_output=True, text=True)
+        assert done.returncode == 2, done.stderr[-3000:]  # not a crash (h5py's checkpoint write segfaulted)
+        err = done.stderr.strip().splitlines()
+        assert len(err) == 1 and "No space left on device" in err[0], done.stderr[-3000:]
+        assert f"continue with `mnist-mlp train --resume {out}`" in err[0]
+        assert runs.completed_epochs(out) == completed  # the last good checkpoint survived
+        assert not [p for p in os.listdir(out) if ".tmp" in p]
+        filler.unlink()
+        assert main(["train", "--resume", str(out), "--cache-dir", str(mnist_dir)]) == 0
+        assert (out / runs.HISTORY).read_text() == (whole / runs.HISTORY).read_text()
+        ours, theirs = (json.loads((d / runs.METRICS).read_text()) for d in (out, whole))
+        assert ours["test_accuracy"] == theirs["test_accuracy"]

@@ -1,0 +1,104 @@
+"""Every entry point as a new user's shell runs it: a subprocess in a fresh HOME with no KERAS_BACKEND and
+nothing else of the harness's, on the base install's backends (TensorFlow and PyTorch hidden, as in a
+plain `pip install mnist-mlp`). The in-process tests cannot see this: conftest picks the backend for them."""
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+HIDE_EXTRAS = "import sys\nsys.modules['tensorflow'] = sys.modules['torch'] = None  # the base install has neither\n"
+SPACE = """
+[sweep]
+trials = 1
+[space]
+"train.learning_rate" = { choice = [0.001] }
+"""
+CLASSIC_SCRIPT = """
+import sys
+from mnist_mlp.data import load_data  # the one line changed from the classic Keras script
+import keras
+
+(x_train, y_train), (x_test, y_test) = load_data(sys.argv[1])
+model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, activation="softmax")])
+model.compile(loss="sparse_categorical_crossentropy", optimizer="rmsprop", metrics=["accuracy"])
+model.fit(x_train[:512].reshape(-1, 784) / 255, y_train[:512], epochs=1, verbose=0)
+print("backend", keras.backend.backend(), x_train.shape, x_train.dtype)
+"""
+
+
+@pytest.fixture(scope="module")
+def shell(tmp_path_factory, mnist_dir):
+    """run(*argv): `argv` in a fresh shell (HOME of its own, no KERAS_BACKEND); the completed process."""
+    home = tmp_path_factory.mktemp("home")
+    hide = tmp_path_factory.mktemp("base-install")
+    (hide / "sitecustomize.py").write_text(HIDE_EXTRAS)
+    env = {"PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
+           "PYTHONPATH": str(hide)}
+
+    def run(*argv, timeout=300):
+        return subprocess.run(list(argv), capture_output=True, text=True, env=env, cwd=home, timeout=timeout)
+
+    run.home, run.env, run.cache = home, env, str(mnist_dir)
+    return run
+
+
+def _ok(done):
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    assert "Traceback" not in done.stderr
+    return done.stdout
+
+
+def test_a_classic_keras_script_importing_us_first_runs_on_jax(shell):
+    out = _ok(shell(str(BIN / "python"), "-c", CLASSIC_SCRIPT, shell.cache))
+    assert "backend jax (60000, 28, 28) uint8" in out
+
+
+def test_every_command_runs_in_a_fresh_shell(shell, tmp_path):
+    cli, cache = str(BIN / "mnist-mlp"), ["--cache-dir", shell.cache]
+    assert "mnist-mlp " in _ok(shell(str(BIN / "python"), "-m", "mnist_mlp", "--version"))
+    assert "first sample is 5" in _ok(shell(cli, "inspect", *cache))
+    assert "ok (SHA-256 verified)" in _ok(shell(cli, "data", "info", *cache))
+    doctor = _ok(shell(cli, "doctor", "--offline", *cache))
+    assert "jax (chosen by default)" in doctor and "tensorflow not installed" in doctor
+
+    run = str(shell.home / "runs" / "first")
+    trained = _ok(shell(cli, "train", "--train-samples", "500", "--epochs", "1", "--out", run, *cache))
+    assert "Backend: jax (chosen by default)" in trained and "Test accuracy:" in trained
+    assert "confusion matrix" in _ok(shell(cli, "evaluate", run, *cache))
+    assert "curves.png" in _ok(shell(cli, "plot", run))
+    assert ": " in _ok(shell(cli, "predict", run, str(Path(run) / "curves.png")))
+    assert "first" in _ok(shell(cli, "runs", "list", "--root", str(shell.home / "runs")))
+    assert "backend" in _ok(shell(cli, "runs", "show", run))
+
+    space = tmp_path / "space.toml"
+    space.write_text(SPACE)
+    sweep = str(shell.home / "sweep")
+    _ok(shell(cli, "sweep", "--space", str(space), "--out", sweep, "--set", "train.train_samples=500",
+              "--set", "train.epochs=1", *cache))
+    assert "val_accuracy" in _ok(shell(cli, "sweep", "--out", sweep, "--report"))
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([cli, "serve", run, "--port", str(port)], env=shell.env, cwd=shell.home,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/model", timeout=2) as response:
+                    assert b'"backend":"jax"' in response.read()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
+                time.sleep(0.3)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
