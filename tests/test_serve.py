@@ -1,7 +1,11 @@
-"""The web API through FastAPI's TestClient: every endpoint and every error case."""
+"""The web API through FastAPI's TestClient: every endpoint, every upload form and every error case."""
 
+import asyncio
 import io
 import json
+import socket
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -9,6 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from mnist_mlp import serve
+from mnist_mlp.cli import main
 from test_predict import _png, _render, trained  # noqa: F401  (the shared trained-model fixture)
 
 
@@ -56,6 +61,19 @@ def test_bad_requests_get_json_errors(client, body, headers, status, message):
     assert message in response.json()["error"]
 
 
+def test_a_body_without_content_length_is_counted_as_it_arrives(client):
+    sent = []
+
+    def chunks():  # no Content-Length: httpx sends it chunked
+        for _ in range(8):
+            sent.append(1)
+            yield b"x" * 1024 * 1024
+
+    response = client.post("/api/predict", content=chunks(), headers={"Content-Type": "image/png"})
+    assert response.status_code == 413 and "larger than 2 MB" in response.json()["error"]
+    assert response.headers["connection"] == "close"
+
+
 def test_decompression_bomb_is_refused_and_the_server_lives_on(client, mnist):
     buffer = io.BytesIO()
     Image.new("1", (12000, 12000)).save(buffer, format="PNG")  # 144 MP that compresses to a few kB
@@ -75,3 +93,144 @@ def test_the_model_is_loaded_once(trained, monkeypatch):  # noqa: F811
     for _ in range(3):
         client.post("/api/predict", json={"pixels": np.zeros(784).tolist()})
     assert len(calls) == 1
+
+
+def _png_header_only(width, height):
+    """A PNG that declares width x height 8-bit gray pixels and holds none (a 'bomb' of a few bytes)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _blp_unsupported():
+    """A Blizzard BLP file (a format Pillow knows, not one we list) whose decoder raises NotImplementedError."""
+    return b"BLP1" + struct.pack("<iIIIii", 7, 0, 8, 8, 5, 0) + bytes(16 * 4 * 2 + 64)
+
+
+def _tiff(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+def test_multipart_upload_as_curl_and_forms_send_it(client, mnist):
+    (_, _), (x_test, _) = mnist
+    png = _png(_render(x_test[0]))
+    for field in ("file", "image", "upload"):  # the field's name is the sender's choice
+        response = client.post("/api/predict", files={field: ("digit.png", png, "image/png")})
+        assert response.status_code == 200, response.text
+        assert response.json()["digit"] == 7
+    with_text = client.post("/api/predict", files={"file": ("digit.png", png, "image/png")}, data={"note": "hi"})
+    assert with_text.status_code == 200 and with_text.json()["digit"] == 7
+
+
+def _multipart(*parts):
+    """A multipart/form-data body from (name, filename or None, bytes) parts, and its Content-Type."""
+    body = b"".join(b"--xyz\r\nContent-Disposition: form-data; name=\"%s\"%s\r\n\r\n%s\r\n"
+                    % (name.encode(), b'; filename="%s"' % filename.encode() if filename else b"", data)
+                    for name, filename, data in parts)
+    return body + b"--xyz--\r\n", "multipart/form-data; boundary=xyz"
+
+
+@pytest.mark.parametrize("parts, message", [
+    ([("note", None, b"no file here")], "no file field"),
+    ([("a", "a.png", b"x"), ("b", "b.png", b"y")], "multipart upload"),
+    ([("file", "notes.txt", b"hello")], "not a readable image"),
+])
+def test_bad_multipart_uploads_get_400(client, parts, message):
+    body, content_type = _multipart(*parts)
+    response = client.post("/api/predict", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 400 and message in response.json()["error"], response.text
+
+
+def test_a_content_type_it_does_not_take_gets_415_naming_those_it_does(client):
+    response = client.post("/api/predict", content=b"hello", headers={"Content-Type": "text/plain"})
+    assert response.status_code == 415
+    error = response.json()["error"]
+    assert "text/plain" in error and "multipart/form-data" in error and "image/png" in error
+    assert "application/json" in response.headers["accept-post"]
+
+
+@pytest.mark.parametrize("body, headers, status, message", [
+    (b"[" * 5000 + b"]" * 5000, {"Content-Type": "application/json"}, 400, "JSON must be"),
+    (b'{"pixels": [' + b"1" * 400 + b"]}", {"Content-Type": "application/json"}, 400, "JSON must be"),
+    (json.dumps({"pixels": [float("nan")] * 784}).encode(), {"Content-Type": "application/json"}, 400, "NaN"),
+    (json.dumps({"pixels": [300] * 784}).encode(), {"Content-Type": "application/json"}, 400, "0..255"),
+    (b"{}", {"Content-Type": "application/json"}, 400, "JSON must be"),
+    (_blp_unsupported(), {"Content-Type": "image/png"}, 400, "not a readable image"),
+    (_png(np.zeros((28, 28), np.uint8), format="PPM"), {"Content-Type": "image/png"}, 400, "not a readable image"),
+    (_tiff(np.full((40, 40), np.nan, np.float32)), {"Content-Type": "image/tiff"}, 400, "NaN"),
+    (_png_header_only(50_000, 50_000), {"Content-Type": "image/png"}, 413, "more than 25,000,000"),
+])
+def test_hostile_bodies_get_json_4xx_never_500(client, body, headers, status, message):
+    response = client.post("/api/predict", content=body, headers=headers)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_the_predict_command_refuses_an_unlisted_format_in_one_line(trained, tmp_path, capsys):  # noqa: F811
+    _, run = trained
+    (tmp_path / "odd.png").write_bytes(_blp_unsupported())
+    assert main(["predict", str(run), str(tmp_path / "odd.png")]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable image" in err and "Traceback" not in err
+
+
+def test_openapi_documents_every_status_and_requires_pixels(client):
+    document = client.get("/openapi.json").json()
+    post = document["paths"]["/api/predict"]["post"]
+    assert {"200", "400", "413", "415"} <= set(post["responses"])
+    for status in ("400", "413", "415"):
+        schema = post["responses"][status]["content"]["application/json"]["schema"]
+        assert schema["$ref"].endswith("/ErrorOut")
+    assert document["components"]["schemas"]["ErrorOut"]["required"] == ["error"]
+    content = post["requestBody"]["content"]
+    assert content["application/json"]["schema"]["required"] == ["pixels"]
+    assert content["multipart/form-data"]["schema"]["required"] == ["file"]
+    assert {"image/png", "image/jpeg", "application/octet-stream"} <= set(content)
+
+
+def test_concurrent_requests_share_batches_of_one_compiled_call(trained, mnist):  # noqa: F811
+    import httpx
+
+    model, run = trained
+    (_, _), (x_test, y_test) = mnist
+    app = serve.create_app(run, model=model, max_wait=0.05)  # a long wait, so the batches are sure to form
+
+    async def send_all():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await asyncio.gather(*(http.post("/api/predict", json={"pixels": x_test[i].tolist()})
+                                          for i in range(48)))
+
+    responses = asyncio.run(send_all())
+    from mnist_mlp.predict import predict_arrays
+
+    assert [r.json()["digit"] for r in responses] == [p.digit for p in predict_arrays(model, list(x_test[:48]))]
+    assert app.state.batcher.images == 48 and app.state.batcher.batches < 48 / 4
+    assert np.mean([r.json()["digit"] for r in responses] == y_test[:48]) > 0.9
+
+
+def test_the_compiled_forward_pass_matches_keras_predict_at_every_batch_size(trained, mnist):  # noqa: F811
+    from mnist_mlp.batcher import forward_pass
+    from mnist_mlp.data import preprocess
+
+    model, _ = trained
+    (_, _), (x_test, _) = mnist
+    forward = forward_pass(model)
+    for n in (1, 3, 64, 100, 128):
+        x = preprocess(x_test[:n])
+        np.testing.assert_allclose(forward(x), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_serve_on_a_bad_port_is_one_line_and_exit_2(trained, capsys):  # noqa: F811
+    _, run = trained
+    assert main(["serve", str(run), "--port", "70000"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", str(run), "--port", str(taken.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "in use" in err and "--port" in err

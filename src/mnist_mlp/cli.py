@@ -164,10 +164,11 @@ def cmd_serve(args) -> None:
 
     runs.load_run(args.run)
     use_backend(args.backend)
-    from mnist_mlp.serve import serve
+    from mnist_mlp.serve import bind, serve
 
+    sock = bind(args.host, args.port)  # a port in use or out of range: one line, before the model loads
     print(f"Serving {args.run} on http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops", flush=True)
-    serve(args.run, args.host, args.port)
+    serve(args.run, sock=sock)
 
 
 def cmd_plot(args) -> None:

@@ -1,92 +1,236 @@
-"""The draw-a-digit web page and its JSON API (FastAPI). The model is loaded once, at start."""
+"""The draw-a-digit web page and its JSON API (FastAPI): bounded uploads in every common form, decoding on
+a small thread pool, inference micro-batched by batcher.py. The model is loaded once, at start."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import errno
 import json
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from mnist_mlp import runs
+from mnist_mlp.batcher import MAX_WAIT, Batcher, forward_pass
 from mnist_mlp.errors import UserError
-from mnist_mlp.predict import ImageTooLarge, Prediction, predict_arrays, predict_image
+from mnist_mlp.predict import ImageTooLarge, MAX_PIXELS, open_image, prediction, to_mnist
 
-MAX_UPLOAD = 2 * 1024 * 1024  # bytes; larger uploads get 413
+MAX_UPLOAD = 2 * 1024 * 1024  # bytes; counted as they arrive, whatever the framing; more gets 413
+DECODE_THREADS = min(4, os.cpu_count() or 1)  # images decoded at once: bounds CPU and memory (25 MP ~ 100 MB each)
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff", "image/webp",
+               "application/octet-stream")  # a raw image as the body (its bytes say which format)
+TAKEN = (*IMAGE_TYPES, "multipart/form-data", "application/json")
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+PIXELS_SCHEMA = {"type": "object", "required": ["pixels"], "properties": {"pixels": {
+    "description": "28x28 or 784 gray levels, 0..255 (or 0..1), white ink on black as in MNIST",
+    "oneOf": [
+        {"type": "array", "minItems": 784, "maxItems": 784, "items": {"type": "number", "minimum": 0, "maximum": 255}},
+        {"type": "array", "minItems": 28, "maxItems": 28, "items": {"type": "array", "minItems": 28, "maxItems": 28,
+                                                                   "items": {"type": "number", "minimum": 0, "maximum": 255}}},
+    ]}}}
+REQUEST_BODY = {"required": True, "content": {
+    **{t: BINARY for t in IMAGE_TYPES},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
+    "application/json": {"schema": PIXELS_SCHEMA}}}
 
 
-def prediction_json(prediction: Prediction) -> dict:
-    return {"digit": prediction.digit, "probabilities": list(prediction.probabilities),
-            "unsure": prediction.unsure, "reason": prediction.reason, "image": prediction.image.tolist()}
+class UploadTooLarge(UserError):
+    """The body passed MAX_UPLOAD (413; the rest is not read)."""
 
 
-def create_app(run_dir: str | Path, model=None) -> FastAPI:
+class UnsupportedType(UserError):
+    """A Content-Type the API does not take (415)."""
+
+
+class PredictionOut(BaseModel):
+    digit: int = Field(ge=0, le=9)
+    probabilities: list[float] = Field(min_length=10, max_length=10, description="for digits 0..9")
+    unsure: bool
+    reason: str = Field(description='why unsure; "" otherwise')
+    image: list[list[int]] = Field(description="the 28x28 the model saw, 0..255, white on black")
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="what is wrong and what to send instead")
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ModelOut(BaseModel):
+    run: str
+    config: dict[str, Any]
+    test_accuracy: float | None
+    backend: str | None
+
+
+ERRORS = {400: {"model": ErrorOut, "description": "not a readable image, bad JSON pixels, or an empty body"},
+          413: {"model": ErrorOut, "description": f"body over {MAX_UPLOAD // 2**20} MB or image over "
+                                                  f"{MAX_PIXELS:,} pixels"},
+          415: {"model": ErrorOut, "description": "a Content-Type the API does not take"}}
+
+
+def prediction_json(found) -> dict:
+    return {"digit": found.digit, "probabilities": list(found.probabilities),
+            "unsure": found.unsure, "reason": found.reason, "image": found.image.tolist()}
+
+
+def create_app(run_dir: str | Path, model=None, max_wait: float = MAX_WAIT) -> FastAPI:
     """The app for one finished run; `model` (already loaded) skips loading it again."""
     run = runs.load_run(run_dir)
     if model is None:
         from mnist_mlp.evaluate import load_model
 
         model = load_model(run)
-    predict_arrays(model, [np.zeros((28, 28), np.uint8)])  # compile once, before the first user
-    page = resources.files("mnist_mlp").joinpath("static/index.html").read_text()
+    batcher = Batcher(forward_pass(model), max_wait=max_wait)  # compiles every batch size now
+    decoders = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="mnist-mlp-decode")
+    page = HTMLResponse(resources.files("mnist_mlp").joinpath("static/index.html").read_text())
+    info = ModelOut(run=run.name, config=dataclasses.asdict(run.config),
+                    test_accuracy=run.metrics.get("test_accuracy"), backend=run.metrics.get("backend")).model_dump()
     app = FastAPI(title="mnist-mlp", description="Draw a digit; the classic MNIST MLP reads it.")
-    app.state.model = model
+    app.state.model, app.state.batcher = model, batcher
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index():
+    @app.get("/", include_in_schema=False)
+    async def index():
         return page
 
-    @app.get("/api/health")
-    def health():
-        return {"status": "ok"}
+    @app.get("/api/health", response_model=HealthOut)
+    async def health():
+        return JSONResponse({"status": "ok"})
 
-    @app.get("/api/model")
-    def model_info():
-        return {"run": run.name, "config": dataclasses.asdict(run.config),
-                "test_accuracy": run.metrics.get("test_accuracy"), "backend": run.metrics.get("backend")}
+    @app.get("/api/model", response_model=ModelOut)
+    async def model_info():
+        return JSONResponse(info)
 
-    @app.post("/api/predict", openapi_extra={"requestBody": {"content": {
-        "image/png": {"schema": {"type": "string", "format": "binary"}},
-        "application/json": {"schema": {"type": "object", "properties": {"pixels": {"type": "array"}}}}}}})
-    async def predict(request: Request):
-        """An image (PNG, JPEG, ... as the raw body) or JSON {"pixels": 28x28 or 784 numbers} -> prediction."""
-        if int(request.headers.get("content-length") or 0) > MAX_UPLOAD:
-            return error(413, f"upload larger than {MAX_UPLOAD // 1024 // 1024} MB")
-        body = await request.body()
-        if len(body) > MAX_UPLOAD:
-            return error(413, f"upload larger than {MAX_UPLOAD // 1024 // 1024} MB")
-        if not body:
-            return error(400, "empty body: send an image or JSON {\"pixels\": [...]}")
+    @app.post("/api/predict", responses={200: {"model": PredictionOut}, **ERRORS},
+              openapi_extra={"requestBody": REQUEST_BODY})
+    async def predict(request: Request) -> Response:
+        """A digit image (PNG, JPEG, GIF, BMP, TIFF, WebP) as the raw body or as the one file of a
+        multipart form, or JSON {"pixels": 28x28 or 784 numbers} -> the digit, its probabilities and
+        what the model saw."""
         try:
-            if request.headers.get("content-type", "").startswith("application/json"):
-                source = _pixels(body)
-            else:
-                source = body
-            return prediction_json(predict_image(app.state.model, source, "upload"))
+            body = await _read_capped(request)
+            kind = _kind(request.headers.get("content-type"))
+            if kind == "multipart":
+                body = await _multipart_file(request.headers, body)
+            image, note = await asyncio.get_running_loop().run_in_executor(decoders, _prepare, kind, body)
         except UserError as e:
-            return error(413 if isinstance(e, ImageTooLarge) else 400, str(e))
+            return _error(e)
+        probabilities = await batcher.probabilities(image)
+        return JSONResponse(prediction_json(prediction(image, note, probabilities)))
 
     return app
 
 
-def _pixels(body: bytes):
+def _error(e: UserError) -> JSONResponse:
+    status = {UploadTooLarge: 413, ImageTooLarge: 413, UnsupportedType: 415}.get(type(e), 400)
+    headers = {"Connection": "close"} if isinstance(e, UploadTooLarge) else {}  # the unread rest: drop it
+    if isinstance(e, UnsupportedType):
+        headers["Accept-Post"] = ", ".join(TAKEN)
+    return JSONResponse({"error": str(e)}, status_code=status, headers=headers)
+
+
+async def _read_capped(request: Request) -> bytes:
+    """The body, counted as it arrives: UploadTooLarge as soon as it passes MAX_UPLOAD."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_UPLOAD:
+        raise UploadTooLarge(f"upload larger than {MAX_UPLOAD // 2**20} MB ({int(declared):,} bytes declared)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_UPLOAD:
+            raise UploadTooLarge(f"upload larger than {MAX_UPLOAD // 2**20} MB")
+        chunks.append(chunk)
+    if not size:
+        raise UserError('empty body: send an image, a multipart form with one file, or JSON {"pixels": [...]}')
+    return b"".join(chunks)
+
+
+def _kind(content_type: str | None) -> str:
+    media = (content_type or "application/octet-stream").split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        return "multipart"
+    if media == "application/json" or media.endswith("+json"):
+        return "json"
+    if media in IMAGE_TYPES or media in ("image/jpg", "image/x-ms-bmp"):
+        return "image"
+    raise UnsupportedType(f"Content-Type {media} is not taken; send an image as the body (Content-Type "
+                          f"{', '.join(IMAGE_TYPES)}), multipart/form-data with one file field "
+                          '(curl -F file=@digit.png), or application/json {"pixels": [...]}')
+
+
+async def _multipart_file(headers: Headers, body: bytes) -> bytes:
+    """The one file of a multipart/form-data body (already capped), whatever its field's name."""
+    async def stream():
+        yield body
+
+    try:
+        form = await MultiPartParser(headers, stream(), max_files=1, max_fields=16).parse()
+    except MultiPartException as e:
+        raise UserError(f"multipart upload: {e.message}; send one file field (curl -F file=@digit.png)") from None
+    try:
+        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+        if not files:
+            raise UserError("multipart upload has no file field; send one (curl -F file=@digit.png)")
+        return await files[0].read()
+    finally:
+        await form.close()
+
+
+def _prepare(kind: str, body: bytes) -> tuple[np.ndarray, str]:
+    """On a decoder thread: the MNIST-style uint8 (28, 28) and to_mnist's note."""
+    return to_mnist(open_image(_pixels(body) if kind == "json" else body, "upload"))
+
+
+def _pixels(body: bytes) -> np.ndarray:
     try:
         pixels = np.asarray(json.loads(body)["pixels"], dtype=np.float32)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError, OverflowError):
         raise UserError('JSON must be {"pixels": [...]} with 28x28 or 784 numbers') from None
-    if pixels.size != 784:
-        raise UserError(f"pixels must hold 784 values (28x28); got {pixels.size}")
+    if pixels.size != 784 or pixels.shape not in ((784,), (28, 28)):
+        raise UserError(f"pixels must be 28x28 or 784 values; got shape {pixels.shape}")
+    if not np.isfinite(pixels).all():
+        raise UserError("pixels has NaN or infinite values")
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise UserError(f"pixels must lie in 0..255; got {pixels.min():g}..{pixels.max():g}")
     return pixels.reshape(28, 28)
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the app with uvicorn until interrupted."""
+def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
+    """A socket bound to host:port, or a UserError that says why not (checked before the model loads)."""
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port} is out of range; give 1..65535 (default 8000)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        hint = {errno.EADDRINUSE: "another server has it; stop it or pick another --port",
+                errno.EACCES: "ports below 1024 need root; pick another --port, e.g. 8000",
+                errno.EADDRNOTAVAIL: "that address is not this machine's; use 127.0.0.1 or 0.0.0.0"}
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}; "
+                        f"{hint.get(e.errno, 'check --host and --port')}") from None
+    return sock
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sock: socket.socket | None = None) -> None:
+    """Run the app with uvicorn until interrupted, on `sock` if given (see bind) or on host:port."""
     import uvicorn
 
-    uvicorn.run(create_app(run_dir), host=host, port=port, log_level="warning")
+    sock = sock or bind(host, port)
+    server = uvicorn.Server(uvicorn.Config(create_app(run_dir), log_level="warning"))
+    server.run(sockets=[sock])
