@@ -1,0 +1,46 @@
+"""`mnist-mlp doctor`: exit 0 when all is well, else one stderr line per problem with its fix."""
+
+import gzip
+import http.server
+import socket
+import threading
+
+import pytest
+
+from mnist_mlp.cli import main
+
+
+@pytest.fixture
+def mirror(mnist_dir, tmp_path):
+    """A local HTTP mirror serving the .gz files, as MNIST_MLP_MIRRORS would name one."""
+    for name in ("t10k-labels-idx1-ubyte",):
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress((mnist_dir / name).read_bytes()))
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+
+
+def test_all_well(mnist_dir, mirror, monkeypatch, capsys):
+    with socket.socket() as s:  # a port nobody listens on: a mirror that refuses
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    monkeypatch.setenv("MNIST_MLP_MIRRORS", f"{mirror},{closed}")
+    assert main(["doctor", "--cache-dir", str(mnist_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "4 of 4 present and SHA-256 verified" in out and "All is well." in out
+    assert f"mirror {mirror} reachable" in " ".join(out.split())
+    assert "connection refused" in out  # reported, but no problem while the cache is complete
+    assert "JAX sees" in out and "backend choice" in out
+
+
+def test_problems_are_one_line_each_with_a_fix(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KERAS_BACKEND", "theano")
+    assert main(["doctor", "--offline", "--cache-dir", str(tmp_path / "empty")]) == 1
+    captured = capsys.readouterr()
+    problems = captured.err.strip().splitlines()
+    assert len(problems) == 2, problems
+    assert "backend choice" in problems[0] and "KERAS_BACKEND=jax" in problems[0]
+    assert "MNIST files: 0 of 4" in problems[1] and "mnist-mlp data fetch" in problems[1]
+    assert "2 problem(s)" in captured.out
