@@ -70,3 +70,33 @@ def run_cli_python(code, *args, env):
 
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=600)
+
+
+INTERRUPT_AFTER_FIRST_EPOCH = """
+import sys
+from mnist_mlp import train
+from mnist_mlp.cli import main
+
+save = train.Checkpoint.on_epoch_end
+
+def save_then_stop(self, epoch, logs=None):
+    save(self, epoch, logs)
+    raise KeyboardInterrupt  # Ctrl-C once epoch 1 is checkpointed
+
+train.Checkpoint.on_epoch_end = save_then_stop
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("name", ["torch", "tensorflow"])
+def test_an_interrupted_run_resumes_to_the_same_result_on_other_backends(name, mnist_dir, tmp_path):
+    """The checkpoint (variables, optimizer, NumPy's RNG) round-trips on every backend's Keras fit."""
+    argv = ["train", "--backend", name, "--epochs", "3", "--train-samples", "1000", "--cache-dir", str(mnist_dir)]
+    whole = run_cli(*argv, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    stopped = run_cli_python(INTERRUPT_AFTER_FIRST_EPOCH, *argv, "--out", tmp_path / "stopped",
+                             env={"KERAS_BACKEND": name})  # train imports Keras before main picks one
+    assert stopped.returncode == 2 and f"--resume {tmp_path / 'stopped'}" in stopped.stderr, stopped.stderr[-2000:]
+    resumed = run_cli("train", "--resume", str(tmp_path / "stopped"), "--cache-dir", str(mnist_dir))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (tmp_path / "stopped" / "history.csv").read_text() == (tmp_path / "whole" / "history.csv").read_text()

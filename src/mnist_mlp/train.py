@@ -154,38 +154,56 @@ def engine_note(requested: str, engine: str) -> str:
 
 class Checkpoint(keras.callbacks.Callback):
     """After each epoch, the run's whole state in one atomic file: the model's variables (dropout's seed
-    state among them), the optimizer's, and NumPy's global RNG (Keras fit draws its shuffles from it on
-    JAX), so a resumed run sees the same batches and masks as an uninterrupted one. An epoch whose loss is
-    not finite is not saved: the last good checkpoint stays."""
+    state among them), the optimizer's, and the global RNG that Keras fit shuffles with (NumPy's on JAX,
+    PyTorch's on PyTorch), so a resumed run sees the same batches and masks as an uninterrupted one. An
+    epoch whose loss is not finite is not saved: the last good checkpoint stays."""
 
-    def __init__(self, run_dir: Path, numpy_state: tuple | None = None):
+    def __init__(self, run_dir: Path, rng_state: dict | None = None):
         super().__init__()
-        self.run_dir, self.numpy_state = run_dir, numpy_state
+        self.run_dir, self.rng_state = run_dir, rng_state
 
     def on_train_begin(self, logs=None):
-        if self.numpy_state is not None:  # here, not before fit: fit's data adapter draws from it first
-            np.random.set_state(self.numpy_state)
+        if self.rng_state is not None:  # here, not before fit: fit's data adapter draws from it first
+            set_rng_state(self.rng_state)
 
     def on_epoch_end(self, epoch, logs=None):
         if not math.isfinite((logs or {}).get("loss", 0.0)):
             return
-        _, keys, pos, has_gauss, gauss = np.random.get_state()
-        arrays = {f"model/{i}": np.asarray(v.value) for i, v in enumerate(self.model.variables)}
-        arrays.update({f"optimizer/{i}": np.asarray(v.value) for i, v in enumerate(self.model.optimizer.variables)})
-        arrays.update(numpy_keys=keys, numpy_state=np.array([pos, has_gauss, gauss], dtype=np.float64))
-        runs.save_checkpoint(self.run_dir, epoch + 1, arrays)
+        arrays = {f"model/{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(self.model.variables)}
+        arrays.update({f"optimizer/{i}": keras.ops.convert_to_numpy(v.value)
+                       for i, v in enumerate(self.model.optimizer.variables)})
+        runs.save_checkpoint(self.run_dir, epoch + 1, {**arrays, **rng_state()})
 
 
-def restore(model: keras.Model, run_dir: Path) -> tuple[int, tuple]:
-    """Load `run_dir`'s checkpoint into a compiled model: the epochs it had completed, and NumPy's RNG state
-    then (for Checkpoint to set when training starts)."""
+def rng_state() -> dict[str, np.ndarray]:
+    """The global random state Keras fit shuffles with, as arrays."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"rng/numpy_keys": keys, "rng/numpy": np.array([pos, has_gauss, gauss], dtype=np.float64)}
+    if keras.backend.backend() == "torch":  # its DataLoader shuffles with torch's generator
+        import torch
+
+        state["rng/torch"] = torch.get_rng_state().numpy()
+    return state
+
+
+def set_rng_state(state: dict[str, np.ndarray]) -> None:
+    pos, has_gauss, gauss = state["rng/numpy"]
+    np.random.set_state(("MT19937", state["rng/numpy_keys"], int(pos), int(has_gauss), float(gauss)))
+    if "rng/torch" in state:
+        import torch
+
+        torch.set_rng_state(torch.from_numpy(state["rng/torch"]))
+
+
+def restore(model: keras.Model, run_dir: Path) -> tuple[int, dict]:
+    """Load `run_dir`'s checkpoint into a compiled model: the epochs it had completed, and the global RNG
+    state then (for Checkpoint to set when training starts)."""
     epoch, arrays = runs.load_checkpoint(run_dir)
     model.optimizer.build(model.trainable_variables)
     for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
         for i, variable in enumerate(variables):
             variable.assign(arrays[f"{prefix}/{i}"])
-    pos, has_gauss, gauss = arrays["numpy_state"]
-    return epoch, ("MT19937", arrays["numpy_keys"], int(pos), int(has_gauss), float(gauss))
+    return epoch, {key: value for key, value in arrays.items() if key.startswith("rng/")}
 
 
 class Diverged(UserError):
@@ -246,13 +264,13 @@ def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, 
 
     model = compile_model(build_model(config.model), tc, len(x_train))
     log(model_summary(model))
-    initial_epoch, numpy_state = restore(model, run_dir) if resume else (0, None)
+    initial_epoch, rng = restore(model, run_dir) if resume else (0, None)
     engine = choose_engine(tc.engine, backend.name)
     log(engine_note(tc.engine, engine))
     timer = EpochTimer()
     callbacks = [*callbacks, keras.callbacks.TerminateOnNaN(),
                  keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume), timer,
-                 Checkpoint(run_dir, numpy_state)]  # last: saves after the rest
+                 Checkpoint(run_dir, rng)]  # last: saves after the rest
     if engine == "compiled":
         from mnist_mlp.engine import fit_compiled
 
