@@ -57,8 +57,13 @@ class Batcher:
         """uint8 (28, 28) -> float32 (10,)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((image, future, loop))
+        self.submit(image, future, loop)
         return await future
+
+    def submit(self, image: np.ndarray, future: asyncio.Future, loop: asyncio.AbstractEventLoop,
+               finish: Callable[[np.ndarray], object] | None = None) -> None:
+        """From any thread: `future` (of `loop`) gets finish(probabilities) (on the batch thread), or them."""
+        self._queue.put((image, future, loop, finish))
 
     def _run(self) -> None:
         while True:
@@ -70,10 +75,10 @@ class Batcher:
                 except queue.Empty:
                     break
             try:
-                rows = self.forward(preprocess(np.stack([image for image, _, _ in batch])))
-                outcome = [(future, loop, row, None) for (_, future, loop), row in zip(batch, rows)]
+                rows = self.forward(preprocess(np.stack([item[0] for item in batch])))
+                outcome = [_finish(item, row) for item, row in zip(batch, rows)]
             except Exception as e:  # noqa: BLE001  a bug: each waiting request gets it (a 500), the thread lives on
-                outcome = [(future, loop, None, e) for _, future, loop in batch]
+                outcome = [(future, loop, None, e) for _, future, loop, _ in batch]
             self.batches += 1
             self.images += len(batch)
             for loop, group in _by_loop(outcome).items():
@@ -81,6 +86,14 @@ class Batcher:
                     loop.call_soon_threadsafe(_settle, group)
                 except RuntimeError:  # that loop has closed (a test client gone): nobody is waiting
                     pass
+
+
+def _finish(item: tuple, row: np.ndarray) -> tuple:
+    _, future, loop, finish = item
+    try:
+        return future, loop, finish(row) if finish else row, None
+    except Exception as e:  # noqa: BLE001  a bug in finish: that request gets it
+        return future, loop, None, e
 
 
 def _by_loop(outcome: list) -> dict:

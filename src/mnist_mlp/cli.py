@@ -271,6 +271,17 @@ def cmd_sweep(args) -> None:
 def cmd_bench(args) -> None:
     from mnist_mlp import bench, runs
 
+    if args.serve:
+        from dataclasses import asdict
+
+        from mnist_mlp import loadtest
+
+        runs.load_run(args.serve)
+        result = loadtest.load(args.serve, args.connections, args.duration, args.image)
+        print(loadtest.markdown(result))
+        runs.write_json(args.json, asdict(result))
+        print(f"\nWrote {args.json}")
+        return
     if args.time_to is not None:
         if not 0 < args.time_to < 1:
             raise UserError(f"--time-to {args.time_to} is an accuracy between 0 and 1, e.g. 0.982")
@@ -406,6 +417,10 @@ def build_parser() -> Parser:
     p.add_argument("--time-to", type=float, metavar="ACCURACY",
                    help="instead: seconds to reach this test accuracy, classic recipe vs --config presets")
     p.add_argument("--config", action="append", help="preset(s) for --time-to, e.g. configs/fast.toml")
+    p.add_argument("--serve", metavar="RUN", help="instead: load-test `mnist-mlp serve RUN` with wrk")
+    p.add_argument("--connections", type=int, default=200, help="--serve: concurrent connections")
+    p.add_argument("--duration", type=float, default=15, help="--serve: seconds of load")
+    p.add_argument("--image", help="--serve: the PNG to post (default: MNIST test digit 0, 28x28)")
     p.add_argument("--json", default="bench.json", help="where to write the full results")
     p.set_defaults(func=cmd_bench)
 
