@@ -4,14 +4,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup setup-all browser postgres clean
+.PHONY: run test setup setup-all browser postgres wrk clean
 
 run: setup
 	$(BIN)/mnist-mlp data fetch
 	$(BIN)/mnist-mlp inspect
 	$(BIN)/mnist-mlp train --config configs/default.toml
 
-test: setup-all browser postgres
+test: setup-all browser postgres wrk
 	$(BIN)/python -m pytest
 
 browser:  # Debian's Chromium for the browser test (Playwright drives it; no browser download)
@@ -19,6 +19,9 @@ browser:  # Debian's Chromium for the browser test (Playwright drives it; no bro
 
 postgres:  # Debian's PostgreSQL server binaries for the many-machines sweep test (the test starts its own)
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
+wrk:  # Debian's wrk, the C load generator `bench --serve` and its test drive the server with
+	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
 
 setup: $(VENV)/.setup-base
 setup-all: $(VENV)/.setup-all

@@ -87,3 +87,17 @@ def test_clear_resets_the_page(page):
     _draw(page, ONE)
     page.click("#clear")
     assert page.locator("#digit").text_content() == "?"
+
+
+def test_a_photo_chosen_in_the_page_is_sent_as_multipart_and_read(page, mnist, tmp_path):
+    from test_predict import _png, _render
+
+    (_, _), (x_test, _) = mnist
+    photo = tmp_path / "seven.png"
+    photo.write_bytes(_png(_render(x_test[0])))  # black on white, as a photo of paper
+    page.click("#clear")
+    with page.expect_request("**/api/predict") as sent:
+        page.set_input_files("#file", str(photo))
+    assert sent.value.headers["content-type"].startswith("multipart/form-data")
+    page.wait_for_function("document.querySelector('#digit').textContent !== '?'")
+    assert page.locator("#digit").text_content() == "7"
