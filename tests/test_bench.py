@@ -7,6 +7,7 @@ import pytest
 
 from mnist_mlp import bench
 from mnist_mlp.cli import main
+from mnist_mlp.errors import UserError
 
 
 def test_flop_count_by_hand():
@@ -60,3 +61,21 @@ def test_two_epoch_bench_of_ours_and_plain_torch(mnist_dir, tmp_path, capsys):
         assert len(result["epoch_end_s"]) == 2 and result["epoch_end_s"][0] < result["epoch_end_s"][1]
         assert result["first_epoch_s"] > 0 and result["steady_epoch_s"] > 0 and result["peak_memory_mb"] > 50
         assert result["test_accuracy"] > 0.95  # two full epochs of the classic model
+
+
+def test_the_pytorch_variant_is_built_from_the_config():
+    torch = pytest.importorskip("torch")
+    from mnist_mlp.config import load_config
+    from mnist_mlp.model import build_model
+
+    config = load_config(None, ["model.hidden_units=[64, 32]", "model.activation=tanh", "model.dropout=0",
+                                "train.optimizer=adam", "train.learning_rate=0.003"])
+    model, optimizer = bench._torch_recipe(config, torch)
+    assert sum(p.numel() for p in model.parameters()) == build_model(config.model).count_params()
+    assert [type(m).__name__ for m in model] == ["Linear", "Tanh", "Linear", "Tanh", "Linear"]
+    assert type(optimizer).__name__ == "Adam" and optimizer.defaults["lr"] == 0.003
+    classic, rmsprop = bench._torch_recipe(load_config(), torch)
+    assert sum(p.numel() for p in classic.parameters()) == 669_706 and rmsprop.defaults["alpha"] == 0.9
+    assert sum(isinstance(m, torch.nn.Dropout) and m.p == 0.2 for m in classic) == 2
+    with pytest.raises(UserError, match="leave torch out"):
+        bench._torch_recipe(load_config(None, ["train.optimizer=nadam"]), torch)

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from mnist_mlp import data, sources
+from mnist_mlp import cache, data, sources
 from mnist_mlp.errors import UserError
 
 
@@ -27,8 +27,8 @@ def test_load_data_matches_keras_contract(mnist):
 
 def test_idx_round_trip_reproduces_the_verified_files(mnist_dir, mnist):
     (x_train, y_train), _ = mnist
-    assert data.sha256(data.to_idx(y_train)) == data.FILES["train-labels"][1]
-    assert data.sha256(data.to_idx(x_train)) == data.FILES["train-images"][1]
+    assert cache.sha256(cache.to_idx(y_train)) == cache.FILES["train-labels"][1]
+    assert cache.sha256(cache.to_idx(x_train)) == cache.FILES["train-images"][1]
 
 
 def test_preprocess_and_one_hot_match_keras(mnist):
@@ -60,7 +60,7 @@ def test_parse_idx_rejects_bad_files(mnist_dir):
 
 def _copy_gz(mnist_dir, folder, corrupt=None):
     folder.mkdir()
-    for key, (name, _) in data.FILES.items():
+    for key, (name, _) in cache.FILES.items():
         content = (mnist_dir / name).read_bytes()
         if key == corrupt:
             content = content[:-1] + bytes([content[-1] ^ 1])
@@ -108,7 +108,7 @@ def test_keras_cache_used_only_when_its_hash_is_keras_own(mnist, tmp_path, monke
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     with pytest.raises(UserError, match="not Keras' own file"):
         sources.fetch(tmp_path / "c1", sources=("keras",))
-    monkeypatch.setattr(sources, "KERAS_NPZ_SHA256", data.sha256(npz.read_bytes()))
+    monkeypatch.setattr(sources, "KERAS_NPZ_SHA256", cache.sha256(npz.read_bytes()))
     info = sources.fetch(tmp_path / "c2", sources=("keras",))
     assert info.complete and {f.source for f in info.files} == {"Keras cache"}
 
@@ -171,9 +171,9 @@ def test_no_source_works_lists_each_failure(http_mirror, tmp_path, monkeypatch):
 
 
 def test_data_info_reports_a_corrupted_cache_file(mnist_dir, tmp_path):
-    cache = tmp_path / "cache"
-    shutil.copytree(mnist_dir, cache)
-    (cache / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07")
-    info = data.data_info(cache)
+    folder = tmp_path / "cache"
+    shutil.copytree(mnist_dir, folder)
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07")
+    info = cache.data_info(folder)
     assert not info.complete
     assert [f.verified for f in info.files] == [True, True, True, False]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mnist_mlp import data, runs
+from mnist_mlp import runs
+from mnist_mlp.cache import FILES
 from mnist_mlp.cli import main
 from mnist_mlp.errors import WriteFailed
 
@@ -56,9 +57,9 @@ def test_import_into_a_read_only_cache_is_one_line(mnist_dir, tmp_path, capsys):
 
 def test_a_folder_named_like_an_idx_file_in_the_cache_is_one_line(mnist_dir, tmp_path, capsys):
     cache = tmp_path / "cache"
-    (cache / data.FILES["train-labels"][0]).mkdir(parents=True)
+    (cache / FILES["train-labels"][0]).mkdir(parents=True)
     assert main(["data", "import", str(mnist_dir), "--cache-dir", str(cache)]) == 2
-    _one_line(capsys, "cannot write", data.FILES["train-labels"][0])
+    _one_line(capsys, "cannot write", FILES["train-labels"][0])
 
 
 def test_a_failed_write_is_one_line_with_no_partial_file(mnist_dir, tmp_path, capsys, monkeypatch):

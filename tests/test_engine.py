@@ -11,7 +11,8 @@ import pytest
 from mnist_mlp import data, engine
 from mnist_mlp.config import ModelConfig, TrainConfig
 from mnist_mlp.model import build_model
-from mnist_mlp.train import choose_engine, compile_model
+from mnist_mlp.recipe import compile_model
+from mnist_mlp.train import choose_engine
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="the compiled engine is JAX-only")
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from mnist_mlp import data, plots, runs
+from mnist_mlp import cache, data, plots, runs
 from mnist_mlp.cli import main
 from mnist_mlp.config import ModelConfig
 from mnist_mlp.model import build_model
@@ -46,7 +46,7 @@ def test_run_directory_holds_every_file(small_run):
     low, high = metrics["test_accuracy_ci95"]
     assert low < metrics["test_accuracy"] < high and high - low < 0.03
     assert metrics["backend"] == "jax" and metrics["versions"]["keras"] == keras.__version__
-    assert metrics["data_sha256"]["train-images"] == data.FILES["train-images"][1]
+    assert metrics["data_sha256"]["train-images"] == cache.FILES["train-images"][1]
     assert len(metrics["epoch_seconds"]) == 2 and metrics["train_samples"] == 2000
     assert (small_run / runs.CURVES).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

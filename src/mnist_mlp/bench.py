@@ -49,63 +49,87 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: float) -> dict:
-    from mnist_mlp.backend import device_name, use_backend
+def _config(epochs: int | None, config_path: str | None):
+    """The config a bench child trains: the preset (default: the classic one) validated on the test set."""
     from mnist_mlp.config import load_config
 
-    config = load_config(config_path, ["train.validation=test"] + ([f"train.epochs={epochs}"] if epochs else []))
-    epochs = config.train.epochs
+    return load_config(config_path, ["train.validation=test"] + ([f"train.epochs={epochs}"] if epochs else []))
+
+
+def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: float) -> dict:
+    from mnist_mlp.backend import device_name, use_backend
+
+    config = _config(epochs, config_path)
     backend = use_backend("jax" if variant == "ours" else variant.removeprefix("keras-")).name
     import keras
 
-    from mnist_mlp import data
-    from mnist_mlp.model import build_model
-    from mnist_mlp.train import compile_model, set_seed
+    from mnist_mlp.recipe import prepare
 
-    set_seed(config.train.seed, backend)  # the same seeding, without importing TensorFlow, for every variant
-    if variant == "ours":
-        from mnist_mlp.engine import enable_compile_cache, fit_compiled
-
-        enable_compile_cache(data.cache_dir() / "xla")  # before building: the initializers are compiled too
-    (x_train, y_train), (x_test, y_test) = data.load_arrays()
-    model = compile_model(build_model(config.model), config.train, len(x_train))
+    setup = prepare(config, backend, engine="compiled" if variant == "ours" else "fit")  # what train does
     ends, accuracy = [], []
     record = keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: (ends.append(time.time() - t0), accuracy.append(logs["val_accuracy"])))
+    tc = config.train
     if variant == "ours":
-        fit_compiled(model, x_train, y_train, batch_size=config.train.batch_size, epochs=epochs,
-                     seed=config.train.seed, validation_data=(x_test, y_test), callbacks=[record], verbose=0)
+        from mnist_mlp.engine import fit_compiled
+
+        fit_compiled(setup.model, setup.x_train, setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs,
+                     seed=tc.seed, validation_data=setup.validation, callbacks=[record], verbose=0)
     else:  # as the classic script: model.fit with the test set as validation
-        model.fit(x_train, y_train, batch_size=config.train.batch_size, epochs=epochs, verbose=0,
-                  validation_data=(x_test, y_test), callbacks=[record])
+        setup.model.fit(setup.x_train, setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=0,
+                        validation_data=setup.validation, callbacks=[record])
     return {"epoch_end_s": ends, "epoch_accuracy": accuracy, "device": device_name(backend)}
 
 
-def _torch_child(variant: str, epochs: int, t0: float) -> dict:
-    """A plain PyTorch loop on the same model and recipe (RMSprop with Keras' rho and epsilon)."""
+TORCH_ACTIVATIONS = {"relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "gelu": "GELU", "elu": "ELU",
+                     "selu": "SELU", "silu": "SiLU", "softplus": "Softplus", "linear": "Identity"}
+
+
+def _torch_recipe(config, torch):
+    """The config's model and optimizer in plain PyTorch, with Keras' defaults where the two differ."""
+    from torch import nn
+
+    mc, tc = config.model, config.train
+    layers, width = [], 784
+    for units in mc.hidden_units:
+        layers += [nn.Linear(width, units), getattr(nn, TORCH_ACTIVATIONS[mc.activation])()]
+        layers += [nn.Dropout(mc.dropout)] if mc.dropout else []
+        width = units
+    model = nn.Sequential(*layers, nn.Linear(width, 10))
+    optimizers = {"rmsprop": lambda p: torch.optim.RMSprop(p, lr=tc.learning_rate, alpha=0.9, eps=1e-7),
+                  "adam": lambda p: torch.optim.Adam(p, lr=tc.learning_rate, eps=1e-7),
+                  "sgd": lambda p: torch.optim.SGD(p, lr=tc.learning_rate)}
+    if tc.optimizer not in optimizers or tc.lr_schedule != "constant":
+        raise UserError(f"bench's PyTorch variants know rmsprop, adam and sgd at a constant rate; this config has "
+                        f"{tc.optimizer} ({tc.lr_schedule}): leave torch out with --variants")
+    return model, optimizers[tc.optimizer](model.parameters())
+
+
+def _torch_child(variant: str, epochs: int | None, config_path: str | None, t0: float) -> dict:
+    """A plain PyTorch loop on the same model and recipe as the config."""
     import torch
     from torch import nn
 
     from mnist_mlp import data
 
+    config = _config(epochs, config_path)
     if variant == "torch-1thread":
         torch.set_num_threads(1)
     device = torch.device("cuda" if os.environ.get("MNIST_MLP_BENCH_GPU") and torch.cuda.is_available() else "cpu")
-    torch.manual_seed(20160715)
+    torch.manual_seed(config.train.seed)
     (x_train, y_train), (x_test, y_test) = data.load_data()
     x_train, x_test = torch.from_numpy(data.preprocess(x_train)), torch.from_numpy(data.preprocess(x_test))
     y_train, y_test = torch.from_numpy(y_train.astype("int64")), torch.from_numpy(y_test.astype("int64"))
     x_train, x_test, y_train, y_test = (t.to(device) for t in (x_train, x_test, y_train, y_test))
-    model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.2), nn.Linear(512, 512), nn.ReLU(),
-                          nn.Dropout(0.2), nn.Linear(512, 10)).to(device)
-    optimizer = torch.optim.RMSprop(model.parameters(), lr=0.001, alpha=0.9, eps=1e-7)
-    loss_fn = nn.CrossEntropyLoss()
+    model, optimizer = _torch_recipe(config, torch)
+    model = model.to(device)
+    loss_fn, batch = nn.CrossEntropyLoss(), config.train.batch_size
     ends, accuracy = [], []
-    for _ in range(epochs):
+    for _ in range(config.train.epochs):
         model.train()
         order = torch.randperm(len(x_train), device=device)
-        for start in range(0, len(x_train), 128):
-            index = order[start : start + 128]
+        for start in range(0, len(x_train), batch):
+            index = order[start : start + batch]
             optimizer.zero_grad(set_to_none=True)
             loss_fn(model(x_train[index]), y_train[index]).backward()
             optimizer.step()
@@ -120,7 +144,7 @@ def _torch_child(variant: str, epochs: int, t0: float) -> dict:
 def child(variant: str, epochs: int | None, config_path: str | None, t0: float, out: str) -> None:
     """Run one variant in this (fresh) process and write its raw timings as JSON to `out`."""
     if variant.startswith("torch"):
-        result = _torch_child(variant, epochs, t0)
+        result = _torch_child(variant, epochs, config_path, t0)
     else:
         result = _keras_child(variant, epochs, config_path, t0)
     result["peak_memory_mb"] = _peak_mb()

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from mnist_mlp import __version__, data, sources
+from mnist_mlp import __version__, cache, data, sources
 from mnist_mlp.bench import VARIANTS
 from mnist_mlp.backend import use_backend
 from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, load_config
@@ -29,7 +29,7 @@ def cmd_data(args) -> None:
     elif args.action == "import":
         info = data.import_data(args.paths, args.cache_dir)
     else:
-        info = data.data_info(args.cache_dir)
+        info = cache.data_info(args.cache_dir)
     print(f"MNIST cache: {info.cache_dir}")
     for f in info.files:
         state = "ok (SHA-256 verified)" if f.verified else ("BAD SHA-256" if f.present else "missing")
@@ -89,8 +89,9 @@ def cmd_train(args) -> None:
     if args.seeds:
         for seed, seeded in zip(group.seeds, group.results):
             print(f"seed {seed}: test accuracy {seeded.test_accuracy:.4f}  ({seeded.run_dir})")
-        print(f"Test accuracy over {len(group.seeds)} seeds: {group.mean:.4f} ± {group.std:.4f} "
-              f"(mean ± std; min {group.low:.4f}, max {group.high:.4f})")
+        spread = group.accuracy
+        print(f"Test accuracy over {len(group.seeds)} seeds: {spread.mean:.4f} ± {spread.std:.4f} "
+              f"(mean ± std; min {spread.low:.4f}, max {spread.high:.4f})")
         print(f"Runs saved in {group.group_dir}/ (next: mnist-mlp plot {group.group_dir})")
         return
     low, high = result.ci95

@@ -1,75 +1,20 @@
-"""MNIST in its cache: the four IDX files, verified by SHA-256, imported from the user's files or fetched
+"""MNIST as arrays: the user's files imported into the verified cache (cache.py), fetched there when missing
 (sources.py); `load_data()` as Keras returns it; one `preprocess()` for training, evaluation and
-prediction. NumPy and stdlib only."""
+prediction; the walk-through's printout of a digit. NumPy and stdlib only."""
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import hashlib
-import json
-import os
 import struct
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mnist_mlp.errors import UserError, write_failed
+from mnist_mlp import sources
+from mnist_mlp.cache import (FILES, DataInfo, cache_dir, data_info, decompress, identify, npz_contents, read_verified,
+                             store, verify)
+from mnist_mlp.errors import UserError
 
-FILES = {  # key -> (canonical file name, SHA-256 of the uncompressed IDX content)
-    "train-images": ("train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-    "train-labels": ("train-labels-idx1-ubyte", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-    "test-images": ("t10k-images-idx3-ubyte", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-    "test-labels": ("t10k-labels-idx1-ubyte", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
-}
-NPZ_KEYS = {"x_train": "train-images", "y_train": "train-labels", "x_test": "test-images", "y_test": "test-labels"}
-SOURCE_FILE = "source.json"  # records where each cached file came from
 VALIDATION_SIZE = 10_000  # images held out from the end of the training set by --validation split
-
-
-@dataclass(frozen=True)
-class FileInfo:
-    key: str
-    path: Path
-    present: bool
-    verified: bool  # SHA-256 of the content matches FILES
-    source: str  # where it came from, "" if unknown
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    cache_dir: Path
-    files: tuple[FileInfo, ...]
-
-    @property
-    def complete(self) -> bool:
-        return all(f.verified for f in self.files)
-
-
-def cache_dir(path: str | Path | None = None) -> Path:
-    """The cache folder: `path`, else $MNIST_MLP_CACHE, else $XDG_CACHE_HOME/mnist-mlp, else ~/.cache/mnist-mlp."""
-    if path:
-        return Path(path).expanduser()
-    if os.environ.get("MNIST_MLP_CACHE"):
-        return Path(os.environ["MNIST_MLP_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mnist-mlp"
-
-
-def sha256(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()
-
-
-def decompress(raw: bytes, origin: str) -> bytes:
-    """Return the content of an IDX or IDX.gz file."""
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (EOFError, OSError, zlib.error) as e:
-        raise UserError(f"{origin} is a truncated or corrupt .gz ({e}); download it again") from None
 
 
 def parse_idx(content: bytes, origin: str = "IDX data") -> np.ndarray:
@@ -86,85 +31,6 @@ def parse_idx(content: bytes, origin: str = "IDX data") -> np.ndarray:
         raise UserError(f"{origin} is truncated or padded ({len(content) - offset} bytes of data, "
                         f"{size} expected); download it again")
     return np.frombuffer(content, dtype=np.uint8, offset=offset).reshape(shape).copy()
-
-
-def to_idx(array: np.ndarray) -> bytes:
-    """The IDX bytes of a uint8 array, as in the original MNIST files."""
-    header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-
-
-def verify(key: str, content: bytes, origin: str) -> bytes:
-    """`content` if its SHA-256 is that of MNIST file `key`; else a UserError naming `origin`."""
-    want = FILES[key][1]
-    got = sha256(content)
-    if got != want:
-        raise UserError(f"{origin}: SHA-256 {got[:12]}... is not that of MNIST {key} ({want[:12]}...); "
-                        "the file is corrupt or not MNIST, get it again")
-    return content
-
-
-def identify(path: Path) -> str | None:
-    """The FILES key of an IDX(.gz) file name, accepting 'train-images.idx3-ubyte' spellings too."""
-    name = path.name.removesuffix(".gz").replace(".", "-")
-    return next((key for key, (canonical, _) in FILES.items() if name == canonical), None)
-
-
-def store(directory: Path, contents: dict[str, bytes], source: str) -> None:
-    """Write verified contents into the cache (atomically) and record where they came from. A write that
-    fails (read-only, disk full, a folder in the way) is one WriteFailed; the cache stays as it was."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise write_failed(directory, e, _CACHE_ADVICE) from None
-    for key, content in contents.items():
-        _write_atomic(directory / FILES[key][0], content)
-    sources = _read_sources(directory)
-    sources.update({key: source for key in contents})
-    _write_atomic(directory / SOURCE_FILE, json.dumps(sources, indent=2).encode())
-
-
-_CACHE_ADVICE = "free some space or give a writable folder with --cache-dir (or MNIST_MLP_CACHE)"
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise write_failed(path, e, _CACHE_ADVICE) from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-
-
-def _read_sources(directory: Path) -> dict:
-    try:
-        return json.loads((directory / SOURCE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def read_verified(directory: Path, key: str) -> bytes | None:
-    """The cached content of `key` if present and intact, else None."""
-    try:
-        content = (directory / FILES[key][0]).read_bytes()
-    except OSError:
-        return None
-    return content if sha256(content) == FILES[key][1] else None
-
-
-def data_info(directory: str | Path | None = None) -> DataInfo:
-    """Where each file is, where it came from, and whether its SHA-256 checks."""
-    directory = cache_dir(directory)
-    sources = _read_sources(directory)
-    files = []
-    for key, (name, _) in FILES.items():
-        path = directory / name
-        files.append(FileInfo(key, path, path.exists(), read_verified(directory, key) is not None,
-                              sources.get(key, "")))
-    return DataInfo(directory, tuple(files))
 
 
 def import_data(paths: list[str | Path], directory: str | Path | None = None) -> DataInfo:
@@ -193,20 +59,6 @@ def import_data(paths: list[str | Path], directory: str | Path | None = None) ->
     return data_info(directory)
 
 
-def npz_contents(path: str | Path) -> dict[str, bytes]:
-    """The four IDX contents inside a Keras-style mnist.npz, each verified."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [name for name in NPZ_KEYS if name not in npz.files]
-            if missing:
-                raise UserError(f"{path} is missing arrays {', '.join(missing)}; expected x_train, y_train, "
-                                "x_test, y_test as in Keras' mnist.npz")
-            arrays = {name: npz[name] for name in NPZ_KEYS}
-    except (OSError, ValueError, zlib.error, EOFError) as e:
-        raise UserError(f"{path} is not a readable .npz ({e}); give Keras' mnist.npz") from None
-    return {key: verify(key, to_idx(arrays[name]), f"{path}[{name}]") for name, key in NPZ_KEYS.items()}
-
-
 def load_split(split: str = "train", directory: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (n, 28, 28), labels uint8 (n,)) of "train" (n=60000) or "test" (n=10000),
     fetched into the cache first when missing."""
@@ -218,9 +70,7 @@ def load_split(split: str = "train", directory: str | Path | None = None) -> tup
         key = f"{split}-{kind}"
         content = read_verified(directory, key)
         if content is None:
-            from mnist_mlp.sources import fetch  # the network sources, only when the cache lacks a file
-
-            fetch(directory)
+            sources.fetch(directory)
             content = read_verified(directory, key)
         arrays.append(parse_idx(content, str(directory / FILES[key][0])))
     return arrays[0], arrays[1]

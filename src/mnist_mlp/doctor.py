@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from mnist_mlp import data, sources
+from mnist_mlp import cache, sources
 from mnist_mlp.backend import INSTALL_HINTS, PACKAGES, choose_backend
 from mnist_mlp.errors import UserError
 
@@ -75,7 +75,7 @@ def _writable(folder: Path) -> str:
 
 
 def check_cache(cache_dir: str | Path | None = None) -> list[Check]:
-    info = data.data_info(cache_dir)
+    info = cache.data_info(cache_dir)
     problem = _writable(info.cache_dir)
     found = [Check("cache folder", not problem, problem or f"{info.cache_dir} (writable)",
                    "give a writable folder with --cache-dir or MNIST_MLP_CACHE")]
@@ -106,7 +106,7 @@ def check_sources(data_complete: bool, timeout: float = 20) -> list[Check]:
         except subprocess.TimeoutExpired:
             reachable.append(("npm", False, f"npm timed out after {timeout:.0f} s"))
     for base in sources.mirrors():
-        url = base.rstrip("/") + f"/{data.FILES['test-labels'][0]}.gz"
+        url = base.rstrip("/") + f"/{cache.FILES['test-labels'][0]}.gz"
         try:
             with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=5):
                 reachable.append((f"mirror {base}", True, "reachable"))
@@ -133,5 +133,5 @@ def diagnose(cache_dir: str | Path | None = None, network: bool = True) -> list[
     """Every check, in order; `network=False` skips the data sources."""
     found = check_packages() + check_backends() + check_cache(cache_dir)
     if network:
-        found += check_sources(data.data_info(cache_dir).complete)
+        found += check_sources(cache.data_info(cache_dir).complete)
     return found + check_device()

@@ -108,12 +108,12 @@ def fit_compiled(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed
                  validation_data=None, callbacks=(), verbose=1, initial_epoch: int = 0,
                  shuffle: bool = True, chunks: int | None = None, unroll: int | None = None) -> None:
     """Train a compiled Keras model as `model.fit` would, reporting to the same callbacks and
-    progress bar; loss and accuracy accumulate as Keras' metrics define them (means over samples)."""
+    progress bar; loss and accuracy accumulate as Keras' metrics define them (means over samples).
+    On a CPU, call `unroll_threefry_on_cpu()` once first for the fast dropout (recipe.prepare does)."""
     optimizer, loss = model.optimizer, model.loss
     loss = keras.losses.get(loss) if isinstance(loss, str) else loss
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
-    unroll_threefry_on_cpu()
     on_cpu = jax.devices()[0].platform == "cpu"
     chunks = chunks or (CHUNKS if on_cpu else GPU_CHUNKS)
     run_chunk, evaluate = _make_programs(model, optimizer, loss, unroll or (1 if on_cpu else GPU_UNROLL))

@@ -9,10 +9,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from mnist_mlp import data, plots, runs
+from mnist_mlp import data, plots, runs, stats
 from mnist_mlp.model import NUM_CLASSES
 from mnist_mlp.runs import load_model
-from mnist_mlp.train import wilson_interval
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, gallery_si
     plots.plot_confusion(matrix, run.path / runs.CONFUSION)
     plots.plot_gallery(x_test[worst], titles, run.path / runs.MISCLASSIFIED)
 
-    result = EvalResult(run.path, test_loss, test_accuracy, wilson_interval(int(correct.sum()), len(y_test)),
+    result = EvalResult(run.path, test_loss, test_accuracy, stats.wilson_interval(int(correct.sum()), len(y_test)),
                         matrix, tuple(precision.tolist()), tuple(recall.tolist()),
                         tuple(matrix.sum(axis=1).tolist()), len(wrong))
     runs.write_json(run.path / runs.EVALUATION, {

@@ -14,8 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mnist_mlp.data import (FILES, DataInfo, cache_dir, data_info, decompress, identify, npz_contents,
-                            read_verified, sha256, store, verify)
+from mnist_mlp.cache import (FILES, DataInfo, cache_dir, data_info, decompress, identify, npz_contents,
+                             read_verified, sha256, store, verify)
 from mnist_mlp.errors import UserError
 
 KERAS_NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"  # Keras' own file_hash

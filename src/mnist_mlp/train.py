@@ -1,5 +1,5 @@
-"""Training: data -> preprocess -> build_model -> compile -> fit -> test score, written as a run
-directory (config, history, metrics, model, curves)."""
+"""Training: the shared set-up (recipe.py) -> fit (Keras, or the compiled engine on JAX) -> the test score
+once, written as a run directory (config, history, metrics, model, curves); seed groups of runs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import dataclasses
 import math
 import os
 import platform
-import statistics
-import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -18,17 +16,13 @@ from typing import Callable
 import keras
 import numpy as np
 
-from mnist_mlp import data, plots, runs
+from mnist_mlp import cache, plots, runs, stats
 from mnist_mlp.backend import BackendChoice, device_name
+from mnist_mlp.checkpoint import Checkpoint, restore
 from mnist_mlp.config import Config, TrainConfig, check_fits, config_to_toml
 from mnist_mlp.errors import UserError, WriteFailed, write_failed
-from mnist_mlp.model import build_model, model_summary
-
-OPTIMIZERS = {
-    "rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
-    "sgd": keras.optimizers.SGD, "nadam": keras.optimizers.Nadam, "adamax": keras.optimizers.Adamax,
-    "adagrad": keras.optimizers.Adagrad, "adadelta": keras.optimizers.Adadelta,
-}
+from mnist_mlp.model import model_summary
+from mnist_mlp.recipe import prepare
 
 
 @dataclass(frozen=True)
@@ -40,38 +34,6 @@ class TrainResult:
     seconds_per_epoch: float  # median over epochs
     wall_seconds: float
     backend: str
-
-
-def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion."""
-    p = correct / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return centre - half, centre + half
-
-
-def set_seed(seed: int, backend: str) -> None:
-    """keras.utils.set_random_seed, without its import of TensorFlow (~2 s here) when TensorFlow is
-    installed but not the backend: Keras seeds it only for tf.data pipelines, which we do not use."""
-    if backend == "tensorflow" or "tensorflow" in sys.modules:
-        keras.utils.set_random_seed(seed)
-        return
-    sys.modules["tensorflow"] = None  # `import tensorflow` raises ImportError while this is set
-    try:
-        keras.utils.set_random_seed(seed)
-    finally:
-        del sys.modules["tensorflow"]
-
-
-def compile_model(model: keras.Model, config: TrainConfig, train_samples: int = 60000) -> keras.Model:
-    """Loss, optimizer (with its learning-rate schedule over `train_samples` per epoch) and accuracy."""
-    learning_rate = config.learning_rate
-    if config.lr_schedule == "cosine":
-        steps = math.ceil(train_samples / config.batch_size) * config.epochs
-        learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
-    optimizer = OPTIMIZERS[config.optimizer](learning_rate=learning_rate)
-    model.compile(loss=config.loss, optimizer=optimizer, metrics=["accuracy"])
-    return model
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -110,10 +72,7 @@ class SeedsResult:
     group_dir: Path
     results: tuple[TrainResult, ...]  # one per seed, in order
     seeds: tuple[int, ...]
-    mean: float  # test accuracy over the seeds
-    std: float  # sample standard deviation (n - 1)
-    low: float
-    high: float
+    accuracy: stats.Spread  # test accuracy over the seeds
 
 
 def train_seeds(config: Config, group_dir: str | Path, backend: BackendChoice, seeds: int, *,
@@ -130,13 +89,12 @@ def train_seeds(config: Config, group_dir: str | Path, backend: BackendChoice, s
             seeded = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
             results.append(train(seeded, group_dir / f"seed-{seed}", backend, overwrite=True, **kwargs))  # in our group
         accuracies = [r.test_accuracy for r in results]
-        result = SeedsResult(group_dir, tuple(results), chosen, statistics.mean(accuracies),
-                             statistics.stdev(accuracies) if seeds > 1 else 0.0, min(accuracies), max(accuracies))
+        spread = stats.spread(accuracies)
         runs.write_json(group_dir / runs.GROUP, {
             "planned": list(chosen), "seeds": list(chosen), "runs": [f"seed-{s}" for s in chosen],
-            "test_accuracy": accuracies, "mean": result.mean, "std": result.std, "min": result.low,
-            "max": result.high, "complete": True})
-    return result
+            "test_accuracy": accuracies, "mean": spread.mean, "std": spread.std, "min": spread.low,
+            "max": spread.high, "complete": True})
+    return SeedsResult(group_dir, tuple(results), chosen, spread)
 
 
 def choose_engine(requested: str, backend: str) -> str:
@@ -150,60 +108,6 @@ def engine_note(requested: str, engine: str) -> str:
     if requested == "compiled":
         return "Engine: Keras fit (the compiled engine needs the JAX backend)."
     return "Engine: Keras fit."
-
-
-class Checkpoint(keras.callbacks.Callback):
-    """After each epoch, the run's whole state in one atomic file: the model's variables (dropout's seed
-    state among them), the optimizer's, and the global RNG that Keras fit shuffles with (NumPy's on JAX,
-    PyTorch's on PyTorch), so a resumed run sees the same batches and masks as an uninterrupted one. An
-    epoch whose loss is not finite is not saved: the last good checkpoint stays."""
-
-    def __init__(self, run_dir: Path, rng_state: dict | None = None):
-        super().__init__()
-        self.run_dir, self.rng_state = run_dir, rng_state
-
-    def on_train_begin(self, logs=None):
-        if self.rng_state is not None:  # here, not before fit: fit's data adapter draws from it first
-            set_rng_state(self.rng_state)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not math.isfinite((logs or {}).get("loss", 0.0)):
-            return
-        arrays = {f"model/{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(self.model.variables)}
-        arrays.update({f"optimizer/{i}": keras.ops.convert_to_numpy(v.value)
-                       for i, v in enumerate(self.model.optimizer.variables)})
-        runs.save_checkpoint(self.run_dir, epoch + 1, {**arrays, **rng_state()})
-
-
-def rng_state() -> dict[str, np.ndarray]:
-    """The global random state Keras fit shuffles with, as arrays."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"rng/numpy_keys": keys, "rng/numpy": np.array([pos, has_gauss, gauss], dtype=np.float64)}
-    if keras.backend.backend() == "torch":  # its DataLoader shuffles with torch's generator
-        import torch
-
-        state["rng/torch"] = torch.get_rng_state().numpy()
-    return state
-
-
-def set_rng_state(state: dict[str, np.ndarray]) -> None:
-    pos, has_gauss, gauss = state["rng/numpy"]
-    np.random.set_state(("MT19937", state["rng/numpy_keys"], int(pos), int(has_gauss), float(gauss)))
-    if "rng/torch" in state:
-        import torch
-
-        torch.set_rng_state(torch.from_numpy(state["rng/torch"]))
-
-
-def restore(model: keras.Model, run_dir: Path) -> tuple[int, dict]:
-    """Load `run_dir`'s checkpoint into a compiled model: the epochs it had completed, and the global RNG
-    state then (for Checkpoint to set when training starts)."""
-    epoch, arrays = runs.load_checkpoint(run_dir)
-    model.optimizer.build(model.trainable_variables)
-    for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
-        for i, variable in enumerate(variables):
-            variable.assign(arrays[f"{prefix}/{i}"])
-    return epoch, {key: value for key, value in arrays.items() if key.startswith("rng/")}
 
 
 class Diverged(UserError):
@@ -246,26 +150,13 @@ def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, 
     else:
         runs.write_text(run_dir / runs.CONFIG, config_to_toml(config))
     log(f"Backend: {backend.name} (chosen by {backend.reason})")
-    set_seed(tc.seed, backend.name)
-    if backend.name == "jax":  # before the model is built: its initializers are compiled programs too
-        from mnist_mlp.engine import enable_compile_cache
-
-        enable_compile_cache(data.cache_dir(data_dir) / "xla")
-
-    (x_train, y_train), (x_test, y_test) = data.load_arrays(data_dir)
-    if tc.validation == "split":
-        (x_train, y_train), validation = data.split_validation(x_train, y_train)
-    else:
-        validation = (x_test, y_test)
-    if tc.train_samples:
-        x_train, y_train = x_train[: tc.train_samples], y_train[: tc.train_samples]
-    log(f"{len(x_train)} train samples, {len(x_test)} test samples")
+    engine = choose_engine(tc.engine, backend.name)
+    setup = prepare(config, backend.name, data_dir, engine)
+    model, (x_test, y_test) = setup.model, setup.test
+    log(f"{len(setup.x_train)} train samples, {len(x_test)} test samples")
     log(validation_note(tc))
-
-    model = compile_model(build_model(config.model), tc, len(x_train))
     log(model_summary(model))
     initial_epoch, rng = restore(model, run_dir) if resume else (0, None)
-    engine = choose_engine(tc.engine, backend.name)
     log(engine_note(tc.engine, engine))
     timer = EpochTimer()
     callbacks = [*callbacks, keras.callbacks.TerminateOnNaN(),
@@ -274,11 +165,11 @@ def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, 
     if engine == "compiled":
         from mnist_mlp.engine import fit_compiled
 
-        fit_compiled(model, x_train, y_train, batch_size=tc.batch_size, epochs=tc.epochs, seed=tc.seed,
-                     validation_data=validation, callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch)
+        fit_compiled(model, setup.x_train, setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs, seed=tc.seed,
+                     validation_data=setup.validation, callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch)
     else:
-        model.fit(x_train, y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=verbose,
-                  validation_data=validation, callbacks=callbacks, initial_epoch=initial_epoch)
+        model.fit(setup.x_train, setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=verbose,
+                  validation_data=setup.validation, callbacks=callbacks, initial_epoch=initial_epoch)
     history = runs.read_history(run_dir / runs.PARTIAL_HISTORY)
     if not all(map(math.isfinite, history["loss"])):
         epoch = next(i for i, v in enumerate(history["loss"]) if not math.isfinite(v)) + 1
@@ -286,8 +177,8 @@ def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, 
         raise Diverged(f"training diverged: the loss became NaN or infinite in epoch {epoch}, so {run_dir} is not "
                        f"a finished run; try a lower learning rate: `mnist-mlp train --config "
                        f"{run_dir / runs.CONFIG} --set train.learning_rate={lower:g} --out {run_dir} --overwrite`")
-    return _finish(config, run_dir, model, len(x_train), (x_test, y_test) if score_test else None, timer, backend,
-                   engine, started)
+    return _finish(config, run_dir, model, len(setup.x_train), (x_test, y_test) if score_test else None, timer,
+                   backend, engine, started)
 
 
 def _finish(config, run_dir, model, train_samples, test, timer, backend, engine, started) -> TrainResult:
@@ -296,7 +187,7 @@ def _finish(config, run_dir, model, train_samples, test, timer, backend, engine,
     if test is not None:
         x_test, y_test = test
         test_loss, test_accuracy = map(float, model.evaluate(x_test, y_test, batch_size=1024, verbose=0))
-        ci95 = wilson_interval(round(test_accuracy * len(x_test)), len(x_test))
+        ci95 = stats.wilson_interval(round(test_accuracy * len(x_test)), len(x_test))
     with runs.atomic(run_dir / runs.MODEL) as model_tmp:
         model.save(model_tmp)
     os.replace(run_dir / runs.PARTIAL_HISTORY, run_dir / runs.HISTORY)
@@ -317,10 +208,8 @@ def _finish(config, run_dir, model, train_samples, test, timer, backend, engine,
         "backend": backend.name, "backend_reason": backend.reason, "versions": versions(backend.name),
         "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs",
         "device": device_name(backend.name),
-        "threads": {"cpus_available": len(os.sched_getaffinity(0)), "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-                    "choice": "the backend's default: a thread pool over every available core (on JAX, one "
-                              "core took 1.5-1.7x as long per epoch as two; README, Speed)"},
-        "data_sha256": {key: sha for key, (_, sha) in data.FILES.items()},
+        "threads": {"cpus_available": len(os.sched_getaffinity(0)), "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")},
+        "data_sha256": {key: sha for key, (_, sha) in cache.FILES.items()},
         "config": dataclasses.asdict(config),  # what was trained: load_run refuses a config.toml edited since
         "model_sha256": runs.file_sha256(run_dir / runs.MODEL),
     })

@@ -1,0 +1,66 @@
+"""Resuming exactly: a Keras callback that saves the run's whole state after each epoch (variables,
+optimizer, the global RNG that fit shuffles with) through runs.save_checkpoint, and its restore."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from mnist_mlp import runs
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """After each epoch, the run's whole state in one atomic file: the model's variables (dropout's seed
+    state among them), the optimizer's, and the global RNG that Keras fit shuffles with (NumPy's on JAX,
+    PyTorch's on PyTorch), so a resumed run sees the same batches and masks as an uninterrupted one. An
+    epoch whose loss is not finite is not saved: the last good checkpoint stays."""
+
+    def __init__(self, run_dir: Path, rng_state: dict | None = None):
+        super().__init__()
+        self.run_dir, self.rng_state = run_dir, rng_state
+
+    def on_train_begin(self, logs=None):
+        if self.rng_state is not None:  # here, not before fit: fit's data adapter draws from it first
+            set_rng_state(self.rng_state)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not math.isfinite((logs or {}).get("loss", 0.0)):
+            return
+        arrays = {f"model/{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(self.model.variables)}
+        arrays.update({f"optimizer/{i}": keras.ops.convert_to_numpy(v.value)
+                       for i, v in enumerate(self.model.optimizer.variables)})
+        runs.save_checkpoint(self.run_dir, epoch + 1, {**arrays, **rng_state()})
+
+
+def rng_state() -> dict[str, np.ndarray]:
+    """The global random state Keras fit shuffles with, as arrays."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"rng/numpy_keys": keys, "rng/numpy": np.array([pos, has_gauss, gauss], dtype=np.float64)}
+    if keras.backend.backend() == "torch":  # its DataLoader shuffles with torch's generator
+        import torch
+
+        state["rng/torch"] = torch.get_rng_state().numpy()
+    return state
+
+
+def set_rng_state(state: dict[str, np.ndarray]) -> None:
+    pos, has_gauss, gauss = state["rng/numpy"]
+    np.random.set_state(("MT19937", state["rng/numpy_keys"], int(pos), int(has_gauss), float(gauss)))
+    if "rng/torch" in state:
+        import torch
+
+        torch.set_rng_state(torch.from_numpy(state["rng/torch"]))
+
+
+def restore(model: keras.Model, run_dir: Path) -> tuple[int, dict]:
+    """Load `run_dir`'s checkpoint into a compiled model: the epochs it had completed, and the global RNG
+    state then (for Checkpoint to set when training starts)."""
+    epoch, arrays = runs.load_checkpoint(run_dir)
+    model.optimizer.build(model.trainable_variables)
+    for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
+        for i, variable in enumerate(variables):
+            variable.assign(arrays[f"{prefix}/{i}"])
+    return epoch, {key: value for key, value in arrays.items() if key.startswith("rng/")}

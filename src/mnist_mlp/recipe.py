@@ -1,0 +1,71 @@
+"""The training set-up that train and bench share, from a Config alone: the seed, JAX's compile cache, the
+data split the config asks for, and the model built and compiled with its optimizer. Writes no files."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from mnist_mlp import cache, data
+from mnist_mlp.config import Config, TrainConfig
+from mnist_mlp.model import build_model
+
+
+@dataclass(frozen=True)
+class Setup:
+    model: keras.Model  # built and compiled
+    x_train: np.ndarray  # float32 (n, 784) in [0, 1]
+    y_train: np.ndarray  # float32 (n, 10) one-hot
+    validation: tuple[np.ndarray, np.ndarray]  # the test set, or the last 10,000 training images
+    test: tuple[np.ndarray, np.ndarray]
+
+
+def set_seed(seed: int, backend: str) -> None:
+    """keras.utils.set_random_seed, without its import of TensorFlow (~2 s here) when TensorFlow is
+    installed but not the backend: Keras seeds it only for tf.data pipelines, which we do not use."""
+    if backend == "tensorflow" or "tensorflow" in sys.modules:
+        keras.utils.set_random_seed(seed)
+        return
+    sys.modules["tensorflow"] = None  # `import tensorflow` raises ImportError while this is set
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        del sys.modules["tensorflow"]
+
+
+def compile_model(model: keras.Model, config: TrainConfig, train_samples: int = 60000) -> keras.Model:
+    """Loss, optimizer (with its learning-rate schedule over `train_samples` per epoch) and accuracy."""
+    learning_rate = config.learning_rate
+    if config.lr_schedule == "cosine":
+        steps = math.ceil(train_samples / config.batch_size) * config.epochs
+        learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
+    optimizer_class = type(keras.optimizers.get(config.optimizer))  # Keras' own name -> class table
+    model.compile(loss=config.loss, optimizer=optimizer_class(learning_rate=learning_rate), metrics=["accuracy"])
+    return model
+
+
+def prepare(config: Config, backend: str, data_dir: str | Path | None = None, engine: str = "fit") -> Setup:
+    """Seed, data and compiled model for `config` on the active `backend`; `engine` "compiled" also makes
+    JAX lower dropout's hash for speed (process-wide; stock Keras fit is left as it comes)."""
+    tc = config.train
+    set_seed(tc.seed, backend)
+    if backend == "jax":  # before the model is built: its initializers are compiled programs too
+        from mnist_mlp import engine as compiled
+
+        compiled.enable_compile_cache(cache.cache_dir(data_dir) / "xla")
+        if engine == "compiled":
+            compiled.unroll_threefry_on_cpu()
+    (x_train, y_train), test = data.load_arrays(data_dir)
+    if tc.validation == "split":
+        (x_train, y_train), validation = data.split_validation(x_train, y_train)
+    else:
+        validation = test
+    if tc.train_samples:
+        x_train, y_train = x_train[: tc.train_samples], y_train[: tc.train_samples]
+    model = compile_model(build_model(config.model), tc, len(x_train))
+    return Setup(model, x_train, y_train, validation, test)
