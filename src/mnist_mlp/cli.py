@@ -339,7 +339,8 @@ def build_parser() -> Parser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("train", parents=[cache], help="train a model into a run directory", formatter_class=formatter)
-    p.add_argument("--config", help="TOML file (default: the classic config, as configs/default.toml)")
+    p.add_argument("--config", help="a TOML file, or a shipped preset by name: default (the classic recipe), fast "
+                   "(default: the classic recipe)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--backend", choices=BACKENDS, help="Keras backend (default: from config, KERAS_BACKEND, "
@@ -398,7 +399,7 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("sweep", parents=[cache], help="Optuna hyperparameter search, one machine or many",
                        formatter_class=formatter)
-    p.add_argument("--space", default="configs/sweep.toml", help="the search space (TOML)")
+    p.add_argument("--space", help="the search space: a TOML file (default: the shipped preset `sweep`)")
     p.add_argument("--out", default="runs/sweep", help="folder of the trials' run directories (and study.db)")
     p.add_argument("--study", help="study name (default: the --out folder's name); the same on every machine")
     p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db (default: SQLite in --out)")
@@ -417,7 +418,7 @@ def build_parser() -> Parser:
     p.add_argument("--gpu", action="store_true", help="JAX and PyTorch on a CUDA GPU (an error where JAX finds none)")
     p.add_argument("--time-to", type=float, metavar="ACCURACY",
                    help="instead: seconds to reach this test accuracy, classic recipe vs --config presets")
-    p.add_argument("--config", action="append", help="preset(s) for --time-to, e.g. configs/fast.toml")
+    p.add_argument("--config", action="append", help="preset(s) for --time-to, by name or path, e.g. fast")
     p.add_argument("--serve", metavar="RUN", help="instead: load-test `mnist-mlp serve RUN` with wrk")
     p.add_argument("--connections", type=int, default=200, help="--serve: concurrent connections")
     p.add_argument("--duration", type=float, default=15, help="--serve: seconds of load")

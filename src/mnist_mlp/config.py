@@ -119,15 +119,33 @@ def _check(ok: bool, key: str, why: str) -> None:
         raise UserError(f"config key {key} {why}; fix it in the config file or with --set {key}=...")
 
 
+def presets() -> dict[str, Path]:
+    """The configs shipped with the package, by name: default, fast, ... (sweep is a sweep space)."""
+    folder = Path(__file__).parent / "configs"
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+
+
+def find_preset(name: str | Path) -> Path:
+    """`name` as a path if that file exists, else the shipped preset of that name (`fast`, `fast.toml`)."""
+    path = Path(name)
+    if path.is_file() or path.parent != Path("."):
+        return path
+    return presets().get(path.stem if path.suffix == ".toml" else path.name, path)
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults, then the TOML file at `path` (if any), then `section.key=value` overrides."""
+    """Defaults, then the TOML file at `path` or the preset of that name (if any), then `section.key=value`
+    overrides."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
+        path = find_preset(path)
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
-            raise UserError(f"config file {path} not found; give an existing .toml file") from None
+            names = ", ".join(name for name in presets() if name != "sweep")
+            raise UserError(f"config file {path} not found; give an existing .toml file or a preset: {names}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"config file {path} is unreadable ({getattr(e, 'strerror', None) or e}); give a TOML file") from None
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"config file {path} is not valid TOML ({e}); fix the syntax") from None
     for item in overrides:
@@ -148,7 +166,7 @@ def _apply_override(data: dict, item: str) -> None:
     for name in sections:
         node = node.setdefault(name, {})
         if not isinstance(node, dict):
-            raise UserError(f"--set {key}: {name} is not a section; see configs/default.toml")
+            raise UserError(f"--set {key}: {name} is not a section; see `mnist-mlp train --help` and the default preset")
     node[last] = value
 
 
@@ -159,7 +177,7 @@ def config_from_dict(data: dict) -> Config:
 
 def _build(cls, data: dict, prefix: str):
     if not isinstance(data, dict):
-        raise UserError(f"config key {prefix.rstrip('.')} must be a table; see configs/default.toml")
+        raise UserError(f"config key {prefix.rstrip('.')} must be a table; see `mnist-mlp train --help` and the default preset")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:

@@ -20,7 +20,7 @@ import optuna
 
 from mnist_mlp import runs
 from mnist_mlp.backend import BackendChoice
-from mnist_mlp.config import Config, config_from_dict
+from mnist_mlp.config import Config, config_from_dict, find_preset
 from mnist_mlp.errors import UserError
 from mnist_mlp.train import TrainResult, train
 
@@ -44,11 +44,14 @@ class SweepResult:
     running: tuple[int, ...] = ()  # trials still running on other workers (or on one that was stopped)
 
 
-def load_space(path: str | Path) -> SweepSpace:
+def load_space(path: str | Path | None = None) -> SweepSpace:
+    """The search space in TOML at `path`, or the shipped preset of that name (default: `sweep`)."""
+    path = find_preset(path or "sweep")
     try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise UserError(f"sweep space {path} is unreadable ({e}); see configs/sweep.toml") from None
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UserError(f"sweep space {path} is unreadable ({e}); give a TOML file like the shipped "
+                        f"{find_preset('sweep')}") from None
     sweep, params = data.get("sweep", {}), data.get("space", {})
     for name, spec in params.items():
         kinds = [k for k in ("int", "float", "choice") if k in spec]
