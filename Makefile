@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup setup-all browser postgres wrk clean
+.PHONY: run test test-fast setup setup-all browser postgres wrk clean
 
 run: setup
 	$(BIN)/mnist-mlp data fetch
@@ -13,6 +13,9 @@ run: setup
 
 test: setup-all browser postgres wrk
 	$(BIN)/python -m pytest
+
+test-fast: setup-all  # the edit-test loop: offline, synthetic data, in process (well under a minute)
+	$(BIN)/python -m pytest -m "not slow and not mnist" -q
 
 browser:  # Debian's Chromium for the browser test (Playwright drives it; no browser download)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)

