@@ -102,11 +102,32 @@ def test_import_rejects_a_gz_with_the_wrong_content(mnist_dir, tmp_path, capsys)
                     "not that of MNIST test-labels")
 
 
-def test_help_lists_every_command(capsys):
-    assert main(["--help"]) == 0
-    out = capsys.readouterr().out
-    for command in ("data", "inspect", "train", "evaluate", "plot"):
-        assert command in out
+def _parsers(parser):
+    """Every parser under `parser`, with its command path."""
+    import argparse
+
+    yield parser.prog, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _parsers(child)
+
+
+def test_every_option_of_every_command_states_its_default(capsys):
+    import argparse
+
+    from mnist_mlp.cli import Help, build_parser
+
+    checked = 0
+    for prog, parser in _parsers(build_parser()):
+        assert main([*prog.split()[1:], "--help"]) == 0
+        assert "(default: None)" not in capsys.readouterr().out, prog
+        for action in parser._actions:
+            if action.option_strings and not isinstance(action, (argparse._HelpAction, argparse._VersionAction,
+                                                                 argparse._StoreTrueAction)):
+                assert "default" in Help(prog)._get_help_string(action), f"{prog} {action.option_strings}"
+                checked += 1
+    assert checked > 40
 
 
 def test_python_m_entry_point():

@@ -266,16 +266,47 @@ def bench(variants: tuple[str, ...] = VARIANTS, epochs: int = 20, gpu: bool = Fa
             "results": [asdict(r) for r in results], "skipped": skipped, "machine": machine()}
 
 
-def time_to(accuracy: float, configs: dict[str, str | None]) -> dict:
-    """Seconds from process start to the first epoch whose test accuracy reaches `accuracy`, per config
-    (each trained for its own number of epochs by our engine)."""
+def time_to(accuracy: float, presets: list[str] | None = None, gpu: bool = False) -> dict:
+    """Seconds from process start to the first epoch whose test accuracy reaches `accuracy`: the classic
+    recipe and each preset (by name or path), each trained for its own number of epochs by our engine."""
+    if not 0 < accuracy < 1:
+        raise UserError(f"--time-to {accuracy} is an accuracy between 0 and 1, e.g. 0.982")
     found = {}
-    for name, path in configs.items():
-        result = run_variant("ours", None, path)
+    for name, path in {"classic": None, **{Path(p).stem: p for p in presets or ()}}.items():
+        result = run_variant("ours", None, path, gpu)
         first = next((i for i, a in enumerate(result.epoch_accuracy) if a >= accuracy), None)
         found[name] = {"seconds": None if first is None else result.epoch_end_s[first],
-                       "epochs": None if first is None else first + 1, "best_accuracy": max(result.epoch_accuracy)}
-    return found
+                       "epochs": None if first is None else first + 1, "best_accuracy": max(result.epoch_accuracy),
+                       "device": result.note}
+    return {"time_to": accuracy, "results": found, "machine": machine()}
+
+
+def describe_time_to(report: dict) -> str:
+    lines = [f"Seconds from process start to the first epoch with test accuracy >= {report['time_to']}:"]
+    for name, found in report["results"].items():
+        seconds = f"{found['seconds']:.1f} s (epoch {found['epochs']})" if found["seconds"] else "not reached"
+        lines.append(f"  {name:<12} {seconds}; best {found['best_accuracy']:.4f} ({found['device']})")
+    return "\n".join(lines)
+
+
+def run(variants: str | None = None, epochs: int | None = None, gpu: bool = False, time_to_accuracy: float | None = None,
+        presets: list[str] | None = None, serve: str | None = None, connections: int = 200, duration: float = 15,
+        image: str | None = None) -> tuple[dict, str]:
+    """`mnist-mlp bench`: the side-by-side bench, or --time-to, or --serve; (the report, its text)."""
+    if (time_to_accuracy is not None or serve) and (epochs or variants):
+        raise UserError("--epochs and --variants are for the side-by-side bench; --time-to trains each preset for "
+                        "its own epochs with our engine, --serve loads a server")
+    if serve:
+        from mnist_mlp import loadtest, runs
+
+        runs.load_run(serve)
+        result = loadtest.load(serve, connections, duration, image)
+        return asdict(result), loadtest.markdown(result)
+    if time_to_accuracy is not None:
+        report = time_to(time_to_accuracy, presets, gpu)
+        return report, describe_time_to(report)
+    report = bench(tuple((variants or ",".join(VARIANTS)).split(",")), epochs or 20, gpu)
+    return report, markdown(report)
 
 
 def machine() -> str:

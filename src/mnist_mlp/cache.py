@@ -160,3 +160,14 @@ def npz_contents(path: str | Path) -> dict[str, bytes]:
     except (OSError, ValueError, zlib.error, EOFError) as e:
         raise UserError(f"{path} is not a readable .npz ({e}); give Keras' mnist.npz") from None
     return {key: verify(key, to_idx(arrays[name]), f"{path}[{name}]") for name, key in NPZ_KEYS.items()}
+
+
+def describe(info: DataInfo) -> str:
+    """The cache as `mnist-mlp data` prints it: where, each file's state and source, what to do if incomplete."""
+    lines = [f"MNIST cache: {info.cache_dir}"]
+    for f in info.files:
+        state = "ok (SHA-256 verified)" if f.verified else ("BAD SHA-256" if f.present else "missing")
+        lines.append(f"  {f.key:<13} {f.path.name:<24} {state:<22} {f.source or '-'}")
+    if not info.complete:
+        lines.append("Some files are missing or bad: run `mnist-mlp data fetch` or `mnist-mlp data import PATH`.")
+    return "\n".join(lines)

@@ -153,6 +153,15 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     return config_from_dict(data)
 
 
+def flag_overrides(**flags) -> list[str]:
+    """`--set` items for the shortcut flags given (None: not given), e.g. epochs=3 -> "train.epochs=3"."""
+    keys = {"epochs": "train.epochs", "batch_size": "train.batch_size", "seed": "train.seed",
+            "validation": "train.validation", "engine": "train.engine", "train_samples": "train.train_samples",
+            "backend": "backend"}
+    return [f"{keys[flag]}={tomli_w.dumps({'v': value})[4:].strip()}" for flag, value in flags.items()
+            if value is not None]
+
+
 def _apply_override(data: dict, item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():

@@ -121,3 +121,14 @@ def format_digit(image: np.ndarray) -> str:
 def format_one_hot(vector: np.ndarray) -> str:
     """A one-hot vector as the walk-through prints it: [0.000000 ... 1.000000 ... ]."""
     return "[" + "".join(f"{v:f} " for v in vector) + "]"
+
+
+def show_sample(split: str = "train", index: int = 0, directory: str | Path | None = None) -> str:
+    """Image `index` of `split` as the walk-through prints it: 28 rows of numbers, "first sample is 5", one-hot."""
+    images, labels = load_split(split, directory)
+    if not 0 <= index < len(images):
+        raise UserError(f"--index {index} is out of range; the {split} split has 0..{len(images) - 1}")
+    label = int(labels[index])
+    which = "first" if index == 0 else f"#{index}"
+    return (format_digit(images[index]) + f"{which} {'' if split == 'train' else 'test '}sample is {label}\n"
+            + format_one_hot(to_one_hot([label])[0]))

@@ -135,3 +135,12 @@ def diagnose(cache_dir: str | Path | None = None, network: bool = True) -> list[
     if network:
         found += check_sources(cache.data_info(cache_dir).complete)
     return found + check_device()
+
+
+def describe(found: list[Check]) -> tuple[str, list[str]]:
+    """A line per check, and one line per problem with its fix (for stderr)."""
+    lines = [f"{'ok' if c.ok else 'FAIL':<5} {c.name:<20} {c.detail}" for c in found]
+    problems = [f"mnist-mlp doctor: {c.name}: {c.detail}; {c.fix}" for c in found if not c.ok]
+    lines.append("All is well." if not problems else f"{len(problems)} problem(s); each line above says what to do.")
+    return "\n".join(lines), problems
+

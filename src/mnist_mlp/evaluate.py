@@ -69,3 +69,17 @@ def _loss_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> tuple[f
     """Categorical cross-entropy as Keras computes it (probabilities clipped to [1e-7, 1 - 1e-7]) and accuracy."""
     p = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1 - 1e-7)
     return float(-np.log(p).mean()), float((probabilities.argmax(axis=1) == labels).mean())
+
+
+def describe(result: EvalResult) -> str:
+    """`mnist-mlp evaluate`'s report: score, per-digit precision and recall, the confusion matrix."""
+    low, high = result.ci95
+    lines = [f"Test loss: {result.test_loss:.4f}",
+             f"Test accuracy: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f}), "
+             f"{result.wrong} of {sum(result.support)} wrong", "", "digit  precision  recall(accuracy)  images"]
+    lines += [f"{d:>5}  {p:>9.4f}  {r:>16.4f}  {n:>6}"
+              for d, (p, r, n) in enumerate(zip(result.precision, result.recall, result.support))]
+    lines += ["", "confusion matrix (rows: true digit, columns: predicted)", "      " + "".join(f"{d:>6}" for d in range(10))]
+    lines += [f"{d:>6}" + "".join(f"{n:>6}" for n in row) for d, row in enumerate(result.confusion)]
+    lines += ["", f"Wrote confusion.png, misclassified.png and evaluation.json in {result.run_dir}/"]
+    return "\n".join(lines)

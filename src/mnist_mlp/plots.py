@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mnist_mlp import runs  # noqa: E402
 from mnist_mlp.runs import atomic  # noqa: E402
 
 
@@ -101,3 +102,22 @@ def plot_gallery(images: np.ndarray, titles: list[str], path: str | Path, column
         ax.imshow(image, cmap="gray_r")
         ax.set_title(title, fontsize=8)
     return _save(fig, path)
+
+
+def plot_runs(paths: list[str | Path], out: str | Path | None = None) -> tuple[Path, str]:
+    """Curves of one run, several overlaid (named in the legend), or a seed group's mean ± std band.
+    Written to `out`, else RUN/curves.png for one run or group, else ./curves.png; (path, a note)."""
+    if len(paths) == 1 and (Path(paths[0]) / runs.GROUP).exists():  # a train --seeds folder
+        group, loaded = runs.load_group(paths[0])
+        out = plot_mean_band([run.history for run in loaded], out or Path(paths[0]) / runs.CURVES)
+        return out, f"mean ± std over seeds {', '.join(map(str, group['seeds']))}"
+    loaded = [runs.load_run(path) for path in paths]
+    default = loaded[0].path / runs.CURVES if len(loaded) == 1 else Path("curves.png")
+    return plot_curves(named_histories(loaded), out or default), ""
+
+
+def named_histories(loaded: list[runs.Run]) -> dict[str, dict[str, list[float]]]:
+    """Run histories by name; the full path where two runs share a name."""
+    names = [run.name for run in loaded]
+    return {(run.name if names.count(run.name) == 1 else str(run.path)): run.history for run in loaded}
+

@@ -4,6 +4,7 @@ MNIST digits are white on black, scaled to fit a 20x20 box keeping their aspect 
 
 from __future__ import annotations
 
+import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from mnist_mlp.data import preprocess
+from mnist_mlp.data import format_digit, preprocess
 from mnist_mlp.errors import UserError
+from mnist_mlp.runs import atomic
 
 MAX_PIXELS = 25_000_000  # larger images are refused (decompression bombs); a phone photo is ~12 MP
 INK_FLOOR = 0.2  # ink fainter than this fraction of the strongest ink is noise
@@ -227,3 +229,35 @@ def image_files(paths: list[str | Path]) -> list[Path]:
     if not found:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
     return found
+
+
+def predict_files(model, files: list[Path]) -> list[Prediction]:
+    """Each image file read the MNIST way and predicted, in one model call."""
+    prepared = [to_mnist(open_image(path, str(path))) for path in files]
+    return predict_arrays(model, [image for image, _ in prepared], [note for _, note in prepared])
+
+
+def as_rows(files: list[Path], predictions: list[Prediction]) -> list[dict]:
+    """One JSON-ready row per image: file, digit, probabilities, unsure and why."""
+    return [{"file": str(path), "digit": p.digit, "probabilities": [round(v, 6) for v in p.probabilities],
+             "unsure": p.unsure, "reason": p.reason} for path, p in zip(files, predictions)]
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    """file, digit, unsure, p0..p9 per image (the csv module quotes paths with commas), atomically."""
+    with atomic(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "digit", "unsure", *(f"p{d}" for d in range(10))])
+        writer.writerows([r["file"], r["digit"], int(r["unsure"]), *(f"{v:.6f}" for v in r["probabilities"])]
+                         for r in rows)
+
+
+def describe(files: list[Path], predictions: list[Prediction], show: bool = False) -> str:
+    """A line per image, `path: digit [top 3]`, flagged when unsure; with `show`, the 28x28 the model saw."""
+    lines = []
+    for path, p in zip(files, predictions):
+        top = ", ".join(f"{d}: {v:.1%}" for d, v in p.top(3))
+        lines.append(f"{path}: {p.digit}   [{top}]" + (f"  (unsure: {p.reason})" if p.unsure else ""))
+        if show:
+            lines.append(format_digit(p.image).rstrip("\n"))
+    return "\n".join(lines)

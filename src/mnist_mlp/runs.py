@@ -145,6 +145,17 @@ def in_use(path: str | Path) -> bool:
         os.close(fd)
 
 
+def default_out(config: str | Path | None) -> Path:
+    """runs/<preset or file stem>-<date>-<time>, a new folder under the working folder."""
+    return free_name(Path("runs") / f"{Path(config).stem if config else 'classic'}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def resume_config(path: str | Path) -> Config:
+    """The config of an interrupted run that can be resumed (a UserError, before Keras starts, if not)."""
+    completed_epochs(path)
+    return load_config(Path(path) / CONFIG)
+
+
 def free_name(path: str | Path) -> Path:
     """`path` itself if nothing is there, else the first of path-2, path-3, ... that does not exist."""
     path = Path(path)
@@ -345,3 +356,43 @@ def summary(run: Run) -> dict[str, object]:
             "test_accuracy": run.metrics.get("test_accuracy"),
             "seconds_per_epoch": run.metrics.get("seconds_per_epoch"), "backend": run.metrics.get("backend"),
             "engine": run.metrics.get("engine", "fit")}
+
+
+def describe_list(root: str | Path = "runs") -> tuple[str, list[str]]:
+    """`runs list`: a table of the finished runs under `root` and the config values that differ between
+    them; and one line for each run that could not be read (a broken or edited run does not hide the rest)."""
+    loaded, skipped = [], []
+    for path in list_runs(root):
+        try:
+            loaded.append(load_run(path))
+        except UserError as e:
+            skipped.append(f"skipped: {e}")
+    if not loaded:
+        return f"No finished runs under {root}/ (train one with `mnist-mlp train`)", skipped
+    differing = config_differences(loaded) if len(loaded) > 1 else {}
+    lines = [f"{'run':<36} {'date':<16} {'epochs':>6} {'test acc':>8} {'s/epoch':>7} {'backend':<10} differs"]
+    for i, row in enumerate(map(summary, loaded)):
+        differs = ", ".join(f"{k.split('.')[-1]}={v[i]}" for k, v in differing.items())
+        accuracy = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "-"
+        lines.append(f"{row['run']:<36} {row['date']:<16} {row['epochs']:>6} {accuracy:>8} "
+                     f"{row['seconds_per_epoch']:>7.2f} {row['backend']:<10} {differs}")
+    return "\n".join(lines), skipped
+
+
+def describe_run(run: Run) -> str:
+    """`runs show`: the run's summary and every config key."""
+    return "\n".join(f"{key:<22} {value}" for key, value in {**summary(run), **flat_config(run.config)}.items())
+
+
+def describe_compare(loaded: list[Run]) -> str:
+    """`runs compare`: the config keys that differ, and each run's test accuracy."""
+    if len(loaded) < 2:
+        raise UserError("runs compare needs at least two run directories")
+    differing = config_differences(loaded)
+    lines = ["config differences:" if differing else "same config in every run"]
+    lines += [f"  {key}: " + " | ".join(map(str, values)) for key, values in differing.items()]
+    for run in loaded:
+        accuracy = run.metrics.get("test_accuracy")
+        lines.append(f"{run.path}: test accuracy {accuracy:.4f}" if accuracy is not None else
+                     f"{run.path}: not scored on test")
+    return "\n".join(lines)

@@ -141,6 +141,8 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
           data_dir: str | Path | None = None, log=lambda text: None) -> SweepResult:
     """Run trials until the study holds `trials` finished-or-pruned ones (counting every worker's), then
     re-train the best as sweep_dir/best and score it on the test set."""
+    if trials is not None and trials < 1:
+        raise UserError(f"--trials {trials} must be >= 1")
     space = load_space(space_path)
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -212,3 +214,26 @@ def report(sweep_dir: str | Path, study_name: str | None = None, storage: str | 
     return {"study": study.study_name, "finished": len(done), "pruned": pruned,
             "leaders": [{"trial": t.number, "val_accuracy": t.value, "params": t.params} for t in leaders],
             "importances": importances, "plots": [str(p) for p in written]}
+
+
+def describe(result: SweepResult, sweep_dir: str | Path) -> str:
+    study = result.study
+    lines = [f"best trial {study.best_trial.number}: val_accuracy {study.best_value:.4f} {study.best_params}"]
+    if result.best is not None:
+        lines.append(f"re-trained as {result.best.run_dir}: test accuracy {result.best.test_accuracy:.4f} (scored once)")
+    elif result.running:
+        lines.append(f"trial(s) {', '.join(map(str, result.running))} still running elsewhere: the worker that "
+                     f"finishes last re-trains the best (if a worker was stopped, run this again after {GRACE_S} s)")
+    return "\n".join(lines + [f"next: mnist-mlp sweep --out {sweep_dir} --report"])
+
+
+def describe_report(found: dict) -> str:
+    lines = [f"study {found['study']}: {found['finished']} finished, {found['pruned']} pruned", "",
+             "rank  trial  val_accuracy  params"]
+    for rank, leader in enumerate(found["leaders"], 1):
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in leader["params"].items())
+        lines.append(f"{rank:>4}  {leader['trial']:>5}  {leader['val_accuracy']:>12.4f}  {params}")
+    if found["importances"]:
+        lines += ["", "parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in found["importances"].items())]
+    return "\n".join(lines + ["", "Wrote " + " and ".join(found["plots"])])
+

@@ -215,3 +215,22 @@ def _finish(config, run_dir, model, train_samples, test, timer, backend, engine,
     })
     (run_dir / runs.CHECKPOINT).unlink(missing_ok=True)  # finished: nothing left to resume
     return result
+
+
+def describe(result: TrainResult) -> str:
+    """The end of `mnist-mlp train`: test loss and accuracy (the walk-through's two lines), time, where it went."""
+    low, high = result.ci95
+    return (f"Test loss: {result.test_loss:.4f}\n"
+            f"Test accuracy: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f})\n"
+            f"{result.seconds_per_epoch:.2f} s per epoch (median), {result.wall_seconds:.1f} s in all, on {result.backend}\n"
+            f"Run saved in {result.run_dir}/ (next: mnist-mlp evaluate {result.run_dir})")
+
+
+def describe_seeds(group: SeedsResult) -> str:
+    lines = [f"seed {seed}: test accuracy {r.test_accuracy:.4f}  ({r.run_dir})" for seed, r in zip(group.seeds, group.results)]
+    a = group.accuracy
+    lines.append(f"Test accuracy over {len(group.seeds)} seeds: {a.mean:.4f} ± {a.std:.4f} "
+                 f"(mean ± std; min {a.low:.4f}, max {a.high:.4f})")
+    lines.append(f"Runs saved in {group.group_dir}/ (next: mnist-mlp plot {group.group_dir})")
+    return "\n".join(lines)
+
