@@ -156,3 +156,19 @@ def test_predict_csv_into_a_missing_folder_is_one_line(synthetic_dir, tmp_path, 
     assert main(["predict", str(run), str(image), "--csv", str(tmp_path)]) == 2  # a folder where a file should be
     _one_line(capsys, "cannot write")
     assert sorted(os.listdir(tmp_path)) == ["digit.png", "run"]
+
+
+def test_predict_csv_quotes_a_path_with_a_comma(synthetic_dir, tmp_path, capsys):
+    import csv
+
+    from PIL import Image
+
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run), "--cache-dir", str(synthetic_dir)]) == 0
+    image = tmp_path / "digits, mine.png"
+    Image.new("L", (28, 28)).save(image)
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(run), str(image), "--csv", str(out)]) == 0
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["file"] for row in rows] == [str(image)] and len(rows[0]) == 3 + 10
