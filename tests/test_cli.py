@@ -133,3 +133,24 @@ def test_every_option_of_every_command_states_its_default(capsys):
 def test_python_m_entry_point():
     done = subprocess.run([sys.executable, "-m", "mnist_mlp", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("mnist-mlp ")
+
+
+def test_every_command_line_in_the_readme_parses():
+    """The README's code blocks hold commands a reader copies: each must parse as written."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from mnist_mlp.cli import build_parser
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", readme, re.S)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    commands = [shlex.split(line)[1:] for line in lines if line.startswith("mnist-mlp ")]
+    assert len(commands) > 20
+    parser = build_parser()
+    for argv in commands:
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"README: `mnist-mlp {shlex.join(argv)}` does not parse")

@@ -102,3 +102,17 @@ def test_every_command_runs_in_a_fresh_shell(shell, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_readme_python_block_runs_as_written(shell, tmp_path):
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", readme, re.S)
+    cache = shell.home / ".cache" / "mnist-mlp"  # the default cache of this HOME holds the verified files
+    cache.parent.mkdir(exist_ok=True)
+    if not cache.exists():
+        cache.symlink_to(shell.cache, target_is_directory=True)
+    script = block + "\nprint(x_train.shape, x_train.dtype, y_train.shape, y_test[:3])\n"
+    out = _ok(shell(str(BIN / "python"), "-c", script))
+    assert "(60000, 784) float32 (60000, 10) [7 2 1]" in out
