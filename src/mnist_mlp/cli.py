@@ -77,11 +77,11 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    runs.load_run(args.run)  # a missing, incomplete or edited run fails before Keras starts
+    run = runs.load_run(args.run)  # a missing, incomplete or edited run fails before Keras starts
     use_backend(args.backend)
     from mnist_mlp import evaluate
 
-    print(evaluate.describe(evaluate.evaluate(args.run, args.cache_dir)))
+    print(evaluate.describe(evaluate.evaluate(run, args.cache_dir)))
 
 
 def cmd_predict(args) -> None:

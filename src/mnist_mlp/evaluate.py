@@ -33,10 +33,10 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 
     return matrix
 
 
-def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, gallery_size: int = 25) -> EvalResult:
-    """Score a run's model on the 10,000 test images; writes confusion.png, misclassified.png and
-    evaluation.json into the run directory."""
-    run = runs.load_run(run_dir)
+def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gallery_size: int = 25) -> EvalResult:
+    """Score a run's model (a loaded Run, or its folder) on the 10,000 test images; writes confusion.png,
+    misclassified.png and evaluation.json into the run directory."""
+    run = run if isinstance(run, runs.Run) else runs.load_run(run)
     model = load_model(run)
     x_test, y_test = data.load_split("test", data_dir)
     probabilities = np.asarray(model.predict(data.preprocess(x_test), batch_size=1024, verbose=0))
