@@ -45,7 +45,15 @@ def cmd_data(args) -> None:
 
 
 def cmd_inspect(args) -> None:
-    print(data.show_sample(args.split, args.index, args.cache_dir))
+    if not args.augment:
+        print(data.show_sample(args.split, args.index, args.cache_dir))
+        return
+    config = load_config(args.config, args.set)
+    use_backend("jax")  # the deformations are JAX programs, as in the compiled engine
+    from mnist_mlp import augment
+
+    print(f"Wrote {augment.preview(config.augment, args.out, args.cache_dir)} (left: the training digit; right: "
+          "deformed as the model sees it, a fresh draw every step)")
 
 
 def cmd_train(args) -> None:
@@ -196,9 +204,12 @@ def build_parser() -> Parser:
     command("info", "where the data is, where it came from, hashes", cache_dir, under=actions)
     p.set_defaults(func=cmd_data)
 
-    p = command("inspect", "print a digit as numbers, its label and one-hot", cache_dir)
+    p = command("inspect", "print a digit as numbers, its label and one-hot", cache_dir, config)
     p.add_argument("--split", choices=("train", "test"), default="train", help="which split")
     p.add_argument("--index", type=int, default=0, help="which image")
+    p.add_argument("--augment", action="store_true", help="instead: a PNG of training digits deformed by the "
+                   "config's [augment] settings, as the model sees them")
+    p.add_argument("--out", default="augment.png", help="--augment: the PNG to write")
     p.set_defaults(func=cmd_inspect)
 
     p = command("train", "train a model into a run directory", cache_dir, config)

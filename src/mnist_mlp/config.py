@@ -72,10 +72,34 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Random deformations of the training images, drawn afresh for every image at every step (compiled
+    engine). All 0: off, the classic recipe."""
+    rotation: float = 0.0  # degrees, drawn from [-rotation, rotation]
+    scale: float = 0.0  # fraction, each axis drawn from [1 - scale, 1 + scale]
+    shear: float = 0.0  # degrees
+    translation: float = 0.0  # pixels, each axis
+    elastic_alpha: float = 0.0  # pixels per unit of smoothed field (Simard 2003: 34; Ciresan 2010: 36-38)
+    elastic_sigma: float = 5.0  # pixels, the Gaussian that smooths the field (Ciresan 2010: 5-6)
+
+    def __post_init__(self):
+        for key in ("rotation", "scale", "shear", "translation", "elastic_alpha"):
+            _check(getattr(self, key) >= 0, f"augment.{key}", "must be >= 0 (0: off)")
+        _check(self.scale < 1 and self.shear < 60 and self.rotation <= 180, "augment",
+               "needs scale < 1, shear < 60 and rotation <= 180")
+        _check(self.elastic_sigma > 0, "augment.elastic_sigma", "must be > 0")
+
+    @property
+    def active(self) -> bool:
+        return any((self.rotation, self.scale, self.shear, self.translation, self.elastic_alpha))
+
+
+@dataclass(frozen=True)
 class Config:
     backend: str = "auto"  # auto: KERAS_BACKEND, else ~/.keras/keras.json, else jax
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
         _check(self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")

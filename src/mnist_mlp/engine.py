@@ -14,10 +14,14 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
+from mnist_mlp.augment import deform
+from mnist_mlp.config import AugmentConfig
+
 CHUNKS = 4  # jitted calls per epoch on CPU: the progress bar moves between them
 # On a GPU an epoch takes a few hundredths of a second: one call per epoch, and the scan unrolled so that
 # fewer loop iterations each wait on the host (measured on an H200, README "Speed").
 GPU_CHUNKS, GPU_UNROLL = 1, 4
+AUGMENT_STREAM = 0x61756720  # folded into the seed: the deformations' random stream, apart from any other
 
 
 def enable_compile_cache(path) -> None:
@@ -63,7 +67,7 @@ def _loss_fn(model, loss):
     return compute
 
 
-def _make_programs(model, optimizer, loss, unroll: int = 1):
+def _make_programs(model, optimizer, loss, unroll: int = 1, augment: AugmentConfig | None = None):
     grad_fn = jax.value_and_grad(_loss_fn(model, loss), has_aux=True)
 
     def step(state, batch):
@@ -75,9 +79,16 @@ def _make_programs(model, optimizer, loss, unroll: int = 1):
         return (trainable, non_trainable, opt_vars, loss_sum + value * x.shape[0], correct + hits), None
 
     @functools.partial(jax.jit, donate_argnums=0)
-    def run_chunk(state, x, y, index):
-        """index: int32 (steps, batch_size) rows of x/y for each step of this chunk."""
-        state, _ = jax.lax.scan(lambda s, i: step(s, (x[i], y[i])), state, index, unroll=unroll)
+    def run_chunk(state, x, y, index, key, first_step):
+        """index: int32 (steps, batch_size) rows of x/y for each step of this chunk; with `augment`, step s of
+        the epoch deforms its batch with the key fold_in(key, s): fresh every step, the same on a resume."""
+        def body(s, item):
+            i, number = item
+            batch = x[i] if augment is None else deform(jax.random.fold_in(key, number), x[i], augment)
+            return step(s, (batch, y[i]))
+
+        steps = first_step + jnp.arange(index.shape[0], dtype=jnp.int32)
+        state, _ = jax.lax.scan(body, state, (index, steps), unroll=unroll)
         return state
 
     @jax.jit
@@ -106,7 +117,8 @@ def epoch_index(n: int, batch_size: int, rng: np.random.Generator | None, chunks
 
 def fit_compiled(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed: int,
                  validation_data=None, callbacks=(), verbose=1, initial_epoch: int = 0,
-                 shuffle: bool = True, chunks: int | None = None, unroll: int | None = None) -> None:
+                 shuffle: bool = True, chunks: int | None = None, unroll: int | None = None,
+                 augment: AugmentConfig | None = None) -> None:
     """Train a compiled Keras model as `model.fit` would, reporting to the same callbacks and
     progress bar; loss and accuracy accumulate as Keras' metrics define them (means over samples).
     On a CPU, call `unroll_threefry_on_cpu()` once first for the fast dropout (recipe.prepare does)."""
@@ -116,7 +128,9 @@ def fit_compiled(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed
         optimizer.build(model.trainable_variables)
     on_cpu = jax.devices()[0].platform == "cpu"
     chunks = chunks or (CHUNKS if on_cpu else GPU_CHUNKS)
-    run_chunk, evaluate = _make_programs(model, optimizer, loss, unroll or (1 if on_cpu else GPU_UNROLL))
+    augment = augment if augment is not None and augment.active else None
+    run_chunk, evaluate = _make_programs(model, optimizer, loss, unroll or (1 if on_cpu else GPU_UNROLL), augment)
+    deform_key = jax.random.fold_in(jax.random.key(seed), AUGMENT_STREAM)
     x, y = jax.device_put(x), jax.device_put(y)  # one copy; jnp.asarray holds two at its peak
     if validation_data is not None:
         x_val, y_val = map(jax.device_put, validation_data)
@@ -139,7 +153,8 @@ def fit_compiled(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed
         state = _copy((trainable, non_trainable, opt_vars)) + (jnp.float32(0), jnp.int32(0))
         done_steps = done_samples = 0
         for index in epoch_index(n, batch_size, rng, chunks):
-            state = run_chunk(state, x, y, jnp.asarray(index))
+            state = run_chunk(state, x, y, jnp.asarray(index), jax.random.fold_in(deform_key, epoch),
+                              jnp.int32(done_steps))
             done_steps += index.shape[0]
             done_samples += index.size
             logs = {"loss": float(state[3]) / done_samples, "accuracy": int(state[4]) / done_samples}

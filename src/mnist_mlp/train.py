@@ -132,6 +132,9 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
     started = time.perf_counter()
     config = dataclasses.replace(config, backend=backend.name)  # resolved: a rerun uses the same backend
     check_fits(config)
+    if config.augment.active and choose_engine(config.train.engine, backend.name) != "compiled":
+        raise UserError("augmentation runs inside the compiled engine, on JAX: use --backend jax and "
+                        "train.engine = auto or compiled, or drop the [augment] settings")
     with runs.claim(run_dir, overwrite=overwrite, resume=resume) as run_dir:
         try:
             return _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, score_test, started)
@@ -166,7 +169,8 @@ def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, 
         from mnist_mlp.engine import fit_compiled
 
         fit_compiled(model, setup.x_train, setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs, seed=tc.seed,
-                     validation_data=setup.validation, callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch)
+                     validation_data=setup.validation, callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch,
+                     augment=config.augment)
     else:
         model.fit(setup.x_train, setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=verbose,
                   validation_data=setup.validation, callbacks=callbacks, initial_epoch=initial_epoch)

@@ -1,0 +1,105 @@
+"""Deformed training digits: identity when off, displacements bounded as configured, a fresh but
+reproducible draw per key, and training with them repeatable and exactly resumable."""
+
+import jax
+import numpy as np
+import pytest
+
+from mnist_mlp import runs, train
+from mnist_mlp.augment import deform, gaussian_matrix
+from mnist_mlp.cli import main
+from mnist_mlp.config import AugmentConfig
+
+DEFORM = ["--set", "augment.rotation=10", "--set", "augment.elastic_alpha=36", "--set", "augment.translation=2"]
+SMALL = ["--train-samples", "1000", "--epochs", "3", "--set", "model.hidden_units=[64]"]
+
+
+def _centre(images):
+    """Centre of mass (y, x) of each (28, 28) image."""
+    ys, xs = np.indices((28, 28))
+    mass = images.sum(axis=(1, 2))
+    return np.stack([(images * ys).sum(axis=(1, 2)) / mass, (images * xs).sum(axis=(1, 2)) / mass], axis=1)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """Eight small blobs well inside the frame, as (8, 784) float32."""
+    images = np.zeros((8, 28, 28), np.float32)
+    for i, (y, x) in enumerate([(10, 10), (14, 14), (17, 9), (9, 17), (12, 15), (16, 16), (13, 10), (15, 12)]):
+        images[i, y - 2 : y + 3, x - 2 : x + 3] = 1.0
+    return images.reshape(8, 784)
+
+
+def test_off_is_the_identity(blobs):
+    out = np.asarray(deform(jax.random.key(0), blobs, AugmentConfig()))
+    np.testing.assert_array_equal(out, blobs)
+    assert not AugmentConfig().active and AugmentConfig(elastic_alpha=1).active
+
+
+@pytest.mark.parametrize("config, bound, least", [
+    (AugmentConfig(translation=2), 2.0, 1.0),  # each axis within [-2, 2] pixels; 64 draws reach past 1
+    (AugmentConfig(elastic_alpha=3, elastic_sigma=4), 3.0, 0.05),  # the smoothed field lies in [-1, 1], times alpha
+])
+def test_displacement_is_bounded_as_configured(config, bound, least, blobs):
+    moved = np.asarray(deform(jax.random.key(1), np.repeat(blobs, 8, axis=0), config)).reshape(-1, 28, 28)
+    shift = np.abs(_centre(moved) - _centre(np.repeat(blobs, 8, axis=0).reshape(-1, 28, 28)))
+    assert least < shift.max() <= bound + 0.05  # it moves, and no farther than allowed
+
+
+def test_rotation_keeps_the_digit_and_its_centre(blobs):
+    digit = np.zeros((1, 28, 28), np.float32)
+    digit[0, 6:22, 13:15] = 1.0  # a straight "1" through the centre
+    turned = np.asarray(deform(jax.random.key(2), np.repeat(digit.reshape(1, 784), 16, axis=0),
+                               AugmentConfig(rotation=30))).reshape(-1, 28, 28)
+    np.testing.assert_allclose(_centre(turned), [[13.5, 13.5]] * 16, atol=0.3)
+    np.testing.assert_allclose(turned.sum(axis=(1, 2)), digit.sum(), rtol=0.05)  # ink kept, nothing cut off
+    assert len({round(float(np.abs(t - digit[0]).sum()), 3) for t in turned}) == 16  # a different angle each
+
+
+def test_a_key_gives_one_draw_and_another_key_another(blobs):
+    config = AugmentConfig(rotation=10, scale=0.1, shear=5, translation=2, elastic_alpha=36)
+    first, again, other = (np.asarray(deform(jax.random.key(k), blobs, config)) for k in (7, 7, 8))
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - other).max() > 0.1
+
+
+def test_the_smoothing_matrix_has_unit_rows():
+    smooth = gaussian_matrix(5.0)
+    np.testing.assert_allclose(smooth.sum(axis=1), 1, rtol=1e-5)
+    assert smooth[14, 14] == smooth[14].max()
+
+
+def test_training_with_deformations_repeats_resumes_and_differs(synthetic_dir, tmp_path, capsys, monkeypatch):
+    cache = ["--cache-dir", str(synthetic_dir)]
+    for name, extra in (("a", DEFORM), ("b", DEFORM), ("plain", [])):
+        assert main(["train", *SMALL, *extra, "--out", str(tmp_path / name), *cache]) == 0
+    history = {name: (tmp_path / name / runs.HISTORY).read_text() for name in ("a", "b", "plain")}
+    assert history["a"] == history["b"] and history["a"] != history["plain"]
+    assert runs.load_run(tmp_path / "a").config.augment.elastic_alpha == 36
+
+    save = train.Checkpoint.on_epoch_end
+
+    def stop_after_epoch_2(self, epoch, logs=None):
+        save(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train.Checkpoint, "on_epoch_end", stop_after_epoch_2)
+        assert main(["train", *SMALL, *DEFORM, "--out", str(tmp_path / "stopped"), *cache]) == 2
+    assert main(["train", "--resume", str(tmp_path / "stopped"), *cache]) == 0
+    assert (tmp_path / "stopped" / runs.HISTORY).read_text() == history["a"]  # the same deformations after resume
+
+
+def test_keras_fit_refuses_deformations_in_one_line(tmp_path, capsys):
+    assert main(["train", *SMALL, *DEFORM, "--engine", "fit", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "compiled engine" in err and err.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+def test_inspect_augment_draws_the_grid(synthetic_dir, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["inspect", "--augment", *DEFORM, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG" and str(out) in capsys.readouterr().out
+    assert main(["inspect", "--augment", "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+    assert "deforms nothing" in capsys.readouterr().err
