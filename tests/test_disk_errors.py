@@ -81,6 +81,7 @@ def test_a_failed_write_is_one_line_with_no_partial_file(mnist_dir, tmp_path, ca
 FILL = """
 import sys
 import keras
+from mnist_mlp import plots
 from mnist_mlp.cli import main
 
 when, filler, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -107,13 +108,21 @@ def on_train_end(self, logs=None):
         fill()
     return original_train_end(self, logs)
 
+original_curves = plots.plot_curves
+
+def plot_curves(*args, **kwargs):  # during the final save: after the history is renamed, before metrics.json
+    if when == "save":
+        fill()
+    return original_curves(*args, **kwargs)
+
 keras.callbacks.CSVLogger.on_epoch_end, keras.callbacks.CSVLogger.on_train_end = on_epoch_end, on_train_end
+plots.plot_curves = plot_curves
 sys.exit(main(argv))
 """
 SMALL_MODEL = ["--train-samples", "2000", "--epochs", "3", "--set", "model.hidden_units=[64]", "--backend", "jax"]
 
 
-@pytest.mark.parametrize("when, completed", [("epoch-2", 1), ("end", 3)])
+@pytest.mark.parametrize("when, completed", [("epoch-2", 1), ("end", 3), ("save", 3)])
 def test_a_disk_that_fills_while_training_leaves_a_resumable_run(when, completed, mnist_dir, tmp_path):
     whole = tmp_path / "whole"
     assert main(["train", *SMALL_MODEL, "--out", str(whole), "--cache-dir", str(mnist_dir)]) == 0

@@ -172,3 +172,45 @@ def test_predict_csv_quotes_a_path_with_a_comma(synthetic_dir, tmp_path, capsys)
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [row["file"] for row in rows] == [str(image)] and len(rows[0]) == 3 + 10
+
+
+def test_a_seed_group_is_not_taken_for_one_run(synthetic_dir, tmp_path, capsys):
+    group = tmp_path / "group"
+    assert main(["train", *TINY, "--seeds", "2", "--out", str(group), "--cache-dir", str(synthetic_dir)]) == 0
+    capsys.readouterr()
+    for argv in (["evaluate", str(group)], ["runs", "show", str(group)]):
+        assert main(argv) == 2
+        _one_line(capsys, "is a seed group, not one run", "seed-20160715", f"mnist-mlp plot {group}")
+    assert runs.load_group(group)[0]["complete"]  # nothing was touched
+
+
+def test_overwrite_leaves_other_runs_inside_a_run_folder(synthetic_dir, tmp_path):
+    outer, inner = tmp_path / "outer", tmp_path / "outer" / "my-other-run"
+    assert main(["train", *TINY, "--out", str(outer), "--cache-dir", str(synthetic_dir)]) == 0
+    assert main(["train", *TINY, "--out", str(inner), "--cache-dir", str(synthetic_dir)]) == 0
+    assert main(["train", *TINY, "--out", str(outer), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 0
+    runs.load_run(inner)  # a run of its own, not one of outer's seeds: kept whole
+
+
+def test_a_full_disk_while_marking_the_folder_is_one_line(synthetic_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(runs.os, "write", full)
+    assert main(["train", *TINY, "--out", str(tmp_path / "r"), "--cache-dir", str(synthetic_dir)]) == 2
+    _one_line(capsys, "No space left on device", "choose another --out")
+
+
+def test_resume_refuses_flags_it_would_ignore(synthetic_dir, tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "r"), "--epochs", "5", "--set", "model.dropout=0"]) == 2
+    _one_line(capsys, "--set, --epochs would be ignored")
+
+
+def test_a_path_too_long_to_read_is_one_line(tmp_path, capsys):
+    long_name = str(tmp_path / ("x" * 300))
+    for argv in (["evaluate", long_name], ["runs", "show", long_name], ["train", "--config", long_name + ".toml"],
+                 ["train", "--resume", long_name]):
+        assert main(argv) == 2
+        _one_line(capsys, "File name too long")

@@ -233,3 +233,13 @@ def test_a_killed_workers_trial_is_failed_and_another_worker_finishes_the_study(
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
     assert len(study.get_trials(states=FINISHED)) == 2  # its place was run again
     assert (out / "best" / "metrics.json").is_file()
+
+
+def test_the_next_step_names_the_study_and_storage(tmp_path):
+    from mnist_mlp import sweep
+
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.9))
+    text = sweep.describe(sweep.SweepResult(study, None), tmp_path / "my sweep", "mlp-2026", "postgresql://u@db/s")
+    assert text.splitlines()[-1] == (f"next: mnist-mlp sweep --out '{tmp_path / 'my sweep'}' --study mlp-2026 "
+                                     "--storage postgresql://u@db/s --report")

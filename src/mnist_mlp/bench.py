@@ -74,8 +74,11 @@ def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: 
         from mnist_mlp.engine import fit_compiled
 
         fit_compiled(setup.model, setup.x_train, setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs,
-                     seed=tc.seed, validation_data=setup.validation, callbacks=[record], verbose=0)
+                     seed=tc.seed, validation_data=setup.validation, callbacks=[record], verbose=0,
+                     augment=config.augment)
     else:  # as the classic script: model.fit with the test set as validation
+        if config.augment.active:
+            raise UserError(f"{variant}: Keras fit does not deform images as [augment] asks; bench it as ours")
         setup.model.fit(setup.x_train, setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=0,
                         validation_data=setup.validation, callbacks=[record])
     return {"epoch_end_s": ends, "epoch_accuracy": accuracy, "device": device_name(backend)}
@@ -271,6 +274,8 @@ def time_to(accuracy: float, presets: list[str] | None = None, gpu: bool = False
     recipe and each preset (by name or path), each trained for its own number of epochs by our engine."""
     if not 0 < accuracy < 1:
         raise UserError(f"--time-to {accuracy} is an accuracy between 0 and 1, e.g. 0.982")
+    for preset in presets or ():
+        _config(None, preset)  # a missing or bad preset fails here, not after the classic run
     found = {}
     for name, path in {"classic": None, **{Path(p).stem: p for p in presets or ()}}.items():
         result = run_variant("ours", None, path, gpu)
@@ -296,6 +301,8 @@ def run(variants: str | None = None, epochs: int | None = None, gpu: bool = Fals
     if (time_to_accuracy is not None or serve) and (epochs or variants):
         raise UserError("--epochs and --variants are for the side-by-side bench; --time-to trains each preset for "
                         "its own epochs with our engine, --serve loads a server")
+    if presets and time_to_accuracy is None:
+        raise UserError("--config names presets for --time-to; the side-by-side bench trains the classic config")
     if serve:
         from mnist_mlp import loadtest, runs
 

@@ -26,6 +26,8 @@ FILES = {  # key -> (canonical file name, SHA-256 of the uncompressed IDX conten
 }
 NPZ_KEYS = {"x_train": "train-images", "y_train": "train-labels", "x_test": "test-images", "y_test": "test-labels"}
 SOURCE_FILE = "source.json"  # records where each cached file came from
+
+
 @dataclass(frozen=True)
 class FileInfo:
     key: str

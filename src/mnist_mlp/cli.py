@@ -59,8 +59,13 @@ def cmd_inspect(args) -> None:
 def cmd_train(args) -> None:
     if args.seeds < 0:
         raise UserError(f"--seeds {args.seeds} must be >= 1 (0: one run with the config's seed)")
-    if args.resume and args.seeds:
-        raise UserError("--seeds and --resume do not go together; resume each seed's run directory")
+    given = [flag for flag, value in (("--config", args.config), ("--set", args.set), ("--epochs", args.epochs),
+             ("--batch-size", args.batch_size), ("--seed", args.seed), ("--validation", args.validation),
+             ("--engine", args.engine), ("--train-samples", args.train_samples), ("--backend", args.backend),
+             ("--seeds", args.seeds), ("--out", args.out), ("--overwrite", args.overwrite)) if value]
+    if args.resume and given:
+        raise UserError(f"--resume continues a run with its own config.toml, so {', '.join(given)} would be ignored; "
+                        "leave them out, or start a new run")
     if args.resume:
         config, out = runs.resume_config(args.resume), Path(args.resume)
     else:
@@ -150,7 +155,7 @@ def cmd_sweep(args) -> None:
 
     print(sweep.describe(sweep.sweep(args.space, out, choice, base=base, study_name=args.study, storage=args.storage,
                                      trials=args.trials, data_dir=args.cache_dir,
-                                     log=lambda text: print(text, flush=True)), out))
+                                     log=lambda text: print(text, flush=True)), out, args.study, args.storage))
 
 
 def cmd_bench(args) -> None:
@@ -306,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mnist-mlp: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a path the user named that cannot be read: too long, no permission, a loop
+        if e.filename is None:
+            raise
+        print(f"mnist-mlp: error: cannot read {e.filename} ({e.strerror}); check the path", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # output piped into `head`: stop quietly
         sys.stdout = open(os.devnull, "w")
         return 0

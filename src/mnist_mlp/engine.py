@@ -19,7 +19,7 @@ from mnist_mlp.config import AugmentConfig
 
 CHUNKS = 4  # jitted calls per epoch on CPU: the progress bar moves between them
 # On a GPU an epoch takes a few hundredths of a second: one call per epoch, and the scan unrolled so that
-# fewer loop iterations each wait on the host (measured on an H200, README "Speed").
+# fewer loop iterations each wait on the host (measured on an H200, docs/benchmarks.md).
 GPU_CHUNKS, GPU_UNROLL = 1, 4
 AUGMENT_STREAM = 0x61756720  # folded into the seed: the deformations' random stream, apart from any other
 

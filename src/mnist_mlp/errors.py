@@ -12,8 +12,12 @@ class UserError(Exception):
 class WriteFailed(UserError):
     """A file could not be written (disk full, read-only, name too long, ...); nothing partial was left."""
 
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
 
 def write_failed(path: str | Path, error: OSError, advice: str = "") -> WriteFailed:
     """The one line for an OSError while writing `path`: the path, the cause, and `advice` if any."""
     cause = error.strerror or type(error).__name__
-    return WriteFailed(f"cannot write {path} ({cause})" + (f"; {advice}" if advice else ""))
+    return WriteFailed(f"cannot write {path} ({cause})" + (f"; {advice}" if advice else ""), error.errno)

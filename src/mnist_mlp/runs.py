@@ -11,6 +11,9 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import secrets
+import shlex
 import time
 import zipfile
 from dataclasses import dataclass
@@ -32,17 +35,23 @@ EVALUATION = "evaluation.json"  # written by evaluate
 CHECKPOINT = "checkpoint.npz"  # weights, optimizer and random state after the last completed epoch; removed at the end
 PARTIAL_HISTORY = ".history.partial.csv"  # the epochs done so far; renamed to history.csv at the end
 GROUP = "group.json"  # in a folder of seed runs (train --seeds): seeds and accuracy statistics
+DIVERGED = "diverged.txt"  # a run whose loss became NaN: what to do instead of resuming
 MARKER = ".mnist-mlp-run"  # written when the tool creates a run folder; also the lock a training process holds
 REQUIRED = (CONFIG, HISTORY, METRICS, MODEL)
 OURS = (CONFIG, HISTORY, METRICS, MODEL, CURVES, CONFUSION, MISCLASSIFIED, EVALUATION, CHECKPOINT, PARTIAL_HISTORY,
-        GROUP)  # what --overwrite may delete in a folder that carries MARKER (with their temporary names)
+        GROUP, DIVERGED)  # what --overwrite may delete in a folder that carries MARKER (with their temporary names)
+LOCK_WAIT_S = 2.0  # how long the process that made a marker waits for its lock (another may hold it a moment)
 
 
 def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+    """A temporary name beside `path`, unique to this call: two processes never share one."""
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(3)}{path.suffix}")
 
 
-TEMPORARY = tuple(_temporary(Path(name)).name for name in OURS)
+def _is_ours(name: str) -> bool:
+    """One of the tool's file names, or a temporary name made from one."""
+    return name in OURS or (name.startswith(".") and re.sub(r"\.tmp-\d+-[0-9a-f]+", "", name[1:], count=1) in OURS
+                            and ".tmp-" in name)
 
 
 @dataclass(frozen=True)
@@ -78,19 +87,34 @@ def claim(path: str | Path, *, overwrite: bool = False, resume: bool = False):
         raise UserError(f"cannot use {path} as a run folder ({e.strerror}); choose another --out") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock(fd, LOCK_WAIT_S if created else 0)
+            if created:
+                os.write(fd, b"made by mnist-mlp: --overwrite deletes only the files mnist-mlp writes here\n")
         except BlockingIOError:
             raise UserError(f"{path} is in use: another mnist-mlp process is training into it; wait for it to "
                             "finish or choose another --out") from None
-        if created:
-            os.write(fd, b"made by mnist-mlp: --overwrite deletes only the files mnist-mlp writes here\n")
-        elif not resume:
+        except OSError as e:  # a full disk for the marker's line, a file system without locks
+            raise UserError(f"cannot use {path} as a run folder ({e.strerror}); choose another --out") from None
+        if not created and not resume:
             if not overwrite:
                 raise UserError(f"{path} already holds a run; choose another --out or add --overwrite to replace it")
             _remove_ours(path)
         yield path
     finally:
         os.close(fd)
+
+
+def _lock(fd: int, wait: float) -> None:
+    """An exclusive lock on `fd`, waiting up to `wait` seconds; BlockingIOError if another process keeps it."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _open_marker(path: Path, resume: bool) -> tuple[int, bool]:
@@ -116,11 +140,12 @@ def _open_marker(path: Path, resume: bool) -> tuple[int, bool]:
 def _remove_ours(folder: Path) -> None:
     """Delete what the tool wrote in a run folder of its own (the marker stays: it holds the lock); keep the rest."""
     try:
+        seeds = _group_runs(folder)  # read before group.json goes
         for entry in folder.iterdir():
             if entry.is_symlink() or not entry.is_dir():
-                if entry.name in OURS or entry.name in TEMPORARY:
+                if _is_ours(entry.name):
                     entry.unlink()
-            elif (entry / MARKER).is_file():  # a seed's run inside a group folder
+            elif entry.name in seeds and (entry / MARKER).is_file():  # this group's own seed runs, no other
                 with claim(entry, overwrite=True):
                     if [p.name for p in entry.iterdir()] == [MARKER]:  # else it keeps files of the user's
                         (entry / MARKER).unlink()
@@ -128,6 +153,15 @@ def _remove_ours(folder: Path) -> None:
     except OSError as e:
         raise UserError(f"cannot clear {folder} for --overwrite ({e.strerror}); remove it yourself or choose "
                         "another --out") from None
+
+
+def _group_runs(folder: Path) -> set[str]:
+    """The seed runs a group folder's group.json names (none if it has none)."""
+    try:
+        group = json.loads((folder / GROUP).read_text())
+        return {f"seed-{seed}" for seed in group.get("planned", [])} | set(group.get("runs", []))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return set()
 
 
 def in_use(path: str | Path) -> bool:
@@ -168,7 +202,7 @@ def fresh_start(path: str | Path) -> str:
     path = Path(path)
     try:
         load_config(path / CONFIG)
-        config = f"--config {path / CONFIG} "
+        config = f"--config {shlex.quote(str(path / CONFIG))} "
     except UserError:
         config = ""
     seeds = ""
@@ -176,15 +210,15 @@ def fresh_start(path: str | Path) -> str:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             seeds = f"--seeds {len(json.loads((path / GROUP).read_text())['planned'])} "
     if (path / MARKER).is_file():
-        return f"`mnist-mlp train {config}{seeds}--out {path} --overwrite`"
-    return f"`mnist-mlp train {config}{seeds}--out {free_name(path)}`"
+        return f"`mnist-mlp train {config}{seeds}--out {shlex.quote(str(path))} --overwrite`"
+    return f"`mnist-mlp train {config}{seeds}--out {shlex.quote(str(free_name(path)))}`"
 
 
 def continue_advice(path: str | Path) -> str:
     """How to go on with an interrupted run: resume after its last completed epoch, else start it again."""
     try:
         completed_epochs(path)
-        return f"continue with `mnist-mlp train --resume {path}`"
+        return f"continue with `mnist-mlp train --resume {shlex.quote(str(path))}`"
     except UserError:
         return f"start it again with {fresh_start(path)}"
 
@@ -231,10 +265,16 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"run directory {path} not found; give a folder written by `mnist-mlp train`")
+    if (path / GROUP).is_file() and not (path / METRICS).is_file():
+        example = sorted(_group_runs(path)) or ["seed-N"]
+        raise UserError(f"{path} is a seed group, not one run; give one of its runs, e.g. {path / example[0]}, "
+                        f"or plot them all with `mnist-mlp plot {shlex.quote(str(path))}`")
     missing = [name for name in REQUIRED if not (path / name).is_file()]
     if missing:
         if in_use(path):
             raise UserError(f"{path} is still training in another process; wait for it to finish")
+        if (path / DIVERGED).is_file():
+            raise UserError((path / DIVERGED).read_text().strip())
         raise UserError(f"{path} is an incomplete run (missing {', '.join(missing)}); {continue_advice(path)}")
     try:
         metrics = json.loads((path / METRICS).read_text())
@@ -296,6 +336,8 @@ def completed_epochs(path: str | Path) -> int:
                         f"`mnist-mlp train --out {free_name(path) if path.exists() else path}`")
     if (path / METRICS).is_file():
         raise UserError(f"{path} has finished; nothing to resume (train it again with {fresh_start(path)})")
+    if (path / DIVERGED).is_file():
+        raise UserError((path / DIVERGED).read_text().strip())
     try:
         with np.load(path / CHECKPOINT) as saved:
             return int(saved["epoch"])

@@ -5,6 +5,7 @@ decides who shares the study. The best trial is re-trained and scored on the tes
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -145,7 +146,10 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
         raise UserError(f"--trials {trials} must be >= 1")
     space = load_space(space_path)
     sweep_dir = Path(sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot use {sweep_dir} for the sweep ({e.strerror}); choose another --out") from None
     base = base or Config()
     total = trials or space.trials
     study = open_study(sweep_dir, study_name or sweep_dir.name, storage, space, base.train.seed)
@@ -216,7 +220,8 @@ def report(sweep_dir: str | Path, study_name: str | None = None, storage: str | 
             "importances": importances, "plots": [str(p) for p in written]}
 
 
-def describe(result: SweepResult, sweep_dir: str | Path) -> str:
+def describe(result: SweepResult, sweep_dir: str | Path, study_name: str | None = None,
+             storage: str | None = None) -> str:
     study = result.study
     lines = [f"best trial {study.best_trial.number}: val_accuracy {study.best_value:.4f} {study.best_params}"]
     if result.best is not None:
@@ -224,7 +229,9 @@ def describe(result: SweepResult, sweep_dir: str | Path) -> str:
     elif result.running:
         lines.append(f"trial(s) {', '.join(map(str, result.running))} still running elsewhere: the worker that "
                      f"finishes last re-trains the best (if a worker was stopped, run this again after {GRACE_S} s)")
-    return "\n".join(lines + [f"next: mnist-mlp sweep --out {sweep_dir} --report"])
+    where = "".join(f" --{flag} {shlex.quote(value)}" for flag, value in (("study", study_name), ("storage", storage))
+                    if value)
+    return "\n".join(lines + [f"next: mnist-mlp sweep --out {shlex.quote(str(sweep_dir))}{where} --report"])
 
 
 def describe_report(found: dict) -> str:

@@ -4,9 +4,11 @@ once, written as a run directory (config, history, metrics, model, curves); seed
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 import platform
+import shlex
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -87,7 +89,13 @@ def train_seeds(config: Config, group_dir: str | Path, backend: BackendChoice, s
         results = []
         for seed in chosen:
             seeded = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
-            results.append(train(seeded, group_dir / f"seed-{seed}", backend, overwrite=True, **kwargs))  # in our group
+            try:
+                results.append(train(seeded, group_dir / f"seed-{seed}", backend, overwrite=True, **kwargs))
+            except Diverged as e:  # the advice is for the whole group, not one seed
+                lower = 0.001 if config.train.learning_rate > 0.001 else config.train.learning_rate / 10
+                raise Diverged(f"{str(e).split(';')[0]}; try a lower learning rate for the group: `mnist-mlp train "
+                               f"--config {shlex.quote(str(group_dir / runs.CONFIG))} --seeds {seeds} --set "
+                               f"train.learning_rate={lower:g} --out {shlex.quote(str(group_dir))} --overwrite`") from None
         accuracies = [r.test_accuracy for r in results]
         spread = stats.spread(accuracies)
         runs.write_json(group_dir / runs.GROUP, {
@@ -139,15 +147,24 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
         try:
             return _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, score_test, started)
         except WriteFailed as e:
-            raise WriteFailed(f"{e}; free some space, then {runs.continue_advice(run_dir)}") from None
+            raise WriteFailed(f"{e}; {_after_write_error(e.errno, run_dir)}", e.errno) from None
         except OSError as e:  # Keras' CSVLogger, or saving the model, on a full or read-only disk
-            raise write_failed(run_dir, e, f"free some space, then {runs.continue_advice(run_dir)}") from None
+            raise write_failed(run_dir, e, _after_write_error(e.errno, run_dir)) from None
+
+
+def _after_write_error(number: int | None, run_dir: Path) -> str:
+    """What to do after a failed write, by its cause."""
+    fix = {errno.EROFS: "make the disk writable", errno.EACCES: "make the folder writable",
+           errno.EDQUOT: "free some of your quota"}.get(number, "free some space")
+    return f"{fix}, then {runs.continue_advice(run_dir)}"
 
 
 def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, score_test, started) -> TrainResult:
     tc = config.train
     if resume:
         done = runs.completed_epochs(run_dir)
+        if not (run_dir / runs.PARTIAL_HISTORY).exists() and (run_dir / runs.HISTORY).exists():
+            os.replace(run_dir / runs.HISTORY, run_dir / runs.PARTIAL_HISTORY)  # stopped while saving the end
         runs.truncate_history(run_dir / runs.PARTIAL_HISTORY, done)
         log(f"Resuming {run_dir} after epoch {done} of {tc.epochs}")
     else:
@@ -178,9 +195,12 @@ def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, 
     if not all(map(math.isfinite, history["loss"])):
         epoch = next(i for i, v in enumerate(history["loss"]) if not math.isfinite(v)) + 1
         lower = 0.001 if tc.learning_rate > 0.001 else tc.learning_rate / 10
-        raise Diverged(f"training diverged: the loss became NaN or infinite in epoch {epoch}, so {run_dir} is not "
-                       f"a finished run; try a lower learning rate: `mnist-mlp train --config "
-                       f"{run_dir / runs.CONFIG} --set train.learning_rate={lower:g} --out {run_dir} --overwrite`")
+        message = (f"training diverged: the loss became NaN or infinite in epoch {epoch}, so {run_dir} is not a "
+                   f"finished run; try a lower learning rate: `mnist-mlp train --config "
+                   f"{shlex.quote(str(run_dir / runs.CONFIG))} --set train.learning_rate={lower:g} --out "
+                   f"{shlex.quote(str(run_dir))} --overwrite`")
+        runs.write_text(run_dir / runs.DIVERGED, message + "\n")  # what a later resume or evaluate says
+        raise Diverged(message)
     return _finish(config, run_dir, model, len(setup.x_train), (x_test, y_test) if score_test else None, timer,
                    backend, engine, started)
 
@@ -224,9 +244,11 @@ def _finish(config, run_dir, model, train_samples, test, timer, backend, engine,
 def describe(result: TrainResult) -> str:
     """The end of `mnist-mlp train`: test loss and accuracy (the walk-through's two lines), time, where it went."""
     low, high = result.ci95
+    speed = (f"{result.seconds_per_epoch:.2f} s per epoch (median)" if result.seconds_per_epoch else
+             "no epoch left to train")
     return (f"Test loss: {result.test_loss:.4f}\n"
             f"Test accuracy: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f})\n"
-            f"{result.seconds_per_epoch:.2f} s per epoch (median), {result.wall_seconds:.1f} s in all, on {result.backend}\n"
+            f"{speed}, {result.wall_seconds:.1f} s in all, on {result.backend}\n"
             f"Run saved in {result.run_dir}/ (next: mnist-mlp evaluate {result.run_dir})")
 
 
