@@ -11,7 +11,7 @@ from mnist_mlp.cli import main
 from mnist_mlp.config import AugmentConfig
 
 DEFORM = ["--set", "augment.rotation=10", "--set", "augment.elastic_alpha=36", "--set", "augment.translation=2"]
-SMALL = ["--train-samples", "1000", "--epochs", "3", "--set", "model.hidden_units=[64]"]
+SMALL = ["--train-samples", "512", "--epochs", "3", "--set", "model.hidden_units=[32]"]
 
 
 def _centre(images):
