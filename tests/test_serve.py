@@ -14,16 +14,16 @@ from PIL import Image
 
 from mnist_mlp import serve
 from mnist_mlp.cli import main
-from test_predict import _png, _render, trained  # noqa: F401  (the shared trained-model fixture)
+from test_predict import _png, _render
 
 
 @pytest.fixture(scope="module")
-def client(trained):  # noqa: F811
+def client(trained):
     model, run = trained
     return TestClient(serve.create_app(run, model=model))
 
 
-def test_page_health_model_and_docs(client, trained):  # noqa: F811
+def test_page_health_model_and_docs(client, trained):
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text and "api/predict" in page.text
     assert client.get("/api/health").json() == {"status": "ok"}
@@ -83,12 +83,12 @@ def test_decompression_bomb_is_refused_and_the_server_lives_on(client, mnist):
     assert client.get("/api/health").status_code == 200
 
 
-def test_the_model_is_loaded_once(trained, monkeypatch):  # noqa: F811
+def test_the_model_is_loaded_once(trained, monkeypatch):
     model, run = trained
-    from mnist_mlp import evaluate
+    from mnist_mlp import runs
 
     calls = []
-    monkeypatch.setattr(evaluate, "load_model", lambda r: calls.append(r) or model)
+    monkeypatch.setattr(runs, "load_model", lambda r: calls.append(r) or model)
     client = TestClient(serve.create_app(run))
     for _ in range(3):
         client.post("/api/predict", json={"pixels": np.zeros(784).tolist()})
@@ -169,7 +169,7 @@ def test_hostile_bodies_get_json_4xx_never_500(client, body, headers, status, me
     assert message in response.json()["error"]
 
 
-def test_the_predict_command_refuses_an_unlisted_format_in_one_line(trained, tmp_path, capsys):  # noqa: F811
+def test_the_predict_command_refuses_an_unlisted_format_in_one_line(trained, tmp_path, capsys):
     _, run = trained
     (tmp_path / "odd.png").write_bytes(_blp_unsupported())
     assert main(["predict", str(run), str(tmp_path / "odd.png")]) == 2
@@ -191,7 +191,7 @@ def test_openapi_documents_every_status_and_requires_pixels(client):
     assert {"image/png", "image/jpeg", "application/octet-stream"} <= set(content)
 
 
-def test_concurrent_requests_share_batches_of_one_compiled_call(trained, mnist):  # noqa: F811
+def test_concurrent_requests_share_batches_of_one_compiled_call(trained, mnist):
     import httpx
 
     model, run = trained
@@ -212,7 +212,7 @@ def test_concurrent_requests_share_batches_of_one_compiled_call(trained, mnist):
     assert np.mean([r.json()["digit"] for r in responses] == y_test[:48]) > 0.9
 
 
-def test_the_compiled_forward_pass_matches_keras_predict_at_every_batch_size(trained, mnist):  # noqa: F811
+def test_the_compiled_forward_pass_matches_keras_predict_at_every_batch_size(trained, mnist):
     from mnist_mlp.batcher import forward_pass
     from mnist_mlp.data import preprocess
 
@@ -224,7 +224,7 @@ def test_the_compiled_forward_pass_matches_keras_predict_at_every_batch_size(tra
         np.testing.assert_allclose(forward(x), model.predict(x, verbose=0), atol=1e-5)
 
 
-def test_serve_on_a_bad_port_is_one_line_and_exit_2(trained, capsys):  # noqa: F811
+def test_serve_on_a_bad_port_is_one_line_and_exit_2(trained, capsys):
     _, run = trained
     assert main(["serve", str(run), "--port", "70000"]) == 2
     assert "out of range" in capsys.readouterr().err

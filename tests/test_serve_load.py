@@ -14,13 +14,12 @@ from PIL import Image
 
 from mnist_mlp import loadtest
 from mnist_mlp.cli import main
-from test_predict import trained  # noqa: F401  (the shared trained-model fixture)
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(trained):  # noqa: F811
+def server(trained):
     _, run = trained
     process, url = loadtest.start_server(run)
     yield process, url
@@ -84,7 +83,7 @@ def test_large_uploads_decode_off_the_event_loop(server):
     assert sum(at > health_at[0] for at, _ in finished) >= 6
 
 
-def test_bench_serve_reports_the_load(trained, tmp_path, capsys):  # noqa: F811
+def test_bench_serve_reports_the_load(trained, tmp_path, capsys):
     assert shutil.which("wrk"), "wrk missing: `make test` installs it (apt-get install wrk)"
     _, run = trained
     out = tmp_path / "serve.json"

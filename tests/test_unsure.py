@@ -7,7 +7,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from mnist_mlp.predict import predict_image
-from test_predict import trained  # noqa: F401  (the shared trained-model fixture)
 
 N_BLANK, N_DIGITS, N_ONES = 40, 60, 24
 NO_DIGIT = "no digit found"  # the start of the reason for a blank or near-blank image
@@ -97,7 +96,7 @@ def straight_ones(seed=2):
     return ones
 
 
-def test_blank_paper_is_no_digit_and_thin_strokes_are_not_flagged(trained, mnist):  # noqa: F811
+def test_blank_paper_is_no_digit_and_thin_strokes_are_not_flagged(trained, mnist):
     model, _ = trained
     (_, _), (x_test, y_test) = mnist
     blanks = [predict_image(model, blob, "blank") for blob in blank_photos()]

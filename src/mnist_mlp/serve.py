@@ -92,9 +92,7 @@ def create_app(run_dir: str | Path, model=None, max_wait: float = MAX_WAIT) -> F
     """The app for one finished run; `model` (already loaded) skips loading it again."""
     run = runs.load_run(run_dir)
     if model is None:
-        from mnist_mlp.evaluate import load_model
-
-        model = load_model(run)
+        model = runs.load_model(run)
     batcher = Batcher(forward_pass(model), max_wait=max_wait)  # compiles every batch size now
     # one thread each: more only contend for the GIL with the event loop (health's p99 under load: 15 ms with
     # one, ~50 ms with two), and at most two images are decoded at once (25 MP: 25 MB each, as 8-bit gray)
