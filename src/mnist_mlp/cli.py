@@ -12,7 +12,7 @@ from pathlib import Path
 from mnist_mlp import __version__, cache, data, runs, sources
 from mnist_mlp.backend import use_backend
 from mnist_mlp.bench import VARIANTS
-from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, check_fits, flag_overrides, load_config
+from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, load_config
 from mnist_mlp.errors import UserError
 
 
@@ -57,22 +57,8 @@ def cmd_inspect(args) -> None:
 
 
 def cmd_train(args) -> None:
-    if args.seeds < 0:
-        raise UserError(f"--seeds {args.seeds} must be >= 1 (0: one run with the config's seed)")
-    given = [flag for flag, value in (("--config", args.config), ("--set", args.set), ("--epochs", args.epochs),
-             ("--batch-size", args.batch_size), ("--seed", args.seed), ("--validation", args.validation),
-             ("--engine", args.engine), ("--train-samples", args.train_samples), ("--backend", args.backend),
-             ("--seeds", args.seeds), ("--out", args.out), ("--overwrite", args.overwrite)) if value]
-    if args.resume and given:
-        raise UserError(f"--resume continues a run with its own config.toml, so {', '.join(given)} would be ignored; "
-                        "leave them out, or start a new run")
-    if args.resume:
-        config, out = runs.resume_config(args.resume), Path(args.resume)
-    else:
-        flags = flag_overrides(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, engine=args.engine,
-                               validation=args.validation, train_samples=args.train_samples, backend=args.backend)
-        config, out = load_config(args.config, [*args.set, *flags]), Path(args.out or runs.default_out(args.config))
-    check_fits(config)  # before Keras starts and anything is allocated
+    flags = {flag: getattr(args, flag.replace("-", "_")) for flag in runs.TRAIN_FLAGS}
+    config, out = runs.plan(args.config, args.set, flags, args.resume, args.out, args.seeds)
     choice = use_backend(config.backend)
     from mnist_mlp import train
 
@@ -184,19 +170,14 @@ def build_parser() -> Parser:
                     epilog="Start with: mnist-mlp data fetch; mnist-mlp inspect; mnist-mlp train")
     parser.add_argument("--version", action="version", version=f"mnist-mlp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    cache_dir = Parser(add_help=False)
-    cache_dir.add_argument("--cache-dir", help="MNIST cache folder (default: $MNIST_MLP_CACHE, else "
-                           "$XDG_CACHE_HOME/mnist-mlp, else ~/.cache/mnist-mlp)")
-    backend = Parser(add_help=False)
-    backend.add_argument("--backend", choices=BACKENDS, default="auto", help="Keras backend; auto: KERAS_BACKEND, "
-                         "else ~/.keras/keras.json, else jax")
-    run = Parser(add_help=False)
+    cache_dir, backend, run, config = (Parser(add_help=False) for _ in range(4))  # options several commands share
+    cache_dir.add_argument("--cache-dir", help="MNIST cache folder (default: $MNIST_MLP_CACHE, else $XDG_CACHE_HOME/"
+                           "mnist-mlp, else ~/.cache/mnist-mlp)")
+    backend.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: KERAS_BACKEND, keras.json, jax")
     run.add_argument("run", metavar="RUN", help="a run directory written by `mnist-mlp train`")
-    config = Parser(add_help=False)
-    config.add_argument("--config", help="a TOML file, or a shipped preset by name: default, fast (default: the "
-                        "classic recipe)")
+    config.add_argument("--config", help="a TOML file, or a preset: default, fast (default: the classic recipe)")
     config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set train.epochs=3 (repeatable; default: none)")
+                        help="override a config key, e.g. train.epochs=3 (repeatable; default: none)")
 
     def command(name, help, *parents, under=sub):
         return under.add_parser(name, parents=list(parents), help=help, formatter_class=Help)
@@ -212,25 +193,20 @@ def build_parser() -> Parser:
     p = command("inspect", "print a digit as numbers, its label and one-hot", cache_dir, config)
     p.add_argument("--split", choices=("train", "test"), default="train", help="which split")
     p.add_argument("--index", type=int, default=0, help="which image")
-    p.add_argument("--augment", action="store_true", help="instead: a PNG of training digits deformed by the "
-                   "config's [augment] settings, as the model sees them")
+    p.add_argument("--augment", action="store_true", help="instead: a PNG of digits deformed by the config's [augment]")
     p.add_argument("--out", default="augment.png", help="--augment: the PNG to write")
     p.set_defaults(func=cmd_inspect)
 
     p = command("train", "train a model into a run directory", cache_dir, config)
-    p.add_argument("--backend", choices=BACKENDS, help="Keras backend (default: the config's, auto: KERAS_BACKEND, "
-                   "else ~/.keras/keras.json, else jax)")
-    for flag, key in (("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--seed", "seed"),
-                      ("--train-samples", "train_samples")):
-        p.add_argument(flag, type=int, help=f"shortcut for --set train.{key}=N (default: the config's)")
-    p.add_argument("--validation", choices=VALIDATIONS, help="test: the classic examples' choice; split: hold out "
-                   "the last 10,000 training images (default: the config's, test)")
-    p.add_argument("--engine", choices=ENGINES, help="compiled: one jitted scan per epoch (JAX only); fit: Keras "
-                   "fit (default: the config's, auto)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last completed epoch "
+    for flag, kind, choices in (("--backend", str, BACKENDS), ("--epochs", int, None), ("--batch-size", int, None),
+                                ("--seed", int, None), ("--train-samples", int, None), ("--engine", str, ENGINES),
+                                ("--validation", str, VALIDATIONS)):  # test: as the classic examples; split: hold out
+        key = ("" if flag == "--backend" else "train.") + flag[2:].replace("-", "_")
+        p.add_argument(flag, type=kind, choices=choices, help=f"shortcut for --set {key}=... (default: the config's)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run after its last completed epoch "
                    "(default: none, a new run)")
-    p.add_argument("--seeds", type=int, default=0, metavar="N", help="train N runs with consecutive seeds under "
-                   "--out and report mean ± std (default: 0, one run with the config's seed)")
+    p.add_argument("--seeds", type=int, default=0, metavar="N", help="train N runs with consecutive seeds under --out, "
+                   "report mean ± std (default: 0, one run)")
     p.add_argument("--out", help="run directory (default: runs/<config>-<date>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run folder mnist-mlp made (only its files)")
     p.set_defaults(func=cmd_train)
@@ -240,8 +216,7 @@ def build_parser() -> Parser:
 
     p = command("runs", "list, show and compare runs")
     actions = p.add_subparsers(dest="action", required=True, parser_class=Parser)
-    command("list", "a table of finished runs", under=actions).add_argument(
-        "--root", default="runs", help="where to look (recursively)")
+    command("list", "a table of finished runs", under=actions).add_argument("--root", default="runs", help="where to look")
     command("show", "one run's config and results", run, under=actions)
     compare = command("compare", "config differences and overlaid curves", under=actions)
     compare.add_argument("runs", nargs="+", metavar="RUN")
@@ -270,20 +245,17 @@ def build_parser() -> Parser:
     p.add_argument("--out", default="runs/sweep", help="folder of the trials' run directories (and study.db)")
     p.add_argument("--study", help="study name, the same on every machine (default: the --out folder's name)")
     p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db (default: SQLite in --out)")
-    p.add_argument("--trials", type=int, help="finished or pruned trials in the study, all workers together "
-                   "(default: from --space)")
+    p.add_argument("--trials", type=int, help="finished or pruned trials, all workers together (default: from --space)")
     p.add_argument("--report", action="store_true", help="leaderboard, importances and Optuna's plots, then stop")
     p.set_defaults(func=cmd_sweep)
 
     p = command("bench", "side-by-side speed: stock Keras fit, plain PyTorch, our engine")
     p.add_argument("--epochs", type=int, help="epochs of each variant (default: 20)")
-    p.add_argument("--variants", help="comma-separated, from " + ",".join(VARIANTS) + "; those whose package "
-                   "is missing are skipped (default: all)")
+    p.add_argument("--variants", help=f"comma-separated from {','.join(VARIANTS)} (default: all installed)")
     p.add_argument("--gpu", action="store_true", help="JAX and PyTorch on a CUDA GPU (an error where JAX finds none)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--time-to", type=float, metavar="ACCURACY",
-                      help="instead: seconds to reach this test accuracy, the classic recipe vs --config presets "
-                      "(default: off)")
+    mode.add_argument("--time-to", type=float, metavar="ACCURACY", help="instead: seconds to this test accuracy, the "
+                      "classic recipe vs --config presets (default: off)")
     mode.add_argument("--serve", metavar="RUN", help="instead: load-test `mnist-mlp serve RUN` with wrk (default: off)")
     p.add_argument("--config", action="append", help="preset(s) for --time-to, by name or path (default: none)")
     p.add_argument("--connections", type=int, default=200, help="--serve: concurrent connections")

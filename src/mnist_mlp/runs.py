@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_mlp.config import Config, config_from_dict, load_config
+from mnist_mlp.config import Config, check_fits, config_from_dict, flag_overrides, load_config
 from mnist_mlp.errors import UserError, write_failed
 
 CONFIG = "config.toml"  # resolved config; `train --config RUN/config.toml` repeats the run
@@ -177,6 +177,30 @@ def in_use(path: str | Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+TRAIN_FLAGS = ("epochs", "batch-size", "seed", "validation", "engine", "train-samples", "backend", "overwrite")
+
+
+def plan(config_path: str | None, overrides: list[str], flags: dict, resume: str | None, out: str | None,
+         seeds: int = 0) -> tuple[Config, Path]:
+    """The config and run folder a `train` command line asks for, checked before Keras starts: the config file
+    or preset, then --set, then the shortcut flags (`flags`: --flag name -> value, None if not given); or,
+    with `resume`, the interrupted run's own config (other flags are refused, not ignored)."""
+    if seeds < 0:
+        raise UserError(f"--seeds {seeds} must be >= 1 (0: one run with the config's seed)")
+    if resume:
+        given = [f"--{flag}" for flag, value in {"config": config_path, "set": overrides, "seeds": seeds,
+                                                 "out": out, **flags}.items() if value]
+        if given:
+            raise UserError(f"--resume continues a run with its own config.toml, so {', '.join(given)} would be "
+                            "ignored; leave them out, or start a new run")
+        config, folder = resume_config(resume), Path(resume)
+    else:
+        shortcuts = flag_overrides(**{k.replace("-", "_"): v for k, v in flags.items() if k != "overwrite"})
+        config, folder = load_config(config_path, [*overrides, *shortcuts]), Path(out or default_out(config_path))
+    check_fits(config)  # before anything is allocated
+    return config, folder
 
 
 def default_out(config: str | Path | None) -> Path:
