@@ -66,3 +66,14 @@ def test_bad_toml_and_missing_file(tmp_path):
         load_config(tmp_path / "none.toml")
     with pytest.raises(UserError, match="key=value"):
         load_config(None, ["train.epochs"])
+
+
+def test_every_shipped_preset_loads_by_name():
+    from mnist_mlp.config import presets
+
+    names = [name for name in presets() if name != "sweep"]  # sweep.toml is a search space
+    assert {"default", "fast", "record-cpu"} <= set(names)
+    loaded = {name: load_config(name) for name in names}
+    assert loaded["default"] == Config()
+    assert loaded["record-cpu"].augment.active and loaded["record-cpu"].train.validation == "split"
+    assert not loaded["fast"].augment.active
