@@ -175,7 +175,7 @@ def build_parser() -> Parser:
                            "mnist-mlp, else ~/.cache/mnist-mlp)")
     backend.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: KERAS_BACKEND, keras.json, jax")
     run.add_argument("run", metavar="RUN", help="a run directory written by `mnist-mlp train`")
-    config.add_argument("--config", help="a TOML file, or a preset: default, fast (default: the classic recipe)")
+    config.add_argument("--config", help="a TOML file, or a preset: default, fast, record-cpu (default: the classic recipe)")
     config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. train.epochs=3 (repeatable; default: none)")
 
