@@ -175,7 +175,8 @@ def build_parser() -> Parser:
                            "mnist-mlp, else ~/.cache/mnist-mlp)")
     backend.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: KERAS_BACKEND, keras.json, jax")
     run.add_argument("run", metavar="RUN", help="a run directory written by `mnist-mlp train`")
-    config.add_argument("--config", help="a TOML file, or a preset: default, fast, record-cpu (default: the classic recipe)")
+    config.add_argument("--config", help="a TOML file, or a preset: default, fast, record-cpu (default: the "
+                        "classic recipe)")
     config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. train.epochs=3 (repeatable; default: none)")
 
@@ -216,7 +217,8 @@ def build_parser() -> Parser:
 
     p = command("runs", "list, show and compare runs")
     actions = p.add_subparsers(dest="action", required=True, parser_class=Parser)
-    command("list", "a table of finished runs", under=actions).add_argument("--root", default="runs", help="where to look")
+    listing = command("list", "a table of finished runs", under=actions)
+    listing.add_argument("--root", default="runs", help="where to look")
     command("show", "one run's config and results", run, under=actions)
     compare = command("compare", "config differences and overlaid curves", under=actions)
     compare.add_argument("runs", nargs="+", metavar="RUN")
