@@ -136,3 +136,37 @@ def test_a_loss_that_becomes_nan_stops_the_run_unsaved(synthetic_dir, tmp_path, 
     assert main([*argv, "--cache-dir", str(synthetic_dir)]) == 0  # the advice: a lower learning rate
     run = runs.load_run(out)
     assert run.config.train.learning_rate == 0.001 and json.loads((out / runs.METRICS).read_text())["test_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("edit", [("epochs = 2", "epochs = 1"), ("dropout = 0.2", "dropout = 0.3")])
+def test_resume_refuses_a_config_edited_since_the_run_started(edit, synthetic_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    save = train.Checkpoint.on_epoch_end
+
+    def save_then_stop(self, epoch, logs=None):
+        save(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train.Checkpoint, "on_epoch_end", save_then_stop)
+        assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+    capsys.readouterr()
+    config = (out / runs.CONFIG).read_text()
+    assert edit[0] in config
+    (out / runs.CONFIG).write_text(config.replace(*edit))
+    assert main(["train", "--resume", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+    _advice(capsys, "was edited after training started")
+    (out / runs.CONFIG).write_text(config)  # undone: resumes
+    assert main(["train", "--resume", str(out), "--cache-dir", str(synthetic_dir)]) == 0
+
+
+def test_advice_survives_paths_with_a_space_or_a_leading_dash(synthetic_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("my run", "-dash"):
+        assert main(["train", *TINY, "--set", "train.learning_rate=1e30", f"--out={name}",
+                     "--cache-dir", str(synthetic_dir)]) == 2
+        argv = _advice(capsys, "training diverged")
+        assert main([*argv, "--cache-dir", str(synthetic_dir)]) == 0, capsys.readouterr().err
+        next_step = capsys.readouterr().out.strip().splitlines()[-1]
+        command = re.search(r"next: mnist-mlp (.+)\)$", next_step).group(1)
+        assert main(shlex.split(command) + ["--cache-dir", str(synthetic_dir)]) == 0

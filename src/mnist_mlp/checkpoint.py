@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from mnist_mlp import runs
+from mnist_mlp.errors import UserError
 
 
 class Checkpoint(keras.callbacks.Callback):
@@ -18,9 +19,9 @@ class Checkpoint(keras.callbacks.Callback):
     PyTorch's on PyTorch), so a resumed run sees the same batches and masks as an uninterrupted one. An
     epoch whose loss is not finite is not saved: the last good checkpoint stays."""
 
-    def __init__(self, run_dir: Path, rng_state: dict | None = None):
+    def __init__(self, run_dir: Path, rng_state: dict | None = None, config_toml: str = ""):
         super().__init__()
-        self.run_dir, self.rng_state = run_dir, rng_state
+        self.run_dir, self.rng_state, self.config_toml = run_dir, rng_state, config_toml  # resume checks the config
 
     def on_train_begin(self, logs=None):
         if self.rng_state is not None:  # here, not before fit: fit's data adapter draws from it first
@@ -32,6 +33,7 @@ class Checkpoint(keras.callbacks.Callback):
         arrays = {f"model/{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(self.model.variables)}
         arrays.update({f"optimizer/{i}": keras.ops.convert_to_numpy(v.value)
                        for i, v in enumerate(self.model.optimizer.variables)})
+        arrays["config_toml"] = np.array(self.config_toml)  # what the run was started with
         runs.save_checkpoint(self.run_dir, epoch + 1, {**arrays, **rng_state()})
 
 
@@ -60,7 +62,11 @@ def restore(model: keras.Model, run_dir: Path) -> tuple[int, dict]:
     state then (for Checkpoint to set when training starts)."""
     epoch, arrays = runs.load_checkpoint(run_dir)
     model.optimizer.build(model.trainable_variables)
-    for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
-        for i, variable in enumerate(variables):
-            variable.assign(arrays[f"{prefix}/{i}"])
+    try:
+        for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
+            for i, variable in enumerate(variables):
+                variable.assign(arrays[f"{prefix}/{i}"])
+    except (ValueError, KeyError):  # a config.toml changed since the checkpoint (runs made before it was recorded)
+        raise UserError(f"{run_dir / runs.CHECKPOINT} does not fit the model in {run_dir / runs.CONFIG} (was it "
+                        f"edited?); undo the edit, or start again with {runs.fresh_start(run_dir)}") from None
     return epoch, {key: value for key, value in arrays.items() if key.startswith("rng/")}

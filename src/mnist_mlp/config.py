@@ -87,7 +87,9 @@ class AugmentConfig:
             _check(getattr(self, key) >= 0, f"augment.{key}", "must be >= 0 (0: off)")
         _check(self.scale < 1 and self.shear < 60 and self.rotation <= 180, "augment",
                "needs scale < 1, shear < 60 and rotation <= 180")
-        _check(self.elastic_sigma > 0, "augment.elastic_sigma", "must be > 0")
+        _check(0 < self.elastic_sigma <= 28, "augment.elastic_sigma", "must be in (0, 28] pixels")
+        _check(self.translation <= 14 and self.elastic_alpha <= 200, "augment",
+               "needs translation <= 14 pixels and elastic_alpha <= 200 (beyond, the digit leaves the image)")
 
     @property
     def active(self) -> bool:
@@ -201,6 +203,11 @@ def _apply_override(data: dict, item: str) -> None:
         if not isinstance(node, dict):
             raise UserError(f"--set {key}: {name} is not a section; see `mnist-mlp train --help` and the default preset")
     node[last] = value
+
+
+def config_from_toml(text: str) -> Config:
+    """A Config from TOML text, as config_to_toml writes it."""
+    return config_from_dict(tomllib.loads(text))
 
 
 def config_from_dict(data: dict) -> Config:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_mlp.config import Config, check_fits, config_from_dict, flag_overrides, load_config
+from mnist_mlp.config import Config, check_fits, config_from_dict, config_from_toml, flag_overrides, load_config
 from mnist_mlp.errors import UserError, write_failed
 
 CONFIG = "config.toml"  # resolved config; `train --config RUN/config.toml` repeats the run
@@ -203,6 +203,12 @@ def plan(config_path: str | None, overrides: list[str], flags: dict, resume: str
     return config, folder
 
 
+def shell_path(path: str | Path) -> str:
+    """`path` as a command line argument that works as written: quoted, and never read as an option."""
+    text = str(path)
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
+
+
 def default_out(config: str | Path | None) -> Path:
     """runs/<preset or file stem>-<date>-<time>, a new folder under the working folder."""
     return free_name(Path("runs") / f"{Path(config).stem if config else 'classic'}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -211,7 +217,18 @@ def default_out(config: str | Path | None) -> Path:
 def resume_config(path: str | Path) -> Config:
     """The config of an interrupted run that can be resumed (a UserError, before Keras starts, if not)."""
     completed_epochs(path)
-    return load_config(Path(path) / CONFIG)
+    config = load_config(Path(path) / CONFIG)
+    with np.load(Path(path) / CHECKPOINT) as saved:
+        recorded = str(saved["config_toml"]) if "config_toml" in saved.files else None
+    if recorded is not None:
+        trained = flat_config(config_from_toml(recorded))
+        edited = [f"{key} {trained[key]!r} -> {value!r}" for key, value in flat_config(config).items()
+                  if trained.get(key) != value]
+        if edited:
+            raise UserError(f"{Path(path) / CONFIG} was edited after training started ({'; '.join(edited)}), so the "
+                            f"checkpoint does not fit it; undo the edit, or start the edited config with "
+                            f"{fresh_start(path)}")
+    return config
 
 
 def free_name(path: str | Path) -> Path:
@@ -226,7 +243,7 @@ def fresh_start(path: str | Path) -> str:
     path = Path(path)
     try:
         load_config(path / CONFIG)
-        config = f"--config {shlex.quote(str(path / CONFIG))} "
+        config = f"--config {shell_path(path / CONFIG)} "
     except UserError:
         config = ""
     seeds = ""
@@ -234,15 +251,15 @@ def fresh_start(path: str | Path) -> str:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             seeds = f"--seeds {len(json.loads((path / GROUP).read_text())['planned'])} "
     if (path / MARKER).is_file():
-        return f"`mnist-mlp train {config}{seeds}--out {shlex.quote(str(path))} --overwrite`"
-    return f"`mnist-mlp train {config}{seeds}--out {shlex.quote(str(free_name(path)))}`"
+        return f"`mnist-mlp train {config}{seeds}--out {shell_path(path)} --overwrite`"
+    return f"`mnist-mlp train {config}{seeds}--out {shell_path(free_name(path))}`"
 
 
 def continue_advice(path: str | Path) -> str:
     """How to go on with an interrupted run: resume after its last completed epoch, else start it again."""
     try:
         completed_epochs(path)
-        return f"continue with `mnist-mlp train --resume {shlex.quote(str(path))}`"
+        return f"continue with `mnist-mlp train --resume {shell_path(path)}`"
     except UserError:
         return f"start it again with {fresh_start(path)}"
 
@@ -292,7 +309,7 @@ def load_run(path: str | Path) -> Run:
     if (path / GROUP).is_file() and not (path / METRICS).is_file():
         example = sorted(_group_runs(path)) or ["seed-N"]
         raise UserError(f"{path} is a seed group, not one run; give one of its runs, e.g. {path / example[0]}, "
-                        f"or plot them all with `mnist-mlp plot {shlex.quote(str(path))}`")
+                        f"or plot them all with `mnist-mlp plot {shell_path(path)}`")
     missing = [name for name in REQUIRED if not (path / name).is_file()]
     if missing:
         if in_use(path):
@@ -357,7 +374,7 @@ def completed_epochs(path: str | Path) -> int:
     path = Path(path)
     if not (path / CONFIG).is_file():
         raise UserError(f"{path} is not a run directory (no {CONFIG}); start a run with "
-                        f"`mnist-mlp train --out {free_name(path) if path.exists() else path}`")
+                        f"`mnist-mlp train --out {shell_path(free_name(path) if path.exists() else path)}`")
     if (path / METRICS).is_file():
         raise UserError(f"{path} has finished; nothing to resume (train it again with {fresh_start(path)})")
     if (path / DIVERGED).is_file():

@@ -8,7 +8,6 @@ import errno
 import math
 import os
 import platform
-import shlex
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -94,8 +93,8 @@ def train_seeds(config: Config, group_dir: str | Path, backend: BackendChoice, s
             except Diverged as e:  # the advice is for the whole group, not one seed
                 lower = 0.001 if config.train.learning_rate > 0.001 else config.train.learning_rate / 10
                 raise Diverged(f"{str(e).split(';')[0]}; try a lower learning rate for the group: `mnist-mlp train "
-                               f"--config {shlex.quote(str(group_dir / runs.CONFIG))} --seeds {seeds} --set "
-                               f"train.learning_rate={lower:g} --out {shlex.quote(str(group_dir))} --overwrite`") from None
+                               f"--config {runs.shell_path(group_dir / runs.CONFIG)} --seeds {seeds} --set "
+                               f"train.learning_rate={lower:g} --out {runs.shell_path(group_dir)} --overwrite`") from None
         accuracies = [r.test_accuracy for r in results]
         spread = stats.spread(accuracies)
         runs.write_json(group_dir / runs.GROUP, {
@@ -181,7 +180,7 @@ def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, 
     timer = EpochTimer()
     callbacks = [*callbacks, keras.callbacks.TerminateOnNaN(),
                  keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume), timer,
-                 Checkpoint(run_dir, rng)]  # last: saves after the rest
+                 Checkpoint(run_dir, rng, config_to_toml(config))]  # last: saves after the rest
     if engine == "compiled":
         from mnist_mlp.engine import fit_compiled
 
@@ -197,8 +196,8 @@ def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, 
         lower = 0.001 if tc.learning_rate > 0.001 else tc.learning_rate / 10
         message = (f"training diverged: the loss became NaN or infinite in epoch {epoch}, so {run_dir} is not a "
                    f"finished run; try a lower learning rate: `mnist-mlp train --config "
-                   f"{shlex.quote(str(run_dir / runs.CONFIG))} --set train.learning_rate={lower:g} --out "
-                   f"{shlex.quote(str(run_dir))} --overwrite`")
+                   f"{runs.shell_path(run_dir / runs.CONFIG)} --set train.learning_rate={lower:g} --out "
+                   f"{runs.shell_path(run_dir)} --overwrite`")
         runs.write_text(run_dir / runs.DIVERGED, message + "\n")  # what a later resume or evaluate says
         raise Diverged(message)
     return _finish(config, run_dir, model, len(setup.x_train), (x_test, y_test) if score_test else None, timer,
@@ -249,7 +248,7 @@ def describe(result: TrainResult) -> str:
     return (f"Test loss: {result.test_loss:.4f}\n"
             f"Test accuracy: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f})\n"
             f"{speed}, {result.wall_seconds:.1f} s in all, on {result.backend}\n"
-            f"Run saved in {result.run_dir}/ (next: mnist-mlp evaluate {result.run_dir})")
+            f"Run saved in {result.run_dir}/ (next: mnist-mlp evaluate {runs.shell_path(result.run_dir)})")
 
 
 def describe_seeds(group: SeedsResult) -> str:
@@ -257,6 +256,6 @@ def describe_seeds(group: SeedsResult) -> str:
     a = group.accuracy
     lines.append(f"Test accuracy over {len(group.seeds)} seeds: {a.mean:.4f} ± {a.std:.4f} "
                  f"(mean ± std; min {a.low:.4f}, max {a.high:.4f})")
-    lines.append(f"Runs saved in {group.group_dir}/ (next: mnist-mlp plot {group.group_dir})")
+    lines.append(f"Runs saved in {group.group_dir}/ (next: mnist-mlp plot {runs.shell_path(group.group_dir)})")
     return "\n".join(lines)
 
