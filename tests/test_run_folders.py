@@ -214,3 +214,17 @@ def test_a_path_too_long_to_read_is_one_line(tmp_path, capsys):
                  ["train", "--resume", long_name]):
         assert main(argv) == 2
         _one_line(capsys, "File name too long")
+
+
+def test_predict_never_writes_its_csv_over_an_input_image(synthetic_dir, tmp_path, capsys):
+    from PIL import Image
+
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run), "--cache-dir", str(synthetic_dir)]) == 0
+    image = tmp_path / "d8.png"
+    Image.new("L", (28, 28)).save(image)
+    before = image.read_bytes()
+    capsys.readouterr()
+    assert main(["predict", str(run), str(image), "--csv", str(image)]) == 2
+    _one_line(capsys, "is one of the images read")
+    assert image.read_bytes() == before

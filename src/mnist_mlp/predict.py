@@ -245,6 +245,8 @@ def as_rows(files: list[Path], predictions: list[Prediction]) -> list[dict]:
 
 def write_csv(rows: list[dict], path: str | Path) -> None:
     """file, digit, unsure, p0..p9 per image (the csv module quotes paths with commas), atomically."""
+    if Path(path).resolve() in {Path(r["file"]).resolve() for r in rows}:
+        raise UserError(f"--csv {path} is one of the images read; give another file name for the CSV")
     with atomic(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "digit", "unsure", *(f"p{d}" for d in range(10))])
