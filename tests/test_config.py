@@ -77,3 +77,14 @@ def test_every_shipped_preset_loads_by_name():
     assert loaded["default"] == Config()
     assert loaded["record-cpu"].augment.active and loaded["record-cpu"].train.validation == "split"
     assert not loaded["fast"].augment.active
+
+
+@pytest.mark.parametrize("bad", ["train=1", "model=[1]", "train.epochs.x=1", "trian.epochs=1"])
+def test_a_wrong_set_path_is_blamed_on_that_set_and_the_example_given_works(bad):
+    with pytest.raises(UserError) as error:
+        load_config(None, [bad, "train.epochs=3"])  # a later, good --set: the message must not blame it
+    message = str(error.value)
+    assert message.startswith(f"--set {bad}:")
+    example = message.partition("e.g. --set ")[2]
+    if example:
+        assert load_config(None, [example]) == Config()  # the example is a key with its default value

@@ -197,11 +197,20 @@ def _apply_override(data: dict, item: str) -> None:
     except tomllib.TOMLDecodeError:
         value = raw  # a bare word such as adam
     *sections, last = key.strip().split(".")
-    node = data
-    for name in sections:
+    node, cls = data, Config  # walked beside the schema, so a wrong path is named by the --set that gave it
+    for i, name in enumerate(sections):
+        cls = typing.get_type_hints(cls).get(name)
+        if not dataclasses.is_dataclass(cls):
+            raise UserError(f"--set {item}: {'.'.join(sections[:i + 1])} is not a section; the sections are "
+                            f"{', '.join(k for k, v in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(v))}")
         node = node.setdefault(name, {})
         if not isinstance(node, dict):
-            raise UserError(f"--set {key}: {name} is not a section; see `mnist-mlp train --help` and the default preset")
+            raise UserError(f"config key {'.'.join(sections[:i + 1])} must be a table; fix it in the config file")
+    section = typing.get_type_hints(cls).get(last)
+    if dataclasses.is_dataclass(section):
+        example = dataclasses.fields(section)[0]
+        raise UserError(f"--set {item}: {key.strip()} is a section; set one of its keys, e.g. --set {key.strip()}."
+                        f"{example.name}={str(_to_plain(getattr(section(), example.name))).replace(' ', '')}")
     node[last] = value
 
 
