@@ -228,3 +228,11 @@ def test_predict_never_writes_its_csv_over_an_input_image(synthetic_dir, tmp_pat
     assert main(["predict", str(run), str(image), "--csv", str(image)]) == 2
     _one_line(capsys, "is one of the images read")
     assert image.read_bytes() == before
+
+
+def test_an_output_name_of_255_bytes_is_written(tmp_path):
+    for name in ("x" * 251 + ".csv", "é" * 125 + "x.png"):  # the longest names the file system allows
+        assert len(name.encode()) == 255
+        runs.write_text(tmp_path / name, "kept")
+        assert (tmp_path / name).read_text() == "kept"
+    assert len(list(tmp_path.iterdir())) == 2  # no temporary file left

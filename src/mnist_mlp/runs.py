@@ -45,7 +45,9 @@ LOCK_WAIT_S = 2.0  # how long the process that made a marker waits for its lock 
 
 def _temporary(path: Path) -> Path:
     """A temporary name beside `path`, unique to this call: two processes never share one."""
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(3)}{path.suffix}")
+    tag = f".tmp-{os.getpid()}-{secrets.token_hex(3)}{path.suffix}"
+    stem = path.stem.encode()[:255 - 1 - len(tag.encode())].decode(errors="ignore")  # a name fits in 255 bytes
+    return path.with_name(f".{stem}{tag}")
 
 
 def _is_ours(name: str) -> bool:
