@@ -243,3 +243,16 @@ def test_the_next_step_names_the_study_and_storage(tmp_path):
     text = sweep.describe(sweep.SweepResult(study, None), tmp_path / "my sweep", "mlp-2026", "postgresql://u@db/s")
     assert text.splitlines()[-1] == (f"next: mnist-mlp sweep --out '{tmp_path / 'my sweep'}' --study mlp-2026 "
                                      "--storage postgresql://u@db/s --report")
+
+
+def test_a_key_fixed_by_set_is_not_searched(space, synthetic_dir, tmp_path, capsys):
+    out = tmp_path / "fixed"
+    assert main(["sweep", "--space", str(space), "--out", str(out), "--trials", "2", "--set", "train.epochs=1",
+                 "--set", "model.hidden_units=[16]", "--set", "train.train_samples=500",
+                 "--cache-dir", str(synthetic_dir)]) == 0
+    assert "Not searched (fixed by --set): hidden_layers, hidden_width, train.epochs" in capsys.readouterr().out
+    for trial in _study(out).get_trials(states=FINISHED):
+        assert set(trial.params) == {"train.learning_rate"}
+        run = runs.load_run(out / f"trial-{trial.number:04d}")
+        assert run.config.train.epochs == 1 and run.config.model.hidden_units == (16,)
+    assert runs.load_run(out / "best").config.train.epochs == 1

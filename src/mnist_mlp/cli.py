@@ -141,6 +141,7 @@ def cmd_sweep(args) -> None:
 
     print(sweep.describe(sweep.sweep(args.space, out, choice, base=base, study_name=args.study, storage=args.storage,
                                      trials=args.trials, data_dir=args.cache_dir,
+                                     fixed=[item.partition("=")[0].strip() for item in args.set],
                                      log=lambda text: print(text, flush=True)), out, args.study, args.storage))
 
 

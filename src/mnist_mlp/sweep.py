@@ -61,6 +61,12 @@ def load_space(path: str | Path | None = None) -> SweepSpace:
     return SweepSpace(int(sweep.get("trials", 20)), int(sweep.get("prune_after", 2)), params)
 
 
+def without(space: SweepSpace, keys: list[str]) -> SweepSpace:
+    """The space less the keys fixed by --set (model.hidden_units fixes hidden_layers and hidden_width)."""
+    fixed = set(keys) | (set(LAYER_KEYS) if "model.hidden_units" in keys else set())
+    return dataclasses.replace(space, params={k: v for k, v in space.params.items() if k not in fixed})
+
+
 def suggest(trial: optuna.Trial, space: SweepSpace, base: Config) -> Config:
     """The base config with this trial's choices; validation always on held-out training images."""
     values = {}
@@ -139,12 +145,17 @@ def open_study(sweep_dir: Path, study_name: str, storage: str | None, space: Swe
 
 def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice, *, base: Config | None = None,
           study_name: str | None = None, storage: str | None = None, trials: int | None = None,
-          data_dir: str | Path | None = None, log=lambda text: None) -> SweepResult:
+          data_dir: str | Path | None = None, fixed: list[str] = (), log=lambda text: None) -> SweepResult:
     """Run trials until the study holds `trials` finished-or-pruned ones (counting every worker's), then
-    re-train the best as sweep_dir/best and score it on the test set."""
+    re-train the best as sweep_dir/best and score it on the test set. Keys in `fixed` (given by --set) keep
+    the base config's value instead of being searched."""
     if trials is not None and trials < 1:
         raise UserError(f"--trials {trials} must be >= 1")
     space = load_space(space_path)
+    searched = without(space, list(fixed))
+    if searched.params != space.params:
+        log(f"Not searched (fixed by --set): {', '.join(k for k in space.params if k not in searched.params)}")
+    space = searched
     sweep_dir = Path(sweep_dir)
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
