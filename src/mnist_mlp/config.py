@@ -26,6 +26,7 @@ OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd", "nadam", "adamax", "adagrad", "
 LOSSES = ("categorical_crossentropy",)
 SCHEDULES = ("constant", "cosine")  # cosine: from learning_rate down to 0 over all the run's steps
 ENGINES = ("auto", "compiled", "fit")  # auto: compiled on JAX, Keras fit elsewhere
+PRECISIONS = ("float32", "bfloat16")  # bfloat16: the products' inputs only (model.BFloat16Dense)
 VALIDATIONS = ("test", "split")  # test: the classic examples' choice; split: last 10,000 train images
 BACKENDS = ("auto", "jax", "torch", "tensorflow")
 TRAIN_IMAGES = 60_000  # MNIST's training set
@@ -57,6 +58,7 @@ class TrainConfig:
     validation: str = "test"
     engine: str = "auto"
     train_samples: int = 0  # 0: all; N: only the first N training images (quick tries, tests)
+    precision: str = "float32"  # "bfloat16": products from bfloat16 inputs, float32 sums and weights (JAX)
 
     def __post_init__(self):
         _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
@@ -69,6 +71,7 @@ class TrainConfig:
         _check(self.validation in VALIDATIONS, "train.validation", f"must be one of {', '.join(VALIDATIONS)}")
         _check(self.train_samples >= 0, "train.train_samples", "must be >= 0 (0 means all)")
         _check(self.engine in ENGINES, "train.engine", f"must be one of {', '.join(ENGINES)}")
+        _check(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import keras
 
 from mnist_mlp.config import ModelConfig
@@ -11,17 +13,66 @@ INPUT_DIM = 784  # 28 x 28 pixels, flattened
 NUM_CLASSES = 10  # digits 0..9
 
 
-def build_model(config: ModelConfig = ModelConfig()) -> keras.Model:
-    """A Sequential model as the walk-through writes it; 669,706 parameters for the default config."""
+def build_model(config: ModelConfig = ModelConfig(), precision: str = "float32") -> keras.Model:
+    """A Sequential model as the walk-through writes it; 669,706 parameters for the default config.
+    precision "bfloat16": its products take bfloat16 inputs with float32 sums (BFloat16Dense)."""
+    dense = keras.layers.Dense if precision == "float32" else BFloat16Dense
     layers: list = [keras.Input(shape=(INPUT_DIM,), name="pixels")]
     for units in config.hidden_units:
-        layers.append(keras.layers.Dense(units))
+        layers.append(dense(units))
         layers.append(keras.layers.Activation(config.activation))
         if config.dropout > 0:
             layers.append(keras.layers.Dropout(config.dropout))
-    layers.append(keras.layers.Dense(NUM_CLASSES))
+    layers.append(dense(NUM_CLASSES))
     layers.append(keras.layers.Activation("softmax"))
     return keras.Sequential(layers, name="mnist_mlp")
+
+
+@keras.saving.register_keras_serializable(package="mnist_mlp")
+class BFloat16Dense(keras.layers.Dense):
+    """keras.layers.Dense whose product rounds its inputs to bfloat16 and sums in float32 (train.precision =
+    "bfloat16"): weights, bias and outputs stay float32, and so does every other step. Keras' mixed_bfloat16
+    policy rounds the outputs too, which this CPU runs no faster than float32. On JAX only; float32 elsewhere."""
+
+    def call(self, inputs, training=None):
+        if keras.backend.backend() != "jax":
+            return super().call(inputs)
+        x = _bf16_matmul()(inputs, keras.ops.convert_to_tensor(self.kernel))
+        return x if self.bias is None else x + self.bias
+
+
+@functools.cache
+def _bf16_matmul():
+    """x @ w from bfloat16 inputs with float32 sums, forward and backward. On the CPU, XLA runs such a product
+    fast (~2x float32 here) only when the left operand is not transposed; the weight gradient's product, x.T @
+    g, would be, so x.T is written out as a real copy first (a swap of axes through a 3-d reshape, which XLA
+    does not fold into the product). Measured: docs/benchmarks.md."""
+    import jax
+    import jax.numpy as jnp
+
+    def product(a, b):
+        return jnp.dot(a, b, preferred_element_type=jnp.float32)
+
+    def transposed(a):
+        if jax.devices()[0].platform != "cpu":
+            return a.T
+        return jnp.swapaxes(a.reshape(a.shape[0], 1, a.shape[1]), 0, 2).reshape(a.shape[1], a.shape[0])
+
+    @jax.custom_vjp
+    def matmul(x, w):
+        return product(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+
+    def forward(x, w):
+        x16, w16 = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+        return product(x16, w16), (x16, w16)
+
+    def backward(saved, g):
+        x16, w16 = saved
+        g16 = g.astype(jnp.bfloat16)
+        return product(g16, w16.T), product(transposed(x16), g16)
+
+    matmul.defvjp(forward, backward)
+    return matmul
 
 
 def model_summary(model: keras.Model) -> str:

@@ -67,5 +67,5 @@ def prepare(config: Config, backend: str, data_dir: str | Path | None = None, en
         validation = test
     if tc.train_samples:
         x_train, y_train = x_train[: tc.train_samples], y_train[: tc.train_samples]
-    model = compile_model(build_model(config.model), tc, len(x_train))
+    model = compile_model(build_model(config.model, tc.precision), tc, len(x_train))
     return Setup(model, x_train, y_train, validation, test)

@@ -339,6 +339,8 @@ def load_model(run: Run):
     (its SHA-256 differs from metrics.json), is a UserError."""
     import keras
 
+    import mnist_mlp.model  # noqa: F401  registers BFloat16Dense, which bfloat16 runs save
+
     recorded = run.metrics.get("model_sha256")
     try:
         if recorded and file_sha256(run.model_path) != recorded:

@@ -142,6 +142,9 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
     if config.augment.active and choose_engine(config.train.engine, backend.name) != "compiled":
         raise UserError("augmentation runs inside the compiled engine, on JAX: use --backend jax and "
                         "train.engine = auto or compiled, or drop the [augment] settings")
+    if config.train.precision == "bfloat16" and backend.name != "jax":
+        raise UserError(f"train.precision = bfloat16 runs on JAX (on {backend.name} the products would stay "
+                        f"float32): use --backend jax, or --set train.precision=float32")
     with runs.claim(run_dir, overwrite=overwrite, resume=resume) as run_dir:
         try:
             return _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, score_test, started)
