@@ -45,8 +45,8 @@ def test_ctrl_c_in_the_first_epoch_advises_a_fresh_start_that_works(synthetic_di
     assert runs.load_run(out).config.train.train_samples == 500  # the same config, from config.toml
 
 
-def test_ctrl_c_after_an_epoch_advises_resume_that_works(synthetic_dir, tmp_path, capsys, monkeypatch):
-    out = tmp_path / "run"
+def _stop_after_first_epoch(out, synthetic_dir, monkeypatch):
+    """Train TINY into `out` and press Ctrl-C just after the first epoch's checkpoint is saved."""
     original = train.Checkpoint.on_epoch_end
 
     def interrupt_after_saving(self, epoch, logs=None):
@@ -56,6 +56,11 @@ def test_ctrl_c_after_an_epoch_advises_resume_that_works(synthetic_dir, tmp_path
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, "on_epoch_end", interrupt_after_saving)
         assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+
+
+def test_ctrl_c_after_an_epoch_advises_resume_that_works(synthetic_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    _stop_after_first_epoch(out, synthetic_dir, monkeypatch)
     assert _follow(capsys, synthetic_dir, "interrupted; continue with") == ["train", "--resume", str(out)]
     assert runs.load_run(out).history["epoch"] == [0, 1]
 
@@ -141,15 +146,7 @@ def test_a_loss_that_becomes_nan_stops_the_run_unsaved(synthetic_dir, tmp_path, 
 @pytest.mark.parametrize("edit", [("epochs = 2", "epochs = 1"), ("dropout = 0.2", "dropout = 0.3")])
 def test_resume_refuses_a_config_edited_since_the_run_started(edit, synthetic_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    save = train.Checkpoint.on_epoch_end
-
-    def save_then_stop(self, epoch, logs=None):
-        save(self, epoch, logs)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train.Checkpoint, "on_epoch_end", save_then_stop)
-        assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+    _stop_after_first_epoch(out, synthetic_dir, monkeypatch)
     capsys.readouterr()
     config = (out / runs.CONFIG).read_text()
     assert edit[0] in config
