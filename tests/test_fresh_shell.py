@@ -72,6 +72,7 @@ def test_every_command_runs_in_a_fresh_shell(shell, tmp_path):
     trained = _ok(shell(cli, "train", "--train-samples", "500", "--epochs", "1", "--out", run, *cache))
     assert "Backend: jax (chosen by default)" in trained and "Test accuracy:" in trained
     assert "confusion matrix" in _ok(shell(cli, "evaluate", run, *cache))
+    assert "Accuracy on fonts:" in _ok(shell(cli, "evaluate", run, "--on", "fonts"))
     assert "curves.png" in _ok(shell(cli, "plot", run))
     assert ": " in _ok(shell(cli, "predict", run, str(Path(run) / "curves.png")))
     assert "first" in _ok(shell(cli, "runs", "list", "--root", str(shell.home / "runs")))

@@ -80,7 +80,7 @@ def cmd_evaluate(args) -> None:
     use_backend(args.backend)
     from mnist_mlp import evaluate
 
-    print(evaluate.describe(evaluate.evaluate(run, args.cache_dir)))
+    print(evaluate.describe(evaluate.evaluate(run, args.cache_dir, on=args.on)))
 
 
 def cmd_predict(args) -> None:
@@ -176,8 +176,8 @@ def build_parser() -> Parser:
                            "mnist-mlp, else ~/.cache/mnist-mlp)")
     backend.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: KERAS_BACKEND, keras.json, jax")
     run.add_argument("run", metavar="RUN", help="a run directory written by `mnist-mlp train`")
-    config.add_argument("--config", help="a TOML file, or a preset: default, fast, record-cpu (default: the "
-                        "classic recipe)")
+    config.add_argument("--config", help="a TOML file, or a preset: default, fast, record-cpu, handwriting "
+                        "(default: the classic recipe)")
     config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. train.epochs=3 (repeatable; default: none)")
 
@@ -213,8 +213,10 @@ def build_parser() -> Parser:
     p.add_argument("--overwrite", action="store_true", help="replace a run folder mnist-mlp made (only its files)")
     p.set_defaults(func=cmd_train)
 
-    command("evaluate", "test metrics, confusion matrix, misclassified digits", run, cache_dir, backend).set_defaults(
-        func=cmd_evaluate)
+    p = command("evaluate", "test metrics, confusion matrix, misclassified digits", run, cache_dir, backend)
+    p.add_argument("--on", default="mnist", metavar="SOURCE", help="digits to score: mnist (its test set), fonts "
+                   "(printed), uci (handwriting; needs scikit-learn) or FOLDER (your own: FOLDER/0/ ... FOLDER/9/)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = command("runs", "list, show and compare runs")
     actions = p.add_subparsers(dest="action", required=True, parser_class=Parser)

@@ -25,6 +25,7 @@ class EvalResult:
     recall: tuple[float, ...]  # per true digit: the class's accuracy
     support: tuple[int, ...]  # test images per true digit
     wrong: int
+    source: str = "mnist"  # the images scored: MNIST's test set, or otherdigits' source (then no files written)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -33,32 +34,41 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 
     return matrix
 
 
-def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gallery_size: int = 25) -> EvalResult:
-    """Score a run's model (a loaded Run, or its folder) on the 10,000 test images; writes confusion.png,
-    misclassified.png and evaluation.json into the run directory."""
+def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gallery_size: int = 25,
+             on: str = "mnist") -> EvalResult:
+    """Score a run's model (a loaded Run, or its folder) on the 10,000 test images, writing confusion.png,
+    misclassified.png and evaluation.json into the run directory; or, `on` another source of digits (see
+    otherdigits), only score it."""
     run = run if isinstance(run, runs.Run) else runs.load_run(run)
-    model = load_model(run)
-    x_test, y_test = data.load_split("test", data_dir)
-    probabilities = np.asarray(model.predict(data.preprocess(x_test), batch_size=1024, verbose=0))
-    test_loss, test_accuracy = _loss_and_accuracy(probabilities, y_test)
+    model = load_model(run)  # first: a swapped or corrupt model is the error to report, before any data
+    if on == "mnist":
+        images, labels = data.load_split("test", data_dir)
+    else:
+        from mnist_mlp import otherdigits
+
+        images, labels = otherdigits.load(on)
+        images = np.stack(images)
+    probabilities = np.asarray(model.predict(data.preprocess(images), batch_size=1024, verbose=0))
+    loss, accuracy = _loss_and_accuracy(probabilities, labels)
     predicted = probabilities.argmax(axis=1)
-    matrix = confusion_matrix(y_test.astype(np.int64), predicted)
+    matrix = confusion_matrix(labels.astype(np.int64), predicted)
     correct = np.diag(matrix)
     precision = correct / np.maximum(matrix.sum(axis=0), 1)
     recall = correct / np.maximum(matrix.sum(axis=1), 1)
+    wrong = np.flatnonzero(predicted != labels)
+    result = EvalResult(run.path, loss, accuracy, stats.wilson_interval(int(correct.sum()), len(labels)),
+                        matrix, tuple(precision.tolist()), tuple(recall.tolist()),
+                        tuple(matrix.sum(axis=1).tolist()), len(wrong), on)
+    if on != "mnist":
+        return result
 
-    wrong = np.flatnonzero(predicted != y_test)
     confidence = probabilities[wrong, predicted[wrong]]
     worst = wrong[np.argsort(-confidence)][:gallery_size]
-    titles = [f"true {y_test[i]}, said {predicted[i]}\n{probabilities[i, predicted[i]]:.1%}, test #{i}" for i in worst]
+    titles = [f"true {labels[i]}, said {predicted[i]}\n{probabilities[i, predicted[i]]:.1%}, test #{i}" for i in worst]
     plots.plot_confusion(matrix, run.path / runs.CONFUSION)
-    plots.plot_gallery(x_test[worst], titles, run.path / runs.MISCLASSIFIED)
-
-    result = EvalResult(run.path, test_loss, test_accuracy, stats.wilson_interval(int(correct.sum()), len(y_test)),
-                        matrix, tuple(precision.tolist()), tuple(recall.tolist()),
-                        tuple(matrix.sum(axis=1).tolist()), len(wrong))
+    plots.plot_gallery(images[worst], titles, run.path / runs.MISCLASSIFIED)
     runs.write_json(run.path / runs.EVALUATION, {
-        "test_loss": test_loss, "test_accuracy": test_accuracy, "test_accuracy_ci95": list(result.ci95),
+        "test_loss": loss, "test_accuracy": accuracy, "test_accuracy_ci95": list(result.ci95),
         "confusion": matrix.tolist(), "precision": list(result.precision), "recall": list(result.recall),
         "support": list(result.support), "misclassified": worst.tolist(), "backend": keras.backend.backend(),
     })
@@ -74,12 +84,15 @@ def _loss_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> tuple[f
 def describe(result: EvalResult) -> str:
     """`mnist-mlp evaluate`'s report: score, per-digit precision and recall, the confusion matrix."""
     low, high = result.ci95
-    lines = [f"Test loss: {result.test_loss:.4f}",
-             f"Test accuracy: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f}), "
+    loss, accuracy = (("Test loss", "Test accuracy") if result.source == "mnist" else
+                      (f"Loss on {result.source}", f"Accuracy on {result.source}"))
+    lines = [f"{loss}: {result.test_loss:.4f}",
+             f"{accuracy}: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f}), "
              f"{result.wrong} of {sum(result.support)} wrong", "", "digit  precision  recall(accuracy)  images"]
     lines += [f"{d:>5}  {p:>9.4f}  {r:>16.4f}  {n:>6}"
               for d, (p, r, n) in enumerate(zip(result.precision, result.recall, result.support))]
     lines += ["", "confusion matrix (rows: true digit, columns: predicted)", "      " + "".join(f"{d:>6}" for d in range(10))]
     lines += [f"{d:>6}" + "".join(f"{n:>6}" for n in row) for d, row in enumerate(result.confusion)]
-    lines += ["", f"Wrote confusion.png, misclassified.png and evaluation.json in {result.run_dir}/"]
+    if result.source == "mnist":
+        lines += ["", f"Wrote confusion.png, misclassified.png and evaluation.json in {result.run_dir}/"]
     return "\n".join(lines)

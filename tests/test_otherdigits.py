@@ -1,0 +1,85 @@
+"""Digits that are not MNIST's: the printed set is what it says, UCI's handwriting loads, a folder of your
+own labelled digits is read the way predict reads files, and a model trained on MNIST reads them all."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_mlp import otherdigits, predict
+from mnist_mlp.cli import main
+from mnist_mlp.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def printed():
+    return otherdigits.load("fonts")
+
+
+def test_the_printed_set_is_every_digit_in_every_font_centred_as_mnist(printed):
+    images, labels = printed
+    assert len(images) == len(otherdigits.FONTS) * 10 * len(otherdigits.ANGLES) == len(labels)
+    assert np.bincount(labels).tolist() == [len(images) // 10] * 10
+    stack = np.stack(images).astype(np.float64)
+    assert stack.shape[1:] == (28, 28) and stack.max() == 255
+    assert np.all(stack.reshape(len(images), -1).max(axis=1) > 0)  # ink in every image: no font lacked a digit
+    rows, cols = stack.any(axis=2), stack.any(axis=1)
+    assert max(rows.sum(axis=1).max(), cols.sum(axis=1).max()) <= 21  # fitted to 20x20 as MNIST's (+1: smoothing)
+    distinct = {image.tobytes() for image in images}
+    assert len(distinct) == len(images)
+
+
+def test_uci_handwriting_loads_as_mnist_style_digits():
+    pytest.importorskip("sklearn")  # optional: `pip install 'mnist-mlp[uci]'`; the next test runs without it
+    images, labels = otherdigits.load("uci")
+    assert len(images) == len(labels) == 1797 and set(labels.tolist()) == set(range(10))
+    assert all(image.shape == (28, 28) and image.dtype == np.uint8 and image.max() > 0 for image in images)
+
+
+def test_8x8_scans_that_fill_their_frame_are_read_as_digits(printed, monkeypatch):
+    """UCI's digits fill their 8x8 frame; read bare, predict's reader took them for blank paper (no margin
+    to tell paper from ink), so they go on a margin of paper first. Stand-in scans: printed digits at 8x8."""
+    images, labels = printed[0][::7], printed[1][::7]
+    scans = np.stack([np.asarray(Image.fromarray(image).resize((8, 8), Image.Resampling.BOX)) for image in images])
+    scans = scans * 16.0 / scans.max(axis=(1, 2), keepdims=True)  # UCI's 17 levels, the ink at 16
+    datasets = types.SimpleNamespace(load_digits=lambda: types.SimpleNamespace(images=scans, target=labels))
+    monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", datasets)
+    read, read_labels = otherdigits.load("uci")
+    assert read_labels.tolist() == labels.tolist()
+    assert all(image.max() > 100 for image in read)  # every scan read as ink, none as blank paper
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # scikit-learn missing: one line, what to install
+    with pytest.raises(UserError, match="pip install scikit-learn") as error:
+        otherdigits.load("uci")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.mnist
+def test_a_model_trained_on_mnist_reads_printed_digits_and_your_folder(trained, printed, tmp_path, capsys):
+    _, run_dir = trained
+    before = sorted(run_dir.iterdir())
+    assert main(["evaluate", str(run_dir), "--on", "fonts"]) == 0
+    out = capsys.readouterr().out
+    accuracy = float(out.split("Accuracy on fonts: ")[1].split()[0])
+    assert 0.5 < accuracy < 1, out  # far above chance (0.1), and not the test set's score
+    assert sorted(run_dir.iterdir()) == before  # scoring other digits writes nothing into the run
+
+    images, labels = printed
+    for i in range(0, len(images), 29):  # a folder of "your" digits: PNG files under folder/<digit>/
+        (tmp_path / "mine" / str(labels[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(255 - images[i]).save(tmp_path / "mine" / str(labels[i]) / f"{i}.png")  # ink on paper
+    assert main(["evaluate", str(run_dir), "--on", str(tmp_path / "mine")]) == 0
+    out = capsys.readouterr().out
+    files = sorted((tmp_path / "mine").glob("*/*.png"))
+    wrong = sum(predict.predict_files(trained[0], [f])[0].digit != int(f.parent.name) for f in files)
+    assert f"{wrong} of {len(files)} wrong" in out  # the same reading as predict gives, file by file
+
+
+def test_a_wrong_source_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for source, expected in ((tmp_path / "none", "nor a folder"), (tmp_path / "empty", "no subfolders 0 to 9")):
+        with pytest.raises(UserError) as error:
+            otherdigits.load(str(source))
+        assert expected in str(error.value) and "\n" not in str(error.value)
