@@ -72,11 +72,12 @@ def test_every_shipped_preset_loads_by_name():
     from mnist_mlp.config import presets
 
     names = [name for name in presets() if name != "sweep"]  # sweep.toml is a search space
-    assert {"default", "fast", "record-cpu"} <= set(names)
+    assert {"default", "fast", "record-cpu", "handwriting"} <= set(names)
     loaded = {name: load_config(name) for name in names}
     assert loaded["default"] == Config()
     assert loaded["record-cpu"].augment.active and loaded["record-cpu"].train.validation == "split"
     assert not loaded["fast"].augment.active
+    assert loaded["handwriting"].augment.active and loaded["handwriting"].train.precision == "bfloat16"
 
 
 @pytest.mark.parametrize("bad", ["train=1", "model=[1]", "train.epochs.x=1", "trian.epochs=1"])
