@@ -79,3 +79,37 @@ def test_the_pytorch_variant_is_built_from_the_config():
     assert sum(isinstance(m, torch.nn.Dropout) and m.p == 0.2 for m in classic) == 2
     with pytest.raises(UserError, match="leave torch out"):
         bench._torch_recipe(load_config(None, ["train.optimizer=nadam"]), torch)
+
+
+def test_keras_augmentation_layers_deform_in_training_only():
+    import keras
+    import numpy as np
+
+    from mnist_mlp.config import AugmentConfig
+
+    images = np.zeros((8, 28, 28), np.float32)
+    images[:, 10:18, 12:16] = 1.0  # a bar in the middle of each
+    images = images.reshape(8, 784)
+    config = AugmentConfig(rotation=12, scale=0.12, shear=8, translation=2, elastic_alpha=34, elastic_sigma=5)
+    stack = keras.Sequential([keras.Input((784,)), *bench.keras_augmentation(config)])
+    moved = keras.ops.convert_to_numpy(stack(images, training=True))
+    assert moved.shape == (8, 784) and moved.min() >= 0 and moved.max() <= 1
+    assert np.abs(moved - images).sum(axis=1).min() > 1  # every image moved, each its own way
+    assert len({row.tobytes() for row in np.round(moved, 3)}) == 8
+    assert np.array_equal(keras.ops.convert_to_numpy(stack(images, training=False)), images)  # off when scoring
+    assert [type(layer).__name__ for layer in stack.layers][1:-1] == [
+        "RandomRotation", "RandomZoom", "RandomShear", "RandomTranslation", "RandomElasticTransform"]
+
+
+@pytest.mark.slow
+def test_time_to_runs_keras_fit_with_keras_layers_beside_ours_and_stops_when_reached(mnist_dir, tmp_path, capsys):
+    preset = tmp_path / "tiny-deform.toml"
+    preset.write_text('[model]\nhidden_units = [64]\n[train]\ntrain_samples = 3000\nepochs = 5\n'
+                      '[augment]\nrotation = 10.0\nelastic_alpha = 34.0\n')
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--time-to", "0.6", "--config", str(preset), "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == ["classic", "tiny-deform", "tiny-deform, Keras fit + Keras layers"]
+    for found in results.values():  # 60% comes in the first epoch: each stops there, not after 5 (or 20)
+        assert found["epochs"] == 1 and 0 < found["seconds"] < 600 and found["best_accuracy"] >= 0.6
+    assert "Keras fit + Keras layers" in capsys.readouterr().out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import resource
 import statistics
@@ -56,20 +57,28 @@ def _config(epochs: int | None, config_path: str | None):
     return load_config(config_path, ["train.validation=test"] + ([f"train.epochs={epochs}"] if epochs else []))
 
 
-def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: float) -> dict:
+def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: float,
+                 stop_at: float | None = None) -> dict:
     from mnist_mlp.backend import device_name, use_backend
 
     config = _config(epochs, config_path)
     backend = use_backend("jax" if variant == "ours" else variant.removeprefix("keras-")).name
     import keras
 
-    from mnist_mlp.recipe import prepare
+    from mnist_mlp.recipe import compile_model, prepare
 
     setup = prepare(config, backend, engine="compiled" if variant == "ours" else "fit")  # what train does
     ends, accuracy = [], []
-    record = keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: (ends.append(time.time() - t0), accuracy.append(logs["val_accuracy"])))
+
+    def on_epoch_end(epoch, logs):
+        ends.append(time.time() - t0)
+        accuracy.append(logs["val_accuracy"])
+        if stop_at is not None and logs["val_accuracy"] >= stop_at:
+            setup.model.stop_training = model.stop_training = True  # --time-to: reached, so stop
+
+    record = keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
     tc = config.train
+    model = setup.model
     if variant == "ours":
         from mnist_mlp.engine import fit_compiled
 
@@ -77,11 +86,34 @@ def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: 
                      seed=tc.seed, validation_data=setup.validation, callbacks=[record], verbose=0,
                      augment=config.augment)
     else:  # as the classic script: model.fit with the test set as validation
-        if config.augment.active:
-            raise UserError(f"{variant}: Keras fit does not deform images as [augment] asks; bench it as ours")
-        setup.model.fit(setup.x_train, setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=0,
-                        validation_data=setup.validation, callbacks=[record])
+        if config.augment.active:  # Keras' own image layers in front, active in fit only
+            model = compile_model(keras.Sequential([keras.Input((784,)), *keras_augmentation(config.augment), model]),
+                                  tc, len(setup.x_train))
+        model.fit(setup.x_train, setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=0,
+                  validation_data=setup.validation, callbacks=[record])
     return {"epoch_end_s": ends, "epoch_accuracy": accuracy, "device": device_name(backend)}
+
+
+def keras_augmentation(augment) -> list:
+    """Keras' own image layers, set as close to `augment` as they go, for Keras fit beside our engine: the same
+    ranges of rotation, scale (each axis), shear and shift; and RandomElasticTransform at its largest (scale 1:
+    sigma 1.4 px, alpha 2.8 px, a finer-grained field than Simard's sigma 5, which it does not allow)."""
+    import keras
+
+    fill = {"fill_mode": "constant", "fill_value": 0.0}
+    layers, a = [keras.layers.Reshape((28, 28, 1))], augment
+    if a.rotation:
+        layers.append(keras.layers.RandomRotation(a.rotation / 360, **fill))
+    if a.scale:
+        layers.append(keras.layers.RandomZoom((-a.scale, a.scale), (-a.scale, a.scale), **fill))
+    if a.shear:
+        shear = math.tan(math.radians(a.shear))  # a random sign is Keras' own
+        layers.append(keras.layers.RandomShear(shear, shear, **fill))
+    if a.translation:
+        layers.append(keras.layers.RandomTranslation(a.translation / 28, a.translation / 28, **fill))
+    if a.elastic_alpha:
+        layers.append(keras.layers.RandomElasticTransform(1.0, (1.0, 1.0), value_range=(0, 1), **fill))
+    return [*layers, keras.layers.Reshape((784,))]
 
 
 TORCH_ACTIVATIONS = {"relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "gelu": "GELU", "elu": "ELU",
@@ -144,12 +176,14 @@ def _torch_child(variant: str, epochs: int | None, config_path: str | None, t0: 
             "device": f"cuda {torch.cuda.get_device_name()}" if device.type == "cuda" else "cpu"}
 
 
-def child(variant: str, epochs: int | None, config_path: str | None, t0: float, out: str) -> None:
-    """Run one variant in this (fresh) process and write its raw timings as JSON to `out`."""
+def child(variant: str, epochs: int | None, config_path: str | None, t0: float, out: str,
+          stop_at: float | None = None) -> None:
+    """Run one variant in this (fresh) process and write its raw timings as JSON to `out`; Keras variants stop
+    after the first epoch whose test accuracy reaches `stop_at`."""
     if variant.startswith("torch"):
         result = _torch_child(variant, epochs, config_path, t0)
     else:
-        result = _keras_child(variant, epochs, config_path, t0)
+        result = _keras_child(variant, epochs, config_path, t0, stop_at)
     result["peak_memory_mb"] = _peak_mb()
     Path(out).write_text(json.dumps(result))
 
@@ -224,12 +258,13 @@ def _child_env(gpu: bool = False) -> dict:
     return env
 
 
-def run_variant(variant: str, epochs: int | None, config_path: str | None = None, gpu: bool = False) -> VariantResult:
+def run_variant(variant: str, epochs: int | None, config_path: str | None = None, gpu: bool = False,
+                stop_at: float | None = None) -> VariantResult:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         t0 = time.time()
         code = (f"from mnist_mlp.bench import child; child({variant!r}, {epochs}, {config_path!r}, {t0!r}, "
-                f"{str(out)!r})")
+                f"{str(out)!r}, {stop_at!r})")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_child_env(gpu))
         if done.returncode != 0:
             raise RuntimeError(f"{variant} failed: {done.stderr[-3000:]}")
@@ -271,14 +306,20 @@ def bench(variants: tuple[str, ...] = VARIANTS, epochs: int = 20, gpu: bool = Fa
 
 def time_to(accuracy: float, presets: list[str] | None = None, gpu: bool = False) -> dict:
     """Seconds from process start to the first epoch whose test accuracy reaches `accuracy`: the classic
-    recipe and each preset (by name or path), each trained for its own number of epochs by our engine."""
+    recipe and each preset (by name or path), each trained by our engine for up to its own number of epochs;
+    a preset that deforms its digits also by stock Keras fit with Keras' own image layers (keras_augmentation)."""
     if not 0 < accuracy < 1:
         raise UserError(f"--time-to {accuracy} is an accuracy between 0 and 1, e.g. 0.982")
     for preset in presets or ():
         _config(None, preset)  # a missing or bad preset fails here, not after the classic run
     found = {}
-    for name, path in {"classic": None, **{Path(p).stem: p for p in presets or ()}}.items():
-        result = run_variant("ours", None, path, gpu)
+    runs = [("classic", "ours", None)]
+    for path in presets or ():
+        runs.append((Path(path).stem, "ours", path))
+        if _config(None, path).augment.active:
+            runs.append((f"{Path(path).stem}, Keras fit + Keras layers", "keras-jax", path))
+    for name, variant, path in runs:
+        result = run_variant(variant, None, path, gpu, stop_at=accuracy)
         first = next((i for i, a in enumerate(result.epoch_accuracy) if a >= accuracy), None)
         found[name] = {"seconds": None if first is None else result.epoch_end_s[first],
                        "epochs": None if first is None else first + 1, "best_accuracy": max(result.epoch_accuracy),

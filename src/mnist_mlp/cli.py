@@ -260,7 +260,8 @@ def build_parser() -> Parser:
     p.add_argument("--gpu", action="store_true", help="JAX and PyTorch on a CUDA GPU (an error where JAX finds none)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--time-to", type=float, metavar="ACCURACY", help="instead: seconds to this test accuracy, the "
-                      "classic recipe vs --config presets (default: off)")
+                      "classic recipe vs --config presets (and Keras fit with Keras' image layers for a preset "
+                      "that deforms digits) (default: off)")
     mode.add_argument("--serve", metavar="RUN", help="instead: load-test `mnist-mlp serve RUN` with wrk (default: off)")
     p.add_argument("--config", action="append", help="preset(s) for --time-to, by name or path (default: none)")
     p.add_argument("--connections", type=int, default=200, help="--serve: concurrent connections")
