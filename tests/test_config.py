@@ -1,3 +1,4 @@
+import shlex
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,11 @@ def test_overrides_apply_after_file_and_parse_types():
     ("model.hidden_units=512", "model.hidden_units"),
     ("train.epoch=3", "train.epoch"),
     ("modle.dropout=0.1", "modle"),
+    ("augment.elastic_sigma=0", "augment.elastic_sigma"),
+    ("augment.elastic_sigma=29", "augment.elastic_sigma"),
+    ("augment.translation=15", "translation <= 14"),
+    ("augment.elastic_alpha=201", "elastic_alpha <= 200"),
+    ("train.precision=float16", "train.precision"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(UserError) as error:
@@ -87,5 +93,5 @@ def test_a_wrong_set_path_is_blamed_on_that_set_and_the_example_given_works(bad)
     message = str(error.value)
     assert message.startswith(f"--set {bad}:")
     example = message.partition("e.g. --set ")[2]
-    if example:
-        assert load_config(None, [example]) == Config()  # the example is a key with its default value
+    if example:  # as a shell reads it: quoted where zsh would glob the brackets
+        assert load_config(None, shlex.split(example)) == Config()  # the example is a key with its default value

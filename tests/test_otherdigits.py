@@ -83,3 +83,12 @@ def test_a_wrong_source_is_one_line(tmp_path, capsys):
         with pytest.raises(UserError) as error:
             otherdigits.load(str(source))
         assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_folder_skips_hidden_files(tmp_path):
+    (tmp_path / "mine" / "7").mkdir(parents=True)
+    (tmp_path / "mine" / "7" / "._7.png").write_bytes(b"\x00\x05\x16\x07")  # macOS's metadata twin
+    (tmp_path / "mine" / "7" / ".DS_Store").write_bytes(b"\x00")
+    Image.new("L", (40, 40), 255).save(tmp_path / "mine" / "7" / "seven.png")
+    images, labels = otherdigits.load(str(tmp_path / "mine"))
+    assert len(images) == 1 and labels.tolist() == [7]

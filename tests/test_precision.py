@@ -33,8 +33,8 @@ def test_the_product_and_its_gradients_are_within_bfloat16_rounding():
     y, pullback = jax.vjp(matmul, jnp.asarray(x), jnp.asarray(w))
     dx, dw = pullback(jnp.asarray(g))
     for got, a, b in ((y, x, w), (dx, g, w.T), (dw, x.T, g)):
+        assert got.dtype == np.float32 and got.shape == (a.shape[0], b.shape[1])  # float32 out, as float32 in
         got = np.asarray(got, np.float64)
-        assert got.dtype == np.float64 and np.asarray(y).dtype == np.float32
         error = np.abs(got - a.astype(np.float64) @ b.astype(np.float64))
         assert np.all(error <= _rounding_bound(a, b))
         assert error.max() > 1e-4  # rounded for real: float32 alone would be ~1e-5 here

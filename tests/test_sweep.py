@@ -251,8 +251,11 @@ def test_a_key_fixed_by_set_is_not_searched(space, synthetic_dir, tmp_path, caps
                  "--set", "model.hidden_units=[16]", "--set", "train.train_samples=500",
                  "--cache-dir", str(synthetic_dir)]) == 0
     assert "Not searched (fixed by --set): hidden_layers, hidden_width, train.epochs" in capsys.readouterr().out
-    for trial in _study(out).get_trials(states=FINISHED):
+    study = _study(out)
+    for trial in study.get_trials(states=FINISHED):
         assert set(trial.params) == {"train.learning_rate"}
         run = runs.load_run(out / f"trial-{trial.number:04d}")
         assert run.config.train.epochs == 1 and run.config.model.hidden_units == (16,)
-    assert runs.load_run(out / "best").config.train.epochs == 1
+        assert "hidden_units = [\n    16,\n]" in trial.user_attrs["config"]  # recorded as it ran
+    # the best is re-trained from the config its trial recorded, whatever --set a later command gives
+    assert runs.load_run(out / "best").config == runs.load_run(out / f"trial-{study.best_trial.number:04d}").config

@@ -19,7 +19,7 @@ class Checkpoint(keras.callbacks.Callback):
     PyTorch's on PyTorch), so a resumed run sees the same batches and masks as an uninterrupted one. An
     epoch whose loss is not finite is not saved: the last good checkpoint stays."""
 
-    def __init__(self, run_dir: Path, rng_state: dict | None = None, config_toml: str = ""):
+    def __init__(self, run_dir: Path, rng_state: dict | None, config_toml: str):
         super().__init__()
         self.run_dir, self.rng_state, self.config_toml = run_dir, rng_state, config_toml  # resume checks the config
 

@@ -77,6 +77,10 @@ def cmd_train(args) -> None:
 
 def cmd_evaluate(args) -> None:
     run = runs.load_run(args.run)  # a missing, incomplete or edited run fails before Keras starts
+    if args.on != "mnist":
+        from mnist_mlp import otherdigits
+
+        otherdigits.check(args.on)  # so does an unreadable --on
     use_backend(args.backend)
     from mnist_mlp import evaluate
 
@@ -215,7 +219,7 @@ def build_parser() -> Parser:
 
     p = command("evaluate", "test metrics, confusion matrix, misclassified digits", run, cache_dir, backend)
     p.add_argument("--on", default="mnist", metavar="SOURCE", help="digits to score: mnist (its test set), fonts "
-                   "(printed), uci (handwriting; needs scikit-learn) or FOLDER (your own: FOLDER/0/ ... FOLDER/9/)")
+                   "(printed), uci (handwriting; needs scikit-learn) or FOLDER (your own: FOLDER/0/ ... FOLDER/9/; ./fonts for a folder of that name)")
     p.set_defaults(func=cmd_evaluate)
 
     p = command("runs", "list, show and compare runs")

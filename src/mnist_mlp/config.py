@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shlex
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -212,8 +213,9 @@ def _apply_override(data: dict, item: str) -> None:
     section = typing.get_type_hints(cls).get(last)
     if dataclasses.is_dataclass(section):
         example = dataclasses.fields(section)[0]
-        raise UserError(f"--set {item}: {key.strip()} is a section; set one of its keys, e.g. --set {key.strip()}."
-                        f"{example.name}={str(_to_plain(getattr(section(), example.name))).replace(' ', '')}")
+        value = str(_to_plain(getattr(section(), example.name))).replace(" ", "")
+        raise UserError(f"--set {item}: {key.strip()} is a section; set one of its keys, e.g. --set "
+                        f"{shlex.quote(f'{key.strip()}.{example.name}={value}')}")
     node[last] = value
 
 

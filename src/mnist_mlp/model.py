@@ -38,7 +38,8 @@ class BFloat16Dense(keras.layers.Dense):
         if keras.backend.backend() != "jax":
             return super().call(inputs)
         x = _bf16_matmul()(inputs, keras.ops.convert_to_tensor(self.kernel))
-        return x if self.bias is None else x + self.bias
+        x = x if self.bias is None else x + self.bias
+        return x if self.activation is None else self.activation(x)
 
 
 @functools.cache

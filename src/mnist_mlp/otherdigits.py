@@ -1,5 +1,5 @@
 """Digits that are not MNIST's, to see how a model reads what users give it: digits printed in the fonts
-matplotlib ships ("fonts"), real handwriting from UCI's optdigits set, 43 writers scanned at 8x8 ("uci", via
+matplotlib ships ("fonts"), real handwriting from UCI's optdigits test set, 13 writers scanned at 8x8 ("uci", via
 scikit-learn if installed), or a folder of your own labelled images (FOLDER/0/*.png ... FOLDER/9/*.png). Each
 image is read as `predict` reads a file (to_mnist), so the score is the one a user's own digits would get."""
 
@@ -24,11 +24,25 @@ ANGLES = (-8, 0, 8)  # degrees: a printed digit photographed a little askew
 
 def load(source: str) -> tuple[list[np.ndarray], np.ndarray]:
     """MNIST-style uint8 (28, 28) images and their int labels from a source name or a folder."""
+    check(source)
     if source == "fonts":
         return fonts()
     if source == "uci":
         return uci()
     return folder(Path(source))
+
+
+def check(source: str) -> None:
+    """A UserError now, before Keras starts, if `source` cannot be read: scikit-learn missing for "uci",
+    a folder without digit subfolders."""
+    if source == "uci":
+        try:
+            import sklearn.datasets  # noqa: F401
+        except ImportError:
+            raise UserError("--on uci reads UCI's handwritten digits from scikit-learn; install it with "
+                            "`pip install scikit-learn`, or use --on fonts or --on FOLDER") from None
+    elif source != "fonts":
+        _labelled(Path(source))
 
 
 def fonts() -> tuple[list[np.ndarray], np.ndarray]:
@@ -50,13 +64,10 @@ def fonts() -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def uci() -> tuple[list[np.ndarray], np.ndarray]:
-    """The 1,797 handwritten digits of UCI's optdigits test set as scikit-learn bundles them (8x8, 17 gray
-    levels), dark on light, smoothly enlarged and on a margin of paper, as a scan of them would be."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise UserError("--on uci reads UCI's handwritten digits from scikit-learn; install it with "
-                        "`pip install scikit-learn`, or use --on fonts or --on FOLDER") from None
+    """The 1,797 handwritten digits of UCI's optdigits test set (13 writers) as scikit-learn bundles them (8x8,
+    17 gray levels), dark on light, smoothly enlarged and on a margin of paper, as a scan of them would be."""
+    from sklearn.datasets import load_digits
+
     digits = load_digits()
     images = []
     for image in digits.images:
@@ -69,12 +80,19 @@ def uci() -> tuple[list[np.ndarray], np.ndarray]:
 
 def folder(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
     """Your labelled digits: the images in path/0/ ... path/9/ (any subfolders may be missing)."""
+    labelled = _labelled(path)
+    images = [to_mnist(open_image(file, str(file)))[0] for _, file in labelled]
+    return images, np.array([digit for digit, _ in labelled])
+
+
+def _labelled(path: Path) -> list[tuple[int, Path]]:
+    """(digit, file) for each image in path/0/ ... path/9/; hidden files (.DS_Store, ._x.png) skipped."""
     if not path.is_dir():
         raise UserError(f"--on {path}: not {', '.join(SOURCES)} nor a folder; give a folder holding subfolders "
                         "0 to 9 of your digit images")
     labelled = [(digit, file) for digit in range(10) if (path / str(digit)).is_dir()
-                for file in sorted((path / str(digit)).iterdir()) if file.suffix.lower() in IMAGE_SUFFIXES]
+                for file in sorted((path / str(digit)).iterdir())
+                if file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith(".")]
     if not labelled:
         raise UserError(f"{path} has no subfolders 0 to 9 of images; put each digit's images in {path}/<digit>/")
-    images = [to_mnist(open_image(file, str(file)))[0] for _, file in labelled]
-    return images, np.array([digit for digit, _ in labelled])
+    return labelled

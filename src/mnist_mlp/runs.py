@@ -223,7 +223,11 @@ def resume_config(path: str | Path) -> Config:
     with np.load(Path(path) / CHECKPOINT) as saved:
         recorded = str(saved["config_toml"]) if "config_toml" in saved.files else None
     if recorded is not None:
-        trained = flat_config(config_from_toml(recorded))
+        try:
+            trained = flat_config(config_from_toml(recorded))
+        except (ValueError, UserError):  # tomllib's errors are ValueErrors
+            raise UserError(f"{Path(path) / CHECKPOINT} is damaged (its config is unreadable); start again with "
+                            f"{fresh_start(path)}") from None
         edited = [f"{key} {trained[key]!r} -> {value!r}" for key, value in flat_config(config).items()
                   if trained.get(key) != value]
         if edited:

@@ -5,7 +5,6 @@ decides who shares the study. The best trial is re-trained and scored on the tes
 from __future__ import annotations
 
 import dataclasses
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import optuna
 
 from mnist_mlp import runs
 from mnist_mlp.backend import BackendChoice
-from mnist_mlp.config import Config, config_from_dict, find_preset
+from mnist_mlp.config import Config, config_from_dict, config_from_toml, config_to_toml, find_preset
 from mnist_mlp.errors import UserError
 from mnist_mlp.train import TrainResult, train
 
@@ -175,6 +174,7 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
             trial.set_user_attr("over_budget", True)
             raise OverBudget()
         config = suggest(trial, space, base)
+        trial.set_user_attr("config", config_to_toml(config))  # the best is re-trained from this, as it ran
         pruning = PruneOnValidation(trial)
         train(config, sweep_dir / f"trial-{trial.number:04d}", backend, overwrite=True, data_dir=data_dir,
               verbose=0, callbacks=(pruning,), score_test=False)
@@ -192,7 +192,8 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
     best_dir = sweep_dir / "best"
     if (best_dir / runs.METRICS).exists():
         return SweepResult(study, None)
-    best = suggest(optuna.trial.FixedTrial(study.best_params), space, base)
+    recorded = study.best_trial.user_attrs.get("config")  # absent in studies from before it was recorded
+    best = config_from_toml(recorded) if recorded else suggest(optuna.trial.FixedTrial(study.best_params), space, base)
     log(f"re-training the best trial ({study.best_trial.number}, val_accuracy {study.best_value:.4f}) into {best_dir}")
     return SweepResult(study, train(best, best_dir, backend, overwrite=True, data_dir=data_dir, verbose=0))
 
@@ -240,9 +241,9 @@ def describe(result: SweepResult, sweep_dir: str | Path, study_name: str | None 
     elif result.running:
         lines.append(f"trial(s) {', '.join(map(str, result.running))} still running elsewhere: the worker that "
                      f"finishes last re-trains the best (if a worker was stopped, run this again after {GRACE_S} s)")
-    where = "".join(f" --{flag} {shlex.quote(value)}" for flag, value in (("study", study_name), ("storage", storage))
-                    if value)
-    return "\n".join(lines + [f"next: mnist-mlp sweep --out {shlex.quote(str(sweep_dir))}{where} --report"])
+    where = "".join(f" --{flag} {runs.shell_path(value)}" for flag, value in (("study", study_name),
+                                                                              ("storage", storage)) if value)
+    return "\n".join(lines + [f"next: mnist-mlp sweep --out {runs.shell_path(sweep_dir)}{where} --report"])
 
 
 def describe_report(found: dict) -> str:
