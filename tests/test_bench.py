@@ -81,6 +81,13 @@ def test_the_pytorch_variant_is_built_from_the_config():
         bench._torch_recipe(load_config(None, ["train.optimizer=nadam"]), torch)
 
 
+def test_stock_variants_train_float32_where_ours_trains_the_presets_precision():
+    assert bench._config(2, "record-cpu").train.precision == "bfloat16"  # the preset's
+    for variant in ("keras-jax", "keras-torch", "torch"):
+        config = bench._config(2, "record-cpu", variant)
+        assert config.train.precision == "float32" and config.train.epochs == 2 and config.augment.active
+
+
 def test_keras_augmentation_layers_deform_in_training_only():
     import keras
     import numpy as np

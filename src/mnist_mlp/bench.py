@@ -50,18 +50,20 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _config(epochs: int | None, config_path: str | None):
-    """The config a bench child trains: the preset (default: the classic one) validated on the test set."""
+def _config(epochs: int | None, config_path: str | None, variant: str = "ours"):
+    """The config a bench child trains: the preset (default: the classic one) validated on the test set; stock
+    Keras and PyTorch variants train float32 layers of their own (BFloat16Dense is ours)."""
     from mnist_mlp.config import load_config
 
-    return load_config(config_path, ["train.validation=test"] + ([f"train.epochs={epochs}"] if epochs else []))
+    overrides = ["train.validation=test"] + ([f"train.epochs={epochs}"] if epochs else [])
+    return load_config(config_path, overrides + ([] if variant == "ours" else ["train.precision=float32"]))
 
 
 def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: float,
                  stop_at: float | None = None) -> dict:
     from mnist_mlp.backend import device_name, use_backend
 
-    config = _config(epochs, config_path)
+    config = _config(epochs, config_path, variant)
     backend = use_backend("jax" if variant == "ours" else variant.removeprefix("keras-")).name
     import keras
 
@@ -147,7 +149,7 @@ def _torch_child(variant: str, epochs: int | None, config_path: str | None, t0: 
 
     from mnist_mlp import data
 
-    config = _config(epochs, config_path)
+    config = _config(epochs, config_path, variant)
     if variant == "torch-1thread":
         torch.set_num_threads(1)
     device = torch.device("cuda" if os.environ.get("MNIST_MLP_BENCH_GPU") and torch.cuda.is_available() else "cpu")
