@@ -65,3 +65,28 @@ def test_runs_errors(tmp_path, capsys):
     assert "--seeds -1" in capsys.readouterr().err
     assert main(["runs", "list", "--root", str(tmp_path)]) == 0
     assert "No finished runs" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(__import__("keras").backend.backend() != "jax", reason="the compiled engine is JAX-only")
+def test_side_by_side_trains_each_seed_as_it_would_alone(group, mnist_dir, tmp_path, capsys):
+    together = tmp_path / "together"
+    assert main(["train", *QUICK, "--seeds", "3", "--seed", "7", "--side-by-side", "--out", str(together),
+                 "--cache-dir", str(mnist_dir)]) == 0
+    assert "3 seeds side by side" in capsys.readouterr().out
+    info = json.loads((together / runs.GROUP).read_text())
+    assert info["complete"] and info["side_by_side"] and info["seeds"] == [7, 8, 9]
+    for seed in (7, 8, 9):
+        alone, beside = runs.load_run(group / f"seed-{seed}"), runs.load_run(together / f"seed-{seed}")
+        assert beside.config == alone.config
+        # The same seed's shuffles, dropout masks and initial weights: the same run (bit for bit on this CPU;
+        # the tolerance allows other kernels elsewhere), far inside the gap between two seeds (checked below).
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            np.testing.assert_allclose(beside.history[key], alone.history[key], atol=1e-5)
+        assert abs(beside.metrics["test_accuracy"] - alone.metrics["test_accuracy"]) <= 0.001
+    losses = [runs.load_run(group / f"seed-{s}").history["loss"][-1] for s in (7, 8, 9)]
+    assert min(abs(a - b) for a, b in [(losses[0], losses[1]), (losses[1], losses[2]), (losses[0], losses[2])]) > 2e-3
+
+
+def test_side_by_side_needs_seeds(capsys):
+    assert main(["train", "--side-by-side"]) == 2
+    assert "add --seeds N" in capsys.readouterr().err

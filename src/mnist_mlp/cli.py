@@ -58,7 +58,7 @@ def cmd_inspect(args) -> None:
 
 def cmd_train(args) -> None:
     flags = {flag: getattr(args, flag.replace("-", "_")) for flag in runs.TRAIN_FLAGS}
-    config, out = runs.plan(args.config, args.set, flags, args.resume, args.out, args.seeds)
+    config, out = runs.plan(args.config, args.set, flags, args.resume, args.out, args.seeds, args.side_by_side)
     choice = use_backend(config.backend)
     from mnist_mlp import train
 
@@ -67,7 +67,7 @@ def cmd_train(args) -> None:
     try:
         if args.seeds:
             print(train.describe_seeds(train.train_seeds(config, out, choice, args.seeds, overwrite=args.overwrite,
-                                                         **options)))
+                                                         side_by_side=args.side_by_side, **options)))
         else:
             print(train.describe(train.train(config, out, choice, overwrite=args.overwrite, resume=bool(args.resume),
                                              **options)))
@@ -213,6 +213,8 @@ def build_parser() -> Parser:
                    "(default: none, a new run)")
     p.add_argument("--seeds", type=int, default=0, metavar="N", help="train N runs with consecutive seeds under --out, "
                    "report mean ± std (default: 0, one run)")
+    p.add_argument("--side-by-side", action="store_true", help="with --seeds: train the seeds together in one "
+                   "compiled program (JAX), for a GPU that one small MLP leaves mostly idle (default: one after another)")
     p.add_argument("--out", help="run directory (default: runs/<config>-<date>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run folder mnist-mlp made (only its files)")
     p.set_defaults(func=cmd_train)

@@ -67,7 +67,10 @@ def _loss_fn(model, loss):
     return compute
 
 
-def _make_programs(model, optimizer, loss, unroll: int = 1, augment: AugmentConfig | None = None):
+def _make_programs(model, optimizer, loss, unroll: int = 1, augment: AugmentConfig | None = None,
+                   side_by_side: bool = False):
+    """The jitted chunk and validation programs; `side_by_side`: vmapped over a leading axis of models (their
+    variables, indices and keys stacked), the data shared."""
     grad_fn = jax.value_and_grad(_loss_fn(model, loss), has_aux=True)
 
     def step(state, batch):
@@ -78,7 +81,6 @@ def _make_programs(model, optimizer, loss, unroll: int = 1, augment: AugmentConf
         hits = jnp.sum(jnp.argmax(y_pred, axis=-1) == jnp.argmax(y, axis=-1))
         return (trainable, non_trainable, opt_vars, loss_sum + value * x.shape[0], correct + hits), None
 
-    @functools.partial(jax.jit, donate_argnums=0)
     def run_chunk(state, x, y, index, key, first_step):
         """index: int32 (steps, batch_size) rows of x/y for each step of this chunk; with `augment`, step s of
         the epoch deforms its batch with the key fold_in(key, s): fresh every step, the same on a resume."""
@@ -91,13 +93,15 @@ def _make_programs(model, optimizer, loss, unroll: int = 1, augment: AugmentConf
         state, _ = jax.lax.scan(body, state, (index, steps), unroll=unroll)
         return state
 
-    @jax.jit
     def evaluate(trainable, non_trainable, x, y):
         y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=False)
         hits = jnp.sum(jnp.argmax(y_pred, axis=-1) == jnp.argmax(y, axis=-1))
         return jnp.mean(loss(y, y_pred)), hits / x.shape[0]
 
-    return run_chunk, evaluate
+    if side_by_side:
+        run_chunk = jax.vmap(run_chunk, in_axes=(0, None, None, 0, 0, None))
+        evaluate = jax.vmap(evaluate, in_axes=(0, 0, None, None))
+    return jax.jit(run_chunk, donate_argnums=0), jax.jit(evaluate)
 
 
 def epoch_index(n: int, batch_size: int, rng: np.random.Generator | None, chunks: int = CHUNKS) -> list[np.ndarray]:
@@ -115,65 +119,104 @@ def epoch_index(n: int, batch_size: int, rng: np.random.Generator | None, chunks
     return parts
 
 
-def fit_compiled(model: keras.Model, x, y, *, batch_size: int, epochs: int, seed: int,
-                 validation_data=None, callbacks=(), verbose=1, initial_epoch: int = 0,
-                 shuffle: bool = True, chunks: int | None = None, unroll: int | None = None,
-                 augment: AugmentConfig | None = None) -> None:
+def fit_compiled(model: keras.Model, x, y, *, seed: int, callbacks=(), **options) -> None:
     """Train a compiled Keras model as `model.fit` would, reporting to the same callbacks and
     progress bar; loss and accuracy accumulate as Keras' metrics define them (means over samples).
-    On a CPU, call `unroll_threefry_on_cpu()` once first for the fast dropout (recipe.prepare does)."""
+    On a CPU, call `unroll_threefry_on_cpu()` once first for the fast dropout (recipe.prepare does).
+    Options: batch_size, epochs, validation_data, verbose, initial_epoch, shuffle, chunks, unroll, augment."""
+    fit_side_by_side([model], x, y, seeds=[seed], callbacks=[callbacks], **options)
+
+
+def fit_side_by_side(models: list[keras.Model], x, y, *, batch_size: int, epochs: int, seeds: list[int],
+                     validation_data=None, callbacks: list = (), verbose=1, initial_epoch: int = 0,
+                     shuffle: bool = True, chunks: int | None = None, unroll: int | None = None,
+                     augment: AugmentConfig | None = None) -> None:
+    """fit_compiled for models of one architecture and optimizer (a group's seeds), all trained in one program:
+    their variables stacked on a leading axis and every step vmapped over it. Model i shuffles by seeds[i] and
+    reports to callbacks[i] as it would alone (the progress bar is the first's); its products are computed in
+    other kernels, so its numbers can differ from a lone run's by rounding. Stops when any model stops."""
+    together = len(models) > 1
+    model, callbacks = models[0], list(callbacks) or [()] * len(models)
     optimizer, loss = model.optimizer, model.loss
     loss = keras.losses.get(loss) if isinstance(loss, str) else loss
-    if not optimizer.built:
-        optimizer.build(model.trainable_variables)
+    for m in models:
+        if not m.optimizer.built:
+            m.optimizer.build(m.trainable_variables)
     on_cpu = jax.devices()[0].platform == "cpu"
     chunks = chunks or (CHUNKS if on_cpu else GPU_CHUNKS)
     augment = augment if augment is not None and augment.active else None
-    run_chunk, evaluate = _make_programs(model, optimizer, loss, unroll or (1 if on_cpu else GPU_UNROLL), augment)
-    deform_key = jax.random.fold_in(jax.random.key(seed), AUGMENT_STREAM)
+    run_chunk, evaluate = _make_programs(model, optimizer, loss, unroll or (1 if on_cpu else GPU_UNROLL), augment,
+                                         side_by_side=together)
+    deform_keys = [jax.random.fold_in(jax.random.key(seed), AUGMENT_STREAM) for seed in seeds]
     x, y = jax.device_put(x), jax.device_put(y)  # one copy; jnp.asarray holds two at its peak
     if validation_data is not None:
         x_val, y_val = map(jax.device_put, validation_data)
     n = x.shape[0]
     steps = math.ceil(n / batch_size)
-    callback_list = keras.callbacks.CallbackList(list(callbacks), add_history=True, add_progbar=verbose != 0,
-                                                 model=model, verbose=verbose, epochs=epochs, steps=steps)
-    model.stop_training = False
-    callback_list.on_train_begin()
-    rng = np.random.default_rng(seed) if shuffle else None
-    for _ in range(initial_epoch if shuffle else 0):  # a resumed run sees the same shuffles as an uninterrupted one
-        rng.permutation(n)
-    trainable = [v.value for v in model.trainable_variables]
-    non_trainable = [v.value for v in model.non_trainable_variables]
-    opt_vars = [v.value for v in optimizer.variables]
-    logs = {}
+    callback_lists = [keras.callbacks.CallbackList(list(c), add_history=True, add_progbar=verbose != 0 and i == 0,
+                                                   model=m, verbose=verbose, epochs=epochs, steps=steps)
+                      for i, (m, c) in enumerate(zip(models, callbacks))]
+    for m, c in zip(models, callback_lists):
+        m.stop_training = False
+        c.on_train_begin()
+    rngs = [np.random.default_rng(seed) if shuffle else None for seed in seeds]
+    for rng in rngs:
+        for _ in range(initial_epoch if shuffle else 0):  # a resumed run sees the same shuffles as an uninterrupted one
+            rng.permutation(n)
+    variables = [([v.value for v in m.trainable_variables], [v.value for v in m.non_trainable_variables],
+                  [v.value for v in m.optimizer.variables]) for m in models]
+    stacked = _stack(variables) if together else None
+    logs = [{} for _ in models]
     for epoch in range(initial_epoch, epochs):
-        callback_list.on_epoch_begin(epoch)
-        # A copy: the chunks donate (reuse) their input buffers, and the model's own must stay valid.
-        state = _copy((trainable, non_trainable, opt_vars)) + (jnp.float32(0), jnp.int32(0))
+        for c in callback_lists:
+            c.on_epoch_begin(epoch)
+        # The chunks donate (reuse) their input buffers: a lone model's own must stay valid, so it gets a
+        # copy; stacked variables are the engine's own (the models hold slices of them).
+        state = stacked if together else _copy(variables[0])
+        zero = jnp.zeros(len(models)) if together else jnp.float32(0)
+        state = (*state, zero, zero.astype(jnp.int32))
+        keys = [jax.random.fold_in(key, epoch) for key in deform_keys]
+        key = jnp.stack(keys) if together else keys[0]
         done_steps = done_samples = 0
-        for index in epoch_index(n, batch_size, rng, chunks):
-            state = run_chunk(state, x, y, jnp.asarray(index), jax.random.fold_in(deform_key, epoch),
-                              jnp.int32(done_steps))
-            done_steps += index.shape[0]
-            done_samples += index.size
-            logs = {"loss": float(state[3]) / done_samples, "accuracy": int(state[4]) / done_samples}
-            callback_list.on_train_batch_end(done_steps - 1, logs)
-        trainable, non_trainable, opt_vars = state[0], state[1], state[2]
+        for parts in zip(*(epoch_index(n, batch_size, rng, chunks) for rng in rngs)):
+            index = np.stack(parts) if together else parts[0]
+            state = run_chunk(state, x, y, jnp.asarray(index), key, jnp.int32(done_steps))
+            done_steps += parts[0].shape[0]
+            done_samples += parts[0].size
+            losses, hits = np.atleast_1d(np.asarray(state[3])), np.atleast_1d(np.asarray(state[4]))
+            for i, c in enumerate(callback_lists):
+                logs[i] = {"loss": float(losses[i]) / done_samples, "accuracy": int(hits[i]) / done_samples}
+                c.on_train_batch_end(done_steps - 1, logs[i])
         if validation_data is not None:
-            val_loss, val_accuracy = evaluate(trainable, non_trainable, x_val, y_val)
-            logs = {**logs, "val_loss": float(val_loss), "val_accuracy": float(val_accuracy)}
-        _write_back(model, optimizer, trainable, non_trainable, opt_vars)
-        callback_list.on_epoch_end(epoch, logs)
-        if model.stop_training:
+            val_loss, val_accuracy = (np.atleast_1d(np.asarray(v)) for v in evaluate(state[0], state[1], x_val, y_val))
+            logs = [{**log, "val_loss": float(val_loss[i]), "val_accuracy": float(val_accuracy[i])}
+                    for i, log in enumerate(logs)]
+        stacked = state[:3]
+        variables = _unstack(stacked, len(models)) if together else [stacked]
+        for m, c, values, log in zip(models, callback_lists, variables, logs):
+            _write_back(m, m.optimizer, *values)
+            c.on_epoch_end(epoch, log)
+        if any(m.stop_training for m in models):
             break
-    callback_list.on_train_end(logs)
+    for c, log in zip(callback_lists, logs):
+        c.on_train_end(log)
 
 
 @jax.jit
 def _copy(tree):
     """Fresh buffers for every variable, in one program (a jnp.copy per variable compiles one each)."""
     return jax.tree.map(jnp.copy, tree)
+
+
+@jax.jit
+def _stack(trees):
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _unstack(tree, count: int):
+    """Model i's variables out of the stack, as fresh buffers, in one program."""
+    return [jax.tree.map(lambda leaf: leaf[i], tree) for i in range(count)]
 
 
 def _write_back(model, optimizer, trainable, non_trainable, opt_vars) -> None:

@@ -185,15 +185,18 @@ TRAIN_FLAGS = ("epochs", "batch-size", "seed", "validation", "engine", "train-sa
 
 
 def plan(config_path: str | None, overrides: list[str], flags: dict, resume: str | None, out: str | None,
-         seeds: int = 0) -> tuple[Config, Path]:
+         seeds: int = 0, side_by_side: bool = False) -> tuple[Config, Path]:
     """The config and run folder a `train` command line asks for, checked before Keras starts: the config file
     or preset, then --set, then the shortcut flags (`flags`: --flag name -> value, None if not given); or,
     with `resume`, the interrupted run's own config (other flags are refused, not ignored)."""
     if seeds < 0:
         raise UserError(f"--seeds {seeds} must be >= 1 (0: one run with the config's seed)")
+    if side_by_side and not seeds and not resume:
+        raise UserError("--side-by-side trains the runs of --seeds N together; add --seeds N (N >= 2), or leave "
+                        "--side-by-side out")
     if resume:
         given = [f"--{flag}" for flag, value in {"config": config_path, "set": overrides, "seeds": seeds,
-                                                 "out": out, **flags}.items() if value]
+                                                 "side-by-side": side_by_side, "out": out, **flags}.items() if value]
         if given:
             raise UserError(f"--resume continues a run with its own config.toml, so {', '.join(given)} would be "
                             "ignored; leave them out, or start a new run")
@@ -255,7 +258,8 @@ def fresh_start(path: str | Path) -> str:
     seeds = ""
     if (path / GROUP).is_file():
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            seeds = f"--seeds {len(json.loads((path / GROUP).read_text())['planned'])} "
+            group = json.loads((path / GROUP).read_text())
+            seeds = f"--seeds {len(group['planned'])} " + ("--side-by-side " if group.get("side_by_side") else "")
     if (path / MARKER).is_file():
         return f"`mnist-mlp train {config}{seeds}--out {shell_path(path)} --overwrite`"
     return f"`mnist-mlp train {config}{seeds}--out {shell_path(free_name(path))}`"

@@ -3,6 +3,7 @@ once, written as a run directory (config, history, metrics, model, curves); seed
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import math
@@ -23,7 +24,7 @@ from mnist_mlp.checkpoint import Checkpoint, restore
 from mnist_mlp.config import Config, TrainConfig, check_fits, config_to_toml
 from mnist_mlp.errors import UserError, WriteFailed, write_failed
 from mnist_mlp.model import model_summary
-from mnist_mlp.recipe import prepare
+from mnist_mlp.recipe import Setup, prepare
 
 
 @dataclass(frozen=True)
@@ -77,31 +78,52 @@ class SeedsResult:
 
 
 def train_seeds(config: Config, group_dir: str | Path, backend: BackendChoice, seeds: int, *,
-                overwrite: bool = False, **kwargs) -> SeedsResult:
+                overwrite: bool = False, side_by_side: bool = False, **kwargs) -> SeedsResult:
     """Train `config` with `seeds` consecutive seeds from its own, a run directory each under `group_dir`,
-    and write the accuracy statistics to group.json."""
+    and write the accuracy statistics to group.json. `side_by_side`: all in one compiled program (JAX), for a
+    GPU that one small model leaves mostly idle."""
     chosen = tuple(config.train.seed + i for i in range(seeds))
-    check_fits(config)
+    config = dataclasses.replace(config, backend=backend.name)
+    _check_engine(config, backend)
+    if side_by_side and choose_engine(config.train.engine, backend.name) != "compiled":
+        raise UserError("--side-by-side trains in the compiled engine, on JAX: use --backend jax and train.engine = "
+                        "auto or compiled, or leave --side-by-side out")
+    configs = [dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)) for seed in chosen]
     with runs.claim(group_dir, overwrite=overwrite) as group_dir:
         runs.write_text(group_dir / runs.CONFIG, config_to_toml(config))  # what `fresh_start` repeats
-        runs.write_json(group_dir / runs.GROUP, {"planned": list(chosen), "complete": False})
-        results = []
-        for seed in chosen:
-            seeded = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
-            try:
-                results.append(train(seeded, group_dir / f"seed-{seed}", backend, overwrite=True, **kwargs))
-            except Diverged as e:  # the advice is for the whole group, not one seed
-                lower = 0.001 if config.train.learning_rate > 0.001 else config.train.learning_rate / 10
-                raise Diverged(f"{str(e).split(';')[0]}; try a lower learning rate for the group: `mnist-mlp train "
-                               f"--config {runs.shell_path(group_dir / runs.CONFIG)} --seeds {seeds} --set "
-                               f"train.learning_rate={lower:g} --out {runs.shell_path(group_dir)} --overwrite`") from None
+        runs.write_json(group_dir / runs.GROUP, {"planned": list(chosen), "side_by_side": side_by_side,
+                                                 "complete": False})
+        try:
+            if side_by_side:
+                results = _side_by_side(configs, group_dir, backend, **kwargs)
+            else:
+                results = [train(c, group_dir / f"seed-{c.train.seed}", backend, overwrite=True, **kwargs)
+                           for c in configs]
+        except Diverged as e:  # the advice is for the whole group, not one seed
+            lower = 0.001 if config.train.learning_rate > 0.001 else config.train.learning_rate / 10
+            raise Diverged(f"{str(e).split(';')[0]}; try a lower learning rate for the group: `mnist-mlp train "
+                           f"--config {runs.shell_path(group_dir / runs.CONFIG)} --seeds {seeds} --set "
+                           f"train.learning_rate={lower:g}{' --side-by-side' if side_by_side else ''} --out "
+                           f"{runs.shell_path(group_dir)} --overwrite`") from None
         accuracies = [r.test_accuracy for r in results]
         spread = stats.spread(accuracies)
         runs.write_json(group_dir / runs.GROUP, {
-            "planned": list(chosen), "seeds": list(chosen), "runs": [f"seed-{s}" for s in chosen],
-            "test_accuracy": accuracies, "mean": spread.mean, "std": spread.std, "min": spread.low,
-            "max": spread.high, "complete": True})
+            "planned": list(chosen), "side_by_side": side_by_side, "seeds": list(chosen),
+            "runs": [f"seed-{s}" for s in chosen], "test_accuracy": accuracies, "mean": spread.mean,
+            "std": spread.std, "min": spread.low, "max": spread.high, "complete": True})
     return SeedsResult(group_dir, tuple(results), chosen, spread)
+
+
+def _side_by_side(configs, group_dir: Path, backend, data_dir=None, verbose="auto", log=lambda text: None):
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        run_dirs = [stack.enter_context(runs.claim(group_dir / f"seed-{c.train.seed}", overwrite=True)) for c in configs]
+        try:
+            return _train_side_by_side(configs, run_dirs, backend, data_dir, verbose, log, started)
+        except WriteFailed as e:
+            raise WriteFailed(f"{e}; {_after_write_error(e.errno, group_dir)}", e.errno) from None
+        except OSError as e:
+            raise write_failed(group_dir, e, _after_write_error(e.errno, group_dir)) from None
 
 
 def choose_engine(requested: str, backend: str) -> str:
@@ -138,13 +160,7 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
     """
     started = time.perf_counter()
     config = dataclasses.replace(config, backend=backend.name)  # resolved: a rerun uses the same backend
-    check_fits(config)
-    if config.augment.active and choose_engine(config.train.engine, backend.name) != "compiled":
-        raise UserError("augmentation runs inside the compiled engine, on JAX: use --backend jax and "
-                        "train.engine = auto or compiled, or drop the [augment] settings")
-    if config.train.precision == "bfloat16" and backend.name != "jax":
-        raise UserError(f"train.precision = bfloat16 runs on JAX (on {backend.name} the products would stay "
-                        f"float32): use --backend jax, or --set train.precision=float32")
+    _check_engine(config, backend)
     with runs.claim(run_dir, overwrite=overwrite, resume=resume) as run_dir:
         try:
             return _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, score_test, started)
@@ -154,6 +170,17 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
             raise write_failed(run_dir, e, _after_write_error(e.errno, run_dir)) from None
 
 
+def _check_engine(config: Config, backend: BackendChoice) -> None:
+    """Settings the backend or engine cannot train, refused before anything is written."""
+    check_fits(config)
+    if config.augment.active and choose_engine(config.train.engine, backend.name) != "compiled":
+        raise UserError("augmentation runs inside the compiled engine, on JAX: use --backend jax and "
+                        "train.engine = auto or compiled, or drop the [augment] settings")
+    if config.train.precision == "bfloat16" and backend.name != "jax":
+        raise UserError(f"train.precision = bfloat16 runs on JAX (on {backend.name} the products would stay "
+                        f"float32): use --backend jax, or --set train.precision=float32")
+
+
 def _after_write_error(number: int | None, run_dir: Path) -> str:
     """What to do after a failed write, by its cause."""
     fix = {errno.EROFS: "make the disk writable", errno.EACCES: "make the folder writable",
@@ -161,7 +188,19 @@ def _after_write_error(number: int | None, run_dir: Path) -> str:
     return f"{fix}, then {runs.continue_advice(run_dir)}"
 
 
-def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, score_test, started) -> TrainResult:
+@dataclass
+class Started:
+    """A run set up to train: its model and data, callbacks, and where a resume starts."""
+    config: Config
+    run_dir: Path
+    setup: Setup
+    callbacks: list
+    timer: EpochTimer
+    initial_epoch: int
+    engine: str
+
+
+def _start(config, run_dir, backend, resume, data_dir, log, callbacks) -> Started:
     tc = config.train
     if resume:
         done = runs.completed_epochs(run_dir)
@@ -174,41 +213,76 @@ def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, 
     log(f"Backend: {backend.name} (chosen by {backend.reason})")
     engine = choose_engine(tc.engine, backend.name)
     setup = prepare(config, backend.name, data_dir, engine)
-    model, (x_test, y_test) = setup.model, setup.test
-    log(f"{len(setup.x_train)} train samples, {len(x_test)} test samples")
+    log(f"{len(setup.x_train)} train samples, {len(setup.test[0])} test samples")
     log(validation_note(tc))
-    log(model_summary(model))
-    initial_epoch, rng = restore(model, run_dir) if resume else (0, None)
+    log(model_summary(setup.model))
+    initial_epoch, rng = restore(setup.model, run_dir) if resume else (0, None)
     log(engine_note(tc.engine, engine))
     timer = EpochTimer()
     callbacks = [*callbacks, keras.callbacks.TerminateOnNaN(),
                  keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume), timer,
                  Checkpoint(run_dir, rng, config_to_toml(config))]  # last: saves after the rest
-    if engine == "compiled":
+    return Started(config, run_dir, setup, callbacks, timer, initial_epoch, engine)
+
+
+def _fit_options(run: Started, verbose) -> dict:
+    tc = run.config.train
+    return dict(batch_size=tc.batch_size, epochs=tc.epochs, validation_data=run.setup.validation, verbose=verbose,
+                initial_epoch=run.initial_epoch)
+
+
+def _check_finite(run: Started) -> None:
+    """A run whose loss became NaN or infinite is marked diverged (what a later resume or evaluate says)."""
+    history = runs.read_history(run.run_dir / runs.PARTIAL_HISTORY)
+    if all(map(math.isfinite, history["loss"])):
+        return
+    epoch = next(i for i, v in enumerate(history["loss"]) if not math.isfinite(v)) + 1
+    rate = run.config.train.learning_rate
+    lower = 0.001 if rate > 0.001 else rate / 10
+    message = (f"training diverged: the loss became NaN or infinite in epoch {epoch}, so {run.run_dir} is not a "
+               f"finished run; try a lower learning rate: `mnist-mlp train --config "
+               f"{runs.shell_path(run.run_dir / runs.CONFIG)} --set train.learning_rate={lower:g} --out "
+               f"{runs.shell_path(run.run_dir)} --overwrite`")
+    runs.write_text(run.run_dir / runs.DIVERGED, message + "\n")
+    raise Diverged(message)
+
+
+def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, score_test, started) -> TrainResult:
+    run = _start(config, run_dir, backend, resume, data_dir, log, callbacks)
+    setup = run.setup
+    if run.engine == "compiled":
         from mnist_mlp.engine import fit_compiled
 
-        fit_compiled(model, setup.x_train, setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs, seed=tc.seed,
-                     validation_data=setup.validation, callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch,
-                     augment=config.augment)
+        fit_compiled(setup.model, setup.x_train, setup.y_train, seed=config.train.seed, callbacks=run.callbacks,
+                     augment=config.augment, **_fit_options(run, verbose))
     else:
-        model.fit(setup.x_train, setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=verbose,
-                  validation_data=setup.validation, callbacks=callbacks, initial_epoch=initial_epoch)
-    history = runs.read_history(run_dir / runs.PARTIAL_HISTORY)
-    if not all(map(math.isfinite, history["loss"])):
-        epoch = next(i for i, v in enumerate(history["loss"]) if not math.isfinite(v)) + 1
-        lower = 0.001 if tc.learning_rate > 0.001 else tc.learning_rate / 10
-        message = (f"training diverged: the loss became NaN or infinite in epoch {epoch}, so {run_dir} is not a "
-                   f"finished run; try a lower learning rate: `mnist-mlp train --config "
-                   f"{runs.shell_path(run_dir / runs.CONFIG)} --set train.learning_rate={lower:g} --out "
-                   f"{runs.shell_path(run_dir)} --overwrite`")
-        runs.write_text(run_dir / runs.DIVERGED, message + "\n")  # what a later resume or evaluate says
-        raise Diverged(message)
-    return _finish(config, run_dir, model, len(setup.x_train), (x_test, y_test) if score_test else None, timer,
-                   backend, engine, started)
+        setup.model.fit(setup.x_train, setup.y_train, callbacks=run.callbacks, **_fit_options(run, verbose))
+    _check_finite(run)
+    return _finish(run, backend, score_test, started)
 
 
-def _finish(config, run_dir, model, train_samples, test, timer, backend, engine, started) -> TrainResult:
-    """Score the test set once (unless `test` is None) and write the model, history, curves and metrics."""
+def _train_side_by_side(configs, run_dirs, backend, data_dir, verbose, log, started) -> list[TrainResult]:
+    """The seeds' runs trained together by the compiled engine (engine.fit_side_by_side), then each finished
+    as a lone run is; none is finished if any diverged."""
+    from mnist_mlp.engine import fit_side_by_side
+
+    started_runs = [_start(c, d, backend, False, data_dir, log if i == 0 else lambda text: None, ())
+                    for i, (c, d) in enumerate(zip(configs, run_dirs))]
+    log(f"{len(configs)} seeds side by side in one program (the progress bar is seed {configs[0].train.seed}'s; "
+        f"each seed's history goes to its run folder)")
+    first = started_runs[0]
+    fit_side_by_side([r.setup.model for r in started_runs], first.setup.x_train, first.setup.y_train,
+                     seeds=[c.train.seed for c in configs], callbacks=[r.callbacks for r in started_runs],
+                     augment=first.config.augment, **_fit_options(first, verbose))
+    for run in started_runs:
+        _check_finite(run)
+    return [_finish(run, backend, True, started) for run in started_runs]
+
+
+def _finish(run: Started, backend, score_test: bool, started: float) -> TrainResult:
+    """Score the test set once (unless not `score_test`) and write the model, history, curves and metrics."""
+    config, run_dir, model, timer, engine = run.config, run.run_dir, run.setup.model, run.timer, run.engine
+    train_samples, test = len(run.setup.x_train), run.setup.test if score_test else None
     test_loss = test_accuracy = ci95 = None
     if test is not None:
         x_test, y_test = test
