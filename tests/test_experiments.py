@@ -75,6 +75,8 @@ def test_side_by_side_trains_each_seed_as_it_would_alone(group, mnist_dir, tmp_p
     assert "3 seeds side by side" in capsys.readouterr().out
     info = json.loads((together / runs.GROUP).read_text())
     assert info["complete"] and info["side_by_side"] and info["seeds"] == [7, 8, 9]
+    assert runs.load_run(together / "seed-8").metrics["side_by_side"] == 3
+    assert runs.load_run(group / "seed-8").metrics["side_by_side"] == 1
     for seed in (7, 8, 9):
         alone, beside = runs.load_run(group / f"seed-{seed}"), runs.load_run(together / f"seed-{seed}")
         assert beside.config == alone.config
@@ -87,6 +89,25 @@ def test_side_by_side_trains_each_seed_as_it_would_alone(group, mnist_dir, tmp_p
     assert min(abs(a - b) for a, b in [(losses[0], losses[1]), (losses[1], losses[2]), (losses[0], losses[2])]) > 2e-3
 
 
-def test_side_by_side_needs_seeds(capsys):
-    assert main(["train", "--side-by-side"]) == 2
-    assert "add --seeds N" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, expected", [
+    (["--side-by-side"], "add --seeds N (N >= 2)"),
+    (["--side-by-side", "--seeds", "1"], "add --seeds N (N >= 2)"),
+    (["--side-by-side", "--seeds", "2", "--engine", "fit"], "add --backend jax --engine compiled"),
+    (["--side-by-side", "--resume", "somewhere"], "--side-by-side would be ignored"),
+])
+def test_side_by_side_refusals(argv, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *argv, "--out", "g"] if "--resume" not in argv else ["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "g").exists()  # refused before anything is written
+
+
+def test_a_side_by_side_groups_fresh_start_keeps_the_flag(tmp_path):
+    group = tmp_path / "g"
+    group.mkdir()
+    (group / runs.MARKER).write_text("made by mnist-mlp\n")
+    (group / runs.GROUP).write_text(json.dumps({"planned": [1, 2, 3], "side_by_side": True, "complete": False}))
+    assert "--seeds 3 --side-by-side --out" in runs.fresh_start(group)
+    (group / runs.GROUP).write_text(json.dumps({"planned": [1, 2, 3], "complete": False}))  # made before the flag
+    assert "--seeds 3 --out" in runs.fresh_start(group)

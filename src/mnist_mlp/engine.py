@@ -1,6 +1,7 @@
 """The compiled training engine for the JAX backend: Keras builds the model and optimizer, and each
 epoch runs as a few jitted `lax.scan` chunks over all its batches (stateless_call + stateless_apply),
-with the variables written back into the Keras model at the end."""
+with the variables written back into the Keras model at the end; several models of one architecture (a
+group's seeds) can train side by side in one vmapped program."""
 
 from __future__ import annotations
 
@@ -137,6 +138,8 @@ def fit_side_by_side(models: list[keras.Model], x, y, *, batch_size: int, epochs
     other kernels, so its numbers can differ from a lone run's by rounding. Stops when any model stops."""
     together = len(models) > 1
     model, callbacks = models[0], list(callbacks) or [()] * len(models)
+    if not len(seeds) == len(callbacks) == len(models):
+        raise ValueError(f"{len(models)} models need as many seeds and callback lists ({len(seeds)}, {len(callbacks)})")
     optimizer, loss = model.optimizer, model.loss
     loss = keras.losses.get(loss) if isinstance(loss, str) else loss
     for m in models:

@@ -191,7 +191,7 @@ def plan(config_path: str | None, overrides: list[str], flags: dict, resume: str
     with `resume`, the interrupted run's own config (other flags are refused, not ignored)."""
     if seeds < 0:
         raise UserError(f"--seeds {seeds} must be >= 1 (0: one run with the config's seed)")
-    if side_by_side and not seeds and not resume:
+    if side_by_side and seeds < 2 and not resume:
         raise UserError("--side-by-side trains the runs of --seeds N together; add --seeds N (N >= 2), or leave "
                         "--side-by-side out")
     if resume:

@@ -39,7 +39,8 @@ class TrainResult:
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Wall seconds of each epoch, validation included."""
+    """Wall seconds of each epoch, validation and checkpoint included (side by side: the group's epoch up to this
+    run's checkpoint)."""
 
     def on_train_begin(self, logs=None):
         self.seconds: list[float] = []
@@ -86,8 +87,8 @@ def train_seeds(config: Config, group_dir: str | Path, backend: BackendChoice, s
     config = dataclasses.replace(config, backend=backend.name)
     _check_engine(config, backend)
     if side_by_side and choose_engine(config.train.engine, backend.name) != "compiled":
-        raise UserError("--side-by-side trains in the compiled engine, on JAX: use --backend jax and train.engine = "
-                        "auto or compiled, or leave --side-by-side out")
+        raise UserError("--side-by-side trains in the compiled engine, on JAX: add --backend jax --engine compiled, "
+                        "or leave --side-by-side out")
     configs = [dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)) for seed in chosen]
     with runs.claim(group_dir, overwrite=overwrite) as group_dir:
         runs.write_text(group_dir / runs.CONFIG, config_to_toml(config))  # what `fresh_start` repeats
@@ -174,8 +175,8 @@ def _check_engine(config: Config, backend: BackendChoice) -> None:
     """Settings the backend or engine cannot train, refused before anything is written."""
     check_fits(config)
     if config.augment.active and choose_engine(config.train.engine, backend.name) != "compiled":
-        raise UserError("augmentation runs inside the compiled engine, on JAX: use --backend jax and "
-                        "train.engine = auto or compiled, or drop the [augment] settings")
+        raise UserError("augmentation runs inside the compiled engine, on JAX: add --backend jax --engine compiled, "
+                        "or drop the [augment] settings")
     if config.train.precision == "bfloat16" and backend.name != "jax":
         raise UserError(f"train.precision = bfloat16 runs on JAX (on {backend.name} the products would stay "
                         f"float32): use --backend jax, or --set train.precision=float32")
@@ -198,6 +199,7 @@ class Started:
     timer: EpochTimer
     initial_epoch: int
     engine: str
+    side_by_side: int = 1  # the runs trained together with this one, itself included
 
 
 def _start(config, run_dir, backend, resume, data_dir, log, callbacks) -> Started:
@@ -220,8 +222,9 @@ def _start(config, run_dir, backend, resume, data_dir, log, callbacks) -> Starte
     log(engine_note(tc.engine, engine))
     timer = EpochTimer()
     callbacks = [*callbacks, keras.callbacks.TerminateOnNaN(),
-                 keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume), timer,
-                 Checkpoint(run_dir, rng, config_to_toml(config))]  # last: saves after the rest
+                 keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume),
+                 Checkpoint(run_dir, rng, config_to_toml(config)),  # saves after the rest
+                 timer]  # an epoch's seconds include saving it
     return Started(config, run_dir, setup, callbacks, timer, initial_epoch, engine)
 
 
@@ -266,8 +269,8 @@ def _train_side_by_side(configs, run_dirs, backend, data_dir, verbose, log, star
     as a lone run is; none is finished if any diverged."""
     from mnist_mlp.engine import fit_side_by_side
 
-    started_runs = [_start(c, d, backend, False, data_dir, log if i == 0 else lambda text: None, ())
-                    for i, (c, d) in enumerate(zip(configs, run_dirs))]
+    started_runs = [dataclasses.replace(_start(c, d, backend, False, data_dir, log if i == 0 else lambda text: None, ()),
+                                        side_by_side=len(configs)) for i, (c, d) in enumerate(zip(configs, run_dirs))]
     log(f"{len(configs)} seeds side by side in one program (the progress bar is seed {configs[0].train.seed}'s; "
         f"each seed's history goes to its run folder)")
     first = started_runs[0]
@@ -305,6 +308,7 @@ def _finish(run: Started, backend, score_test: bool, started: float) -> TrainRes
         "stopped_after_epochs": len(history["loss"]), "validation": tc.validation, "epochs": tc.epochs, "engine": engine,
         "seconds_per_epoch": result.seconds_per_epoch, "epoch_seconds": timer.seconds,
         "epochs_this_process": len(timer.seconds), "wall_seconds": result.wall_seconds,
+        "side_by_side": run.side_by_side,  # > 1: the times are the group's, trained together
         "backend": backend.name, "backend_reason": backend.reason, "versions": versions(backend.name),
         "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs",
         "device": device_name(backend.name),
