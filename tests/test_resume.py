@@ -24,7 +24,10 @@ def _kill_after_epoch(out, mnist_dir, engine, sig, epoch=2):
     """Start a real training process and send it `sig` once `epoch` epochs are checkpointed; its stderr."""
     process = subprocess.Popen([sys.executable, "-m", "mnist_mlp", "train", *ARGS, "--engine", engine,
                                 "--out", str(out), "--cache-dir", str(mnist_dir)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               # Ctrl-C as in a terminal, even where this test runs with SIGINT ignored (a job
+                               # started with & in a script), which a child would inherit
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         try:
