@@ -81,8 +81,8 @@ class SeedsResult:
 def train_seeds(config: Config, group_dir: str | Path, backend: BackendChoice, seeds: int, *,
                 overwrite: bool = False, side_by_side: bool = False, **kwargs) -> SeedsResult:
     """Train `config` with `seeds` consecutive seeds from its own, a run directory each under `group_dir`,
-    and write the accuracy statistics to group.json. `side_by_side`: all in one compiled program (JAX), for a
-    GPU that one small model leaves mostly idle."""
+    and write the accuracy statistics to group.json. `side_by_side`: all in one compiled program (JAX), meant for a
+    GPU, which one small model uses only a part of."""
     chosen = tuple(config.train.seed + i for i in range(seeds))
     config = dataclasses.replace(config, backend=backend.name)
     _check_engine(config, backend)
