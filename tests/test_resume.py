@@ -22,12 +22,15 @@ ARGS = ["--train-samples", "12000", "--epochs", "12", "--backend", "jax"]  # sec
 
 def _kill_after_epoch(out, mnist_dir, engine, sig, epoch=2):
     """Start a real training process and send it `sig` once `epoch` epochs are checkpointed; its stderr."""
-    process = subprocess.Popen([sys.executable, "-m", "mnist_mlp", "train", *ARGS, "--engine", engine,
-                                "--out", str(out), "--cache-dir", str(mnist_dir)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               # Ctrl-C as in a terminal, even where this test runs with SIGINT ignored (a job
-                               # started with & in a script), which a child would inherit
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # A handler here, not SIG_IGN (as in a job started with & in a script): exec resets handlers, so the child
+    # gets a terminal's Ctrl-C, where an ignored SIGINT would be inherited. No fork hook: JAX runs threads here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "mnist_mlp", "train", *ARGS, "--engine", engine,
+                                    "--out", str(out), "--cache-dir", str(mnist_dir)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         try:
