@@ -8,10 +8,10 @@ import shlex
 
 import pytest
 
-from mnist_mlp import runs, train
+from mnist_mlp import checkpoint, runs, train
 from mnist_mlp.cli import main
 
-TINY = ["--train-samples", "500", "--epochs", "2"]
+TINY = ["--train-samples", "500", "--epochs", "2", "--set", "train.checkpoint_seconds=0"]  # a checkpoint each epoch
 
 
 def _advice(capsys, *expected) -> list[str]:
@@ -63,6 +63,31 @@ def test_ctrl_c_after_an_epoch_advises_resume_that_works(synthetic_dir, tmp_path
     _stop_after_first_epoch(out, synthetic_dir, monkeypatch)
     assert _follow(capsys, synthetic_dir, "interrupted; continue with") == ["train", "--resume", str(out)]
     assert runs.load_run(out).history["epoch"] == [0, 1]
+
+
+def test_checkpoints_keep_their_interval_and_resume_from_an_older_one(synthetic_dir, tmp_path, capsys, monkeypatch):
+    """Epochs of 4 s on a fake clock and a checkpoint every 10 s: Ctrl-C after epoch 5 finds one saved after
+    epoch 3 (12 s), none after 1, 2, 4 or 5; the resume from it gives an uninterrupted run's history."""
+    argv = ["--train-samples", "500", "--epochs", "7", "--set", "train.checkpoint_seconds=10",
+            "--cache-dir", str(synthetic_dir)]
+    assert main(["train", *argv, "--out", str(tmp_path / "whole")]) == 0
+    now, saved = [0.0], []
+    original, save = train.Checkpoint.on_epoch_end, runs.save_checkpoint
+
+    def four_seconds_then_ctrl_c_after_5(self, epoch, logs=None):
+        now[0] += 4
+        original(self, epoch, logs)
+        if epoch == 4:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "monotonic", lambda: now[0])
+        patch.setattr(runs, "save_checkpoint", lambda path, epoch, arrays: (saved.append(epoch), save(path, epoch, arrays)))
+        patch.setattr(train.Checkpoint, "on_epoch_end", four_seconds_then_ctrl_c_after_5)
+        assert main(["train", *argv, "--out", str(tmp_path / "stopped")]) == 2
+    assert saved == [3] and runs.completed_epochs(tmp_path / "stopped") == 3
+    assert _follow(capsys, synthetic_dir, "interrupted; continue with") == ["train", "--resume", str(tmp_path / "stopped")]
+    assert (tmp_path / "stopped" / runs.HISTORY).read_text() == (tmp_path / "whole" / runs.HISTORY).read_text()
 
 
 def test_incomplete_runs_advise_what_works(synthetic_dir, tmp_path, capsys, monkeypatch):

@@ -86,7 +86,8 @@ def test_training_with_deformations_repeats_resumes_and_differs(synthetic_dir, t
 
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, "on_epoch_end", stop_after_epoch_2)
-        assert main(["train", *SMALL, *DEFORM, "--out", str(tmp_path / "stopped"), *cache]) == 2
+        assert main(["train", *SMALL, *DEFORM, "--set", "train.checkpoint_seconds=0", "--out",
+                     str(tmp_path / "stopped"), *cache]) == 2
     assert main(["train", "--resume", str(tmp_path / "stopped"), *cache]) == 0
     assert (tmp_path / "stopped" / runs.HISTORY).read_text() == history["a"]  # the same deformations after resume
 

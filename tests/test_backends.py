@@ -91,7 +91,8 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.parametrize("name", ["torch", "tensorflow"])
 def test_an_interrupted_run_resumes_to_the_same_result_on_other_backends(name, mnist_dir, tmp_path):
     """The checkpoint (variables, optimizer, NumPy's RNG) round-trips on every backend's Keras fit."""
-    argv = ["train", "--backend", name, "--epochs", "3", "--train-samples", "1000", "--cache-dir", str(mnist_dir)]
+    argv = ["train", "--backend", name, "--epochs", "3", "--train-samples", "1000", "--set",
+            "train.checkpoint_seconds=0", "--cache-dir", str(mnist_dir)]
     whole = run_cli(*argv, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-2000:]
     stopped = run_cli_python(INTERRUPT_AFTER_FIRST_EPOCH, *argv, "--out", tmp_path / "stopped",

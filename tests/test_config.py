@@ -55,6 +55,7 @@ def test_overrides_apply_after_file_and_parse_types():
     ("augment.translation=15", "translation <= 14"),
     ("augment.elastic_alpha=201", "elastic_alpha <= 200"),
     ("train.precision=float16", "train.precision"),
+    ("train.checkpoint_seconds=-1", "train.checkpoint_seconds"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(UserError) as error:

@@ -119,7 +119,8 @@ keras.callbacks.CSVLogger.on_epoch_end, keras.callbacks.CSVLogger.on_train_end =
 plots.plot_curves = plot_curves
 sys.exit(main(argv))
 """
-SMALL_MODEL = ["--train-samples", "2000", "--epochs", "3", "--set", "model.hidden_units=[64]", "--backend", "jax"]
+SMALL_MODEL = ["--train-samples", "2000", "--epochs", "3", "--set", "model.hidden_units=[64]", "--set",
+               "train.checkpoint_seconds=0", "--backend", "jax"]  # a checkpoint each epoch
 
 
 @pytest.mark.parametrize("when, completed", [("epoch-2", 1), ("end", 3), ("save", 3)])

@@ -17,7 +17,8 @@ from mnist_mlp.errors import UserError
 
 pytestmark = pytest.mark.slow
 
-ARGS = ["--train-samples", "12000", "--epochs", "12", "--backend", "jax"]  # seconds of epochs left to kill in
+ARGS = ["--train-samples", "12000", "--epochs", "12", "--backend", "jax",  # seconds of epochs left to kill in
+        "--set", "train.checkpoint_seconds=0"]  # a checkpoint each epoch
 
 
 def _kill_after_epoch(out, mnist_dir, engine, sig, epoch=2):

@@ -1,10 +1,11 @@
-"""Resuming exactly: a Keras callback that saves the run's whole state after each epoch (variables,
-optimizer, the global RNG that fit shuffles with) through runs.save_checkpoint, and its restore."""
+"""Resuming exactly: a Keras callback that saves the run's whole state after an epoch (variables, optimizer,
+the global RNG that fit shuffles with) through runs.save_checkpoint, and its restore."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from time import monotonic
 
 import keras
 import numpy as np
@@ -14,27 +15,34 @@ from mnist_mlp.errors import UserError
 
 
 class Checkpoint(keras.callbacks.Callback):
-    """After each epoch, the run's whole state in one atomic file: the model's variables (dropout's seed
-    state among them), the optimizer's, and the global RNG that Keras fit shuffles with (NumPy's on JAX,
-    PyTorch's on PyTorch), so a resumed run sees the same batches and masks as an uninterrupted one. An
-    epoch whose loss is not finite is not saved: the last good checkpoint stays."""
+    """After an epoch that ends at least `every_seconds` after the last save (or the start), the run's whole
+    state in one atomic file: the model's variables (dropout's seed state among them), the optimizer's, and
+    the global RNG that Keras fit shuffles with (NumPy's on JAX, PyTorch's on PyTorch), so a resumed run sees
+    the same batches and masks as an uninterrupted one. The interval bounds both the work an interruption
+    loses and the time spent saving (on a GPU one save can take longer than several epochs). An epoch whose
+    loss is not finite is not saved: the last good checkpoint stays."""
 
-    def __init__(self, run_dir: Path, rng_state: dict | None, config_toml: str):
+    def __init__(self, run_dir: Path, rng_state: dict | None, config_toml: str, every_seconds: float = 0.0):
         super().__init__()
         self.run_dir, self.rng_state, self.config_toml = run_dir, rng_state, config_toml  # resume checks the config
+        self.every_seconds = every_seconds
 
     def on_train_begin(self, logs=None):
+        self.saved_at = monotonic()
         if self.rng_state is not None:  # here, not before fit: fit's data adapter draws from it first
             set_rng_state(self.rng_state)
 
     def on_epoch_end(self, epoch, logs=None):
         if not math.isfinite((logs or {}).get("loss", 0.0)):
             return
+        if monotonic() - self.saved_at < self.every_seconds:
+            return
         arrays = {f"model/{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(self.model.variables)}
         arrays.update({f"optimizer/{i}": keras.ops.convert_to_numpy(v.value)
                        for i, v in enumerate(self.model.optimizer.variables)})
         arrays["config_toml"] = np.array(self.config_toml)  # what the run was started with
         runs.save_checkpoint(self.run_dir, epoch + 1, {**arrays, **rng_state()})
+        self.saved_at = monotonic()  # from the end of a save: saving takes at most its share of the time
 
 
 def rng_state() -> dict[str, np.ndarray]:

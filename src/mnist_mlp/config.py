@@ -60,6 +60,7 @@ class TrainConfig:
     engine: str = "auto"
     train_samples: int = 0  # 0: all; N: only the first N training images (quick tries, tests)
     precision: str = "float32"  # "bfloat16": products from bfloat16 inputs, float32 sums and weights (JAX)
+    checkpoint_seconds: float = 10.0  # the resume checkpoint: after an epoch this long after the last (0: each)
 
     def __post_init__(self):
         _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
@@ -73,6 +74,7 @@ class TrainConfig:
         _check(self.train_samples >= 0, "train.train_samples", "must be >= 0 (0 means all)")
         _check(self.engine in ENGINES, "train.engine", f"must be one of {', '.join(ENGINES)}")
         _check(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
+        _check(self.checkpoint_seconds >= 0, "train.checkpoint_seconds", "must be >= 0 (0: after every epoch)")
 
 
 @dataclass(frozen=True)

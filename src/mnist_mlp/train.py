@@ -223,7 +223,7 @@ def _start(config, run_dir, backend, resume, data_dir, log, callbacks) -> Starte
     timer = EpochTimer()
     callbacks = [*callbacks, keras.callbacks.TerminateOnNaN(),
                  keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume),
-                 Checkpoint(run_dir, rng, config_to_toml(config)),  # saves after the rest
+                 Checkpoint(run_dir, rng, config_to_toml(config), tc.checkpoint_seconds),  # saves after the rest
                  timer]  # an epoch's seconds include saving it
     return Started(config, run_dir, setup, callbacks, timer, initial_epoch, engine)
 
