@@ -5,6 +5,7 @@ the machine, and a loss that becomes NaN."""
 import json
 import re
 import shlex
+import signal
 
 import pytest
 
@@ -87,7 +88,58 @@ def test_checkpoints_keep_their_interval_and_resume_from_an_older_one(synthetic_
         assert main(["train", *argv, "--out", str(tmp_path / "stopped")]) == 2
     assert saved == [3] and runs.completed_epochs(tmp_path / "stopped") == 3
     assert _follow(capsys, synthetic_dir, "interrupted; continue with") == ["train", "--resume", str(tmp_path / "stopped")]
-    assert (tmp_path / "stopped" / runs.HISTORY).read_text() == (tmp_path / "whole" / runs.HISTORY).read_text()
+    assert (tmp_path / "stopped" / runs.HISTORY).read_bytes() == (tmp_path / "whole" / runs.HISTORY).read_bytes()
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_so_and_advises_a_fresh_start(synthetic_dir, tmp_path, capsys,
+                                                                              monkeypatch):
+    out, argv = tmp_path / "run", ["--train-samples", "500", "--epochs", "4", "--cache-dir", str(synthetic_dir)]
+    original = train.Checkpoint.on_epoch_end
+
+    def ctrl_c_after_2(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "monotonic", lambda: 0.0)  # no time passes: no checkpoint is due
+        patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_after_2)
+        assert main(["train", *argv, "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 2
+    _follow(capsys, synthetic_dir, "stopped after 2 epoch(s), before its first checkpoint")
+    assert runs.load_run(out).history["epoch"] == [0, 1, 2, 3]
+
+
+def test_a_new_checkpoint_interval_is_not_an_edit_that_stops_a_resume(synthetic_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    _stop_after_first_epoch(out, synthetic_dir, monkeypatch)
+    config = (out / runs.CONFIG).read_text()
+    (out / runs.CONFIG).write_text(config.replace("checkpoint_seconds = 0.0", "checkpoint_seconds = 60.0"))
+    assert main(["train", "--resume", str(out), "--cache-dir", str(synthetic_dir)]) == 0, capsys.readouterr().err
+    assert runs.load_run(out).config.train.checkpoint_seconds == 60.0  # and the finished run loads
+
+
+@pytest.mark.parametrize("engine", ["compiled", "fit"])
+def test_ctrl_c_stops_training_even_where_keras_swallows_it(engine, synthetic_dir, tmp_path, capsys, monkeypatch):
+    """Keras' pythonify_logs catches every exception, KeyboardInterrupt too: a Ctrl-C landing there must still
+    stop the run (it trained on to the end, 8 times in 8 with --engine fit on the real data)."""
+    pressed = []
+
+    def ctrl_c_that_keras_swallows(self, batch, logs=None):
+        if not pressed:
+            pressed.append(batch)
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except BaseException:  # as pythonify_logs does
+                pass
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train.Checkpoint, "on_train_batch_end", ctrl_c_that_keras_swallows, raising=False)
+        assert main(["train", *TINY, "--engine", engine, "--out", str(tmp_path / "run"),
+                     "--cache-dir", str(synthetic_dir)]) == 2
+    assert pressed == [0] and "interrupted; start it again" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own again
 
 
 def test_incomplete_runs_advise_what_works(synthetic_dir, tmp_path, capsys, monkeypatch):

@@ -254,18 +254,15 @@ def _build(cls, data: dict, prefix: str):
 def _coerce(value, hint, key: str):
     """Check `value` against a field type: int, float (ints allowed), str or tuple[int, ...]."""
     if typing.get_origin(hint) is tuple:
-        if isinstance(value, list) and all(_is_int(v) for v in value):
-            return tuple(value)
-        raise UserError(f"config key {key} must be a list of integers, e.g. [512, 512]; got {value!r}")
+        _check(isinstance(value, list) and all(_is_int(v) for v in value), key,
+               f"must be a list of integers, e.g. [512, 512]; got {value!r}")
+        return tuple(value)
     if hint is float and (_is_int(value) or isinstance(value, float)):
-        if not math.isfinite(value):
-            raise UserError(f"config key {key} must be a finite number; got {value!r}")
+        _check(math.isfinite(value), key, f"must be a finite number; got {value!r}")
         return float(value)
-    if hint is int and _is_int(value):
-        return value
-    if hint is str and isinstance(value, str):
-        return value
-    raise UserError(f"config key {key} must be {hint.__name__}; got {value!r}")
+    _check((hint is int and _is_int(value)) or (hint is str and isinstance(value, str)), key,
+           f"must be {'a number' if hint is float else hint.__name__}; got {value!r}")
+    return value
 
 
 def _is_int(value) -> bool:

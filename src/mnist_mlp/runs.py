@@ -231,13 +231,19 @@ def resume_config(path: str | Path) -> Config:
         except (ValueError, UserError):  # tomllib's errors are ValueErrors
             raise UserError(f"{Path(path) / CHECKPOINT} is damaged (its config is unreadable); start again with "
                             f"{fresh_start(path)}") from None
-        edited = [f"{key} {trained[key]!r} -> {value!r}" for key, value in flat_config(config).items()
-                  if trained.get(key) != value]
+        edited = _edits(trained, config)
         if edited:
             raise UserError(f"{Path(path) / CONFIG} was edited after training started ({'; '.join(edited)}), so the "
                             f"checkpoint does not fit it; undo the edit, or start the edited config with "
                             f"{fresh_start(path)}")
     return config
+
+
+def _edits(trained: dict[str, object], config: Config) -> list[str]:
+    """"key old -> new" for each key of `config` that differs from the flat config a run was trained with, but
+    for train.checkpoint_seconds: it says when the run saves, not what it learns."""
+    return [f"{key} {trained[key]!r} -> {value!r}" for key, value in flat_config(config).items()
+            if trained.get(key) != value and key != "train.checkpoint_seconds"]
 
 
 def free_name(path: str | Path) -> Path:
@@ -334,8 +340,7 @@ def load_run(path: str | Path) -> Run:
     run = Run(path, load_config(path / CONFIG), read_history(path / HISTORY), metrics)
     if isinstance(metrics.get("config"), dict):  # runs trained before it was recorded have nothing to check
         trained = flat_config(config_from_dict(metrics["config"]))
-        edited = [f"{key} {trained[key]!r} -> {value!r}" for key, value in flat_config(run.config).items()
-                  if trained.get(key) != value]
+        edited = _edits(trained, run.config)
         if edited:
             raise UserError(f"{path / CONFIG} was edited after training ({'; '.join(edited)}), so it no longer "
                             f"describes model.keras; undo the edit, or train the edited config with {fresh_start(path)}")
@@ -395,8 +400,16 @@ def completed_epochs(path: str | Path) -> int:
         with np.load(path / CHECKPOINT) as saved:
             return int(saved["epoch"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        raise UserError(f"{path} has no completed epoch to resume from; start it again with "
-                        f"{fresh_start(path)}") from None
+        partial = path / PARTIAL_HISTORY
+        epochs = max(len(partial.read_bytes().splitlines()) - 1, 0) if partial.is_file() else 0
+        if (path / CHECKPOINT).exists():
+            why = f"{path / CHECKPOINT} is damaged"
+        elif epochs:
+            why = (f"{path} stopped after {epochs} epoch(s), before its first checkpoint (one is saved once "
+                   f"train.checkpoint_seconds have passed)")
+        else:
+            why = f"{path} has no completed epoch to resume from"
+        raise UserError(f"{why}; start it again with {fresh_start(path)}") from None
 
 
 def save_checkpoint(path: str | Path, epoch: int, arrays: dict[str, np.ndarray]) -> None:
@@ -416,8 +429,9 @@ def load_checkpoint(path: str | Path) -> tuple[int, dict[str, np.ndarray]]:
 def truncate_history(path: str | Path, epochs: int) -> None:
     """Keep the header and the first `epochs` rows (a row written after the last checkpoint is redone)."""
     path = Path(path)
-    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
-    write_text(path, "".join(lines[: 1 + epochs]) if epochs else "")
+    lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []  # as written: CSVLogger's \r\n
+    with atomic(path) as tmp:
+        tmp.write_bytes(b"".join(lines[: 1 + epochs]) if epochs else b"")
 
 
 def list_runs(root: str | Path = "runs") -> list[Path]:

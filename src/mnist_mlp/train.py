@@ -20,7 +20,7 @@ import numpy as np
 
 from mnist_mlp import cache, plots, runs, stats
 from mnist_mlp.backend import BackendChoice, device_name
-from mnist_mlp.checkpoint import Checkpoint, restore
+from mnist_mlp.checkpoint import Checkpoint, CtrlC, restore
 from mnist_mlp.config import Config, TrainConfig, check_fits, config_to_toml
 from mnist_mlp.errors import UserError, WriteFailed, write_failed
 from mnist_mlp.model import model_summary
@@ -253,13 +253,15 @@ def _check_finite(run: Started) -> None:
 def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, score_test, started) -> TrainResult:
     run = _start(config, run_dir, backend, resume, data_dir, log, callbacks)
     setup = run.setup
-    if run.engine == "compiled":
-        from mnist_mlp.engine import fit_compiled
+    with CtrlC() as ctrl_c:
+        callbacks = [*run.callbacks, ctrl_c]
+        if run.engine == "compiled":
+            from mnist_mlp.engine import fit_compiled
 
-        fit_compiled(setup.model, setup.x_train, setup.y_train, seed=config.train.seed, callbacks=run.callbacks,
-                     augment=config.augment, **_fit_options(run, verbose))
-    else:
-        setup.model.fit(setup.x_train, setup.y_train, callbacks=run.callbacks, **_fit_options(run, verbose))
+            fit_compiled(setup.model, setup.x_train, setup.y_train, seed=config.train.seed, callbacks=callbacks,
+                         augment=config.augment, **_fit_options(run, verbose))
+        else:
+            setup.model.fit(setup.x_train, setup.y_train, callbacks=callbacks, **_fit_options(run, verbose))
     _check_finite(run)
     return _finish(run, backend, score_test, started)
 
@@ -274,9 +276,10 @@ def _train_side_by_side(configs, run_dirs, backend, data_dir, verbose, log, star
     log(f"{len(configs)} seeds side by side in one program (the progress bar is seed {configs[0].train.seed}'s; "
         f"each seed's history goes to its run folder)")
     first = started_runs[0]
-    fit_side_by_side([r.setup.model for r in started_runs], first.setup.x_train, first.setup.y_train,
-                     seeds=[c.train.seed for c in configs], callbacks=[r.callbacks for r in started_runs],
-                     augment=first.config.augment, **_fit_options(first, verbose))
+    with CtrlC() as ctrl_c:
+        fit_side_by_side([r.setup.model for r in started_runs], first.setup.x_train, first.setup.y_train,
+                         seeds=[c.train.seed for c in configs], callbacks=[[*r.callbacks, ctrl_c] for r in started_runs],
+                         augment=first.config.augment, **_fit_options(first, verbose))
     for run in started_runs:
         _check_finite(run)
     return [_finish(run, backend, True, started) for run in started_runs]
