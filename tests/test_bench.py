@@ -1,7 +1,10 @@
 """The benchmark: FLOP accounting, the report table, and a real two-epoch run of two variants."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -30,10 +33,53 @@ def test_markdown_ratios_against_ours():
     assert "Skipped (package not installed): keras-torch" in table
 
 
+def test_markdown_says_where_a_jax_variants_first_epoch_went():
+    row = dict(first_epoch_s=5.0, steady_epoch_s=1.5, total_s=30.0, test_accuracy=0.98, peak_memory_mb=900,
+               gflops=100.0, epoch_end_s=[], epoch_accuracy=[], note="", variant="ours", start_s=2.0,
+               compiling={"seconds": 2.5, "programs": 22, "from_cache": 0,
+                          "longest": [["run_chunk", 1.9, 2], ["evaluate", 0.2, 1]]})
+    report = {"machine": "test CPU", "peak_gflops": 200.0, "floor_epoch_s": 1.0, "matmul_epoch_s": 1.2, "epochs": 2,
+              "skipped": [], "compile_cache": "cold",
+              "results": [row, {**row, "variant": "torch", "start_s": None, "compiling": None}]}
+    lines = bench.markdown(report).splitlines()
+    assert "Where the first epoch went (JAX's compile cache: cold):" in lines
+    assert ("- ours: 2.00 s from process start to training, 3.00 s in epoch 1; compiling until its end 2.50 s in all, "
+            "22 programs (0 from the cache), longest: run_chunk 1.90 s (2), evaluate 0.20 s (1)") in lines
+    assert not any(line.startswith("- torch") for line in lines)
+
+
+def test_compile_log_counts_programs_and_the_ones_loaded_from_the_cache(tmp_path):
+    code = f"""
+import json, time, jax, numpy as np
+from mnist_mlp.bench import CompileLog
+from mnist_mlp.engine import enable_compile_cache
+log = CompileLog(time.time())
+a = np.ones(3, np.float32)
+enable_compile_cache({str(tmp_path)!r})
+def twice_sum(a):
+    return (2 * a).sum()
+jax.jit(twice_sum)(a).block_until_ready()
+first = log.summary(until=1e9)
+jax.clear_caches()  # in memory only: the program now comes from the cache folder
+jax.jit(twice_sum)(a).block_until_ready()
+print(json.dumps([first, log.summary(until=1e9), log.summary(until=-1)]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr
+    first, both, none = json.loads(done.stdout.splitlines()[-1])
+    assert (first["programs"], first["from_cache"]) == (1, 0) and first["seconds"] > 0
+    assert first["longest"][0][:1] == ["twice_sum"]
+    assert (both["programs"], both["from_cache"]) == (2, 1)
+    assert both["longest"][0][0] == "twice_sum" and both["longest"][0][2] == 2
+    assert none == {"seconds": 0, "programs": 0, "from_cache": 0, "longest": []}
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["bench", "--variants", "ours,caffe"], "unknown bench variant caffe"),
     (["bench", "--epochs", "1"], "--epochs >= 2"),
     (["bench", "--time-to", "98.2"], "an accuracy between 0 and 1"),
+    (["bench", "--serve", "runs/x", "--cold"], "--cold is for training"),
 ])
 def test_bad_bench_arguments(argv, expected, capsys):
     assert main(argv) == 2
@@ -50,9 +96,10 @@ def test_gpu_bench_without_a_gpu_says_so(capsys):
 @pytest.mark.slow
 def test_two_epoch_bench_of_ours_and_plain_torch(mnist_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--epochs", "2", "--variants", "ours,torch", "--json", str(out)]) == 0
+    assert main(["bench", "--epochs", "2", "--variants", "ours,torch", "--cold", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| ours (cpu) |" in table and re.search(r"\| torch \(\d+ threads, cpu\) \|", table)
+    assert "- ours: " in table and "- torch" not in table
     report = json.loads(out.read_text())
     assert report["peak_gflops"] > 1
     # the epoch's matmuls do the floor's FLOPs (less the last partial batch): they cannot run far below it
@@ -61,6 +108,11 @@ def test_two_epoch_bench_of_ours_and_plain_torch(mnist_dir, tmp_path, capsys):
         assert len(result["epoch_end_s"]) == 2 and result["epoch_end_s"][0] < result["epoch_end_s"][1]
         assert result["first_epoch_s"] > 0 and result["steady_epoch_s"] > 0 and result["peak_memory_mb"] > 50
         assert result["test_accuracy"] > 0.95  # two full epochs of the classic model
+    ours, torch = report["results"]
+    assert 0 < ours["start_s"] < ours["first_epoch_s"] and torch["start_s"] is None is torch["compiling"]
+    compiling = ours["compiling"]  # --cold: every program compiled, none loaded, the epoch's scan among them
+    assert compiling["programs"] > 3 and compiling["from_cache"] == 0 and 0 < compiling["seconds"] < ours["first_epoch_s"]
+    assert "run_chunk" in [name for name, _, _ in compiling["longest"]]
 
 
 def test_the_pytorch_variant_is_built_from_the_config():

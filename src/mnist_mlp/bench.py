@@ -1,6 +1,7 @@
 """The side-by-side benchmark: the classic config trained by stock Keras `fit` on each installed
 backend, by a plain PyTorch loop (default threads and one thread) and by our compiled engine, each in
-its own process, beside the machine's measured float32 matmul peak."""
+its own process, beside the machine's measured float32 matmul peak; for the JAX variants, what their first
+epoch spent compiling (from JAX's own events; `cold`: from an empty compile cache)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ class VariantResult:
     epoch_end_s: list  # seconds from process start to the end of each epoch
     epoch_accuracy: list  # test accuracy after each epoch
     note: str = ""
+    start_s: float | None = None  # process start to the start of training (imports, data, model)
+    compiling: dict | None = None  # JAX variants: CompileLog.summary up to the end of the first epoch
 
 
 def epoch_flop(train_samples: int = 60000, eval_samples: int = 10000) -> float:
@@ -59,18 +62,56 @@ def _config(epochs: int | None, config_path: str | None, variant: str = "ours"):
     return load_config(config_path, overrides + ([] if variant == "ours" else ["train.precision=float32"]))
 
 
+class CompileLog:
+    """JAX's own compile events in this process (jax.monitoring): tracing, lowering and compiling each program
+    (or loading it from the persistent cache), by the function's name, with the time each ended."""
+    EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+              "/jax/core/compile/backend_compile_duration")
+
+    def __init__(self, t0: float):
+        from jax import monitoring
+
+        self.t0, self.events, self.hits = t0, [], []
+        monitoring.register_event_duration_secs_listener(self._on_duration)
+        monitoring.register_event_listener(self._on_event)
+
+    def _on_duration(self, event, seconds, **details):
+        if event in self.EVENTS:
+            name = details.get("fun_name", "?").removeprefix("jit(").removesuffix(")")  # the compile's "jit(f)"
+            self.events.append((time.time() - self.t0, event, name, seconds))
+
+    def _on_event(self, event, **details):
+        if event == "/jax/compilation_cache/cache_hits":
+            self.hits.append(time.time() - self.t0)
+
+    def summary(self, until: float) -> dict:
+        """Seconds spent compiling up to `until` (seconds from t0), programs compiled or loaded, how many came
+        from the cache, and the five functions that took longest ([name, seconds, programs])."""
+        by_name: dict = {}
+        for _, event, name, seconds in (e for e in self.events if e[0] <= until):
+            total, programs = by_name.get(name, (0.0, 0))
+            by_name[name] = (total + seconds, programs + (event == self.EVENTS[2]))
+        longest = sorted(by_name.items(), key=lambda item: -item[1][0])[:5]
+        return {"seconds": sum(total for total, _ in by_name.values()),
+                "programs": sum(programs for _, programs in by_name.values()),
+                "from_cache": sum(hit <= until for hit in self.hits),
+                "longest": [[name, total, programs] for name, (total, programs) in longest]}
+
+
 def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: float,
-                 stop_at: float | None = None) -> dict:
+                 stop_at: float | None = None, compile_cache: str | None = None) -> dict:
     from mnist_mlp.backend import device_name, use_backend
 
     config = _config(epochs, config_path, variant)
     backend = use_backend("jax" if variant == "ours" else variant.removeprefix("keras-")).name
+    compiles = CompileLog(t0) if backend == "jax" else None
     import keras
 
     from mnist_mlp.recipe import compile_model, prepare
 
-    setup = prepare(config, backend, engine="compiled" if variant == "ours" else "fit")  # what train does
-    ends, accuracy = [], []
+    setup = prepare(config, backend, engine="compiled" if variant == "ours" else "fit",  # what train does
+                    compile_cache=compile_cache)
+    ends, accuracy, start = [], [], []
 
     def on_epoch_end(epoch, logs):
         ends.append(time.time() - t0)
@@ -78,7 +119,8 @@ def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: 
         if stop_at is not None and logs["val_accuracy"] >= stop_at:
             setup.model.stop_training = model.stop_training = True  # --time-to: reached, so stop
 
-    record = keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+    record = keras.callbacks.LambdaCallback(on_train_begin=lambda logs: start.append(time.time() - t0),
+                                            on_epoch_end=on_epoch_end)
     tc = config.train
     model = setup.model
     if variant == "ours":
@@ -93,7 +135,8 @@ def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: 
                                   tc, len(setup.x_train))
         model.fit(setup.x_train, setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=0,
                   validation_data=setup.validation, callbacks=[record])
-    return {"epoch_end_s": ends, "epoch_accuracy": accuracy, "device": device_name(backend)}
+    return {"epoch_end_s": ends, "epoch_accuracy": accuracy, "device": device_name(backend), "start_s": start[0],
+            "compiling": compiles and compiles.summary(until=ends[0])}
 
 
 def keras_augmentation(augment) -> list:
@@ -179,13 +222,14 @@ def _torch_child(variant: str, epochs: int | None, config_path: str | None, t0: 
 
 
 def child(variant: str, epochs: int | None, config_path: str | None, t0: float, out: str,
-          stop_at: float | None = None) -> None:
+          stop_at: float | None = None, compile_cache: str | None = None) -> None:
     """Run one variant in this (fresh) process and write its raw timings as JSON to `out`; Keras variants stop
-    after the first epoch whose test accuracy reaches `stop_at`."""
+    after the first epoch whose test accuracy reaches `stop_at`; JAX variants keep compiled programs in
+    `compile_cache` (default: train's)."""
     if variant.startswith("torch"):
         result = _torch_child(variant, epochs, config_path, t0)
     else:
-        result = _keras_child(variant, epochs, config_path, t0, stop_at)
+        result = _keras_child(variant, epochs, config_path, t0, stop_at, compile_cache)
     result["peak_memory_mb"] = _peak_mb()
     Path(out).write_text(json.dumps(result))
 
@@ -261,12 +305,13 @@ def _child_env(gpu: bool = False) -> dict:
 
 
 def run_variant(variant: str, epochs: int | None, config_path: str | None = None, gpu: bool = False,
-                stop_at: float | None = None) -> VariantResult:
+                stop_at: float | None = None, cold: bool = False) -> VariantResult:
+    """One variant in a fresh process; `cold`: JAX compiles every program (an empty compile cache of its own)."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
+        out, compile_cache = Path(tmp) / "result.json", str(Path(tmp) / "xla") if cold else None
         t0 = time.time()
         code = (f"from mnist_mlp.bench import child; child({variant!r}, {epochs}, {config_path!r}, {t0!r}, "
-                f"{str(out)!r}, {stop_at!r})")
+                f"{str(out)!r}, {stop_at!r}, {compile_cache!r})")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_child_env(gpu))
         if done.returncode != 0:
             raise RuntimeError(f"{variant} failed: {done.stderr[-3000:]}")
@@ -276,7 +321,8 @@ def run_variant(variant: str, epochs: int | None, config_path: str | None = None
     steady = statistics.median(durations) if durations else ends[0]
     note = ", ".join(([f"{raw['threads']} threads"] if "threads" in raw else []) + [raw["device"]])
     return VariantResult(variant, ends[0], steady, ends[-1], raw["epoch_accuracy"][-1], raw["peak_memory_mb"],
-                         epoch_flop() / steady / 1e9, ends, raw["epoch_accuracy"], note)
+                         epoch_flop() / steady / 1e9, ends, raw["epoch_accuracy"], note, raw.get("start_s"),
+                         raw.get("compiling"))
 
 
 def installed(variant: str) -> bool:
@@ -284,8 +330,9 @@ def installed(variant: str) -> bool:
 
 
 def bench(variants: tuple[str, ...] = VARIANTS, epochs: int = 20, gpu: bool = False,
-          config_path: str | None = None) -> dict:
-    """Run each installed variant in its own process; returns the peak and the per-variant results."""
+          config_path: str | None = None, cold: bool = False) -> dict:
+    """Run each installed variant in its own process (`cold`: JAX variants with an empty compile cache each);
+    returns the peak and the per-variant results."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise UserError(f"unknown bench variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
@@ -298,15 +345,15 @@ def bench(variants: tuple[str, ...] = VARIANTS, epochs: int = 20, gpu: bool = Fa
     results, skipped = [], []
     for variant in variants:
         if installed(variant):
-            results.append(run_variant(variant, epochs, config_path, gpu))
+            results.append(run_variant(variant, epochs, config_path, gpu, cold=cold))
         else:
             skipped.append(variant)
     return {"peak_gflops": peak, "floor_epoch_s": epoch_flop() / peak / 1e9, "matmul_epoch_s": matmuls,
-            "epochs": epochs,
+            "epochs": epochs, "compile_cache": "cold" if cold else "shared",
             "results": [asdict(r) for r in results], "skipped": skipped, "machine": machine()}
 
 
-def time_to(accuracy: float, presets: list[str] | None = None, gpu: bool = False) -> dict:
+def time_to(accuracy: float, presets: list[str] | None = None, gpu: bool = False, cold: bool = False) -> dict:
     """Seconds from process start to the first epoch whose test accuracy reaches `accuracy`: the classic
     recipe and each preset (by name or path), each trained by our engine for up to its own number of epochs;
     a preset that deforms its digits also by stock Keras fit with Keras' own image layers (keras_augmentation)."""
@@ -321,7 +368,7 @@ def time_to(accuracy: float, presets: list[str] | None = None, gpu: bool = False
         if _config(None, path).augment.active:
             runs.append((f"{Path(path).stem}, Keras fit + Keras layers", "keras-jax", path))
     for name, variant, path in runs:
-        result = run_variant(variant, None, path, gpu, stop_at=accuracy)
+        result = run_variant(variant, None, path, gpu, stop_at=accuracy, cold=cold)
         first = next((i for i, a in enumerate(result.epoch_accuracy) if a >= accuracy), None)
         found[name] = {"seconds": None if first is None else result.epoch_end_s[first],
                        "epochs": None if first is None else first + 1, "best_accuracy": max(result.epoch_accuracy),
@@ -339,8 +386,10 @@ def describe_time_to(report: dict) -> str:
 
 def run(variants: str | None = None, epochs: int | None = None, gpu: bool = False, time_to_accuracy: float | None = None,
         presets: list[str] | None = None, serve: str | None = None, connections: int = 200, duration: float = 15,
-        image: str | None = None) -> tuple[dict, str]:
+        image: str | None = None, cold: bool = False) -> tuple[dict, str]:
     """`mnist-mlp bench`: the side-by-side bench, or --time-to, or --serve; (the report, its text)."""
+    if serve and cold:
+        raise UserError("--cold is for training (the side-by-side bench or --time-to); --serve loads a trained run")
     if (time_to_accuracy is not None or serve) and (epochs or variants):
         raise UserError("--epochs and --variants are for the side-by-side bench; --time-to trains each preset for "
                         "its own epochs with our engine, --serve loads a server")
@@ -353,9 +402,9 @@ def run(variants: str | None = None, epochs: int | None = None, gpu: bool = Fals
         result = loadtest.load(serve, connections, duration, image)
         return asdict(result), loadtest.markdown(result)
     if time_to_accuracy is not None:
-        report = time_to(time_to_accuracy, presets, gpu)
+        report = time_to(time_to_accuracy, presets, gpu, cold)
         return report, describe_time_to(report)
-    report = bench(tuple((variants or ",".join(VARIANTS)).split(",")), epochs or 20, gpu)
+    report = bench(tuple((variants or ",".join(VARIANTS)).split(",")), epochs or 20, gpu, cold=cold)
     return report, markdown(report)
 
 
@@ -388,4 +437,13 @@ def markdown(report: dict) -> str:
                      f"{100 * r['gflops'] / report['peak_gflops']:.0f}% | {steady} | {total} |")
     if report["skipped"]:
         lines.append(f"\nSkipped (package not installed): {', '.join(report['skipped'])}")
+    compiled = [r for r in report["results"] if r.get("compiling")]
+    if compiled:
+        lines.append(f"\nWhere the first epoch went (JAX's compile cache: {report.get('compile_cache', 'shared')}):")
+    for r in compiled:
+        c = r["compiling"]
+        longest = ", ".join(f"{name} {seconds:.2f} s ({programs})" for name, seconds, programs in c["longest"])
+        lines.append(f"- {r['variant']}: {r['start_s']:.2f} s from process start to training, "
+                     f"{r['first_epoch_s'] - r['start_s']:.2f} s in epoch 1; compiling until its end {c['seconds']:.2f} s "
+                     f"in all, {c['programs']} programs ({c['from_cache']} from the cache), longest: {longest}")
     return "\n".join(lines)

@@ -153,7 +153,7 @@ def cmd_bench(args) -> None:
     from mnist_mlp import bench
 
     report, text = bench.run(args.variants, args.epochs, args.gpu, args.time_to, args.config, args.serve,
-                             args.connections, args.duration, args.image)
+                             args.connections, args.duration, args.image, args.cold)
     runs.write_json(args.json, report)
     print(f"{text}\n\nWrote {args.json}")
 
@@ -264,6 +264,8 @@ def build_parser() -> Parser:
     p.add_argument("--epochs", type=int, help="epochs of each variant (default: 20)")
     p.add_argument("--variants", help=f"comma-separated from {','.join(VARIANTS)} (default: all installed)")
     p.add_argument("--gpu", action="store_true", help="JAX and PyTorch on a CUDA GPU (an error where JAX finds none)")
+    p.add_argument("--cold", action="store_true", help="each JAX variant compiles everything, as on a fresh machine "
+                   "(an empty compile cache of its own) (default: the cache train uses)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--time-to", type=float, metavar="ACCURACY", help="instead: seconds to this test accuracy, the "
                       "classic recipe vs --config presets (and Keras fit with Keras' image layers for a preset "

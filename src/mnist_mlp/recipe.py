@@ -49,15 +49,17 @@ def compile_model(model: keras.Model, config: TrainConfig, train_samples: int = 
     return model
 
 
-def prepare(config: Config, backend: str, data_dir: str | Path | None = None, engine: str = "fit") -> Setup:
+def prepare(config: Config, backend: str, data_dir: str | Path | None = None, engine: str = "fit",
+            compile_cache: str | Path | None = None) -> Setup:
     """Seed, data and compiled model for `config` on the active `backend`; `engine` "compiled" also makes
-    JAX lower dropout's hash for speed (process-wide; stock Keras fit is left as it comes)."""
+    JAX lower dropout's hash for speed (process-wide; stock Keras fit is left as it comes). JAX's compile cache
+    is the folder `compile_cache`, else "xla" in the data cache."""
     tc = config.train
     set_seed(tc.seed, backend)
     if backend == "jax":  # before the model is built: its initializers are compiled programs too
         from mnist_mlp import engine as compiled
 
-        compiled.enable_compile_cache(cache.cache_dir(data_dir) / "xla")
+        compiled.enable_compile_cache(compile_cache or cache.cache_dir(data_dir) / "xla")
         if engine == "compiled":
             compiled.unroll_threefry_on_cpu()
     (x_train, y_train), test = data.load_arrays(data_dir)
