@@ -41,7 +41,7 @@ def test_ctrl_c_in_the_first_epoch_advises_a_fresh_start_that_works(synthetic_di
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, "on_epoch_end", interrupt)
         assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
-    argv = _follow(capsys, synthetic_dir, "interrupted; start it again")
+    argv = _follow(capsys, synthetic_dir, "interrupted; ", "stopped after 1 epoch(s), before its first checkpoint")
     assert "--overwrite" in argv and "--resume" not in argv
     assert runs.load_run(out).config.train.train_samples == 500  # the same config, from config.toml
 
@@ -105,9 +105,10 @@ def test_ctrl_c_before_the_first_checkpoint_says_so_and_advises_a_fresh_start(sy
         patch.setattr(checkpoint, "monotonic", lambda: 0.0)  # no time passes: no checkpoint is due
         patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_after_2)
         assert main(["train", *argv, "--out", str(out)]) == 2
-    capsys.readouterr()
+    stopped = "stopped after 2 epoch(s), before its first checkpoint (one is saved once train.checkpoint_seconds"
+    assert f"interrupted; {out} {stopped}" in capsys.readouterr().err  # Ctrl-C says why there is no --resume
     assert main(["train", "--resume", str(out)]) == 2
-    _follow(capsys, synthetic_dir, "stopped after 2 epoch(s), before its first checkpoint")
+    _follow(capsys, synthetic_dir, stopped)
     assert runs.load_run(out).history["epoch"] == [0, 1, 2, 3]
 
 
@@ -120,26 +121,35 @@ def test_a_new_checkpoint_interval_is_not_an_edit_that_stops_a_resume(synthetic_
     assert runs.load_run(out).config.train.checkpoint_seconds == 60.0  # and the finished run loads
 
 
-@pytest.mark.parametrize("engine", ["compiled", "fit"])
-def test_ctrl_c_stops_training_even_where_keras_swallows_it(engine, synthetic_dir, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("engine, where", [("compiled", "on_train_batch_end"), ("fit", "on_train_batch_end"),
+                                           ("fit", "on_train_end")])
+def test_ctrl_c_stops_training_even_where_keras_swallows_it(engine, where, synthetic_dir, tmp_path, capsys,
+                                                            monkeypatch):
     """Keras' pythonify_logs catches every exception, KeyboardInterrupt too: a Ctrl-C landing there must still
-    stop the run (it trained on to the end, 8 times in 8 with --engine fit on the real data)."""
-    pressed = []
+    stop the run, in a batch or after the last epoch (it trained on, 8 times in 8 with --engine fit)."""
+    pressed, out = [], tmp_path / "run"
 
-    def ctrl_c_that_keras_swallows(self, batch, logs=None):
+    def ctrl_c_that_keras_swallows(self, *args, **kwargs):
         if not pressed:
-            pressed.append(batch)
+            pressed.append(args)
             try:
                 signal.raise_signal(signal.SIGINT)
             except BaseException:  # as pythonify_logs does
                 pass
 
     with monkeypatch.context() as patch:
-        patch.setattr(train.Checkpoint, "on_train_batch_end", ctrl_c_that_keras_swallows, raising=False)
-        assert main(["train", *TINY, "--engine", engine, "--out", str(tmp_path / "run"),
-                     "--cache-dir", str(synthetic_dir)]) == 2
-    assert pressed == [0] and "interrupted; start it again" in capsys.readouterr().err
+        patch.setattr(train.Checkpoint, where, ctrl_c_that_keras_swallows, raising=False)
+        assert main(["train", *TINY, "--engine", engine, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+    assert len(pressed) == 1 and "interrupted; " in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own again
+    assert not (out / runs.METRICS).exists()
+    if where == "on_train_end":  # after the last epoch's checkpoint: the resume only finishes the run
+        assert runs.completed_epochs(out) == 2
+        assert main(["train", "--resume", str(out), "--cache-dir", str(synthetic_dir)]) == 0
+        assert runs.load_run(out).history["epoch"] == [0, 1]
+    else:  # in the first batch: nothing to resume
+        with pytest.raises(runs.NoCheckpoint, match="has no completed epoch"):
+            runs.completed_epochs(out)
 
 
 def test_incomplete_runs_advise_what_works(synthetic_dir, tmp_path, capsys, monkeypatch):
@@ -232,6 +242,22 @@ def test_resume_refuses_a_config_edited_since_the_run_started(edit, synthetic_di
     _advice(capsys, "was edited after training started")
     (out / runs.CONFIG).write_text(config)  # undone: resumes
     assert main(["train", "--resume", str(out), "--cache-dir", str(synthetic_dir)]) == 0
+
+
+def test_a_bad_value_in_a_runs_config_names_that_file(synthetic_dir, tmp_path, capsys, monkeypatch):
+    """--resume, evaluate and predict take no --set: the advice is the run's own file."""
+    out = tmp_path / "run"
+    _stop_after_first_epoch(out, synthetic_dir, monkeypatch)
+    config = (out / runs.CONFIG).read_text()
+    capsys.readouterr()
+    for argv in (["train", "--resume", str(out)], ["evaluate", str(out)]):  # interrupted, then finished
+        (out / runs.CONFIG).write_text(config.replace("epochs = 2", "epochs = 0"))
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{out / runs.CONFIG}: config key train.epochs must be > 0; fix it in that file" in err, err
+        assert "--set" not in err
+        (out / runs.CONFIG).write_text(config)  # fixed: it works
+        assert main([*argv, "--cache-dir", str(synthetic_dir)]) == 0
 
 
 def test_advice_survives_paths_with_a_space_or_a_leading_dash(synthetic_dir, tmp_path, capsys, monkeypatch):

@@ -1,6 +1,6 @@
 """Disk errors on a real small disk (a tmpfs the test mounts; skipped where mounting is not allowed) and by
 injected faults: one line naming the path and the cause, exit 2, no partial file, the cache as it was,
-and a run folder that resumes from its last complete epoch."""
+and a run folder that resumes from its last checkpoint."""
 
 import contextlib
 import errno

@@ -356,7 +356,8 @@ def bench(variants: tuple[str, ...] = VARIANTS, epochs: int = 20, gpu: bool = Fa
 def time_to(accuracy: float, presets: list[str] | None = None, gpu: bool = False, cold: bool = False) -> dict:
     """Seconds from process start to the first epoch whose test accuracy reaches `accuracy`: the classic
     recipe and each preset (by name or path), each trained by our engine for up to its own number of epochs;
-    a preset that deforms its digits also by stock Keras fit with Keras' own image layers (keras_augmentation)."""
+    a preset that deforms its digits also by stock Keras fit with Keras' own image layers (keras_augmentation);
+    `cold`: JAX compiles every program in each (an empty compile cache of its own)."""
     if not 0 < accuracy < 1:
         raise UserError(f"--time-to {accuracy} is an accuracy between 0 and 1, e.g. 0.982")
     for preset in presets or ():
@@ -373,11 +374,12 @@ def time_to(accuracy: float, presets: list[str] | None = None, gpu: bool = False
         found[name] = {"seconds": None if first is None else result.epoch_end_s[first],
                        "epochs": None if first is None else first + 1, "best_accuracy": max(result.epoch_accuracy),
                        "device": result.note}
-    return {"time_to": accuracy, "results": found, "machine": machine()}
+    return {"time_to": accuracy, "results": found, "machine": machine(), "compile_cache": "cold" if cold else "shared"}
 
 
 def describe_time_to(report: dict) -> str:
-    lines = [f"Seconds from process start to the first epoch with test accuracy >= {report['time_to']}:"]
+    lines = [f"Seconds from process start to the first epoch with test accuracy >= {report['time_to']} "
+             f"(JAX's compile cache: {report.get('compile_cache', 'shared')}):"]
     for name, found in report["results"].items():
         seconds = f"{found['seconds']:.1f} s (epoch {found['epochs']})" if found["seconds"] else "not reached"
         lines.append(f"  {name:<12} {seconds}; best {found['best_accuracy']:.4f} ({found['device']})")

@@ -209,7 +209,7 @@ def build_parser() -> Parser:
                                 ("--validation", str, VALIDATIONS)):  # test: as the classic examples; split: hold out
         key = ("" if flag == "--backend" else "train.") + flag[2:].replace("-", "_")
         p.add_argument(flag, type=kind, choices=choices, help=f"shortcut for --set {key}=... (default: the config's)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run after its last completed epoch "
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint "
                    "(default: none, a new run)")
     p.add_argument("--seeds", type=int, default=0, metavar="N", help="train N runs with consecutive seeds under --out, "
                    "report mean ± std (default: 0, one run)")

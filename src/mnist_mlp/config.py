@@ -146,9 +146,17 @@ def check_fits(config: Config, memory: int | None = None) -> None:
                         f"{memory / 2**30:.1f} GiB; use fewer or narrower layers or a smaller batch")
 
 
+class ConfigError(UserError):
+    """A config key's value that cannot be used: `key` and `why`, for a message that names the file to fix."""
+
+    def __init__(self, key: str, why: str):
+        super().__init__(f"config key {key} {why}; fix it in the config file or with --set {key}=...")
+        self.key, self.why = key, why
+
+
 def _check(ok: bool, key: str, why: str) -> None:
     if not ok:
-        raise UserError(f"config key {key} {why}; fix it in the config file or with --set {key}=...")
+        raise ConfigError(key, why)
 
 
 def presets() -> dict[str, Path]:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_mlp.config import Config, check_fits, config_from_dict, config_from_toml, flag_overrides, load_config
+from mnist_mlp.config import (Config, ConfigError, check_fits, config_from_dict, config_from_toml, flag_overrides,
+                               load_config)
 from mnist_mlp.errors import UserError, write_failed
 
 CONFIG = "config.toml"  # resolved config; `train --config RUN/config.toml` repeats the run
@@ -32,7 +33,8 @@ CURVES = "curves.png"
 CONFUSION = "confusion.png"  # written by evaluate
 MISCLASSIFIED = "misclassified.png"  # written by evaluate
 EVALUATION = "evaluation.json"  # written by evaluate
-CHECKPOINT = "checkpoint.npz"  # weights, optimizer and random state after the last completed epoch; removed at the end
+CHECKPOINT = "checkpoint.npz"  # weights, optimizer, random state after an epoch (see Checkpoint); removed at the end
+SAVING_ONLY = {"train.checkpoint_seconds"}  # config keys that say when a run saves, not what it learns
 PARTIAL_HISTORY = ".history.partial.csv"  # the epochs done so far; renamed to history.csv at the end
 GROUP = "group.json"  # in a folder of seed runs (train --seeds): seeds and accuracy statistics
 DIVERGED = "diverged.txt"  # a run whose loss became NaN: what to do instead of resuming
@@ -222,7 +224,7 @@ def default_out(config: str | Path | None) -> Path:
 def resume_config(path: str | Path) -> Config:
     """The config of an interrupted run that can be resumed (a UserError, before Keras starts, if not)."""
     completed_epochs(path)
-    config = load_config(Path(path) / CONFIG)
+    config = run_config(path)
     with np.load(Path(path) / CHECKPOINT) as saved:
         recorded = str(saved["config_toml"]) if "config_toml" in saved.files else None
     if recorded is not None:
@@ -240,10 +242,18 @@ def resume_config(path: str | Path) -> Config:
 
 
 def _edits(trained: dict[str, object], config: Config) -> list[str]:
-    """"key old -> new" for each key of `config` that differs from the flat config a run was trained with, but
-    for train.checkpoint_seconds: it says when the run saves, not what it learns."""
+    """"key old -> new" for each key of `config` (but SAVING_ONLY) that differs from the flat config a run was
+    trained with."""
     return [f"{key} {trained[key]!r} -> {value!r}" for key, value in flat_config(config).items()
-            if trained.get(key) != value and key != "train.checkpoint_seconds"]
+            if trained.get(key) != value and key not in SAVING_ONLY]
+
+
+def run_config(path: str | Path) -> Config:
+    """A run's config.toml; a bad value there names that file (--resume, evaluate and predict take no --set)."""
+    try:
+        return load_config(Path(path) / CONFIG)
+    except ConfigError as e:
+        raise UserError(f"{Path(path) / CONFIG}: config key {e.key} {e.why}; fix it in that file") from None
 
 
 def free_name(path: str | Path) -> Path:
@@ -272,10 +282,12 @@ def fresh_start(path: str | Path) -> str:
 
 
 def continue_advice(path: str | Path) -> str:
-    """How to go on with an interrupted run: resume after its last completed epoch, else start it again."""
+    """How to go on with an interrupted run: resume from its checkpoint, else start it again (and why)."""
     try:
         completed_epochs(path)
         return f"continue with `mnist-mlp train --resume {shell_path(path)}`"
+    except NoCheckpoint as e:
+        return str(e)
     except UserError:
         return f"start it again with {fresh_start(path)}"
 
@@ -337,7 +349,7 @@ def load_run(path: str | Path) -> Run:
         metrics = json.loads((path / METRICS).read_text())
     except ValueError:
         raise UserError(f"{path / METRICS} is not valid JSON; train the run again with {fresh_start(path)}") from None
-    run = Run(path, load_config(path / CONFIG), read_history(path / HISTORY), metrics)
+    run = Run(path, run_config(path), read_history(path / HISTORY), metrics)
     if isinstance(metrics.get("config"), dict):  # runs trained before it was recorded have nothing to check
         trained = flat_config(config_from_dict(metrics["config"]))
         edited = _edits(trained, run.config)
@@ -386,6 +398,10 @@ def load_group(path: str | Path) -> tuple[dict, list[Run]]:
     return group, [load_run(path / name) for name in names]
 
 
+class NoCheckpoint(UserError):
+    """An interrupted run without a readable checkpoint: why, and how to start it again."""
+
+
 def completed_epochs(path: str | Path) -> int:
     """Epochs an interrupted run finished (from its checkpoint); a UserError if it cannot be resumed."""
     path = Path(path)
@@ -409,7 +425,7 @@ def completed_epochs(path: str | Path) -> int:
                    f"train.checkpoint_seconds have passed)")
         else:
             why = f"{path} has no completed epoch to resume from"
-        raise UserError(f"{why}; start it again with {fresh_start(path)}") from None
+        raise NoCheckpoint(f"{why}; start it again with {fresh_start(path)}") from None
 
 
 def save_checkpoint(path: str | Path, epoch: int, arrays: dict[str, np.ndarray]) -> None:
@@ -427,7 +443,7 @@ def load_checkpoint(path: str | Path) -> tuple[int, dict[str, np.ndarray]]:
 
 
 def truncate_history(path: str | Path, epochs: int) -> None:
-    """Keep the header and the first `epochs` rows (a row written after the last checkpoint is redone)."""
+    """Keep the header and the first `epochs` rows (rows written after the last checkpoint are redone)."""
     path = Path(path)
     lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []  # as written: CSVLogger's \r\n
     with atomic(path) as tmp:
@@ -455,7 +471,8 @@ def flat_config(config: Config) -> dict[str, object]:
 def config_differences(loaded: list[Run]) -> dict[str, list]:
     """The config keys whose values differ between runs, with each run's value (seed included)."""
     flats = [flat_config(run.config) for run in loaded]
-    return {key: [flat[key] for flat in flats] for key in flats[0] if len({str(f[key]) for f in flats}) > 1}
+    return {key: [flat[key] for flat in flats] for key in flats[0]
+            if len({str(f[key]) for f in flats}) > 1 and key not in SAVING_ONLY}
 
 
 def summary(run: Run) -> dict[str, object]:

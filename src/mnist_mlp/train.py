@@ -39,8 +39,8 @@ class TrainResult:
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Wall seconds of each epoch, validation and checkpoint included (side by side: the group's epoch up to this
-    run's checkpoint)."""
+    """Wall seconds of each epoch, validation and a checkpoint saved after it included (side by side: the group's
+    epoch up to this run's checkpoint)."""
 
     def on_train_begin(self, logs=None):
         self.seconds: list[float] = []
@@ -153,7 +153,7 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
     Args:
         backend: the active Keras backend and why it was chosen (recorded in metrics.json).
         overwrite: replace a run folder the tool made (only the files it wrote there are deleted).
-        resume: continue `run_dir` from its last completed epoch (its config.toml is `config`).
+        resume: continue `run_dir` from its last checkpoint (its config.toml is `config`).
         callbacks: more Keras callbacks (a sweep's pruning).
         score_test: score the test set at the end; sweeps pass False, so selection never sees it.
         verbose: Keras' progress display (1 bar, 2 one line per epoch).
