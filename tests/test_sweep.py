@@ -90,6 +90,8 @@ def test_sweep_errors(tmp_path, capsys):
     assert main(["sweep", "--space", str(bad), "--out", str(tmp_path / "s")]) == 2
     assert "needs one of int" in capsys.readouterr().err
     assert main(["sweep", "--out", str(tmp_path / "none"), "--report"]) == 2
+    assert f"no sweep has run in {tmp_path / 'none'} (no study.db there); start one with `mnist-mlp sweep --out " \
+           f"{tmp_path / 'none'}`" in capsys.readouterr().err and not (tmp_path / "none").exists()
     assert main(["sweep", "--storage", "postgresql://nobody@127.0.0.1:1/none", "--out", str(tmp_path / "p")]) == 2
     assert "cannot open the study" in capsys.readouterr().err
 

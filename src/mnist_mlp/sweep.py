@@ -201,6 +201,9 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
 def report(sweep_dir: str | Path, study_name: str | None = None, storage: str | None = None, top: int = 10) -> dict:
     """Leaderboard, parameter importances, and Optuna's optimisation-history and parallel-coordinate PNGs."""
     sweep_dir = Path(sweep_dir)
+    if storage is None and not (sweep_dir / STUDY_DB).is_file():
+        raise UserError(f"no sweep has run in {sweep_dir} (no {STUDY_DB} there); start one with `mnist-mlp sweep "
+                        f"--out {runs.shell_path(sweep_dir)}`, or point --out (or --storage) at one that has")
     storage = storage_url(sweep_dir, storage)
     import warnings
 
