@@ -82,6 +82,20 @@ def trained(mnist_dir, tmp_path_factory):
     return runs.load_model(runs.load_run(out)), out
 
 
+def ctrl_c_after_epoch(last: int):
+    """A Checkpoint.on_epoch_end (to patch in) that does its work, then presses Ctrl-C after epoch index `last`."""
+    from mnist_mlp.checkpoint import Checkpoint
+
+    save = Checkpoint.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        save(self, epoch, logs)
+        if epoch == last:
+            raise KeyboardInterrupt
+
+    return on_epoch_end
+
+
 def run_cli(*args, env=None, timeout=600):
     """`python -m mnist_mlp ARGS` in a fresh process (a new Keras backend needs one)."""
     full_env = {**os.environ, **(env or {})}

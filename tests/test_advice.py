@@ -9,6 +9,7 @@ import signal
 
 import pytest
 
+from conftest import ctrl_c_after_epoch
 from mnist_mlp import checkpoint, runs, train
 from mnist_mlp.cli import main
 
@@ -48,14 +49,8 @@ def test_ctrl_c_in_the_first_epoch_advises_a_fresh_start_that_works(synthetic_di
 
 def _stop_after_first_epoch(out, synthetic_dir, monkeypatch):
     """Train TINY into `out` and press Ctrl-C just after the first epoch's checkpoint is saved."""
-    original = train.Checkpoint.on_epoch_end
-
-    def interrupt_after_saving(self, epoch, logs=None):
-        original(self, epoch, logs)
-        raise KeyboardInterrupt
-
     with monkeypatch.context() as patch:
-        patch.setattr(train.Checkpoint, "on_epoch_end", interrupt_after_saving)
+        patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_after_epoch(0))
         assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
 
 
@@ -94,16 +89,9 @@ def test_checkpoints_keep_their_interval_and_resume_from_an_older_one(synthetic_
 def test_ctrl_c_before_the_first_checkpoint_says_so_and_advises_a_fresh_start(synthetic_dir, tmp_path, capsys,
                                                                               monkeypatch):
     out, argv = tmp_path / "run", ["--train-samples", "500", "--epochs", "4", "--cache-dir", str(synthetic_dir)]
-    original = train.Checkpoint.on_epoch_end
-
-    def ctrl_c_after_2(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 1:
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as patch:
         patch.setattr(checkpoint, "monotonic", lambda: 0.0)  # no time passes: no checkpoint is due
-        patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_after_2)
+        patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_after_epoch(1))
         assert main(["train", *argv, "--out", str(out)]) == 2
     stopped = "stopped after 2 epoch(s), before its first checkpoint (one is saved once train.checkpoint_seconds"
     assert f"interrupted; {out} {stopped}" in capsys.readouterr().err  # Ctrl-C says why there is no --resume

@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import ctrl_c_after_epoch
 from mnist_mlp import runs, train
 from mnist_mlp.augment import deform, gaussian_matrix
 from mnist_mlp.cli import main
@@ -77,15 +78,8 @@ def test_training_with_deformations_repeats_resumes_and_differs(synthetic_dir, t
     assert history["a"] == history["b"] and history["a"] != history["plain"]
     assert runs.load_run(tmp_path / "a").config.augment.elastic_alpha == 36
 
-    save = train.Checkpoint.on_epoch_end
-
-    def stop_after_epoch_2(self, epoch, logs=None):
-        save(self, epoch, logs)
-        if epoch == 1:
-            raise KeyboardInterrupt
-
     with monkeypatch.context() as patch:
-        patch.setattr(train.Checkpoint, "on_epoch_end", stop_after_epoch_2)
+        patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_after_epoch(1))
         assert main(["train", *SMALL, *DEFORM, "--set", "train.checkpoint_seconds=0", "--out",
                      str(tmp_path / "stopped"), *cache]) == 2
     assert main(["train", "--resume", str(tmp_path / "stopped"), *cache]) == 0
