@@ -1,4 +1,4 @@
-"""Digits that are not MNIST's: the printed set is what it says, UCI's handwriting loads, a folder of your
+"""Digits that are not MNIST's: the printed and pen-drawn sets are what they say, UCI's handwriting loads, a folder of your
 own labelled digits is read the way predict reads files, and a model trained on MNIST reads them all."""
 
 import sys
@@ -29,6 +29,29 @@ def test_the_printed_set_is_every_digit_in_every_font_centred_as_mnist(printed):
     assert max(rows.sum(axis=1).max(), cols.sum(axis=1).max()) <= 21  # fitted to 20x20 as MNIST's (+1: smoothing)
     distinct = {image.tobytes() for image in images}
     assert len(distinct) == len(images)
+
+
+def test_the_pen_set_is_every_digit_in_every_style_drawn_with_the_pages_pen():
+    images, labels = otherdigits.load("pen")
+    count = len(otherdigits.PEN_FONTS) * 10 * len(otherdigits.PEN_HEIGHTS) * len(otherdigits.PEN_SLANTS)
+    assert len(images) == len(labels) == count and np.bincount(labels).tolist() == [count // 10] * 10
+    assert len({image.tobytes() for image in images}) == count  # no two fonts share a design of the digits
+    stack = np.stack(images)
+    assert stack.reshape(count, -1).max(axis=1).min() == 255
+    assert max(stack.any(axis=2).sum(axis=1).max(), stack.any(axis=1).sum(axis=1).max()) <= 21  # fitted to 20x20
+    for font in otherdigits.PEN_FONTS:  # drawn inside the pad, however leaning
+        for slant in otherdigits.PEN_SLANTS:
+            points = np.concatenate(otherdigits.pen_strokes(font, 8, max(otherdigits.PEN_HEIGHTS), slant))
+            assert points.min() > otherdigits.PEN / 2 and points.max() < otherdigits.PAD - otherdigits.PEN / 2
+    tap = np.asarray(otherdigits.draw([[(140.0, 140.0)]]), np.float64) / 255  # one dab: a round pen's disc
+    assert tap[140, 140] == 1 and tap[0, 0] == 0 and tap.sum() == pytest.approx(np.pi * (otherdigits.PEN / 2) ** 2, rel=0.04)
+
+
+def test_an_install_without_hershey_fonts_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "HersheyFonts", None)
+    with pytest.raises(UserError, match="pip install Hershey-Fonts") as error:
+        otherdigits.check("pen")
+    assert "\n" not in str(error.value)
 
 
 def test_uci_handwriting_loads_as_mnist_style_digits():
@@ -64,6 +87,8 @@ def test_a_model_trained_on_mnist_reads_printed_digits_and_your_folder(trained, 
     out = capsys.readouterr().out
     accuracy = float(out.split("Accuracy on fonts: ")[1].split()[0])
     assert 0.5 < accuracy < 1, out  # far above chance (0.1), and not the test set's score
+    assert main(["evaluate", str(run_dir), "--on", "pen"]) == 0
+    assert 0.5 < float(capsys.readouterr().out.split("Accuracy on pen: ")[1].split()[0]) < 1
     assert sorted(run_dir.iterdir()) == before  # scoring other digits writes nothing into the run
 
     images, labels = printed

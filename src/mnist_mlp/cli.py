@@ -221,7 +221,8 @@ def build_parser() -> Parser:
 
     p = command("evaluate", "test metrics, confusion matrix, misclassified digits", run, cache_dir, backend)
     p.add_argument("--on", default="mnist", metavar="SOURCE", help="digits to score: mnist (its test set), fonts "
-                   "(printed), uci (handwriting; needs scikit-learn) or FOLDER (your own: FOLDER/0/ ... FOLDER/9/; ./fonts for a folder of that name)")
+                   "(printed), pen (drawn with the page's pen), uci (handwriting; needs scikit-learn) or FOLDER (your own: "
+                   "FOLDER/0/ ... FOLDER/9/; ./fonts for a folder of that name)")
     p.set_defaults(func=cmd_evaluate)
 
     p = command("runs", "list, show and compare runs")

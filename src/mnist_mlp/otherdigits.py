@@ -1,10 +1,12 @@
 """Digits that are not MNIST's, to see how a model reads what users give it: digits printed in the fonts
-matplotlib ships ("fonts"), real handwriting from UCI's optdigits test set, 13 writers scanned at 8x8 ("uci", via
+matplotlib ships ("fonts"), digits drawn with the draw-a-digit page's pen along the strokes of Hershey's
+single-stroke fonts ("pen"), real handwriting from UCI's optdigits test set, 13 writers scanned at 8x8 ("uci", via
 scikit-learn if installed), or a folder of your own labelled images (FOLDER/0/*.png ... FOLDER/9/*.png). Each
 image is read as `predict` reads a file (to_mnist), so the score is the one a user's own digits would get."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +15,21 @@ from PIL import Image, ImageDraw, ImageFont
 from mnist_mlp.errors import UserError
 from mnist_mlp.predict import IMAGE_SUFFIXES, open_image, to_mnist
 
-SOURCES = ("fonts", "uci")  # or a folder
+SOURCES = ("fonts", "pen", "uci")  # or a folder
 # Upright and italic, serif, sans and monospaced; not cmmi10, whose digits are old-style (they drop below the line).
 FONTS = ("DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique", "DejaVuSans-BoldOblique", "DejaVuSerif",
          "DejaVuSerif-Bold", "DejaVuSerif-Italic", "DejaVuSerif-BoldItalic", "DejaVuSansMono", "DejaVuSansMono-Bold",
          "STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta", "cmr10", "cmb10", "cmss10",
          "cmtt10", "cmti10")
 ANGLES = (-8, 0, 8)  # degrees: a printed digit photographed a little askew
+# Hershey's pen-plotter fonts hold six designs of the digits besides the gothic one (which no one writes): simplex,
+# duplex and triplex roman, complex roman, complex and triplex italic. Their digits are strokes, as a hand draws
+# them on the page, not filled outlines; duplex and triplex draw parallel strokes, as a pen pressed harder.
+PEN_FONTS = ("futural", "futuram", "rowmant", "timesr", "scripts", "timesib")
+PEN_HEIGHTS = (0.7, 0.4)  # the digit's height as a share of the pad: drawn to fill it, and drawn small
+PEN_SLANTS = (-0.25, 0.0, 0.25)  # horizontal shear: leaning left, upright, leaning right
+PAD, PEN = 280, 18  # the page's drawing pad and its pen's width, in the pad's pixels (static/index.html)
+SUPERSAMPLE = 4  # drawn 4x larger and averaged down: anti-aliased edges, as the browser's canvas draws them
 
 
 def load(source: str) -> tuple[list[np.ndarray], np.ndarray]:
@@ -27,6 +37,8 @@ def load(source: str) -> tuple[list[np.ndarray], np.ndarray]:
     check(source)
     if source == "fonts":
         return fonts()
+    if source == "pen":
+        return pen()
     if source == "uci":
         return uci()
     return folder(Path(source))
@@ -34,13 +46,19 @@ def load(source: str) -> tuple[list[np.ndarray], np.ndarray]:
 
 def check(source: str) -> None:
     """A UserError now, before Keras starts, if `source` cannot be read: scikit-learn missing for "uci",
-    a folder without digit subfolders."""
+    Hershey-Fonts for "pen", a folder without digit subfolders."""
     if source == "uci":
         try:
             import sklearn.datasets  # noqa: F401
         except ImportError:
             raise UserError("--on uci reads UCI's handwritten digits from scikit-learn; install it with "
-                            "`pip install scikit-learn`, or use --on fonts or --on FOLDER") from None
+                            "`pip install scikit-learn`, or use --on fonts, pen or FOLDER") from None
+    elif source == "pen":
+        try:
+            import HersheyFonts  # noqa: F401
+        except ImportError:
+            raise UserError("--on pen draws the strokes of Hershey's fonts, and this install lacks them: "
+                            "`pip install Hershey-Fonts` (a dependency of mnist-mlp)") from None
     elif source != "fonts":
         _labelled(Path(source))
 
@@ -61,6 +79,59 @@ def fonts() -> tuple[list[np.ndarray], np.ndarray]:
                 images.append(to_mnist(np.asarray(page, np.float32))[0])
                 labels.append(digit)
     return images, np.array(labels)
+
+
+def pen() -> tuple[list[np.ndarray], np.ndarray]:
+    """Each digit in each Hershey style, drawn large and small, upright and leaning either way, 360 in all: the
+    PNG the page would send had it been drawn there (white on black, the page's pen), read as the server reads it."""
+    images, labels = [], []
+    for font in PEN_FONTS:
+        for digit in range(10):
+            for height in PEN_HEIGHTS:
+                for slant in PEN_SLANTS:
+                    drawn = draw(pen_strokes(font, digit, height, slant))
+                    images.append(to_mnist(np.asarray(drawn, np.float32))[0])
+                    labels.append(digit)
+    return images, np.array(labels)
+
+
+def pen_strokes(font: str, digit: int, height: float, slant: float) -> list[list[tuple[float, float]]]:
+    """The digit's strokes in a Hershey font as points in the page's pad, `height` of it tall, sheared by
+    `slant` (x moves by slant times the height above the digit's middle), centred."""
+    strokes = [np.array(stroke, np.float64) for stroke in _hershey(font).strokes_for_text(str(digit)) if len(stroke)]
+    points = np.concatenate(strokes)
+    low, high = points.min(axis=0), points.max(axis=0)
+    scale = height * PAD / (high[1] - low[1])  # Hershey's y grows downward, as the pad's does
+    middle = (low + high) / 2
+    placed = []
+    for stroke in strokes:
+        x, y = (stroke[:, 0] - middle[0]) * scale, (stroke[:, 1] - middle[1]) * scale
+        placed.append([(float(PAD / 2 + a - slant * b), float(PAD / 2 + b)) for a, b in zip(x, y)])
+    return placed
+
+
+@functools.cache
+def _hershey(font: str):
+    """A loaded Hershey font (loading one takes 0.03 s: it unpacks them all)."""
+    from HersheyFonts import HersheyFonts
+
+    hershey = HersheyFonts()
+    hershey.load_default_font(font)
+    return hershey
+
+
+def draw(strokes: list[list[tuple[float, float]]]) -> Image.Image:
+    """The pad after these strokes: white on black, the page's pen (round caps and joins), anti-aliased."""
+    big = Image.new("L", (PAD * SUPERSAMPLE, PAD * SUPERSAMPLE), 0)
+    ink = ImageDraw.Draw(big)
+    radius = PEN * SUPERSAMPLE / 2
+    for stroke in strokes:
+        points = [(x * SUPERSAMPLE, y * SUPERSAMPLE) for x, y in stroke]
+        if len(points) > 1:
+            ink.line(points, fill=255, width=PEN * SUPERSAMPLE)
+        for x, y in points:  # round caps and joins
+            ink.ellipse((x - radius, y - radius, x + radius, y + radius), fill=255)
+    return big.resize((PAD, PAD), Image.Resampling.BOX)
 
 
 def uci() -> tuple[list[np.ndarray], np.ndarray]:
