@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 
 from mnist_mlp import runs
+from mnist_mlp.backend import cpu_bfloat16
 from mnist_mlp.cli import main
+from mnist_mlp.config import TrainConfig
 from mnist_mlp.model import _bf16_matmul
+from mnist_mlp.train import precision_note
 
 # Rounding to bfloat16 (8 significant bits) moves a number by at most 2**-9 of itself, so a product of two
 # rounded inputs is within (1 + 2**-9)**2 - 1 < 2**-7.9 of the exact one; summed in float32, the error of
@@ -40,12 +43,18 @@ def test_the_product_and_its_gradients_are_within_bfloat16_rounding():
         assert error.max() > 1e-4  # rounded for real: float32 alone would be ~1e-5 here
 
 
-def test_bfloat16_training_follows_float32_within_the_seed_to_seed_spread(synthetic_dir, tmp_path, capsys):
+def test_bfloat16_training_follows_float32_within_the_seed_to_seed_spread(synthetic_dir, tmp_path, capsys,
+                                                                          monkeypatch):
     """Rounding the products' inputs perturbs every step a little, so the bfloat16 run must end closer to
-    the float32 run than another seed's float32 run does: the noise a user already lives with."""
+    the float32 run than another seed's float32 run does: the noise a user already lives with. On a CPU
+    without bfloat16 instructions (as here, said so) the bfloat16 run says float32 is faster."""
+    monkeypatch.setattr("mnist_mlp.train.cpu_bfloat16", lambda: False)
     cache = ["--cache-dir", str(synthetic_dir)]
+    out = {}
     for name, extra in (("f32", []), ("bf16", ["--set", "train.precision=bfloat16"]), ("seed", ["--seed", "7"])):
         assert main(["train", *SMALL, *extra, "--out", str(tmp_path / name), *cache]) == 0
+        out[name] = capsys.readouterr().out
+    assert "--set train.precision=float32" in out["bf16"] and "bfloat16 instructions" not in out["f32"]
     history = {name: runs.read_history(tmp_path / name / runs.HISTORY) for name in ("f32", "bf16", "seed")}
     for key in ("loss", "val_loss"):
         ours = np.abs(np.subtract(history["bf16"][key], history["f32"][key]))
@@ -57,6 +66,25 @@ def test_bfloat16_training_follows_float32_within_the_seed_to_seed_spread(synthe
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "bf16"), *cache]) == 0  # reloaded, it scores what training scored
     assert f"Test accuracy: {run.metrics['test_accuracy']:.4f}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("precision, device, fast, said", [
+    ("bfloat16", "cpu", False, True), ("bfloat16", "cpu", True, False), ("bfloat16", "cpu", None, False),
+    ("bfloat16", "gpu NVIDIA H200", False, False), ("float32", "cpu", False, False)])
+def test_train_says_float32_is_faster_only_on_a_cpu_known_to_lack_bfloat16(precision, device, fast, said):
+    note = precision_note(TrainConfig(precision=precision), device, fast)
+    assert bool(note) == said and "\n" not in note
+
+
+def test_cpu_flags_say_whether_bfloat16_is_fast(tmp_path):
+    """/proc/cpuinfo's flags: AMD Zen 4 and Intel Sapphire Rapids list avx512_bf16 (and amx_bf16); Zen 2 neither;
+    an ARM CPU has no "flags" line at all."""
+    cases = {"flags\t\t: fpu avx2 avx512f avx512_bf16 sha_ni\n": True, "flags\t: fpu avx2 amx_bf16 amx_tile\n": True,
+             "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n": False, "Features\t: fp asimd bf16\n": None}
+    for i, (text, fast) in enumerate(cases.items()):
+        (tmp_path / str(i)).write_text(text)
+        assert cpu_bfloat16(tmp_path / str(i)) is fast
+    assert cpu_bfloat16(tmp_path / "missing") is None
 
 
 def test_bfloat16_on_another_backend_is_refused_in_one_line(synthetic_dir, tmp_path):

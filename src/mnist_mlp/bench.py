@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mnist_mlp.backend import cpu_bfloat16
 from mnist_mlp.errors import UserError
 
 VARIANTS = ("ours", "keras-jax", "keras-tensorflow", "keras-torch", "torch", "torch-1thread")
@@ -419,7 +420,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} CPUs"
+    bfloat16 = {True: ", bfloat16 instructions", False: ", no bfloat16 instructions", None: ""}[cpu_bfloat16()]
+    return f"{model}, {os.cpu_count()} CPUs{bfloat16}"
 
 
 def markdown(report: dict) -> str:

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from mnist_mlp import cache, plots, runs, stats
-from mnist_mlp.backend import BackendChoice, device_name
+from mnist_mlp.backend import BackendChoice, cpu_bfloat16, device_name
 from mnist_mlp.checkpoint import Checkpoint, CtrlC, restore
 from mnist_mlp.config import Config, TrainConfig, check_fits, config_to_toml
 from mnist_mlp.errors import UserError, WriteFailed, write_failed
@@ -132,6 +132,14 @@ def choose_engine(requested: str, backend: str) -> str:
     return "compiled" if backend == "jax" and requested in ("auto", "compiled") else "fit"
 
 
+def precision_note(config: TrainConfig, device: str, fast_bfloat16: bool | None) -> str:
+    """A line when bfloat16 products would train slower than float32: on a CPU without bfloat16 instructions."""
+    if config.precision != "bfloat16" or device != "cpu" or fast_bfloat16 is not False:
+        return ""
+    return ("Note: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16), so train.precision = bfloat16 "
+            "trains slower here than float32 (about 2x an epoch); for speed, add --set train.precision=float32.")
+
+
 def engine_note(requested: str, engine: str) -> str:
     if engine == "compiled":
         return "Engine: compiled (each epoch one jitted XLA scan over its batches; --set train.engine=fit for Keras fit)."
@@ -220,6 +228,8 @@ def _start(config, run_dir, backend, resume, data_dir, log, callbacks) -> Starte
     log(model_summary(setup.model))
     initial_epoch, rng = restore(setup.model, run_dir) if resume else (0, None)
     log(engine_note(tc.engine, engine))
+    if not resume and (note := precision_note(tc, device_name(backend.name), cpu_bfloat16())):
+        log(note)  # not on a resume: its config cannot change
     timer = EpochTimer()
     callbacks = [*callbacks, keras.callbacks.TerminateOnNaN(),
                  keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume),
