@@ -123,3 +123,86 @@ def test_the_pen_set_is_what_the_page_draws(page, font, digit, slant):
     # Measured: 0.8-1.4 gray levels (of 255) apart on average; the same strokes with a pen 2 px thinner or
     # thicker than the page's are 2.0-2.6 apart, 4 px 4-11.
     assert np.abs(seen - read).mean() < 1.8
+
+
+def _held_predictions(page):
+    """Requests to the API held unanswered until the test lets them go (route.continue_())."""
+    held = []
+    page.route("**/api/predict", lambda route: held.append(route))
+    return held
+
+
+def _press(page, stroke):
+    box = page.locator("#pad").bounding_box()
+    page.mouse.move(box["x"] + stroke[0][0], box["y"] + stroke[0][1])
+    page.mouse.down()
+    for x, y in stroke[1:]:
+        page.mouse.move(box["x"] + x, box["y"] + y, steps=8)
+    page.mouse.up()
+
+
+def test_an_answer_to_a_drawing_since_cleared_is_not_shown(page):
+    page.click("#clear")
+    held = _held_predictions(page)
+    try:
+        _press(page, SEVEN[0])
+        while not held:
+            page.wait_for_timeout(20)
+        page.click("#clear")
+        with page.expect_response("**/api/predict"):
+            held[0].continue_()
+        page.wait_for_timeout(200)
+        assert page.locator("#digit").text_content() == "?"  # the 7's answer came, for a pad now blank
+    finally:
+        page.unroute("**/api/predict")
+
+
+@pytest.mark.parametrize("failure, note", [
+    (lambda route: route.abort(), "cannot reach the server"),
+    (lambda route: route.fulfill(status=502, body="Bad Gateway", content_type="text/plain"), "the server answered 502")],
+    ids=["unreachable", "not JSON"])
+def test_a_failed_request_says_so_and_clears_the_last_answer(page, failure, note):
+    _draw(page, ONE)
+    assert page.locator("#digit").text_content() == "1"
+    page.route("**/api/predict", failure)
+    try:
+        _press(page, SEVEN[0])
+        page.wait_for_function(f"document.querySelector('#note').textContent.includes({note!r})")
+        assert page.locator("#digit").text_content() == "?"
+        assert page.locator(".bar > div").evaluate_all("bars => bars.every(b => b.style.width === '0px')")
+    finally:
+        page.unroute("**/api/predict")
+
+
+def test_a_second_finger_neither_draws_nor_asks(page, server):
+    """One finger draws a bar across the top while a second rests on the pad's corner and lifts first."""
+    context = page.context.browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    try:
+        phone = context.new_page()
+        phone.goto(server)
+        asked = []
+        phone.on("request", lambda request: asked.append(request) if "api/predict" in request.url else None)
+        cdp = context.new_cdp_session(phone)
+        box = phone.locator("#pad").bounding_box()
+
+        def touch(kind, *points):
+            cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [
+                {"x": box["x"] + x, "y": box["y"] + y, "id": i} for i, (x, y) in points]})
+
+        touch("touchStart", (0, (60, 60)))
+        touch("touchMove", (0, (100, 60)))
+        touch("touchStart", (0, (100, 60)), (1, (250, 250)))
+        touch("touchMove", (0, (160, 60)), (1, (250, 250)))
+        touch("touchEnd", (1, (250, 250)))  # the second finger lifts (CDP lists the points that end): no question
+        phone.wait_for_timeout(300)
+        assert asked == []
+        with phone.expect_response("**/api/predict"):
+            touch("touchMove", (0, (220, 60)))
+            touch("touchEnd", (0, (220, 60)))
+        ink = phone.evaluate("""() => { const d = document.getElementById('pad').getContext('2d')
+            .getImageData(0, 0, 280, 280).data; return [d[4 * (60 * 280 + 200)], d[4 * (250 * 280 + 250)],
+            d[4 * (155 * 280 + 175)]]; }""")
+        assert ink[0] == 255 and ink[1] == 0 and ink[2] == 0  # the bar drawn; no ink at the resting finger or between
+        assert len(asked) == 1
+    finally:
+        context.close()

@@ -140,3 +140,17 @@ def test_predict_command(trained, mnist, tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"garbage")
     assert main(["predict", str(run), str(tmp_path / "bad.png")]) == 2
     assert "not a readable image" in capsys.readouterr().err
+
+
+def test_a_drawing_that_touches_the_pads_edge_is_read_as_a_canvas():
+    """A big digit drawn on the page reaches the pad's edge; its background is still one exact level, so it is
+    read as the same digit with black added around it (no lighting fit: that took ~20x as long and rang)."""
+    from PIL import ImageDraw
+
+    from mnist_mlp import predict
+
+    pad = Image.new("L", (280, 280), 0)
+    ImageDraw.Draw(pad).ellipse((0, 0, 279, 279), outline=255, width=18)  # a 0 touching all four edges
+    touching = np.asarray(pad, np.float32)
+    assert predict._ink(touching)[1] == 0  # the canvas path: no noise estimated, nothing fitted
+    assert np.array_equal(to_mnist(touching)[0], to_mnist(np.pad(touching, 20))[0])

@@ -26,6 +26,7 @@ MIN_FILL = 0.02  # ink covering less than this fraction of its box is scattered 
 NO_DIGIT = "no digit found: the image is blank or its marks are too faint"
 BLOCK_ASPECT = 0.4  # a filled box squarer than this (short side / long side) is a blot, not a 1
 WORK_SIDE = 1024  # px; larger images are box-averaged down to this on their long side first
+EVEN = 0.5  # one exact level over this share of the border and of the image, the rest ink: an even background
 FIT_SIDE = 48  # px; the lighting surface is fitted on a copy this size on its long side
 UNSURE_BELOW = 0.6  # top probability under which the prediction is flagged as unsure
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")  # Pillow decodes only these (the README's list)
@@ -155,9 +156,13 @@ def _ink(gray: np.ndarray) -> tuple[np.ndarray, float]:
     """Ink strength (h, w) >= 0 in gray levels above the paper's own lighting, and the noise's standard
     deviation in the same units (0 for a clean, evenly lit image such as a canvas)."""
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if border.min() == border.max():  # an even background (a canvas, a clean render): nothing to fit
-        sign = -1.0 if border[0] >= 128 else 1.0  # dark ink on light paper, or light ink on dark
-        return np.clip(sign * (gray - border[0]), 0, None), 0.0
+    levels, counts = np.unique(border, return_counts=True)
+    level = float(levels[counts.argmax()])
+    sign = -1.0 if level >= 128 else 1.0  # dark ink on light paper, or light ink on dark
+    if (counts.max() >= EVEN * border.size and np.all(sign * (border - level) >= 0)
+            and np.count_nonzero(gray == level) >= EVEN * gray.size):
+        # an even background (a canvas, a clean render), ink perhaps touching the edge: nothing to fit
+        return np.clip(sign * (gray - level), 0, None), 0.0
     step = max(1, max(gray.shape) // 256)
     low, middle, high = np.percentile(gray[::step, ::step], [0.5, 50, 99.5])
     sign = -1.0 if middle - low > high - middle else 1.0  # the ink is the side that stands out further
