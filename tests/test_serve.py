@@ -137,6 +137,7 @@ def _multipart(*parts):
     ([("note", None, b"no file here")], "no file field"),
     ([("a", "a.png", b"x"), ("b", "b.png", b"y")], "multipart upload"),
     ([("file", "notes.txt", b"hello")], "not a readable image"),
+    ([("file", "digit.png", b"")], "the uploaded file is empty"),  # a form sent with no file chosen
 ])
 def test_bad_multipart_uploads_get_400(client, parts, message):
     body, content_type = _multipart(*parts)
@@ -157,6 +158,9 @@ def test_a_content_type_it_does_not_take_gets_415_naming_those_it_does(client):
     (b'{"pixels": [' + b"1" * 400 + b"]}", {"Content-Type": "application/json"}, 400, "JSON must be"),
     (json.dumps({"pixels": [float("nan")] * 784}).encode(), {"Content-Type": "application/json"}, 400, "NaN"),
     (json.dumps({"pixels": [300] * 784}).encode(), {"Content-Type": "application/json"}, 400, "0..255"),
+    (json.dumps({"pixels": [None] * 784}).encode(), {"Content-Type": "application/json"}, 400, "must be numbers"),
+    (json.dumps({"pixels": ["255"] * 784}).encode(), {"Content-Type": "application/json"}, 400, "must be numbers"),
+    (json.dumps({"pixels": [True] * 784}).encode(), {"Content-Type": "application/json"}, 400, "must be numbers"),
     (b"{}", {"Content-Type": "application/json"}, 400, "JSON must be"),
     (_blp_unsupported(), {"Content-Type": "image/png"}, 400, "not a readable image"),
     (_png(np.zeros((28, 28), np.uint8), format="PPM"), {"Content-Type": "image/png"}, 400, "not a readable image"),
@@ -234,3 +238,76 @@ def test_serve_on_a_bad_port_is_one_line_and_exit_2(trained, capsys):
         assert main(["serve", str(run), "--port", str(taken.getsockname()[1])]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "in use" in err and "--port" in err
+
+
+@pytest.mark.slow
+def test_the_server_process_a_teacher_runs(trained, tmp_path):
+    """`mnist-mlp serve` as a process: a second server on the same port, started while the first loads, is
+    refused in one line; "Serving on" comes once requests are answered; a client gone mid-upload leaves no
+    traceback; Ctrl-C stops it within the grace period even while an upload never finishes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    _, run = trained
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "mnist_mlp", "serve", str(run), "--port", str(port)]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert first.stdout.readline().startswith("Loading")
+        second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and "in use" in second.stderr and second.stderr.count("\n") == 1
+        serving = first.stdout.readline()
+        assert serving.startswith(f"Serving on http://127.0.0.1:{port}/"), serving
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as response:
+            assert response.status == 200  # answered at once: the line came when the server was ready
+        upload = b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port)) as gone:
+            gone.sendall(upload + b"\x89PNG" * 250)  # a tab closed mid-upload
+            time.sleep(0.5)
+        hanging = socket.create_connection(("127.0.0.1", port))
+        hanging.sendall(upload + b"\x89PNG")
+        time.sleep(0.5)
+        started = time.monotonic()
+        first.send_signal(signal.SIGINT)
+        output = first.communicate(timeout=30)[0]
+        assert time.monotonic() - started < serve.SHUTDOWN_GRACE + 5
+        assert "Traceback" not in output and "ClientDisconnect" not in output, output
+        hanging.close()
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_for_every_interface_the_addresses_printed_are_ones_a_browser_can_use():
+    assert serve.urls("127.0.0.1", 8000) == ["http://127.0.0.1:8000/"]
+    assert serve.urls("::1", 8000) == ["http://[::1]:8000/"]
+    for host in ("0.0.0.0", "::"):
+        here, *others = serve.urls(host, 8000)
+        assert here == "http://127.0.0.1:8000/" and all("0.0.0.0" not in u and "[::]" not in u for u in others)
+
+
+def test_a_small_file_of_many_pixels_is_decoded_on_the_photos_thread(trained):
+    """The drawings' thread takes small bodies, but a 35 KB PNG can hold 25 megapixels (1.5 s to decode):
+    its header sends it to the photos' thread, so drawings never wait behind it."""
+    class Pool:
+        def __init__(self):
+            self.jobs = []
+
+        def submit(self, *job):
+            self.jobs.append(job)
+
+    drawing = _png(np.zeros((280, 280), np.uint8))
+    for body, moved in ((_png_header_only(5000, 5000), True), (drawing, False), (b"not an image", False)):
+        photos = Pool()
+        batcher = Pool()  # stands in for the batcher: the decoded image is submitted to it
+        loop = asyncio.new_event_loop()
+        try:
+            serve._decode_and_queue(batcher, "image", body, loop.create_future(), loop, photos)
+        finally:
+            loop.close()
+        assert len(photos.jobs) == moved and len(body) <= serve.SMALL_BODY

@@ -102,11 +102,14 @@ def cmd_predict(args) -> None:
 def cmd_serve(args) -> None:
     runs.load_run(args.run)
     use_backend(args.backend)
-    from mnist_mlp.serve import bind, serve
+    from mnist_mlp.serve import bind, serve, urls
 
     sock = bind(args.host, args.port)  # a port in use or out of range: one line, before the model loads
-    print(f"Serving {args.run} on http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C stops", flush=True)
-    serve(args.run, sock=sock)
+    where = urls(args.host, args.port)
+    others = f" and {where[1]} from other machines" if len(where) > 1 else ""
+    print(f"Loading {args.run} ...", flush=True)
+    serve(args.run, sock=sock, ready=lambda: print(f"Serving on {where[0]}{others} (API docs at /docs); Ctrl-C "
+                                                  "stops", flush=True))
 
 
 def cmd_plot(args) -> None:

@@ -7,27 +7,33 @@ import asyncio
 import dataclasses
 import errno
 import gc
+import io
 import json
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from mnist_mlp import runs
 from mnist_mlp.batcher import MAX_WAIT, Batcher, forward_pass
 from mnist_mlp.errors import UserError
-from mnist_mlp.predict import ImageTooLarge, MAX_PIXELS, open_image, prediction, to_mnist
+from mnist_mlp.predict import FORMATS, ImageTooLarge, MAX_PIXELS, open_image, prediction, to_mnist
 
+BACKLOG = 2048  # connections waiting to be accepted (uvicorn's default), e.g. a class opening the page at once
+SHUTDOWN_GRACE = 3  # seconds Ctrl-C waits for requests in flight before it stops the server
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes; counted as they arrive, whatever the framing; more gets 413
 SMALL_BODY = 64 * 1024  # bytes; larger uploads (photos) decode on their own thread, so drawn digits never wait behind them
+SMALL_PIXELS = 1_000_000  # ...as do small files of many pixels (the page's drawing: 78,400)
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff", "image/webp",
                "application/octet-stream")  # a raw image as the body (its bytes say which format)
 TAKEN = (*IMAGE_TYPES, "multipart/form-data", "application/json")
@@ -129,10 +135,16 @@ def create_app(run_dir: str | Path, model=None, max_wait: float = MAX_WAIT) -> F
                 body = await _multipart_file(request.headers, body)
         except UserError as e:
             return _error(e)
+        except ClientDisconnect:  # a closed tab or a lost phone mid-upload: no one to answer, nothing to log
+            return Response(status_code=400)
+        except asyncio.CancelledError:  # Ctrl-C's grace ran out while this upload was still arriving: end quietly
+            return Response(status_code=503)
         loop = asyncio.get_running_loop()
         future = loop.create_future()  # one wake-up: the decoder hands the image to the batcher, not back here
-        pool = decoders if len(body) <= SMALL_BODY else photo_decoders
-        pool.submit(_decode_and_queue, batcher, kind, body, future, loop)
+        if len(body) <= SMALL_BODY:  # a drawing, most likely: its own thread, unless its header says a photo's size
+            decoders.submit(_decode_and_queue, batcher, kind, body, future, loop, photo_decoders)
+        else:
+            photo_decoders.submit(_decode_and_queue, batcher, kind, body, future, loop)
         outcome = await future
         if isinstance(outcome, UserError):
             return _error(outcome)
@@ -191,20 +203,37 @@ async def _multipart_file(headers: Headers, body: bytes) -> bytes:
         files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
         if not files:
             raise UserError("multipart upload has no file field; send one (curl -F file=@digit.png)")
-        return await files[0].read()
+        content = await files[0].read()
+        if not content:
+            raise UserError("the uploaded file is empty (was a file chosen?); send a digit image")
+        return content
     finally:
         await form.close()
 
 
-def _decode_and_queue(batcher: Batcher, kind: str, body: bytes, future: asyncio.Future, loop) -> None:
+def _decode_and_queue(batcher: Batcher, kind: str, body: bytes, future: asyncio.Future, loop,
+                      photo_decoders: ThreadPoolExecutor | None = None) -> None:
     """On a decoder thread: the MNIST-style 28x28 goes to the batcher, whose thread settles `future` with
-    the response's JSON bytes; a bad upload settles it with its UserError."""
+    the response's JSON bytes; a bad upload settles it with its UserError. A small body whose header
+    declares more than SMALL_PIXELS (a blank 5000x5000 PNG is 35 KB) moves to `photo_decoders` first."""
+    if photo_decoders is not None and kind != "json" and _declared_pixels(body) > SMALL_PIXELS:
+        photo_decoders.submit(_decode_and_queue, batcher, kind, body, future, loop)
+        return
     try:
         image, note = to_mnist(open_image(_pixels(body) if kind == "json" else body, "upload"))
     except Exception as e:  # noqa: BLE001  a UserError is answered 4xx; anything else is a bug and a 500
         loop.call_soon_threadsafe(_settle, future, e)
         return
     batcher.submit(image, future, loop, lambda row: json.dumps(prediction_json(prediction(image, note, row))).encode())
+
+
+def _declared_pixels(body: bytes) -> int:
+    """Width x height as the image's header declares them (Pillow reads only the header); 0 if unreadable."""
+    try:
+        with Image.open(io.BytesIO(body), formats=FORMATS) as image:
+            return image.width * image.height
+    except Exception:  # noqa: BLE001  the decoder thread reports it properly
+        return 0
 
 
 def _settle(future: asyncio.Future, error: Exception) -> None:
@@ -214,11 +243,14 @@ def _settle(future: asyncio.Future, error: Exception) -> None:
 
 def _pixels(body: bytes) -> np.ndarray:
     try:
-        pixels = np.asarray(json.loads(body)["pixels"], dtype=np.float64)  # float64: 1e300 is out of range, not inf
+        given = json.loads(body)["pixels"]
+        pixels = np.asarray(given, dtype=np.float64)  # float64: 1e300 is out of range, not inf
     except (ValueError, KeyError, TypeError, IndexError, RecursionError, OverflowError):
         raise UserError('JSON must be {"pixels": [...]} with 28x28 or 784 numbers') from None
     if pixels.size != 784 or pixels.shape not in ((784,), (28, 28)):
         raise UserError(f"pixels must be 28x28 or 784 values; got shape {pixels.shape}")
+    if any(type(v) not in (int, float) for v in np.asarray(given, dtype=object).flat):
+        raise UserError("pixels must be numbers, not null, true, false or strings")
     if not np.isfinite(pixels).all():
         raise UserError("pixels has NaN or infinite values")
     if pixels.min() < 0 or pixels.max() > 255:
@@ -235,6 +267,7 @@ def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        sock.listen(BACKLOG)  # now: a second server fails here, and browsers wait while the model loads
     except OSError as e:
         hint = {errno.EADDRINUSE: "another server has it; stop it or pick another --port",
                 errno.EACCES: "ports below 1024 need root; pick another --port, e.g. 8000",
@@ -244,12 +277,35 @@ def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     return sock
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sock: socket.socket | None = None) -> None:
-    """Run the app with uvicorn until interrupted, on `sock` if given (see bind) or on host:port."""
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sock: socket.socket | None = None,
+          ready: Callable[[], None] = lambda: None) -> None:
+    """Run the app with uvicorn until interrupted, on `sock` if given (see bind) or on host:port; `ready` is
+    called once the model is loaded, just before requests are answered. Ctrl-C waits up to
+    SHUTDOWN_GRACE seconds for requests in flight (an upload that never ends included), then stops."""
     import uvicorn
 
     sock = sock or bind(host, port)
-    server = uvicorn.Server(uvicorn.Config(create_app(run_dir), log_level="warning"))
+    app = create_app(run_dir)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", backlog=BACKLOG,
+                                           timeout_graceful_shutdown=SHUTDOWN_GRACE))
     gc.collect()
     gc.freeze()  # a full collection walked the ~250k objects Keras and JAX leave (147 ms): health's p99 under load
+    ready()
     server.run(sockets=[sock])
+
+
+def urls(host: str, port: int) -> list[str]:
+    """Where a browser reaches the server: `host`; for every interface ("0.0.0.0", "::"), this machine and
+    its address on the network (the one a route out would use; no packet is sent), for other machines."""
+    def url(name: str) -> str:
+        return f"http://[{name}]:{port}/" if ":" in name else f"http://{name}:{port}/"
+
+    if host not in ("0.0.0.0", "::", ""):
+        return [url(host)]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # a documentation address (RFC 5737): only the route is looked up
+            lan = probe.getsockname()[0]
+    except OSError:
+        lan = socket.gethostname()
+    return [url("127.0.0.1")] + ([url(lan)] if lan != "127.0.0.1" else [])
