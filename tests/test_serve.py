@@ -311,3 +311,10 @@ def test_a_small_file_of_many_pixels_is_decoded_on_the_photos_thread(trained):
         finally:
             loop.close()
         assert len(photos.jobs) == moved and len(body) <= serve.SMALL_BODY
+
+
+def test_a_wrong_path_or_method_is_a_json_error_too(client):
+    for method, path, status in (("GET", "/api/nothing", 404), ("GET", "/api/predict", 405), ("DELETE", "/", 405)):
+        response = client.request(method, path)
+        assert response.status_code == status and path in response.json()["error"], response.text
+    assert client.head("/").status_code == 200  # link checkers and `curl -I` ask so

@@ -63,6 +63,7 @@ def open_image(source: str | Path | bytes | np.ndarray, name: str = "image") -> 
             raise ImageTooLarge(f"{name} is {image.width}x{image.height} pixels, more than {MAX_PIXELS:,}; "
                                 "send a smaller image")
         image.seek(0)
+        image.draft("L", (WORK_SIDE, WORK_SIDE))  # a JPEG decodes at 1/2, 1/4 or 1/8 scale, still >= WORK_SIDE
         ImageOps.exif_transpose(image, in_place=True)
         gray = _image_to_gray(image)
     except UserError:

@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
@@ -110,7 +111,13 @@ def create_app(run_dir: str | Path, model=None, max_wait: float = MAX_WAIT) -> F
     app = FastAPI(title="mnist-mlp", description="Draw a digit; the classic MNIST MLP reads it.")
     app.state.model, app.state.batcher = model, batcher
 
-    @app.get("/", include_in_schema=False)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        """404, 405 and the like as every other error: {"error": ...}."""
+        return JSONResponse({"error": f"{e.detail}: {request.method} {request.url.path}"}, status_code=e.status_code,
+                            headers=e.headers)
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index():
         return page
 
