@@ -258,3 +258,18 @@ def test_advice_survives_paths_with_a_space_or_a_leading_dash(synthetic_dir, tmp
         next_step = capsys.readouterr().out.strip().splitlines()[-1]
         command = re.search(r"next: mnist-mlp (.+)\)$", next_step).group(1)
         assert main(shlex.split(command) + ["--cache-dir", str(synthetic_dir)]) == 0
+
+
+def test_dot_and_slash_as_a_run_are_one_line_and_resuming_from_inside_a_run_advises_another_folder(
+        synthetic_dir, tmp_path, capsys, monkeypatch):
+    """`.` and `/` name no folder (Path.with_name failed on them: a traceback); a finished run resumed from
+    inside itself cannot be retrained in place (the working folder is never deleted), so: a free name."""
+    monkeypatch.chdir(tmp_path)
+    for folder in (".", "/"):
+        assert main(["evaluate", folder]) == 2
+        assert "is not a run folder" in capsys.readouterr().err
+    assert main(["train", *TINY, "--out", "done", "--cache-dir", str(synthetic_dir)]) == 0
+    monkeypatch.chdir(tmp_path / "done")
+    assert main(["train", "--resume", "."]) == 2
+    argv = _follow(capsys, synthetic_dir, "has finished")
+    assert argv[-2:] == ["--out", str(tmp_path / "done-2")]

@@ -259,6 +259,8 @@ def run_config(path: str | Path) -> Config:
 def free_name(path: str | Path) -> Path:
     """`path` itself if nothing is there, else the first of path-2, path-3, ... that does not exist."""
     path = Path(path)
+    if not path.name:  # "." names no folder: the folder it stands for; "/" none at all: one inside it
+        path = path.resolve() if path.resolve().name else path / "run"
     candidates = (path.with_name(f"{path.name}-{i}") for i in range(2, 10_000))
     return path if not path.exists() else next(p for p in candidates if not p.exists())
 
@@ -276,9 +278,9 @@ def fresh_start(path: str | Path) -> str:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             group = json.loads((path / GROUP).read_text())
             seeds = f"--seeds {len(group['planned'])} " + ("--side-by-side " if group.get("side_by_side") else "")
-    if (path / MARKER).is_file():
+    if (path / MARKER).is_file() and not Path.cwd().is_relative_to(path.resolve()):
         return f"`mnist-mlp train {config}{seeds}--out {shell_path(path)} --overwrite`"
-    return f"`mnist-mlp train {config}{seeds}--out {shell_path(free_name(path))}`"
+    return f"`mnist-mlp train {config}{seeds}--out {shell_path(free_name(path))}`"  # never the working folder
 
 
 def continue_advice(path: str | Path) -> str:
@@ -339,6 +341,9 @@ def load_run(path: str | Path) -> Run:
         raise UserError(f"{path} is a seed group, not one run; give one of its runs, e.g. {path / example[0]}, "
                         f"or plot them all with `mnist-mlp plot {shell_path(path)}`")
     missing = [name for name in REQUIRED if not (path / name).is_file()]
+    if len(missing) == len(REQUIRED) and not (path / MARKER).is_file():
+        raise UserError(f"{path} is not a run folder (no {CONFIG}, no model); give a folder written by `mnist-mlp "
+                        "train`, e.g. one that `mnist-mlp runs list` shows")
     if missing:
         if in_use(path):
             raise UserError(f"{path} is still training in another process; wait for it to finish")
