@@ -236,3 +236,19 @@ def test_an_output_name_of_255_bytes_is_written(tmp_path):
         runs.write_text(tmp_path / name, "kept")
         assert (tmp_path / name).read_text() == "kept"
     assert len(list(tmp_path.iterdir())) == 2  # no temporary file left
+
+
+def test_default_outputs_never_replace_a_users_file(synthetic_dir, tmp_path, capsys, monkeypatch):
+    """plot and runs compare (and inspect --augment, bench) write a default name into the working folder:
+    a file of the user's there keeps its bytes, and the output takes the next free name."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("curves.png", "compare.png", "compare-2.png"):
+        (tmp_path / name).write_text("mine")
+    for out in ("a", "b"):
+        assert main(["train", *TINY, "--out", out, "--cache-dir", str(synthetic_dir)]) == 0
+    capsys.readouterr()
+    assert main(["plot", "a", "b"]) == 0 and "Wrote curves-2.png" in capsys.readouterr().out
+    assert main(["runs", "compare", "a", "b"]) == 0 and "Wrote compare-3.png" in capsys.readouterr().out
+    assert all((tmp_path / name).read_text() == "mine" for name in ("curves.png", "compare.png", "compare-2.png"))
+    assert (tmp_path / "curves-2.png").read_bytes()[:4] == b"\x89PNG"
+    assert str(runs.free_name("bench.json", ".json")) == "bench.json"

@@ -46,13 +46,16 @@ def cmd_data(args) -> None:
 
 def cmd_inspect(args) -> None:
     if not args.augment:
+        if args.config or args.set or args.out:
+            raise UserError("--config, --set and --out shape the --augment preview; add --augment, or drop them")
         print(data.show_sample(args.split, args.index, args.cache_dir))
         return
     config = load_config(args.config, args.set)
     use_backend("jax")  # the deformations are JAX programs, as in the compiled engine
     from mnist_mlp import augment
 
-    print(f"Wrote {augment.preview(config.augment, args.out, args.cache_dir)} (left: the training digit; right: "
+    out = args.out or runs.free_name("augment.png", ".png")
+    print(f"Wrote {augment.preview(config.augment, out, args.cache_dir)} (left: the training digit; right: "
           "deformed as the model sees it, a fresh draw every step)")
 
 
@@ -132,7 +135,8 @@ def cmd_runs(args) -> None:
 
         loaded = [runs.load_run(path) for path in args.runs]
         print(runs.describe_compare(loaded))
-        print(f"Wrote {plots.plot_curves(plots.named_histories(loaded), args.out)}")
+        out = args.out or runs.free_name("compare.png", ".png")
+        print(f"Wrote {plots.plot_curves(plots.named_histories(loaded), out)}")
 
 
 def cmd_sweep(args) -> None:
@@ -157,8 +161,9 @@ def cmd_bench(args) -> None:
 
     report, text = bench.run(args.variants, args.epochs, args.gpu, args.time_to, args.config, args.serve,
                              args.connections, args.duration, args.image, args.cold)
-    runs.write_json(args.json, report)
-    print(f"{text}\n\nWrote {args.json}")
+    out = args.json or runs.free_name("bench.json", ".json")
+    runs.write_json(out, report)
+    print(f"{text}\n\nWrote {out}")
 
 
 def cmd_doctor(args) -> int:
@@ -203,7 +208,8 @@ def build_parser() -> Parser:
     p.add_argument("--split", choices=("train", "test"), default="train", help="which split")
     p.add_argument("--index", type=int, default=0, help="which image")
     p.add_argument("--augment", action="store_true", help="instead: a PNG of digits deformed by the config's [augment]")
-    p.add_argument("--out", default="augment.png", help="--augment: the PNG to write")
+    p.add_argument("--out", help="--augment: the PNG to write (default: augment.png, or augment-2.png, ... if a "
+                   "file has that name)")
     p.set_defaults(func=cmd_inspect)
 
     p = command("train", "train a model into a run directory", cache_dir, config)
@@ -235,7 +241,8 @@ def build_parser() -> Parser:
     command("show", "one run's config and results", run, under=actions)
     compare = command("compare", "config differences and overlaid curves", under=actions)
     compare.add_argument("runs", nargs="+", metavar="RUN")
-    compare.add_argument("--out", default="compare.png", help="PNG of the overlaid curves")
+    compare.add_argument("--out", help="PNG of the overlaid curves (default: compare.png, or compare-2.png, ... if "
+                         "a file has that name)")
     p.set_defaults(func=cmd_runs)
 
     p = command("predict", "read digits from your own image files", run, backend)
@@ -252,7 +259,8 @@ def build_parser() -> Parser:
 
     p = command("plot", "training curves of one run, or several overlaid")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, or one seed group")
-    p.add_argument("--out", help="PNG to write (default: RUN/curves.png for one run, ./curves.png for several)")
+    p.add_argument("--out", help="PNG to write (default: RUN/curves.png for one run, ./curves.png for several, or "
+                   "curves-2.png, ... if a file has that name)")
     p.set_defaults(func=cmd_plot)
 
     p = command("sweep", "Optuna hyperparameter search, one machine or many", cache_dir, config)
@@ -279,7 +287,8 @@ def build_parser() -> Parser:
     p.add_argument("--connections", type=int, default=200, help="--serve: concurrent connections")
     p.add_argument("--duration", type=float, default=15, help="--serve: seconds of load")
     p.add_argument("--image", help="--serve: the PNG to post (default: MNIST test digit 0, 28x28)")
-    p.add_argument("--json", default="bench.json", help="where to write the full results")
+    p.add_argument("--json", help="where to write the full results (default: bench.json, or bench-2.json, ... if "
+                   "a file has that name)")
     p.set_defaults(func=cmd_bench)
 
     p = command("doctor", "check this machine: packages, backends, data, sources, device", cache_dir)

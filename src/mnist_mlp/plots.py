@@ -106,13 +106,14 @@ def plot_gallery(images: np.ndarray, titles: list[str], path: str | Path, column
 
 def plot_runs(paths: list[str | Path], out: str | Path | None = None) -> tuple[Path, str]:
     """Curves of one run, several overlaid (named in the legend), or a seed group's mean ± std band.
-    Written to `out`, else RUN/curves.png for one run or group, else ./curves.png; (path, a note)."""
+    Written to `out`, else RUN/curves.png for one run or group, else ./curves.png (curves-2.png, ... if a file
+    has that name); (path, a note)."""
     if len(paths) == 1 and (Path(paths[0]) / runs.GROUP).exists():  # a train --seeds folder
         group, loaded = runs.load_group(paths[0])
         out = plot_mean_band([run.history for run in loaded], out or Path(paths[0]) / runs.CURVES)
         return out, f"mean ± std over seeds {', '.join(map(str, group['seeds']))}"
     loaded = [runs.load_run(path) for path in paths]
-    default = loaded[0].path / runs.CURVES if len(loaded) == 1 else Path("curves.png")
+    default = loaded[0].path / runs.CURVES if len(loaded) == 1 else runs.free_name("curves.png", ".png")
     return plot_curves(named_histories(loaded), out or default), ""
 
 

@@ -256,12 +256,14 @@ def run_config(path: str | Path) -> Config:
         raise UserError(f"{Path(path) / CONFIG}: config key {e.key} {e.why}; fix it in that file") from None
 
 
-def free_name(path: str | Path) -> Path:
-    """`path` itself if nothing is there, else the first of path-2, path-3, ... that does not exist."""
+def free_name(path: str | Path, suffix: str = "") -> Path:
+    """`path` itself if nothing is there, else the first of path-2, path-3, ... that does not exist; a file
+    name keeps its `suffix` last (curves.png, curves-2.png, ...), so a default output never replaces a file."""
     path = Path(path)
     if not path.name:  # "." names no folder: the folder it stands for; "/" none at all: one inside it
         path = path.resolve() if path.resolve().name else path / "run"
-    candidates = (path.with_name(f"{path.name}-{i}") for i in range(2, 10_000))
+    stem = path.name.removesuffix(suffix)
+    candidates = (path.with_name(f"{stem}-{i}{suffix}") for i in range(2, 10_000))
     return path if not path.exists() else next(p for p in candidates if not p.exists())
 
 
