@@ -252,3 +252,20 @@ def test_default_outputs_never_replace_a_users_file(synthetic_dir, tmp_path, cap
     assert all((tmp_path / name).read_text() == "mine" for name in ("curves.png", "compare.png", "compare-2.png"))
     assert (tmp_path / "curves-2.png").read_bytes()[:4] == b"\x89PNG"
     assert str(runs.free_name("bench.json", ".json")) == "bench.json"
+
+
+@pytest.mark.parametrize("seeds", [[], ["--seeds", "2"]])
+def test_a_train_that_cannot_get_the_data_leaves_no_run_folder(seeds, tmp_path, capsys, monkeypatch):
+    """It made the folder (marker, config.toml) and then failed, so the same command was then refused as
+    'already holds a run'; the data is now fetched before the folder is made."""
+    from mnist_mlp import sources
+    from mnist_mlp.errors import UserError
+
+    def offline(directory):
+        raise UserError("could not get MNIST from any source")
+
+    monkeypatch.setattr(sources, "fetch", offline)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY, *seeds, "--out", "run", "--cache-dir", str(tmp_path / "empty")]) == 2
+    assert "could not get MNIST" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()

@@ -59,6 +59,14 @@ def import_data(paths: list[str | Path], directory: str | Path | None = None) ->
     return data_info(directory)
 
 
+def ensure(directory: str | Path | None = None) -> None:
+    """MNIST fetched into the cache now if a file is missing: train calls this before it makes a run folder,
+    so a failed fetch leaves no empty run behind (load_split still verifies each file as it reads it)."""
+    directory = cache_dir(directory)
+    if not all((directory / name).is_file() for name, _ in FILES.values()):
+        sources.fetch(directory)
+
+
 def load_split(split: str = "train", directory: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (n, 28, 28), labels uint8 (n,)) of "train" (n=60000) or "test" (n=10000),
     fetched into the cache first when missing."""

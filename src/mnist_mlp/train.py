@@ -18,7 +18,7 @@ from typing import Callable
 import keras
 import numpy as np
 
-from mnist_mlp import cache, plots, runs, stats
+from mnist_mlp import cache, data, plots, runs, stats
 from mnist_mlp.backend import BackendChoice, cpu_bfloat16, device_name
 from mnist_mlp.checkpoint import Checkpoint, CtrlC, restore
 from mnist_mlp.config import Config, TrainConfig, check_fits, config_to_toml
@@ -90,6 +90,7 @@ def train_seeds(config: Config, group_dir: str | Path, backend: BackendChoice, s
         raise UserError("--side-by-side trains in the compiled engine, on JAX: add --backend jax --engine compiled, "
                         "or leave --side-by-side out")
     configs = [dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)) for seed in chosen]
+    data.ensure(kwargs.get("data_dir"))
     with runs.claim(group_dir, overwrite=overwrite) as group_dir:
         runs.write_text(group_dir / runs.CONFIG, config_to_toml(config))  # what `fresh_start` repeats
         runs.write_json(group_dir / runs.GROUP, {"planned": list(chosen), "side_by_side": side_by_side,
@@ -170,6 +171,7 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
     started = time.perf_counter()
     config = dataclasses.replace(config, backend=backend.name)  # resolved: a rerun uses the same backend
     _check_engine(config, backend)
+    data.ensure(data_dir)  # before the folder is claimed: no data, no run folder
     with runs.claim(run_dir, overwrite=overwrite, resume=resume) as run_dir:
         try:
             return _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, score_test, started)
