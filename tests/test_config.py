@@ -52,8 +52,11 @@ def test_overrides_apply_after_file_and_parse_types():
     ("modle.dropout=0.1", "modle"),
     ("augment.elastic_sigma=0", "augment.elastic_sigma"),
     ("augment.elastic_sigma=29", "augment.elastic_sigma"),
-    ("augment.translation=15", "translation <= 14"),
-    ("augment.elastic_alpha=201", "elastic_alpha <= 200"),
+    ("augment.translation=15", "--set augment.translation=..."),  # the key itself, so the advice works
+    ("augment.elastic_alpha=201", "--set augment.elastic_alpha=..."),
+    ("augment.scale=1", "--set augment.scale=..."),
+    ("augment.shear=60", "--set augment.shear=..."),
+    ("augment.rotation=181", "--set augment.rotation=..."),
     ("train.precision=float16", "train.precision"),
     ("train.checkpoint_seconds=-1", "train.checkpoint_seconds"),
 ])

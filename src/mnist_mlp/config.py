@@ -91,11 +91,12 @@ class AugmentConfig:
     def __post_init__(self):
         for key in ("rotation", "scale", "shear", "translation", "elastic_alpha"):
             _check(getattr(self, key) >= 0, f"augment.{key}", "must be >= 0 (0: off)")
-        _check(self.scale < 1 and self.shear < 60 and self.rotation <= 180, "augment",
-               "needs scale < 1, shear < 60 and rotation <= 180")
+        _check(self.scale < 1, "augment.scale", "must be < 1 (a digit scaled by 1 - scale can vanish)")
+        _check(self.shear < 60, "augment.shear", "must be < 60 degrees")
+        _check(self.rotation <= 180, "augment.rotation", "must be <= 180 degrees")
         _check(0 < self.elastic_sigma <= 28, "augment.elastic_sigma", "must be in (0, 28] pixels")
-        _check(self.translation <= 14 and self.elastic_alpha <= 200, "augment",
-               "needs translation <= 14 pixels and elastic_alpha <= 200 (beyond, the digit leaves the image)")
+        _check(self.translation <= 14, "augment.translation", "must be <= 14 pixels (beyond, the digit leaves the image)")
+        _check(self.elastic_alpha <= 200, "augment.elastic_alpha", "must be <= 200 (beyond, the digit leaves the image)")
 
     @property
     def active(self) -> bool:
