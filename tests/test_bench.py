@@ -80,6 +80,10 @@ print(json.dumps([first, log.summary(until=1e9), log.summary(until=-1)]))
     (["bench", "--epochs", "1"], "--epochs >= 2"),
     (["bench", "--time-to", "98.2"], "an accuracy between 0 and 1"),
     (["bench", "--serve", "runs/x", "--cold"], "--cold is for training"),
+    (["bench", "--epochs", "0"], "--epochs >= 2"),  # 0 ran the full 20-epoch bench of every variant
+    (["bench", "--variants="], "--variants is empty"),  # so did an empty list
+    (["bench", "--connections", "5"], "are for --serve"),  # and a load-test flag without --serve
+    (["bench", "--time-to", "0.9", "--duration", "3"], "are for --serve"),
 ])
 def test_bad_bench_arguments(argv, expected, capsys):
     assert main(argv) == 2

@@ -388,26 +388,31 @@ def describe_time_to(report: dict) -> str:
 
 
 def run(variants: str | None = None, epochs: int | None = None, gpu: bool = False, time_to_accuracy: float | None = None,
-        presets: list[str] | None = None, serve: str | None = None, connections: int = 200, duration: float = 15,
-        image: str | None = None, cold: bool = False) -> tuple[dict, str]:
+        presets: list[str] | None = None, serve: str | None = None, connections: int | None = None,
+        duration: float | None = None, image: str | None = None, cold: bool = False) -> tuple[dict, str]:
     """`mnist-mlp bench`: the side-by-side bench, or --time-to, or --serve; (the report, its text)."""
     if serve and cold:
         raise UserError("--cold is for training (the side-by-side bench or --time-to); --serve loads a trained run")
-    if (time_to_accuracy is not None or serve) and (epochs or variants):
+    if not serve and (connections, duration, image) != (None, None, None):
+        raise UserError("--connections, --duration and --image are for --serve RUN (the server under load)")
+    if (time_to_accuracy is not None or serve) and (epochs is not None or variants is not None):
         raise UserError("--epochs and --variants are for the side-by-side bench; --time-to trains each preset for "
                         "its own epochs with our engine, --serve loads a server")
+    if variants is not None and not [name for name in variants.split(",") if name.strip()]:
+        raise UserError(f"--variants is empty; give some of {','.join(VARIANTS)}, or leave it out for all")
     if presets and time_to_accuracy is None:
         raise UserError("--config names presets for --time-to; the side-by-side bench trains the classic config")
     if serve:
         from mnist_mlp import loadtest, runs
 
         runs.load_run(serve)
-        result = loadtest.load(serve, connections, duration, image)
+        result = loadtest.load(serve, 200 if connections is None else connections, 15 if duration is None else duration,
+                               image)
         return asdict(result), loadtest.markdown(result)
     if time_to_accuracy is not None:
         report = time_to(time_to_accuracy, presets, gpu, cold)
         return report, describe_time_to(report)
-    report = bench(tuple((variants or ",".join(VARIANTS)).split(",")), epochs or 20, gpu, cold=cold)
+    report = bench(tuple((variants or ",".join(VARIANTS)).split(",")), 20 if epochs is None else epochs, gpu, cold=cold)
     return report, markdown(report)
 
 

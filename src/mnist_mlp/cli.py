@@ -284,8 +284,8 @@ def build_parser() -> Parser:
                       "that deforms digits) (default: off)")
     mode.add_argument("--serve", metavar="RUN", help="instead: load-test `mnist-mlp serve RUN` with wrk (default: off)")
     p.add_argument("--config", action="append", help="preset(s) for --time-to, by name or path (default: none)")
-    p.add_argument("--connections", type=int, default=200, help="--serve: concurrent connections")
-    p.add_argument("--duration", type=float, default=15, help="--serve: seconds of load")
+    p.add_argument("--connections", type=int, help="--serve: concurrent connections (default: 200)")
+    p.add_argument("--duration", type=float, help="--serve: seconds of load (default: 15)")
     p.add_argument("--image", help="--serve: the PNG to post (default: MNIST test digit 0, 28x28)")
     p.add_argument("--json", help="where to write the full results (default: bench.json, or bench-2.json, ... if "
                    "a file has that name)")

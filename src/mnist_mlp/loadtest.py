@@ -160,6 +160,10 @@ def load(run: str | Path, connections: int = 200, duration: float = 15, image: s
     one chunked upload of `upload_bytes`."""
     from mnist_mlp.bench import machine
 
+    if connections < 1 or not duration > 0:
+        raise UserError(f"--connections must be >= 1 and --duration > 0 seconds; got {connections} and {duration}")
+    if image and not Path(image).is_file():
+        raise UserError(f"--image {image} not found; give a PNG file")
     if shutil.which("wrk") is None:
         raise UserError("wrk (the load generator) not found; install it: apt-get install wrk (Debian, Ubuntu) "
                         "or brew install wrk (macOS)")
