@@ -69,8 +69,13 @@ def test_sqlite_sweep_trials_pruning_and_best_run(sqlite_sweep):
 def test_running_again_continues_the_study(sqlite_sweep, space, mnist_dir):
     assert main(["sweep", "--space", str(space), "--out", str(sqlite_sweep), "--trials", "8", *SMALL,
                  "--cache-dir", str(mnist_dir)]) == 0
-    numbers = [t.number for t in _study(sqlite_sweep).get_trials(states=FINISHED)]
-    assert sorted(numbers) == list(range(8))
+    study = _study(sqlite_sweep)
+    trials = sorted(study.get_trials(states=FINISHED), key=lambda t: t.number)
+    assert [t.number for t in trials] == list(range(8))
+    # a fresh draw: the same seed made the continuing process suggest trials 0 and 1 again
+    assert [t.params for t in trials[6:]] != [t.params for t in trials[:2]]
+    best = runs.load_run(sqlite_sweep / "best").config  # re-trained if a new trial is now the best
+    assert best == runs.load_run(sqlite_sweep / f"trial-{study.best_trial.number:04d}").config
 
 
 def test_report(sqlite_sweep, capsys):

@@ -5,6 +5,7 @@ decides who shares the study. The best trial is re-trained and scored on the tes
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -163,6 +164,10 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
     base = base or Config()
     total = trials or space.trials
     study = open_study(sweep_dir, study_name or sweep_dir.name, storage, space, base.train.seed)
+    # A process continuing a study draws afresh: seeded by how many trials it holds (the same seed drew the same
+    # first trials again), and on a shared server by the worker too (workers starting together drew alike).
+    worker = os.getpid() if storage else 0
+    study.sampler = optuna.samplers.TPESampler(seed=base.train.seed + len(study.trials) + worker)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     over = []
 
@@ -190,12 +195,21 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
     if running:
         return SweepResult(study, None, running)  # the worker that finishes the last trial re-trains the best
     best_dir = sweep_dir / "best"
-    if (best_dir / runs.METRICS).exists():
-        return SweepResult(study, None)
     recorded = study.best_trial.user_attrs.get("config")  # absent in studies from before it was recorded
     best = config_from_toml(recorded) if recorded else suggest(optuna.trial.FixedTrial(study.best_params), space, base)
+    if (best_dir / runs.METRICS).exists() and _same_config(best_dir, best):
+        return SweepResult(study, None)  # already re-trained (a continued study may have found a better one)
     log(f"re-training the best trial ({study.best_trial.number}, val_accuracy {study.best_value:.4f}) into {best_dir}")
     return SweepResult(study, train(best, best_dir, backend, overwrite=True, data_dir=data_dir, verbose=0))
+
+
+def _same_config(run_dir: Path, config: Config) -> bool:
+    """Whether the run in `run_dir` trained `config` (its backend aside: train records the one it used)."""
+    try:
+        trained = runs.load_run(run_dir).config
+    except UserError:
+        return False
+    return dataclasses.replace(trained, backend=config.backend) == config
 
 
 def report(sweep_dir: str | Path, study_name: str | None = None, storage: str | None = None, top: int = 10) -> dict:
