@@ -1,6 +1,7 @@
 """Your own handwriting: MNIST-style preprocessing of users' images, and accuracy on re-rendered digits."""
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -140,6 +141,14 @@ def test_predict_command(trained, mnist, tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"garbage")
     assert main(["predict", str(run), str(tmp_path / "bad.png")]) == 2
     assert "not a readable image" in capsys.readouterr().err
+    (folder / "broken.png").write_bytes(b"\x89PNG truncated")  # one bad file in the folder: the others still read
+    assert main(["predict", str(run), str(folder), "--csv", str(tmp_path / "out.csv")]) == 2
+    out, err = capsys.readouterr()
+    assert "seven.png: 7" in out and "two.jpg: 2" in out and len((tmp_path / "out.csv").read_text().splitlines()) == 3
+    assert err.count("\n") == 1 and "broken.png is not a readable image" in err and "skipped" in err
+    os.mkfifo(tmp_path / "pipe.png")  # opening it would wait for a writer forever
+    assert main(["predict", str(run), str(tmp_path / "pipe.png")]) == 2
+    assert "is not a file" in capsys.readouterr().err
 
 
 def test_a_drawing_that_touches_the_pads_edge_is_read_as_a_canvas():

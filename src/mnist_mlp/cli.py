@@ -90,16 +90,23 @@ def cmd_evaluate(args) -> None:
     print(evaluate.describe(evaluate.evaluate(run, args.cache_dir, on=args.on)))
 
 
-def cmd_predict(args) -> None:
+def cmd_predict(args) -> int:
     from mnist_mlp import predict
 
     run, files = runs.load_run(args.run), predict.image_files(args.images)
+    files, prepared, errors = predict.read_files(files)  # one unreadable file does not cost the others
+    if not files:
+        raise UserError(errors[0] if len(errors) == 1 else f"none of the {len(errors)} images could be read; "
+                        f"the first: {errors[0]}")
     use_backend(args.backend)
-    predictions = predict.predict_files(runs.load_model(run), files)
+    predictions = predict.predict_arrays(runs.load_model(run), [i for i, _ in prepared], [n for _, n in prepared])
     if args.csv:
         predict.write_csv(predict.as_rows(files, predictions), args.csv)
     print(json.dumps(predict.as_rows(files, predictions), indent=2) if args.json else
           predict.describe(files, predictions, args.show) + (f"\nWrote {args.csv}" if args.csv else ""))
+    for error in errors:
+        print(f"mnist-mlp: error: {error} (skipped; the other images were read)", file=sys.stderr)
+    return 2 if errors else 0
 
 
 def cmd_serve(args) -> None:

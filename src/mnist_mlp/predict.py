@@ -227,14 +227,28 @@ def image_files(paths: list[str | Path]) -> list[Path]:
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        elif path.exists():
+            found.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+        elif path.is_file():
             found.append(path)
+        elif path.exists():  # a pipe or a device: reading it could wait forever
+            raise UserError(f"{path} is not a file; give image files or folders of them")
         else:
             raise UserError(f"{path} not found; give image files or folders of them")
     if not found:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
     return found
+
+
+def read_files(files: list[Path]) -> tuple[list[Path], list[tuple[np.ndarray, str]], list[str]]:
+    """Each image file read the MNIST way: (the files read, their (28x28, note), an error line per file not read)."""
+    read, prepared, errors = [], [], []
+    for path in files:
+        try:
+            prepared.append(to_mnist(open_image(path, str(path))))
+            read.append(path)
+        except UserError as e:
+            errors.append(str(e))
+    return read, prepared, errors
 
 
 def predict_files(model, files: list[Path]) -> list[Prediction]:
