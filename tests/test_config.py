@@ -99,3 +99,16 @@ def test_a_wrong_set_path_is_blamed_on_that_set_and_the_example_given_works(bad)
     example = message.partition("e.g. --set ")[2]
     if example:  # as a shell reads it: quoted where zsh would glob the brackets
         assert load_config(None, shlex.split(example)) == Config()  # the example is a key with its default value
+
+
+def test_more_training_images_than_there_are_and_a_byte_order_mark(tmp_path):
+    from mnist_mlp.config import check_fits
+
+    for argv, most in ((["train.train_samples=60001"], "60000"),
+                       (["train.train_samples=50001", "train.validation=split"], "50000")):
+        with pytest.raises(UserError, match=f"use at most {most}"):  # it was taken, recorded and trained on fewer
+            check_fits(load_config(None, argv))
+    check_fits(load_config(None, ["train.train_samples=50000", "train.validation=split"]))
+    bom = tmp_path / "notepad.toml"  # Windows Notepad saves UTF-8 with a byte-order mark
+    bom.write_bytes(b"\xef\xbb\xbf[train]\nepochs = 1\n")
+    assert load_config(bom).train.epochs == 1

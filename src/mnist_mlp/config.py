@@ -134,6 +134,10 @@ def check_fits(config: Config, memory: int | None = None) -> None:
     """A UserError, before anything is allocated, for a batch larger than the data or a model whose training
     would not fit in `memory` bytes (default: this machine's RAM)."""
     images, batch = training_images(config.train), config.train.batch_size
+    available = training_images(dataclasses.replace(config.train, train_samples=0))
+    _check(config.train.train_samples <= available, "train.train_samples", f"{config.train.train_samples} is more "
+           f"than the {available:,} training images{' left by --validation split' if available < TRAIN_IMAGES else ''}; "
+           f"use at most {available} (0: all)")
     _check(batch <= images, "train.batch_size", f"{batch} is larger than the {images:,} training images; "
            f"use at most {images}")
     try:
@@ -181,7 +185,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     if path is not None:
         path = find_preset(path)
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: Notepad's byte-order mark
         except FileNotFoundError:
             names = ", ".join(name for name in presets() if name != "sweep")
             raise UserError(f"config file {path} not found; give an existing .toml file or a preset: {names}") from None
