@@ -125,6 +125,24 @@ def test_the_pen_set_is_what_the_page_draws(page, font, digit, slant):
     assert np.abs(seen - read).mean() < 1.8
 
 
+def test_a_phone_sized_photo_is_shrunk_in_the_page_and_read(page, mnist, tmp_path):
+    """A phone's photo is 3-5 MB, over the API's 2 MB: the page sends it 1024 px wide instead of a 413."""
+    from test_predict import _render
+
+    (_, _), (x_test, _) = mnist
+    rng = np.random.default_rng(0)
+    paper = np.asarray(Image.fromarray(_render(x_test[0], canvas=300, size=180, top=60, left=60)).resize((2400, 2400)))
+    photo = tmp_path / "phone.png"
+    Image.fromarray(np.clip(paper + rng.normal(0, 8, paper.shape), 0, 255).astype(np.uint8)).save(photo)
+    assert photo.stat().st_size > 2 * 2**20
+    page.click("#clear")
+    with page.expect_response("**/api/predict") as answered:
+        page.set_input_files("#file", str(photo))
+    assert answered.value.status == 200  # sent whole, it was 413: over 2 MB
+    page.wait_for_function("document.querySelector('#digit').textContent !== '?'")
+    assert page.locator("#digit").text_content() == "7"
+
+
 def _held_predictions(page):
     """Requests to the API held unanswered until the test lets them go (route.continue_())."""
     held = []
