@@ -273,3 +273,31 @@ def test_dot_and_slash_as_a_run_are_one_line_and_resuming_from_inside_a_run_advi
     assert main(["train", "--resume", "."]) == 2
     argv = _follow(capsys, synthetic_dir, "has finished")
     assert argv[-2:] == ["--out", str(tmp_path / "done-2")]
+
+
+def test_an_interrupted_seed_group_resumes_keeping_its_finished_seeds(synthetic_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in seed 2's second epoch: the advice was a fresh start with --overwrite (losing seed 1). Now
+    --resume GROUP keeps seed 1, resumes seed 2 from its checkpoint and trains seed 3; the group's histories
+    are those of an uninterrupted group."""
+    argv = ["train", *TINY, "--seeds", "3", "--cache-dir", str(synthetic_dir)]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    calls = []
+    save = train.Checkpoint.on_epoch_end
+
+    def ctrl_c_in_seed_2(self, epoch, logs=None):
+        save(self, epoch, logs)
+        calls.append(epoch)
+        if len(calls) == 3:  # seed 1's two epochs, then seed 2's first
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_in_seed_2)
+        assert main([*argv, "--out", str(tmp_path / "group")]) == 2
+    finished = (tmp_path / "group" / "seed-20160715" / runs.METRICS).read_bytes()
+    assert _follow(capsys, synthetic_dir, "finished seeds are kept") == ["train", "--resume", str(tmp_path / "group")]
+    assert (tmp_path / "group" / "seed-20160715" / runs.METRICS).read_bytes() == finished  # kept, not retrained
+    group, loaded = runs.load_group(tmp_path / "group")
+    whole = runs.load_group(tmp_path / "whole")[1]
+    assert group["complete"] and [r.history for r in loaded] == [r.history for r in whole]
+    assert main(["train", "--resume", str(tmp_path / "group")]) == 2
+    assert "has finished" in capsys.readouterr().err

@@ -68,7 +68,9 @@ def cmd_train(args) -> None:
     options = dict(data_dir=args.cache_dir, verbose=1 if sys.stdout.isatty() else 2,
                    log=lambda text: print(text, flush=True))
     try:
-        if args.seeds:
+        if args.resume and (out / runs.GROUP).is_file():
+            print(train.describe_seeds(train.resume_seeds(out, choice, **options)))
+        elif args.seeds:
             print(train.describe_seeds(train.train_seeds(config, out, choice, args.seeds, overwrite=args.overwrite,
                                                          side_by_side=args.side_by_side, **options)))
         else:

@@ -202,7 +202,8 @@ def plan(config_path: str | None, overrides: list[str], flags: dict, resume: str
         if given:
             raise UserError(f"--resume continues a run with its own config.toml, so {', '.join(given)} would be "
                             "ignored; leave them out, or start a new run")
-        config, folder = resume_config(resume), Path(resume)
+        folder = Path(resume)
+        config = resume_group(folder)[0] if (folder / GROUP).is_file() else resume_config(folder)
     else:
         shortcuts = flag_overrides(**{k.replace("-", "_"): v for k, v in flags.items() if k != "overwrite"})
         config, folder = load_config(config_path, [*overrides, *shortcuts]), Path(out or default_out(config_path))
@@ -219,6 +220,23 @@ def shell_path(path: str | Path) -> str:
 def default_out(config: str | Path | None) -> Path:
     """runs/<preset or file stem>-<date>-<time>, a new folder under the working folder."""
     return free_name(Path("runs") / f"{Path(config).stem if config else 'classic'}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def resume_group(path: str | Path) -> tuple[Config, dict]:
+    """An interrupted seed group's config and group.json (a UserError, before Keras starts, if it cannot be
+    continued: finished, side by side, or unreadable)."""
+    path = Path(path)
+    try:
+        group = json.loads((path / GROUP).read_text())
+        planned = [int(seed) for seed in group["planned"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{path / GROUP} is unreadable; start the group again with {fresh_start(path)}") from None
+    if group.get("complete"):
+        raise UserError(f"{path} has finished; nothing to resume (train it again with {fresh_start(path)})")
+    if group.get("side_by_side"):
+        raise UserError(f"{path} trained its seeds side by side, as one program, which does not resume; start it "
+                        f"again with {fresh_start(path)}")
+    return run_config(path), {**group, "planned": planned}
 
 
 def resume_config(path: str | Path) -> Config:
@@ -287,6 +305,12 @@ def fresh_start(path: str | Path) -> str:
 
 def continue_advice(path: str | Path) -> str:
     """How to go on with an interrupted run: resume from its checkpoint, else start it again (and why)."""
+    if (Path(path) / GROUP).is_file():
+        try:
+            resume_group(path)
+            return f"continue with `mnist-mlp train --resume {shell_path(path)}` (finished seeds are kept)"
+        except UserError:
+            return f"start it again with {fresh_start(path)}"
     try:
         completed_epochs(path)
         return f"continue with `mnist-mlp train --resume {shell_path(path)}`"

@@ -107,12 +107,49 @@ def train_seeds(config: Config, group_dir: str | Path, backend: BackendChoice, s
                            f"--config {runs.shell_path(group_dir / runs.CONFIG)} --seeds {seeds} --set "
                            f"train.learning_rate={lower:g}{' --side-by-side' if side_by_side else ''} --out "
                            f"{runs.shell_path(group_dir)} --overwrite`") from None
-        accuracies = [r.test_accuracy for r in results]
-        spread = stats.spread(accuracies)
-        runs.write_json(group_dir / runs.GROUP, {
-            "planned": list(chosen), "side_by_side": side_by_side, "seeds": list(chosen),
-            "runs": [f"seed-{s}" for s in chosen], "test_accuracy": accuracies, "mean": spread.mean,
-            "std": spread.std, "min": spread.low, "max": spread.high, "complete": True})
+        return _finish_group(group_dir, chosen, side_by_side, results)
+
+
+def resume_seeds(group_dir: str | Path, backend: BackendChoice, **kwargs) -> SeedsResult:
+    """Continue an interrupted seed group (one after another): its finished seeds kept, the interrupted one
+    resumed from its checkpoint (or started again if it saved none), the rest trained."""
+    config, group = runs.resume_group(group_dir)
+    chosen = tuple(group["planned"])
+    config = dataclasses.replace(config, backend=backend.name)
+    _check_engine(config, backend)
+    with runs.claim(group_dir, resume=True) as group_dir:
+        results = []
+        for seed in chosen:
+            run_dir = group_dir / f"seed-{seed}"
+            if (run_dir / runs.METRICS).is_file():
+                results.append(_finished(runs.load_run(run_dir)))
+                continue
+            try:
+                seeded, resume = runs.resume_config(run_dir), True  # its checkpoint's config, checked for edits
+            except UserError:  # not started, or stopped before its first checkpoint: trained from the start
+                if (run_dir / runs.DIVERGED).is_file():
+                    raise
+                seeded, resume = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)), False
+            results.append(train(seeded, run_dir, backend, overwrite=not resume, resume=resume, **kwargs))
+        return _finish_group(group_dir, chosen, False, results)
+
+
+def _finished(run: runs.Run) -> TrainResult:
+    """A finished run's result, read back from its metrics.json."""
+    m = run.metrics
+    ci95 = m.get("test_accuracy_ci95")
+    return TrainResult(run.path, m.get("test_loss"), m.get("test_accuracy"), tuple(ci95) if ci95 else None,
+                       m.get("seconds_per_epoch", 0.0), m.get("wall_seconds", 0.0), m.get("backend", ""))
+
+
+def _finish_group(group_dir: Path, chosen: tuple[int, ...], side_by_side: bool, results: list) -> SeedsResult:
+    """group.json with each seed's test accuracy and their mean ± std, marked complete."""
+    accuracies = [r.test_accuracy for r in results]
+    spread = stats.spread(accuracies)
+    runs.write_json(group_dir / runs.GROUP, {
+        "planned": list(chosen), "side_by_side": side_by_side, "seeds": list(chosen),
+        "runs": [f"seed-{s}" for s in chosen], "test_accuracy": accuracies, "mean": spread.mean,
+        "std": spread.std, "min": spread.low, "max": spread.high, "complete": True})
     return SeedsResult(group_dir, tuple(results), chosen, spread)
 
 
