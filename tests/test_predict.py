@@ -163,3 +163,8 @@ def test_a_drawing_that_touches_the_pads_edge_is_read_as_a_canvas():
     touching = np.asarray(pad, np.float32)
     assert predict._ink(touching)[1] == 0  # the canvas path: no noise estimated, nothing fitted
     assert np.array_equal(to_mnist(touching)[0], to_mnist(np.pad(touching, 20))[0])
+    paper = np.full((800, 600), 255.0)  # a scan whose white paper clips to 255, a shadow along its left edge
+    paper[:, :100] -= np.linspace(65, 0, 100)[None, :]
+    paper[200:260, 150:450] = paper[200:600, 380:440] = 30.0  # a dark 7
+    assert predict._ink(paper)[1] > 0  # the shadow is fainter than the ink: not a canvas, the lighting is fitted
+    assert to_mnist(paper)[0][:, :3].max() < 60  # and no shadow bar left of the 7

@@ -254,11 +254,11 @@ def test_default_outputs_never_replace_a_users_file(synthetic_dir, tmp_path, cap
     assert str(runs.free_name("bench.json", ".json")) == "bench.json"
 
 
-@pytest.mark.parametrize("seeds", [[], ["--seeds", "2"]])
-def test_a_train_that_cannot_get_the_data_leaves_no_run_folder(seeds, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("seeds, damaged", [([], False), (["--seeds", "2"], False), ([], True)])
+def test_a_train_that_cannot_get_the_data_leaves_no_run_folder(seeds, damaged, tmp_path, capsys, monkeypatch):
     """It made the folder (marker, config.toml) and then failed, so the same command was then refused as
-    'already holds a run'; the data is now fetched before the folder is made."""
-    from mnist_mlp import sources
+    'already holds a run'; the data is now fetched before the folder is made, also when a cached file is damaged."""
+    from mnist_mlp import cache, sources
     from mnist_mlp.errors import UserError
 
     def offline(directory):
@@ -266,6 +266,10 @@ def test_a_train_that_cannot_get_the_data_leaves_no_run_folder(seeds, tmp_path, 
 
     monkeypatch.setattr(sources, "fetch", offline)
     monkeypatch.chdir(tmp_path)
+    if damaged:  # all four there, none of them what its SHA-256 says
+        (tmp_path / "empty").mkdir()
+        for name, _ in cache.FILES.values():
+            (tmp_path / "empty" / name).write_bytes(b"truncated")
     assert main(["train", *TINY, *seeds, "--out", "run", "--cache-dir", str(tmp_path / "empty")]) == 2
     assert "could not get MNIST" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()

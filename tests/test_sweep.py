@@ -266,3 +266,16 @@ def test_a_key_fixed_by_set_is_not_searched(space, synthetic_dir, tmp_path, caps
         assert "hidden_units = [\n    16,\n]" in trial.user_attrs["config"]  # recorded as it ran
     # the best is re-trained from the config its trial recorded, whatever --set a later command gives
     assert runs.load_run(out / "best").config == runs.load_run(out / f"trial-{study.best_trial.number:04d}").config
+
+
+def test_best_is_re_trained_only_when_it_is_not_the_best_trials_config(tmp_path, synthetic_dir):
+    """A continued study can find a new best; best/ is compared with the best trial's config, backend aside."""
+    from mnist_mlp import sweep
+    from mnist_mlp.config import Config, load_config
+
+    assert main(["train", "--train-samples", "500", "--epochs", "1", "--out", str(tmp_path / "best"),
+                 "--cache-dir", str(synthetic_dir)]) == 0
+    trained = load_config(None, ["train.train_samples=500", "train.epochs=1"])
+    assert sweep._same_config(tmp_path / "best", trained)
+    assert not sweep._same_config(tmp_path / "best", load_config(None, ["train.train_samples=500", "train.epochs=2"]))
+    assert not sweep._same_config(tmp_path / "nothing", Config())

@@ -63,7 +63,7 @@ def ensure(directory: str | Path | None = None) -> None:
     """MNIST fetched into the cache now if a file is missing: train calls this before it makes a run folder,
     so a failed fetch leaves no empty run behind (load_split still verifies each file as it reads it)."""
     directory = cache_dir(directory)
-    if not all((directory / name).is_file() for name, _ in FILES.values()):
+    if any(read_verified(directory, key) is None for key in FILES):  # missing, truncated or damaged
         sources.fetch(directory)
 
 

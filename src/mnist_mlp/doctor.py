@@ -113,9 +113,10 @@ def check_sources(data_complete: bool, timeout: float = 20) -> list[Check]:
         except (OSError, ValueError) as e:
             reachable.append((f"mirror {base}", False, f"unreachable ({sources._http_reason(e)})"))
     any_ok = any(ok for _, ok, _ in reachable)
+    install = "install Node.js with npm, " if any("no npm on PATH" in detail for _, _, detail in reachable) else ""
     return [Check(f"source: {name}", ok or data_complete or any_ok, detail,
-                  "install Node.js with npm, set MNIST_MLP_MIRRORS or a proxy, or download the four files and "
-                  "run `mnist-mlp data import FOLDER`") for name, ok, detail in reachable]
+                  f"{install}set MNIST_MLP_MIRRORS or a proxy, or download the four files and run "
+                  "`mnist-mlp data import FOLDER`") for name, ok, detail in reachable]
 
 
 def check_device() -> list[Check]:
@@ -126,7 +127,8 @@ def check_device() -> list[Check]:
 
     device = jax.devices()[0]
     kind = "CPU" if device.platform == "cpu" else f"{device.platform.upper()} {device.device_kind}"
-    return [Check("device", True, f"JAX sees {len(jax.devices())} x {kind}; {cores} CPU cores"), check_bfloat16()]
+    found = [Check("device", True, f"JAX sees {len(jax.devices())} x {kind}; {cores} CPU cores")]
+    return found + [check_bfloat16()] if device.platform == "cpu" else found  # a GPU multiplies bfloat16 itself
 
 
 def check_bfloat16() -> Check:

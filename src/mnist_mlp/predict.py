@@ -160,9 +160,11 @@ def _ink(gray: np.ndarray) -> tuple[np.ndarray, float]:
     levels, counts = np.unique(border, return_counts=True)
     level = float(levels[counts.argmax()])
     sign = -1.0 if level >= 128 else 1.0  # dark ink on light paper, or light ink on dark
-    if (counts.max() >= EVEN * border.size and np.all(sign * (border - level) >= 0)
-            and np.count_nonzero(gray == level) >= EVEN * gray.size):
-        # an even background (a canvas, a clean render), ink perhaps touching the edge: nothing to fit
+    off = sign * (border - level)  # the border's other pixels, as ink strength
+    if (counts.max() >= EVEN * border.size and np.all(off >= 0) and np.count_nonzero(gray == level) >= EVEN * gray.size
+            and (not off.any() or np.median(off[off > 0]) >= 0.5 * np.max(sign * (gray - level)))):
+        # an even background (a canvas, a clean render), strokes perhaps touching the edge (a shadow on clipped
+        # white paper is fainter than the ink: that goes to the fit): nothing to fit
         return np.clip(sign * (gray - level), 0, None), 0.0
     step = max(1, max(gray.shape) // 256)
     low, middle, high = np.percentile(gray[::step, ::step], [0.5, 50, 99.5])
@@ -252,8 +254,10 @@ def read_files(files: list[Path]) -> tuple[list[Path], list[tuple[np.ndarray, st
 
 
 def predict_files(model, files: list[Path]) -> list[Prediction]:
-    """Each image file read the MNIST way and predicted, in one model call."""
-    prepared = [to_mnist(open_image(path, str(path))) for path in files]
+    """Each image file read the MNIST way and predicted, in one model call; the first unreadable one a UserError."""
+    _, prepared, errors = read_files(files)
+    if errors:
+        raise UserError(errors[0])
     return predict_arrays(model, [image for image, _ in prepared], [note for _, note in prepared])
 
 

@@ -44,7 +44,8 @@ def _from_keras_cache() -> dict[str, bytes]:
 
 def _npm_reason(stderr: str) -> str:
     """npm's error in a few words: a network failure by name, or a folder npm could not write and the fix."""
-    code, path = re.search(r"npm error code (\w+)", stderr), re.search(r"npm error path (.+)", stderr)
+    # "npm error" since npm 10.6, "npm ERR!" before (Debian's npm 9)
+    code, path = re.search(r"npm (?:error|ERR!) code (\w+)", stderr), re.search(r"npm (?:error|ERR!) path (.+)", stderr)
     if code and path and code[1] in ("EROFS", "EACCES", "EPERM", "ENOSPC", "EDQUOT", "ENOENT", "ENOTDIR", "EEXIST"):
         why = "has no space left" if code[1] in ("ENOSPC", "EDQUOT") else "cannot write"
         return (f"npm {why} at {path[1].strip()} ({code[1]}); free space there or point npm at a writable "

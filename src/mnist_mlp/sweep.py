@@ -5,7 +5,7 @@ decides who shares the study. The best trial is re-trained and scored on the tes
 from __future__ import annotations
 
 import dataclasses
-import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -49,7 +49,7 @@ def load_space(path: str | Path | None = None) -> SweepSpace:
     """The search space in TOML at `path`, or the shipped preset of that name (default: `sweep`)."""
     path = find_preset(path or "sweep")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise UserError(f"sweep space {path} is unreadable ({e}); give a TOML file like the shipped "
                         f"{find_preset('sweep')}") from None
@@ -128,10 +128,15 @@ def open_study(sweep_dir: Path, study_name: str, storage: str | None, space: Swe
         try:
             # heartbeats: a trial whose worker was killed turns FAIL after the grace period, so it is re-run
             rdb = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-            return optuna.create_study(
+            study = optuna.create_study(
                 study_name=study_name, storage=rdb, load_if_exists=True, direction="maximize",
-                sampler=optuna.samplers.TPESampler(seed=seed),
                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=space.prune_after - 1))
+            # A process continuing a study draws afresh: seeded by how many trials it holds (the same seed drew
+            # the same first trials again); on a shared server each worker by chance (workers starting together
+            # drew alike, and machines share process ids).
+            worker = secrets.randbits(31) if storage else 0
+            study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials) + worker)
+            return study
         except ImportError as e:
             raise UserError(f"the storage {url.split(':')[0]} needs a driver ({e}); for PostgreSQL: "
                             "pip install 'mnist-mlp[postgres]'") from None
@@ -164,10 +169,6 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
     base = base or Config()
     total = trials or space.trials
     study = open_study(sweep_dir, study_name or sweep_dir.name, storage, space, base.train.seed)
-    # A process continuing a study draws afresh: seeded by how many trials it holds (the same seed drew the same
-    # first trials again), and on a shared server by the worker too (workers starting together drew alike).
-    worker = os.getpid() if storage else 0
-    study.sampler = optuna.samplers.TPESampler(seed=base.train.seed + len(study.trials) + worker)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     over = []
 
