@@ -159,7 +159,7 @@ def test_a_folder_that_is_not_a_run_advises_a_free_name(synthetic_dir, tmp_path,
     (mine / "config.toml").write_text("")  # an empty config: the classic one
     assert main(["train", "--resume", str(mine)]) == 2
     assert _advice(capsys, "no completed epoch")[-2:] == ["--out", str(tmp_path / "mine-2")]
-    assert main(["train", *TINY, "--out", str(mine), "--overwrite"]) == 2
+    assert main(["train", *TINY, "--out", str(mine), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 2
     err = capsys.readouterr().err
     assert "did not write" in err and err.count("\n") == 1
     suggested = err.strip().rsplit("e.g. ", 1)[1]
