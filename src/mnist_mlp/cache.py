@@ -129,13 +129,34 @@ def _read_sources(directory: Path) -> dict:
         return {}
 
 
+_VERIFIED: set[tuple] = set()  # (path, size, mtime, SHA-256) of files this process has checked: not hashed again
+
+
+def is_verified(directory: Path, key: str) -> bool:
+    """Whether the cached file of `key` is present and intact; no reading when this process checked it as it is."""
+    return _identity(directory, key) in _VERIFIED or read_verified(directory, key) is not None
+
+
 def read_verified(directory: Path, key: str) -> bytes | None:
-    """The cached content of `key` if present and intact, else None."""
+    """The cached content of `key` if present and intact, else None (hashed once per process while unchanged)."""
+    identity = _identity(directory, key)  # before reading: a file replaced meanwhile is checked again next time
     try:
         content = (directory / FILES[key][0]).read_bytes()
     except OSError:
         return None
-    return content if sha256(content) == FILES[key][1] else None
+    if identity not in _VERIFIED:
+        if sha256(content) != FILES[key][1]:
+            return None
+        _VERIFIED.add(identity)
+    return content
+
+
+def _identity(directory: Path, key: str) -> tuple | None:
+    try:
+        stat = (directory / FILES[key][0]).stat()
+    except OSError:
+        return None
+    return str(directory / FILES[key][0]), stat.st_size, stat.st_mtime_ns, FILES[key][1]
 
 
 def data_info(directory: str | Path | None = None) -> DataInfo:

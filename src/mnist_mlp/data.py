@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from mnist_mlp import sources
-from mnist_mlp.cache import (FILES, DataInfo, cache_dir, data_info, decompress, identify, npz_contents, read_verified,
-                             store, verify)
+from mnist_mlp.cache import (FILES, DataInfo, cache_dir, data_info, decompress, identify, is_verified, npz_contents,
+                             read_verified, store, verify)
 from mnist_mlp.errors import UserError
 
 VALIDATION_SIZE = 10_000  # images held out from the end of the training set by --validation split
@@ -63,7 +63,7 @@ def ensure(directory: str | Path | None = None) -> None:
     """MNIST fetched into the cache now if a file is missing: train calls this before it makes a run folder,
     so a failed fetch leaves no empty run behind (load_split still verifies each file as it reads it)."""
     directory = cache_dir(directory)
-    if any(read_verified(directory, key) is None for key in FILES):  # missing, truncated or damaged
+    if not all(is_verified(directory, key) for key in FILES):  # missing, truncated or damaged
         sources.fetch(directory)
 
 

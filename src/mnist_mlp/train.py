@@ -267,8 +267,9 @@ def _start(config, run_dir, backend, resume, data_dir, log, callbacks) -> Starte
     log(model_summary(setup.model))
     initial_epoch, rng = restore(setup.model, run_dir) if resume else (0, None)
     log(engine_note(tc.engine, engine))
-    if not resume and (note := precision_note(tc, device_name(backend.name), cpu_bfloat16())):
-        log(note)  # not on a resume: its config cannot change
+    if not resume and tc.precision == "bfloat16" and (note := precision_note(tc, device_name(backend.name),
+                                                                             cpu_bfloat16())):
+        log(note)  # not on a resume (its config cannot change); float32 runs never read /proc/cpuinfo
     timer = EpochTimer()
     callbacks = [*callbacks, keras.callbacks.TerminateOnNaN(),
                  keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume),
