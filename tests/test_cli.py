@@ -39,6 +39,18 @@ def test_light_commands_never_import_keras_or_jax(argv, mnist_dir):
     assert done.stdout
 
 
+def test_output_into_a_closed_pipe_stops_quietly(mnist_dir):
+    """`mnist-mlp data info | head -0`: the reader is gone before the command writes."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "mnist_mlp", "data", "info", "--cache-dir", str(mnist_dir)],
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
 def test_data_info_and_fetch(mnist_dir, capsys):
     assert main(["data", "info", "--cache-dir", str(mnist_dir)]) == 0
     out = capsys.readouterr().out

@@ -47,14 +47,15 @@ def _kill_after_epoch(out, mnist_dir, engine, sig, epoch=2):
     return stderr
 
 
-@pytest.mark.parametrize("engine, sig", [("compiled", signal.SIGINT), ("fit", signal.SIGINT), ("fit", signal.SIGKILL)])
+@pytest.mark.parametrize("engine, sig", [("compiled", signal.SIGINT), ("fit", signal.SIGINT), ("fit", signal.SIGKILL),
+                                         ("compiled", signal.SIGTERM)])
 def test_killed_run_resumes_to_the_same_result(engine, sig, mnist_dir, tmp_path):
     whole = run_cli("train", *ARGS, "--engine", engine, "--out", str(tmp_path / "whole"), "--cache-dir", str(mnist_dir))
     assert whole.returncode == 0, whole.stderr[-2000:]
 
     killed = tmp_path / "killed"
     stderr = _kill_after_epoch(killed, mnist_dir, engine, sig)
-    if sig == signal.SIGINT:  # Ctrl-C: one line that says how to continue
+    if sig != signal.SIGKILL:  # Ctrl-C, or `kill`: one line that says how to continue
         assert f"interrupted; continue with `mnist-mlp train --resume {killed}`" in stderr
         assert "Traceback" not in stderr
     assert not (killed / "metrics.json").exists() and not (killed / "history.csv").exists()

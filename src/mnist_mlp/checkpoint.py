@@ -53,23 +53,25 @@ class CtrlC(keras.callbacks.Callback):
     where it lands, as Python's own handler does, and also sets a flag that the end of each training batch and
     epoch checks (and the end of the block). Where it lands in Keras' pythonify_logs, which catches every
     exception, the flag stops training at the next batch (before, `--engine fit` trained on to the end after
-    Ctrl-C 8 times in 8 here). Only where SIGINT has Python's own handler, in the main thread: an ignored SIGINT
-    (a background job) or another handler is left alone. Validation batches are not checked: a callback with
+    Ctrl-C 8 times in 8 here). SIGTERM too, where the command made it a Ctrl-C (cli.terminate_as_ctrl_c). Only
+    where the signal has Python's own handler, in the main thread: an ignored SIGINT (a background job) or
+    another handler is left alone. Validation batches are not checked: a callback with
     on_test_batch_end makes Keras run them in the foreground, and the epoch's end comes soon after."""
 
     def __init__(self):
         super().__init__()
-        self.pressed, self.previous = False, None
+        self.pressed, self.previous = False, {}
 
     def __enter__(self) -> CtrlC:
-        main = threading.current_thread() is threading.main_thread()
-        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self.previous = signal.signal(signal.SIGINT, self._press)
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):  # SIGTERM where the command made it a Ctrl-C
+                if signal.getsignal(number) is signal.default_int_handler:
+                    self.previous[number] = signal.signal(number, self._press)
         return self
 
     def __exit__(self, exc_type, *exc_info) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
         if self.pressed and exc_type is None:  # swallowed after the last epoch's end
             raise KeyboardInterrupt
 

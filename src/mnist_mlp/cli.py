@@ -4,9 +4,12 @@ Keras is imported only by the commands that need it, after the backend is chosen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from mnist_mlp import __version__, cache, data, runs, sources
@@ -306,11 +309,31 @@ def build_parser() -> Parser:
     return parser
 
 
+@contextlib.contextmanager
+def terminate_as_ctrl_c():
+    """`kill` (SIGTERM: a scheduler's time limit, `timeout`, a shell closing) stops a command as Ctrl-C does:
+    temporary files removed, a run's checkpoint kept and the way to resume printed, not a silent exit.
+    Only where SIGTERM has its default action, in the main thread; restored after."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, --version and usage errors: return the code, as for commands
         return int(done.code or 0)
+    with terminate_as_ctrl_c():
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         return args.func(args) or 0
     except UserError as e:
@@ -319,14 +342,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mnist-mlp: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head`: stop quietly (an OSError, so caught first)
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except OSError as e:  # a path the user named that cannot be read: too long, no permission, a loop
         if e.filename is None:
             raise
         print(f"mnist-mlp: error: cannot read {e.filename} ({e.strerror}); check the path", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # output piped into `head`: stop quietly
-        sys.stdout = open(os.devnull, "w")
-        return 0
 
 
 if __name__ == "__main__":
