@@ -279,3 +279,29 @@ def test_best_is_re_trained_only_when_it_is_not_the_best_trials_config(tmp_path,
     assert sweep._same_config(tmp_path / "best", trained)
     assert not sweep._same_config(tmp_path / "best", load_config(None, ["train.train_samples=500", "train.epochs=2"]))
     assert not sweep._same_config(tmp_path / "nothing", Config())
+
+
+def test_a_study_is_continued_only_with_the_settings_it_started_with(space, synthetic_dir, tmp_path, capsys):
+    """Trials of other settings would be ranked (and sampled from) as if alike; a new study name is the way."""
+    out, common = tmp_path / "settings", ["--space", str(space), "--cache-dir", str(synthetic_dir)]
+    first = ["--set", "train.train_samples=500", "--set", "model.hidden_units=[16]"]
+    assert main(["sweep", *common, "--out", str(out), "--trials", "1", *first, "--set", "train.epochs=1"]) == 0
+    capsys.readouterr()
+    assert main(["sweep", *common, "--out", str(out), "--trials", "2", *first, "--set", "train.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mnist-mlp: error: study settings was started with other settings (train.epochs was 1, "
+                          "now 2); continue it with its own --config") and err.count("\n") == 1
+    narrower = tmp_path / "narrower.toml"
+    narrower.write_text(TINY.replace('"train.learning_rate" = { choice = [0.00001, 0.003] }', ""))
+    assert main(["sweep", *common, "--space", str(narrower), "--out", str(out), "--trials", "2", *first,
+                 "--set", "train.epochs=1"]) == 2
+    assert "started with other settings (the searched space (--space), train.learning_rate was searched, " \
+           "now 0.001)" in \
+        capsys.readouterr().err
+    assert len(_study(out).trials) == 1  # nothing ran
+    # the advice works: another study in the same folder, and the first continues with its own settings
+    assert main(["sweep", *common, "--out", str(out), "--study", "two", "--trials", "1", *first,
+                 "--set", "train.epochs=2"]) == 0
+    assert main(["sweep", *common, "--out", str(out), "--trials", "2", *first, "--set", "train.epochs=1",
+                 "--set", "train.checkpoint_seconds=0"]) == 0
+    assert len(_study(out).get_trials(states=FINISHED)) == 2

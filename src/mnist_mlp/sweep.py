@@ -5,6 +5,7 @@ decides who shares the study. The best trial is re-trained and scored on the tes
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 import sys
 import time
@@ -29,6 +30,7 @@ STUDY_DB = "study.db"  # the default SQLite storage, in the sweep folder
 HEARTBEAT_S = 10  # a worker marks its running trial alive this often
 GRACE_S = 60  # a running trial whose worker has been silent this long is failed and its place re-run
 LAYER_KEYS = ("hidden_layers", "hidden_width")  # sweep-only keys that build model.hidden_units
+UNSHARED = {"train.validation", "train.checkpoint_seconds"}  # settings a continued study may change
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,7 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
     base = base or Config()
     total = trials or space.trials
     study = open_study(sweep_dir, study_name or sweep_dir.name, storage, space, base.train.seed)
+    _same_settings(study, _settings(base, space))
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     over = []
 
@@ -202,6 +205,35 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
         return SweepResult(study, None)  # already re-trained (a continued study may have found a better one)
     log(f"re-training the best trial ({study.best_trial.number}, val_accuracy {study.best_value:.4f}) into {best_dir}")
     return SweepResult(study, train(best, best_dir, backend, overwrite=True, data_dir=data_dir, verbose=0))
+
+
+def _settings(base: Config, space: SweepSpace) -> dict:
+    """What a study's trials share: the searched space and every setting it does not search, as "section.key"
+    -> value (not the backend, as in _same_config, nor how often checkpoints are saved; validation is always
+    the held-out split)."""
+    searched = set(space.params) | ({"model.hidden_units"} if set(LAYER_KEYS) & set(space.params) else set())
+    flat = {f"{section}.{key}": list(value) if isinstance(value, tuple) else value
+            for section, values in dataclasses.asdict(base).items() if isinstance(values, dict)
+            for key, value in values.items()}
+    return {"space": space.params, **{k: v for k, v in flat.items() if k not in searched | UNSHARED}}
+
+
+def _same_settings(study: optuna.Study, settings: dict) -> None:
+    """A study is continued with the settings it started with: trials run otherwise would be ranked together
+    (and fed to the sampler) as if they had. Studies from before this was recorded take this command's."""
+    started = study.user_attrs.get("settings")
+    if started is None:
+        study.set_user_attr("settings", settings)
+        return
+    changed = [k for k in {**started, **settings} if started.get(k) != settings.get(k)]
+    if changed:
+        def value(found: dict, key: str) -> str:  # a key a study searches has no fixed value
+            return json.dumps(found[key]) if key in found else "searched"
+
+        said = ", ".join("the searched space (--space)" if k == "space" else
+                         f"{k} was {value(started, k)}, now {value(settings, k)}" for k in changed)
+        raise UserError(f"study {study.study_name} was started with other settings ({said}); continue it with its "
+                        "own --config, --set and --space, or start another with --study NAME or another --out")
 
 
 def _same_config(run_dir: Path, config: Config) -> bool:
