@@ -1,6 +1,7 @@
 """`mnist-mlp doctor`: exit 0 when all is well, else one stderr line per problem with its fix."""
 
 import gzip
+import shutil
 import http.server
 import socket
 import threading
@@ -44,3 +45,17 @@ def test_problems_are_one_line_each_with_a_fix(tmp_path, monkeypatch, capsys):
     assert "backend choice" in problems[0] and "KERAS_BACKEND=jax" in problems[0]
     assert "MNIST files: 0 of 4" in problems[1] and "mnist-mlp data fetch" in problems[1]
     assert "2 problem(s)" in captured.out
+
+
+def test_a_file_where_the_compile_cache_goes_is_a_problem(mnist_dir, tmp_path, capsys):
+    """train runs all the same (JAX caches nothing), so only doctor can say why every run compiles afresh."""
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(mnist_dir, cache_dir, ignore=shutil.ignore_patterns("xla"))
+    (cache_dir / "xla").write_text("a user's file")
+    assert main(["doctor", "--offline", "--cache-dir", str(cache_dir)]) == 1
+    problems = capsys.readouterr().err.strip().splitlines()
+    assert problems == [f"mnist-mlp doctor: compile cache: {cache_dir / 'xla'} is a file, so every run compiles "
+                        "afresh; move that file elsewhere: JAX keeps its compiled programs in a folder of that name"]
+    (cache_dir / "xla").rename(tmp_path / "moved")  # the advice, followed
+    assert main(["doctor", "--offline", "--cache-dir", str(cache_dir)]) == 0
+    assert (tmp_path / "moved").read_text() == "a user's file"

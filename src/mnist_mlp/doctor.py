@@ -82,9 +82,14 @@ def check_cache(cache_dir: str | Path | None = None) -> list[Check]:
     verified = [f.key for f in info.files if f.verified]
     found.append(Check("MNIST files", info.complete, f"{len(verified)} of 4 present and SHA-256 verified",
                        "run `mnist-mlp data fetch` (or `mnist-mlp data import FOLDER`)"))
-    xla = info.cache_dir / "xla"
+    xla = info.cache_dir / "xla"  # where engine.enable_compile_cache points JAX; unwritable, it compiles every run
+    a_file = xla.exists() and not xla.is_dir()
+    problem = f"{xla} is a file, so every run compiles afresh" if a_file else _writable(xla)
     entries = len(list(xla.iterdir())) if xla.is_dir() else 0
-    found.append(Check("compile cache", True, f"{xla} ({entries} compiled programs; JAX reuses them across runs)"))
+    fix = (f"move that file elsewhere: JAX keeps its compiled programs in a folder of that name" if a_file
+           else "give a writable folder with --cache-dir or MNIST_MLP_CACHE")
+    found.append(Check("compile cache", not problem, problem or f"{xla} ({entries} compiled programs; JAX reuses "
+                       "them across runs)", fix))
     return found
 
 
