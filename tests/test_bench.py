@@ -84,6 +84,9 @@ print(json.dumps([first, log.summary(until=1e9), log.summary(until=-1)]))
     (["bench", "--variants="], "--variants is empty"),  # so did an empty list
     (["bench", "--connections", "5"], "are for --serve"),  # and a load-test flag without --serve
     (["bench", "--time-to", "0.9", "--duration", "3"], "are for --serve"),
+    (["bench", "--give-up", "60"], "--give-up is for --time-to"),
+    (["bench", "--time-to", "0.9", "--give-up", "0"], "--give-up 0.0 is seconds"),
+    (["bench", "--time-to", "0.9", "--give-up", "nan"], "--give-up nan is seconds"),
 ])
 def test_bad_bench_arguments(argv, expected, capsys):
     assert main(argv) == 2
@@ -164,11 +167,14 @@ def test_keras_augmentation_layers_deform_in_training_only():
         "RandomRotation", "RandomZoom", "RandomShear", "RandomTranslation", "RandomElasticTransform"]
 
 
+TINY_DEFORM = ('[model]\nhidden_units = [64]\n[train]\ntrain_samples = 3000\nepochs = 5\n'
+               '[augment]\nrotation = 10.0\nelastic_alpha = 34.0\n')
+
+
 @pytest.mark.slow
 def test_time_to_runs_keras_fit_with_keras_layers_beside_ours_and_stops_when_reached(mnist_dir, tmp_path, capsys):
     preset = tmp_path / "tiny-deform.toml"
-    preset.write_text('[model]\nhidden_units = [64]\n[train]\ntrain_samples = 3000\nepochs = 5\n'
-                      '[augment]\nrotation = 10.0\nelastic_alpha = 34.0\n')
+    preset.write_text(TINY_DEFORM)
     out = tmp_path / "bench.json"
     assert main(["bench", "--time-to", "0.6", "--config", str(preset), "--json", str(out)]) == 0
     results = json.loads(out.read_text())["results"]
@@ -176,3 +182,18 @@ def test_time_to_runs_keras_fit_with_keras_layers_beside_ours_and_stops_when_rea
     for found in results.values():  # 60% comes in the first epoch: each stops there, not after 5 (or 20)
         assert found["epochs"] == 1 and 0 < found["seconds"] < 600 and found["best_accuracy"] >= 0.6
     assert "Keras fit + Keras layers" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_time_to_gives_up_at_the_first_epoch_past_the_limit(mnist_dir, tmp_path, capsys):
+    """A target out of reach (Keras fit with its layers took 27 minutes short of 99% here) ends in bounded time."""
+    preset = tmp_path / "tiny-deform.toml"
+    preset.write_text(TINY_DEFORM)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--time-to", "0.9999", "--give-up", "0.5", "--config", str(preset), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["give_up"] == 0.5 and len(report["results"]) == 3
+    for found in report["results"].values():  # each epoch ends past 0.5 s: one each, not 5 (or 20)
+        assert found["seconds"] is None and found["ran"][0] == 1 and found["ran"][1] >= 0.5
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("not reached in 1 epoch, " in line for line in lines) == 3

@@ -100,7 +100,7 @@ class CompileLog:
 
 
 def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: float,
-                 stop_at: float | None = None, compile_cache: str | None = None) -> dict:
+                 stop_at: float | None = None, compile_cache: str | None = None, give_up: float | None = None) -> dict:
     from mnist_mlp.backend import device_name, use_backend
 
     config = _config(epochs, config_path, variant)
@@ -117,8 +117,9 @@ def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: 
     def on_epoch_end(epoch, logs):
         ends.append(time.time() - t0)
         accuracy.append(logs["val_accuracy"])
-        if stop_at is not None and logs["val_accuracy"] >= stop_at:
-            setup.model.stop_training = model.stop_training = True  # --time-to: reached, so stop
+        reached = stop_at is not None and logs["val_accuracy"] >= stop_at
+        if reached or (give_up is not None and ends[-1] >= give_up):  # --time-to: reached, or out of time
+            setup.model.stop_training = model.stop_training = True
 
     record = keras.callbacks.LambdaCallback(on_train_begin=lambda logs: start.append(time.time() - t0),
                                             on_epoch_end=on_epoch_end)
@@ -223,14 +224,14 @@ def _torch_child(variant: str, epochs: int | None, config_path: str | None, t0: 
 
 
 def child(variant: str, epochs: int | None, config_path: str | None, t0: float, out: str,
-          stop_at: float | None = None, compile_cache: str | None = None) -> None:
+          stop_at: float | None = None, compile_cache: str | None = None, give_up: float | None = None) -> None:
     """Run one variant in this (fresh) process and write its raw timings as JSON to `out`; Keras variants stop
-    after the first epoch whose test accuracy reaches `stop_at`; JAX variants keep compiled programs in
-    `compile_cache` (default: train's)."""
+    after the first epoch whose test accuracy reaches `stop_at`, or that ends `give_up` seconds or more after
+    t0; JAX variants keep compiled programs in `compile_cache` (default: train's)."""
     if variant.startswith("torch"):
         result = _torch_child(variant, epochs, config_path, t0)
     else:
-        result = _keras_child(variant, epochs, config_path, t0, stop_at, compile_cache)
+        result = _keras_child(variant, epochs, config_path, t0, stop_at, compile_cache, give_up)
     result["peak_memory_mb"] = _peak_mb()
     Path(out).write_text(json.dumps(result))
 
@@ -306,13 +307,13 @@ def _child_env(gpu: bool = False) -> dict:
 
 
 def run_variant(variant: str, epochs: int | None, config_path: str | None = None, gpu: bool = False,
-                stop_at: float | None = None, cold: bool = False) -> VariantResult:
+                stop_at: float | None = None, cold: bool = False, give_up: float | None = None) -> VariantResult:
     """One variant in a fresh process; `cold`: JAX compiles every program (an empty compile cache of its own)."""
     with tempfile.TemporaryDirectory() as tmp:
         out, compile_cache = Path(tmp) / "result.json", str(Path(tmp) / "xla") if cold else None
         t0 = time.time()
         code = (f"from mnist_mlp.bench import child; child({variant!r}, {epochs}, {config_path!r}, {t0!r}, "
-                f"{str(out)!r}, {stop_at!r}, {compile_cache!r})")
+                f"{str(out)!r}, {stop_at!r}, {compile_cache!r}, {give_up!r})")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_child_env(gpu))
         if done.returncode != 0:
             raise RuntimeError(f"{variant} failed: {done.stderr[-3000:]}")
@@ -354,13 +355,17 @@ def bench(variants: tuple[str, ...] = VARIANTS, epochs: int = 20, gpu: bool = Fa
             "results": [asdict(r) for r in results], "skipped": skipped, "machine": machine()}
 
 
-def time_to(accuracy: float, presets: list[str] | None = None, gpu: bool = False, cold: bool = False) -> dict:
+def time_to(accuracy: float, presets: list[str] | None = None, gpu: bool = False, cold: bool = False,
+            give_up: float | None = None) -> dict:
     """Seconds from process start to the first epoch whose test accuracy reaches `accuracy`: the classic
-    recipe and each preset (by name or path), each trained by our engine for up to its own number of epochs;
+    recipe and each preset (by name or path), each trained by our engine for up to its own number of epochs
+    (or until the first epoch that ends `give_up` seconds or more after its process started);
     a preset that deforms its digits also by stock Keras fit with Keras' own image layers (keras_augmentation);
     `cold`: JAX compiles every program in each (an empty compile cache of its own)."""
     if not 0 < accuracy < 1:
         raise UserError(f"--time-to {accuracy} is an accuracy between 0 and 1, e.g. 0.982")
+    if give_up is not None and not 0 < give_up < math.inf:
+        raise UserError(f"--give-up {give_up} is seconds from each variant's start, e.g. 300")
     for preset in presets or ():
         _config(None, preset)  # a missing or bad preset fails here, not after the classic run
     found = {}
@@ -370,26 +375,30 @@ def time_to(accuracy: float, presets: list[str] | None = None, gpu: bool = False
         if _config(None, path).augment.active:
             runs.append((f"{Path(path).stem}, Keras fit + Keras layers", "keras-jax", path))
     for name, variant, path in runs:
-        result = run_variant(variant, None, path, gpu, stop_at=accuracy, cold=cold)
+        result = run_variant(variant, None, path, gpu, stop_at=accuracy, cold=cold, give_up=give_up)
         first = next((i for i, a in enumerate(result.epoch_accuracy) if a >= accuracy), None)
         found[name] = {"seconds": None if first is None else result.epoch_end_s[first],
                        "epochs": None if first is None else first + 1, "best_accuracy": max(result.epoch_accuracy),
-                       "device": result.note}
-    return {"time_to": accuracy, "results": found, "machine": machine(), "compile_cache": "cold" if cold else "shared"}
+                       "device": result.note, "ran": [len(result.epoch_end_s), result.epoch_end_s[-1]]}
+    return {"time_to": accuracy, "results": found, "machine": machine(), "compile_cache": "cold" if cold else "shared",
+            "give_up": give_up}
 
 
 def describe_time_to(report: dict) -> str:
     lines = [f"Seconds from process start to the first epoch with test accuracy >= {report['time_to']} "
              f"(JAX's compile cache: {report.get('compile_cache', 'shared')}):"]
     for name, found in report["results"].items():
-        seconds = f"{found['seconds']:.1f} s (epoch {found['epochs']})" if found["seconds"] else "not reached"
+        epochs, ran_s = found.get("ran", (None, None))
+        seconds = (f"{found['seconds']:.1f} s (epoch {found['epochs']})" if found["seconds"] else
+                   f"not reached in {epochs} epoch{'s' * (epochs != 1)}, {ran_s:.1f} s" if epochs else "not reached")
         lines.append(f"  {name:<12} {seconds}; best {found['best_accuracy']:.4f} ({found['device']})")
     return "\n".join(lines)
 
 
 def run(variants: str | None = None, epochs: int | None = None, gpu: bool = False, time_to_accuracy: float | None = None,
         presets: list[str] | None = None, serve: str | None = None, connections: int | None = None,
-        duration: float | None = None, image: str | None = None, cold: bool = False) -> tuple[dict, str]:
+        duration: float | None = None, image: str | None = None, cold: bool = False,
+        give_up: float | None = None) -> tuple[dict, str]:
     """`mnist-mlp bench`: the side-by-side bench, or --time-to, or --serve; (the report, its text)."""
     if serve and cold:
         raise UserError("--cold is for training (the side-by-side bench or --time-to); --serve loads a trained run")
@@ -400,6 +409,8 @@ def run(variants: str | None = None, epochs: int | None = None, gpu: bool = Fals
                         "its own epochs with our engine, --serve loads a server")
     if variants is not None and not [name for name in variants.split(",") if name.strip()]:
         raise UserError(f"--variants is empty; give some of {','.join(VARIANTS)}, or leave it out for all")
+    if give_up is not None and time_to_accuracy is None:
+        raise UserError("--give-up is for --time-to (each variant's time limit); the side-by-side bench runs --epochs")
     if presets and time_to_accuracy is None:
         raise UserError("--config names presets for --time-to; the side-by-side bench trains the classic config")
     if serve:
@@ -410,7 +421,7 @@ def run(variants: str | None = None, epochs: int | None = None, gpu: bool = Fals
                                image)
         return asdict(result), loadtest.markdown(result)
     if time_to_accuracy is not None:
-        report = time_to(time_to_accuracy, presets, gpu, cold)
+        report = time_to(time_to_accuracy, presets, gpu, cold, give_up)
         return report, describe_time_to(report)
     report = bench(tuple((variants or ",".join(VARIANTS)).split(",")), 20 if epochs is None else epochs, gpu, cold=cold)
     return report, markdown(report)

@@ -172,7 +172,7 @@ def cmd_bench(args) -> None:
     from mnist_mlp import bench
 
     report, text = bench.run(args.variants, args.epochs, args.gpu, args.time_to, args.config, args.serve,
-                             args.connections, args.duration, args.image, args.cold)
+                             args.connections, args.duration, args.image, args.cold, args.give_up)
     out = args.json or runs.free_name("bench.json", ".json")
     runs.write_json(out, report)
     print(f"{text}\n\nWrote {out}")
@@ -296,6 +296,8 @@ def build_parser() -> Parser:
                       "that deforms digits) (default: off)")
     mode.add_argument("--serve", metavar="RUN", help="instead: load-test `mnist-mlp serve RUN` with wrk (default: off)")
     p.add_argument("--config", action="append", help="preset(s) for --time-to, by name or path (default: none)")
+    p.add_argument("--give-up", type=float, metavar="SECONDS", help="--time-to: stop a variant at the end of its "
+                   "first epoch this long after its start (default: each trains its preset's epochs)")
     p.add_argument("--connections", type=int, help="--serve: concurrent connections (default: 200)")
     p.add_argument("--duration", type=float, help="--serve: seconds of load (default: 15)")
     p.add_argument("--image", help="--serve: the PNG to post (default: MNIST test digit 0, 28x28)")
