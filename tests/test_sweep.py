@@ -14,8 +14,10 @@ from pathlib import Path
 import optuna
 import pytest
 
+from conftest import run_cli
 from mnist_mlp import runs
 from mnist_mlp.cli import main
+from mnist_mlp.errors import UserError
 
 TINY = """
 [sweep]
@@ -138,15 +140,16 @@ def test_two_workers_share_one_study_on_postgresql(postgres, space, mnist_dir, t
     numbers = [t.number for t in finished]
     assert len(finished) == 8 and len(set(numbers)) == 8  # exactly the requested trials, none repeated
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))  # none left hanging (lost)
-    ran_by = {i: {int(p.name.split("-")[1]) for p in (tmp_path / f"worker-{i}").glob("trial-*")} for i in (0, 1)}
+    folders = {i: tmp_path / f"worker-{i}" / "shared" for i in (0, 1)}  # a study not named after --out: its folder
+    ran_by = {i: {int(p.name.split("-")[1]) for p in folders[i].glob("trial-*")} for i in (0, 1)}
     assert ran_by[0] and ran_by[1], "both workers ran trials"
     over = {t.number for t in study.get_trials(states=(optuna.trial.TrialState.FAIL,)) if t.user_attrs.get("over_budget")}
     assert ran_by[0] | ran_by[1] == set(numbers) and not ran_by[0] & ran_by[1]  # each trial run once
     for number in over:  # a trial started past the budget (workers raced) trains nothing
-        assert not any((tmp_path / f"worker-{i}" / f"trial-{number:04d}").exists() for i in (0, 1))
+        assert not any((folders[i] / f"trial-{number:04d}").exists() for i in (0, 1))
     for i, found in ran_by.items():  # each finished trial has its run directory where its worker ran it
         for number in found:
-            assert (tmp_path / f"worker-{i}" / f"trial-{number:04d}" / "metrics.json").is_file()
+            assert (folders[i] / f"trial-{number:04d}" / "metrics.json").is_file()
 
 
 RACE = """
@@ -286,22 +289,53 @@ def test_a_study_is_continued_only_with_the_settings_it_started_with(space, synt
     out, common = tmp_path / "settings", ["--space", str(space), "--cache-dir", str(synthetic_dir)]
     first = ["--set", "train.train_samples=500", "--set", "model.hidden_units=[16]"]
     assert main(["sweep", *common, "--out", str(out), "--trials", "1", *first, "--set", "train.epochs=1"]) == 0
-    capsys.readouterr()
-    assert main(["sweep", *common, "--out", str(out), "--trials", "2", *first, "--set", "train.epochs=2"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("mnist-mlp: error: study settings was started with other settings (train.epochs was 1, "
-                          "now 2); continue it with its own --config") and err.count("\n") == 1
+    refused = run_cli("sweep", *common, "--out", str(out), "--trials", "2", *first, "--set", "train.epochs=2")
+    assert refused.returncode == 2 and refused.stderr == (  # one line: no Optuna log or warning before it
+        "mnist-mlp: error: study settings was started with other settings (train.epochs was 1, now 2); continue it "
+        "with its own --config, --set and --space, or start another with --study NAME or another --out\n")
     narrower = tmp_path / "narrower.toml"
     narrower.write_text(TINY.replace('"train.learning_rate" = { choice = [0.00001, 0.003] }', ""))
     assert main(["sweep", *common, "--space", str(narrower), "--out", str(out), "--trials", "2", *first,
                  "--set", "train.epochs=1"]) == 2
     assert "started with other settings (the searched space (--space), train.learning_rate was searched, " \
-           "now 0.001)" in \
-        capsys.readouterr().err
+           "now 0.001)" in capsys.readouterr().err
     assert len(_study(out).trials) == 1  # nothing ran
-    # the advice works: another study in the same folder, and the first continues with its own settings
+    # the advice works: another study in the same folder keeps its runs apart, and the first continues
     assert main(["sweep", *common, "--out", str(out), "--study", "two", "--trials", "1", *first,
                  "--set", "train.epochs=2"]) == 0
+    assert runs.load_run(out / "two" / "trial-0000").config.train.epochs == 2
+    assert runs.load_run(out / "trial-0000").config.train.epochs == 1 and (out / "best").is_dir()
     assert main(["sweep", *common, "--out", str(out), "--trials", "2", *first, "--set", "train.epochs=1",
                  "--set", "train.checkpoint_seconds=0"]) == 0
     assert len(_study(out).get_trials(states=FINISHED)) == 2
+    assert main(["sweep", *common, "--out", str(out), "--study", "../elsewhere"]) == 2
+    assert "names a folder in --out too" in capsys.readouterr().err and not (tmp_path / "elsewhere").exists()
+
+
+def test_a_study_whose_first_trial_failed_takes_the_settings_that_fix_it(space, synthetic_dir, tmp_path, capsys):
+    """The first command's error advises another --set; following it must not be refused as other settings."""
+    out, common = tmp_path / "fixed", ["--space", str(space), "--out", str(tmp_path / "fixed"), "--cache-dir",
+                                       str(synthetic_dir), "--trials", "1", "--set", "train.train_samples=500",
+                                       "--set", "train.epochs=1", "--set", "model.hidden_units=[16]"]
+    assert main(["sweep", *common, "--set", "train.batch_size=1000"]) == 2
+    assert "--set train.batch_size=" in capsys.readouterr().err
+    assert main(["sweep", *common, "--set", "train.batch_size=500"]) == 0
+    assert _study(out).user_attrs["settings"]["train.batch_size"] == 500
+
+
+def test_settings_newer_than_a_study_and_a_fixed_layer_count_or_width():
+    from mnist_mlp import sweep
+    from mnist_mlp.config import load_config
+
+    layers_only = sweep.SweepSpace(1, 1, {"hidden_layers": {"int": [1, 2]}})
+    wide, narrow = (sweep._settings(load_config(None, [f"model.hidden_units={u}"]), layers_only)
+                    for u in ("[512]", "[32,32]"))
+    assert wide["hidden_width"] == 512 and narrow["hidden_width"] == 32 and "model.hidden_units" not in wide
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.9))
+    study.set_user_attr("settings", {k: v for k, v in wide.items() if k != "train.precision"})  # an older version's
+    sweep._same_settings(study, wide)  # the setting it lacks is at its default: the same study
+    with pytest.raises(UserError, match=r"\(hidden_width was 512, now 32\)"):
+        sweep._same_settings(study, narrow)
+    with pytest.raises(UserError, match='train.precision was "float32", now "bfloat16"'):
+        sweep._same_settings(study, {**wide, "train.precision": "bfloat16"})

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import secrets
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +128,7 @@ def storage_url(sweep_dir: str | Path, storage: str | None) -> str:
 def open_study(sweep_dir: Path, study_name: str, storage: str | None, space: SweepSpace, seed: int) -> optuna.Study:
     url = storage_url(sweep_dir, storage)
     where = url.split("@")[-1]
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: one line out
     for attempt in range(5):  # workers starting together race to create the tables and the study; losers retry
         try:
             # heartbeats: a trial whose worker was killed turns FAIL after the grace period, so it is re-run
@@ -154,8 +157,8 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
           study_name: str | None = None, storage: str | None = None, trials: int | None = None,
           data_dir: str | Path | None = None, fixed: list[str] = (), log=lambda text: None) -> SweepResult:
     """Run trials until the study holds `trials` finished-or-pruned ones (counting every worker's), then
-    re-train the best as sweep_dir/best and score it on the test set. Keys in `fixed` (given by --set) keep
-    the base config's value instead of being searched."""
+    re-train the best as best/ in the study's folder (study_folder) and score it on the test set. Keys in
+    `fixed` (given by --set) keep the base config's value instead of being searched."""
     if trials is not None and trials < 1:
         raise UserError(f"--trials {trials} must be >= 1")
     space = load_space(space_path)
@@ -170,12 +173,15 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
         raise UserError(f"cannot use {sweep_dir} for the sweep ({e.strerror}); choose another --out") from None
     base = base or Config()
     total = trials or space.trials
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(sweep_dir, study_name or sweep_dir.name, storage, space, base.train.seed)
-    _same_settings(study, _settings(base, space))
+    folder, settings = study_folder(sweep_dir, study_name), _settings(base, space)
+    _same_settings(study, settings)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     over = []
 
     def objective(trial: optuna.Trial) -> float:
+        _same_settings(study, settings)  # again: workers starting together each recorded theirs, the last stays
         counted = states + (optuna.trial.TrialState.RUNNING,)
         ahead = [t for t in study.get_trials(deepcopy=False, states=counted) if t.number < trial.number]
         if len(ahead) >= total:  # another worker took the last place first
@@ -185,20 +191,19 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
         config = suggest(trial, space, base)
         trial.set_user_attr("config", config_to_toml(config))  # the best is re-trained from this, as it ran
         pruning = PruneOnValidation(trial)
-        train(config, sweep_dir / f"trial-{trial.number:04d}", backend, overwrite=True, data_dir=data_dir,
+        train(config, folder / f"trial-{trial.number:04d}", backend, overwrite=True, data_dir=data_dir,
               verbose=0, callbacks=(pruning,), score_test=False)
         log(f"trial {trial.number}: val_accuracy {pruning.last:.4f}{' (pruned)' if pruning.pruned else ''}")
         if pruning.pruned:
             raise optuna.TrialPruned()
         return pruning.last
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     while not over and len(study.get_trials(deepcopy=False, states=states)) < total:
         study.optimize(objective, n_trials=1, catch=(OverBudget,))
     running = tuple(t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
     if running:
         return SweepResult(study, None, running)  # the worker that finishes the last trial re-trains the best
-    best_dir = sweep_dir / "best"
+    best_dir = folder / "best"
     recorded = study.best_trial.user_attrs.get("config")  # absent in studies from before it was recorded
     best = config_from_toml(recorded) if recorded else suggest(optuna.trial.FixedTrial(study.best_params), space, base)
     if (best_dir / runs.METRICS).exists() and _same_config(best_dir, best):
@@ -207,31 +212,61 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
     return SweepResult(study, train(best, best_dir, backend, overwrite=True, data_dir=data_dir, verbose=0))
 
 
+def study_folder(sweep_dir: str | Path, study_name: str | None) -> Path:
+    """Where a study's trial runs, best/ and plots go: --out for the study named after it (the default), else a
+    folder of the study's name inside --out (two studies in one folder replaced each other's trial-0000)."""
+    sweep_dir = Path(sweep_dir)
+    if study_name is None or study_name == sweep_dir.name:
+        return sweep_dir
+    if not re.fullmatch(r"\w[\w.-]*", study_name):
+        raise UserError(f"--study {study_name!r} names a folder in --out too: use letters, digits, '-', '_', '.'")
+    return sweep_dir / study_name
+
+
+SEARCHED = "searched"  # how a searched key shows where a setting's value would
+
+
 def _settings(base: Config, space: SweepSpace) -> dict:
     """What a study's trials share: the searched space and every setting it does not search, as "section.key"
     -> value (not the backend, as in _same_config, nor how often checkpoints are saved; validation is always
-    the held-out split)."""
-    searched = set(space.params) | ({"model.hidden_units"} if set(LAYER_KEYS) & set(space.params) else set())
+    the held-out split). Where the space searches one of hidden_layers and hidden_width, the other is a setting."""
     flat = {f"{section}.{key}": list(value) if isinstance(value, tuple) else value
             for section, values in dataclasses.asdict(base).items() if isinstance(values, dict)
             for key, value in values.items()}
-    return {"space": space.params, **{k: v for k, v in flat.items() if k not in searched | UNSHARED}}
+    if set(LAYER_KEYS) & set(space.params):
+        units = flat.pop("model.hidden_units")
+        flat.update({"hidden_layers": len(units), "hidden_width": units[0]})
+    return {"space": space.params, **{k: v for k, v in flat.items() if k not in set(space.params) | UNSHARED}}
 
 
 def _same_settings(study: optuna.Study, settings: dict) -> None:
     """A study is continued with the settings it started with: trials run otherwise would be ranked together
-    (and fed to the sampler) as if they had. Studies from before this was recorded take this command's."""
+    (and fed to the sampler) as if they had. A study with no trial begun (or from before this was recorded)
+    takes this command's. A setting newer than the study's record is compared with its default."""
     started = study.user_attrs.get("settings")
-    if started is None:
+    begun = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                                                     optuna.trial.TrialState.RUNNING))
+    if started is None or not begun:
         study.set_user_attr("settings", settings)
         return
-    changed = [k for k in {**started, **settings} if started.get(k) != settings.get(k)]
+    searched = set(started["space"]) | ({"model.hidden_units"} if set(LAYER_KEYS) & set(started["space"]) else set())
+    default = _settings(Config(), SweepSpace(0, 0, {}))
+
+    def then(key: str):
+        if key in started or key in searched:
+            return started.get(key, SEARCHED)
+        units = started.get("model.hidden_units")  # hidden_layers or hidden_width, fixed then by hidden_units
+        if key in LAYER_KEYS and units:
+            return len(units) if key == "hidden_layers" else units[0]
+        return default.get(key)
+
+    changed = [key for key, value in settings.items() if then(key) != value]
     if changed:
-        def value(found: dict, key: str) -> str:  # a key a study searches has no fixed value
-            return json.dumps(found[key]) if key in found else "searched"
+        def show(value) -> str:
+            return value if value is SEARCHED else json.dumps(value)
 
         said = ", ".join("the searched space (--space)" if k == "space" else
-                         f"{k} was {value(started, k)}, now {value(settings, k)}" for k in changed)
+                         f"{k} was {show(then(k))}, now {show(settings[k])}" for k in changed)
         raise UserError(f"study {study.study_name} was started with other settings ({said}); continue it with its "
                         "own --config, --set and --space, or start another with --study NAME or another --out")
 
@@ -252,8 +287,6 @@ def report(sweep_dir: str | Path, study_name: str | None = None, storage: str | 
         raise UserError(f"no sweep has run in {sweep_dir} (no {STUDY_DB} there); start one with `mnist-mlp sweep "
                         f"--out {runs.shell_path(sweep_dir)}`, or point --out (or --storage) at one that has")
     storage = storage_url(sweep_dir, storage)
-    import warnings
-
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         study = optuna.load_study(study_name=study_name or sweep_dir.name, storage=storage)
@@ -274,8 +307,10 @@ def report(sweep_dir: str | Path, study_name: str | None = None, storage: str | 
 
     from mnist_mlp.plots import save_axes
 
-    written = [save_axes(optuna_plots.plot_optimization_history(study), sweep_dir / "optimization_history.png"),
-               save_axes(optuna_plots.plot_parallel_coordinate(study), sweep_dir / "parallel_coordinate.png")]
+    folder = study_folder(sweep_dir, study_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [save_axes(optuna_plots.plot_optimization_history(study), folder / "optimization_history.png"),
+               save_axes(optuna_plots.plot_parallel_coordinate(study), folder / "parallel_coordinate.png")]
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
     return {"study": study.study_name, "finished": len(done), "pruned": pruned,
             "leaders": [{"trial": t.number, "val_accuracy": t.value, "params": t.params} for t in leaders],
