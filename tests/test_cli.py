@@ -44,8 +44,9 @@ def test_output_into_a_closed_pipe_stops_quietly(mnist_dir):
     read, write = os.pipe()
     os.close(read)
     try:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as in a user's shell
         done = subprocess.run([sys.executable, "-m", "mnist_mlp", "data", "info", "--cache-dir", str(mnist_dir)],
-                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120, env=env)
     finally:
         os.close(write)
     assert done.returncode == 0 and done.stderr == "", done.stderr

@@ -44,6 +44,8 @@ def _kill_after_epoch(out, mnist_dir, engine, sig, epoch=2):
     os.kill(process.pid, sig)
     stderr = process.communicate(timeout=120)[1]
     assert process.returncode != 0, f"training finished before the signal arrived: {sorted(os.listdir(out))}"
+    if sig == signal.SIGTERM:  # stopped as by Ctrl-C, then ended by the signal, as a killed process is
+        assert process.returncode == -signal.SIGTERM
     return stderr
 
 

@@ -1,7 +1,5 @@
 """`python -m mnist_mlp` runs the command line."""
 
-import sys
+from mnist_mlp.cli import console_main
 
-from mnist_mlp.cli import main
-
-sys.exit(main())
+console_main()

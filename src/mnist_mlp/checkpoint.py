@@ -53,7 +53,7 @@ class CtrlC(keras.callbacks.Callback):
     where it lands, as Python's own handler does, and also sets a flag that the end of each training batch and
     epoch checks (and the end of the block). Where it lands in Keras' pythonify_logs, which catches every
     exception, the flag stops training at the next batch (before, `--engine fit` trained on to the end after
-    Ctrl-C 8 times in 8 here). SIGTERM too, where the command made it a Ctrl-C (cli.terminate_as_ctrl_c). Only
+    Ctrl-C 8 times in 8 here). SIGTERM too, where the command made it a Ctrl-C (cli.terminated). Only
     where the signal has Python's own handler, in the main thread: an ignored SIGINT (a background job) or
     another handler is left alone. Validation batches are not checked: a callback with
     on_test_batch_end makes Keras run them in the foreground, and the epoch's end comes soon after."""
@@ -65,7 +65,8 @@ class CtrlC(keras.callbacks.Callback):
     def __enter__(self) -> CtrlC:
         if threading.current_thread() is threading.main_thread():
             for number in (signal.SIGINT, signal.SIGTERM):  # SIGTERM where the command made it a Ctrl-C
-                if signal.getsignal(number) is signal.default_int_handler:
+                handler = signal.getsignal(number)
+                if handler is signal.default_int_handler or getattr(handler, "like_ctrl_c", False):
                     self.previous[number] = signal.signal(number, self._press)
         return self
 
@@ -77,7 +78,7 @@ class CtrlC(keras.callbacks.Callback):
 
     def _press(self, signum, frame):
         self.pressed = True
-        raise KeyboardInterrupt
+        self.previous[signum](signum, frame)  # raises KeyboardInterrupt, as the handler it stands in for
 
     def on_train_batch_end(self, batch, logs=None):
         if self.pressed:

@@ -4,12 +4,10 @@ Keras is imported only by the commands that need it, after the backend is chosen
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from mnist_mlp import __version__, cache, data, runs, sources
@@ -311,33 +309,15 @@ def build_parser() -> Parser:
     return parser
 
 
-@contextlib.contextmanager
-def terminate_as_ctrl_c():
-    """`kill` (SIGTERM: a scheduler's time limit, `timeout`, a shell closing) stops a command as Ctrl-C does:
-    temporary files removed, a run's checkpoint kept and the way to resume printed, not a silent exit.
-    Only where SIGTERM has its default action, in the main thread; restored after."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        yield
-        return
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, --version and usage errors: return the code, as for commands
         return int(done.code or 0)
-    with terminate_as_ctrl_c():
-        return _run(args)
-
-
-def _run(args) -> int:
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's last flush
+        return code
     except UserError as e:
         print(f"mnist-mlp: error: {e}", file=sys.stderr)
         return 2
@@ -345,7 +325,7 @@ def _run(args) -> int:
         print("mnist-mlp: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head`: stop quietly (an OSError, so caught first)
-        sys.stdout = open(os.devnull, "w")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no flush error at exit
         return 0
     except OSError as e:  # a path the user named that cannot be read: too long, no permission, a loop
         if e.filename is None:
@@ -354,5 +334,30 @@ def _run(args) -> int:
         return 2
 
 
+def terminated(signum, frame):
+    """SIGTERM's handler in the command: `kill` (a scheduler's time limit, `timeout`, `systemctl stop`) stops it
+    as Ctrl-C does, with temporary files removed, a run's checkpoint kept and the way to resume printed."""
+    terminated.received = True
+    raise KeyboardInterrupt
+
+
+terminated.received = False
+terminated.like_ctrl_c = True  # checkpoint.CtrlC stands in for it while training, as for Python's Ctrl-C handler
+
+
+def console_main() -> None:
+    """The `mnist-mlp` command and `python -m mnist_mlp`: main(), with SIGTERM handled by `terminated`, and then
+    the process ends by SIGTERM, as a killed process does (143 in a shell). In-process callers of main() keep
+    their own SIGTERM."""
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, terminated)
+    code = main()
+    if terminated.received:
+        sys.stdout.flush()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()
