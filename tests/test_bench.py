@@ -85,8 +85,9 @@ print(json.dumps([first, log.summary(until=1e9), log.summary(until=-1)]))
     (["bench", "--connections", "5"], "are for --serve"),  # and a load-test flag without --serve
     (["bench", "--time-to", "0.9", "--duration", "3"], "are for --serve"),
     (["bench", "--give-up", "60"], "--give-up is for --time-to"),
-    (["bench", "--time-to", "0.9", "--give-up", "0"], "--give-up 0.0 is seconds"),
-    (["bench", "--time-to", "0.9", "--give-up", "nan"], "--give-up nan is seconds"),
+    (["bench", "--time-to", "0.9", "--give-up", "0"], "--give-up 0.0: give more than 0 seconds"),
+    (["bench", "--time-to", "0.9", "--give-up", "nan"], "--give-up nan: give more than 0 seconds"),
+    (["bench", "--serve", "runs/x", "--give-up", "5"], "--give-up is for --time-to"),
 ])
 def test_bad_bench_arguments(argv, expected, capsys):
     assert main(argv) == 2
@@ -196,4 +197,5 @@ def test_time_to_gives_up_at_the_first_epoch_past_the_limit(mnist_dir, tmp_path,
     for found in report["results"].values():  # each epoch ends past 0.5 s: one each, not 5 (or 20)
         assert found["seconds"] is None and found["ran"][0] == 1 and found["ran"][1] >= 0.5
     lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("(JAX's compile cache: shared; --give-up 0.5 s):")
     assert sum("not reached in 1 epoch, " in line for line in lines) == 3

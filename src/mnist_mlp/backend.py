@@ -31,7 +31,7 @@ BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions for bfloat16 pr
 
 def cpu_bfloat16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
     """Whether this CPU has bfloat16 product instructions (XLA's CPU backend runs train.precision = "bfloat16"
-    ~1.4x faster than float32 with them, 1.2–2x slower without: docs/benchmarks.md); None where /proc/cpuinfo
+    ~1.4x faster than float32 with them, 1.2–2.3x slower without: docs/benchmarks.md); None where /proc/cpuinfo
     does not say (not Linux, or not x86)."""
     try:
         flags = next((line.split(":", 1)[1].split() for line in Path(cpuinfo).read_text().splitlines()

@@ -365,7 +365,8 @@ def time_to(accuracy: float, presets: list[str] | None = None, gpu: bool = False
     if not 0 < accuracy < 1:
         raise UserError(f"--time-to {accuracy} is an accuracy between 0 and 1, e.g. 0.982")
     if give_up is not None and not 0 < give_up < math.inf:
-        raise UserError(f"--give-up {give_up} is seconds from each variant's start, e.g. 300")
+        raise UserError(f"--give-up {give_up}: give more than 0 seconds (each variant's limit from its start), "
+                        "e.g. 300")
     for preset in presets or ():
         _config(None, preset)  # a missing or bad preset fails here, not after the classic run
     found = {}
@@ -385,8 +386,9 @@ def time_to(accuracy: float, presets: list[str] | None = None, gpu: bool = False
 
 
 def describe_time_to(report: dict) -> str:
+    limit = f"; --give-up {report['give_up']:g} s" if report.get("give_up") else ""
     lines = [f"Seconds from process start to the first epoch with test accuracy >= {report['time_to']} "
-             f"(JAX's compile cache: {report.get('compile_cache', 'shared')}):"]
+             f"(JAX's compile cache: {report.get('compile_cache', 'shared')}{limit}):"]
     for name, found in report["results"].items():
         epochs, ran_s = found.get("ran", (None, None))
         seconds = (f"{found['seconds']:.1f} s (epoch {found['epochs']})" if found["seconds"] else
@@ -410,7 +412,7 @@ def run(variants: str | None = None, epochs: int | None = None, gpu: bool = Fals
     if variants is not None and not [name for name in variants.split(",") if name.strip()]:
         raise UserError(f"--variants is empty; give some of {','.join(VARIANTS)}, or leave it out for all")
     if give_up is not None and time_to_accuracy is None:
-        raise UserError("--give-up is for --time-to (each variant's time limit); the side-by-side bench runs --epochs")
+        raise UserError("--give-up is for --time-to (each variant's time limit); add --time-to ACCURACY, or drop it")
     if presets and time_to_accuracy is None:
         raise UserError("--config names presets for --time-to; the side-by-side bench trains the classic config")
     if serve:

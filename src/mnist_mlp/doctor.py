@@ -84,10 +84,10 @@ def check_cache(cache_dir: str | Path | None = None) -> list[Check]:
                        "run `mnist-mlp data fetch` (or `mnist-mlp data import FOLDER`)"))
     xla = info.cache_dir / "xla"  # where engine.enable_compile_cache points JAX; unwritable, it compiles every run
     a_file = xla.exists() and not xla.is_dir()
-    problem = f"{xla} is a file, so every run compiles afresh" if a_file else _writable(xla)
-    entries = len(list(xla.iterdir())) if xla.is_dir() else 0
-    fix = (f"move that file elsewhere: JAX keeps its compiled programs in a folder of that name" if a_file
-           else "give a writable folder with --cache-dir or MNIST_MLP_CACHE")
+    problem = f"{xla} is a file, so every run compiles afresh" if a_file else xla.is_dir() and _writable(xla)
+    entries = len(list(xla.iterdir())) if xla.is_dir() else 0  # not there yet: the cache folder's check says
+    fix = ("move that file elsewhere: JAX keeps its compiled programs in a folder of that name" if a_file
+           else f"make it writable (chmod -R u+w {xla}), or give another --cache-dir")
     found.append(Check("compile cache", not problem, problem or f"{xla} ({entries} compiled programs; JAX reuses "
                        "them across runs)", fix))
     return found

@@ -175,7 +175,7 @@ def precision_note(config: TrainConfig, device: str, fast_bfloat16: bool | None)
     if config.precision != "bfloat16" or device != "cpu" or fast_bfloat16 is not False:
         return ""
     return ("Note: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16), so train.precision = bfloat16 "
-            "trains slower here than float32 (1.2–2x an epoch); for speed, add --set train.precision=float32.")
+            "trains slower here than float32 (1.2–2.3x an epoch); for speed, add --set train.precision=float32.")
 
 
 def engine_note(requested: str, engine: str) -> str:
