@@ -41,7 +41,7 @@ def test_ctrl_c_in_the_first_epoch_advises_a_fresh_start_that_works(synthetic_di
 
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, "on_epoch_end", interrupt)
-        assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+        assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 130
     argv = _follow(capsys, synthetic_dir, "interrupted; ", "stopped after 1 epoch(s), before its first checkpoint")
     assert "--overwrite" in argv and "--resume" not in argv
     assert runs.load_run(out).config.train.train_samples == 500  # the same config, from config.toml
@@ -51,7 +51,7 @@ def _stop_after_first_epoch(out, synthetic_dir, monkeypatch):
     """Train TINY into `out` and press Ctrl-C just after the first epoch's checkpoint is saved."""
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_after_epoch(0))
-        assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+        assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 130
 
 
 def test_ctrl_c_after_an_epoch_advises_resume_that_works(synthetic_dir, tmp_path, capsys, monkeypatch):
@@ -80,7 +80,7 @@ def test_checkpoints_keep_their_interval_and_resume_from_an_older_one(synthetic_
         patch.setattr(checkpoint, "monotonic", lambda: now[0])
         patch.setattr(runs, "save_checkpoint", lambda path, epoch, arrays: (saved.append(epoch), save(path, epoch, arrays)))
         patch.setattr(train.Checkpoint, "on_epoch_end", four_seconds_then_ctrl_c_after_5)
-        assert main(["train", *argv, "--out", str(tmp_path / "stopped")]) == 2
+        assert main(["train", *argv, "--out", str(tmp_path / "stopped")]) == 130
     assert saved == [3] and runs.completed_epochs(tmp_path / "stopped") == 3
     assert _follow(capsys, synthetic_dir, "interrupted; continue with") == ["train", "--resume", str(tmp_path / "stopped")]
     assert (tmp_path / "stopped" / runs.HISTORY).read_bytes() == (tmp_path / "whole" / runs.HISTORY).read_bytes()
@@ -92,7 +92,7 @@ def test_ctrl_c_before_the_first_checkpoint_says_so_and_advises_a_fresh_start(sy
     with monkeypatch.context() as patch:
         patch.setattr(checkpoint, "monotonic", lambda: 0.0)  # no time passes: no checkpoint is due
         patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_after_epoch(1))
-        assert main(["train", *argv, "--out", str(out)]) == 2
+        assert main(["train", *argv, "--out", str(out)]) == 130
     stopped = "stopped after 2 epoch(s), before its first checkpoint (one is saved once train.checkpoint_seconds"
     assert f"interrupted; {out} {stopped}" in capsys.readouterr().err  # Ctrl-C says why there is no --resume
     assert main(["train", "--resume", str(out)]) == 2
@@ -127,7 +127,7 @@ def test_ctrl_c_stops_training_even_where_keras_swallows_it(engine, where, synth
 
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, where, ctrl_c_that_keras_swallows, raising=False)
-        assert main(["train", *TINY, "--engine", engine, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+        assert main(["train", *TINY, "--engine", engine, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 130
     assert len(pressed) == 1 and "interrupted; " in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own again
     assert not (out / runs.METRICS).exists()
@@ -144,7 +144,7 @@ def test_incomplete_runs_advise_what_works(synthetic_dir, tmp_path, capsys, monk
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, "on_epoch_end", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-        assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+        assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 130
     capsys.readouterr()
     assert main(["evaluate", str(out)]) == 2
     _follow(capsys, synthetic_dir, "incomplete run")
@@ -292,7 +292,7 @@ def test_an_interrupted_seed_group_resumes_keeping_its_finished_seeds(synthetic_
 
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_in_seed_2)
-        assert main([*argv, "--out", str(tmp_path / "group")]) == 2
+        assert main([*argv, "--out", str(tmp_path / "group")]) == 130
     finished = (tmp_path / "group" / "seed-20160715" / runs.METRICS).read_bytes()
     assert _follow(capsys, synthetic_dir, "finished seeds are kept") == ["train", "--resume", str(tmp_path / "group")]
     assert (tmp_path / "group" / "seed-20160715" / runs.METRICS).read_bytes() == finished  # kept, not retrained
@@ -301,3 +301,35 @@ def test_an_interrupted_seed_group_resumes_keeping_its_finished_seeds(synthetic_
     assert group["complete"] and [r.history for r in loaded] == [r.history for r in whole]
     assert main(["train", "--resume", str(tmp_path / "group")]) == 2
     assert "has finished" in capsys.readouterr().err
+
+
+def test_a_signal_dropped_outside_training_still_stops_the_next_seed(synthetic_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while a seed scores the test set lands where Keras drops it (pythonify_logs), or at start-up in a
+    garbage-collector callback: the command's handler remembers it, so the next seed does not start."""
+    from mnist_mlp import errors
+
+    finish, out = train._finish, tmp_path / "group"
+    with monkeypatch.context() as patch:
+        def pressed_while_scoring(*args, **kwargs):
+            result = finish(*args, **kwargs)
+            patch.setattr(errors.interrupt, "received", signal.SIGINT)  # the KeyboardInterrupt itself was dropped
+            return result
+
+        patch.setattr(train, "_finish", pressed_while_scoring)
+        assert main(["train", *TINY, "--seeds", "3", "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 130
+    assert _follow(capsys, synthetic_dir, "interrupted; ") == ["train", "--resume", str(out)]
+    assert (out / "seed-20160715" / runs.METRICS).is_file()  # finished before the press, and kept
+
+
+def test_a_folder_in_use_advises_only_waiting_where_nothing_else_works(synthetic_dir, tmp_path, capsys):
+    """--resume takes no --out, and a group still training cannot be resumed: both advised once."""
+    out = tmp_path / "group"
+    assert main(["train", *TINY, "--seeds", "2", "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 0
+    (out / runs.GROUP).write_text(json.dumps({"planned": [20160715, 20160716], "complete": False}))
+    with runs.claim(out, resume=True):  # another process training into it
+        assert main(["train", "--resume", str(out)]) == 2
+        assert capsys.readouterr().err == (f"mnist-mlp: error: {out} is in use: another mnist-mlp process is "
+                                           "training into it; wait for it to finish\n")
+        assert main(["plot", str(out)]) == 2
+        assert capsys.readouterr().err == f"mnist-mlp: error: {out} is still training in another process; wait " \
+                                          "for it to finish\n"

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from mnist_mlp import runs
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import UserError, interrupt
 
 
 class Checkpoint(keras.callbacks.Callback):
@@ -53,7 +53,7 @@ class CtrlC(keras.callbacks.Callback):
     where it lands, as Python's own handler does, and also sets a flag that the end of each training batch and
     epoch checks (and the end of the block). Where it lands in Keras' pythonify_logs, which catches every
     exception, the flag stops training at the next batch (before, `--engine fit` trained on to the end after
-    Ctrl-C 8 times in 8 here). SIGTERM too, where the command made it a Ctrl-C (cli.terminated). Only
+    Ctrl-C 8 times in 8 here). SIGTERM and SIGHUP too, where the command made them a Ctrl-C (errors.interrupt). Only
     where the signal has Python's own handler, in the main thread: an ignored SIGINT (a background job) or
     another handler is left alone. Validation batches are not checked: a callback with
     on_test_batch_end makes Keras run them in the foreground, and the epoch's end comes soon after."""
@@ -63,17 +63,18 @@ class CtrlC(keras.callbacks.Callback):
         self.pressed, self.previous = False, {}
 
     def __enter__(self) -> CtrlC:
+        if interrupt.received:  # came before training, where it was dropped
+            raise KeyboardInterrupt
         if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGINT, signal.SIGTERM):  # SIGTERM where the command made it a Ctrl-C
-                handler = signal.getsignal(number)
-                if handler is signal.default_int_handler or getattr(handler, "like_ctrl_c", False):
+            for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the last two where the command set
+                if signal.getsignal(number) in (signal.default_int_handler, interrupt):  # errors.interrupt
                     self.previous[number] = signal.signal(number, self._press)
         return self
 
     def __exit__(self, exc_type, *exc_info) -> None:
         for number, handler in self.previous.items():
             signal.signal(number, handler)
-        if self.pressed and exc_type is None:  # swallowed after the last epoch's end
+        if (self.pressed or interrupt.received) and exc_type is None:  # swallowed after the last epoch's end
             raise KeyboardInterrupt
 
     def _press(self, signum, frame):
@@ -81,7 +82,7 @@ class CtrlC(keras.callbacks.Callback):
         self.previous[signum](signum, frame)  # raises KeyboardInterrupt, as the handler it stands in for
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.pressed:
+        if self.pressed or interrupt.received:
             raise KeyboardInterrupt
 
     on_epoch_end = on_train_batch_end

@@ -4,6 +4,7 @@ Keras is imported only by the commands that need it, after the backend is chosen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from mnist_mlp import __version__, cache, data, runs, sources
 from mnist_mlp.backend import use_backend
 from mnist_mlp.bench import VARIANTS
 from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, load_config
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import Interrupted, UserError, interrupt
 
 
 class Parser(argparse.ArgumentParser):
@@ -78,7 +79,7 @@ def cmd_train(args) -> None:
             print(train.describe(train.train(config, out, choice, overwrite=args.overwrite, resume=bool(args.resume),
                                              **options)))
     except KeyboardInterrupt:
-        raise UserError(f"interrupted; {runs.continue_advice(out)}") from None
+        raise Interrupted(f"interrupted; {runs.continue_advice(out)}") from None
 
 
 def cmd_evaluate(args) -> None:
@@ -160,10 +161,15 @@ def cmd_sweep(args) -> None:
     choice = use_backend(base.backend)
     from mnist_mlp import sweep
 
-    print(sweep.describe(sweep.sweep(args.space, out, choice, base=base, study_name=args.study, storage=args.storage,
-                                     trials=args.trials, data_dir=args.cache_dir,
-                                     fixed=[item.partition("=")[0].strip() for item in args.set],
-                                     log=lambda text: print(text, flush=True)), out, args.study, args.storage))
+    try:
+        result = sweep.sweep(args.space, out, choice, base=base, study_name=args.study, storage=args.storage,
+                             trials=args.trials, data_dir=args.cache_dir,
+                             fixed=[item.partition("=")[0].strip() for item in args.set],
+                             log=lambda text: print(text, flush=True))
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; the same command continues the study (the unfinished trial counts as "
+                          "failed and another takes its place)") from None
+    print(sweep.describe(result, out, args.study, args.storage))
 
 
 def cmd_bench(args) -> None:
@@ -318,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args) or 0
         sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's last flush
         return code
+    except Interrupted as e:
+        print(f"mnist-mlp: {e}", file=sys.stderr)
+        return 130
     except UserError as e:
         print(f"mnist-mlp: error: {e}", file=sys.stderr)
         return 2
@@ -334,28 +343,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def terminated(signum, frame):
-    """SIGTERM's handler in the command: `kill` (a scheduler's time limit, `timeout`, `systemctl stop`) stops it
-    as Ctrl-C does, with temporary files removed, a run's checkpoint kept and the way to resume printed."""
-    terminated.received = True
-    raise KeyboardInterrupt
-
-
-terminated.received = False
-terminated.like_ctrl_c = True  # checkpoint.CtrlC stands in for it while training, as for Python's Ctrl-C handler
-
-
 def console_main() -> None:
-    """The `mnist-mlp` command and `python -m mnist_mlp`: main(), with SIGTERM handled by `terminated`, and then
-    the process ends by SIGTERM, as a killed process does (143 in a shell). In-process callers of main() keep
-    their own SIGTERM."""
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, terminated)
+    """The `mnist-mlp` command and `python -m mnist_mlp`: main(), where Ctrl-C, `kill` (a scheduler's time limit,
+    `timeout`, `systemctl stop`) and a closed terminal all stop it as Ctrl-C does (errors.interrupt: temporary
+    files removed, a run's checkpoint kept, the way to go on printed), and then a killed process ends by its
+    signal (143 for SIGTERM in a shell). Signals ignored (nohup) or handled by a parent are left alone, and
+    in-process callers of main() keep their own."""
+    for number, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL),
+                            (signal.SIGHUP, signal.SIG_DFL)):
+        if signal.getsignal(number) == default:
+            signal.signal(number, interrupt)
     code = main()
-    if terminated.received:
-        sys.stdout.flush()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+    if interrupt.received in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(OSError):  # a closed terminal takes no more output
+            sys.stdout.flush()
+        signal.signal(interrupt.received, signal.SIG_DFL)
+        os.kill(os.getpid(), interrupt.received)
     sys.exit(code)
 
 
