@@ -339,3 +339,36 @@ def test_settings_newer_than_a_study_and_a_fixed_layer_count_or_width():
         sweep._same_settings(study, narrow)
     with pytest.raises(UserError, match='train.precision was "float32", now "bfloat16"'):
         sweep._same_settings(study, {**wide, "train.precision": "bfloat16"})
+
+
+def test_an_interrupted_sweep_says_how_to_go_on_and_leaves_no_half_trial(space, synthetic_dir, tmp_path, capsys,
+                                                                       monkeypatch):
+    from mnist_mlp import sweep
+
+    out = tmp_path / "stopped"
+    argv = ["sweep", "--space", str(space), "--out", str(out), "--trials", "1", "--set", "train.train_samples=500",
+            "--set", "train.epochs=1", "--set", "model.hidden_units=[16]", "--cache-dir", str(synthetic_dir)]
+    real = sweep.train
+
+    def ctrl_c_mid_trial(config, run_dir, *args, **kwargs):
+        real(config, run_dir, *args, **kwargs)  # a run's files, as a trial has when Ctrl-C comes
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sweep, "train", ctrl_c_mid_trial)
+        assert main(argv) == 130
+    assert capsys.readouterr().err == ("mnist-mlp: interrupted; the same command continues the study (the "
+                                       "unfinished trial counts as failed and another takes its place)\n")
+    assert not (out / "trial-0000").exists()  # ours, and of no use to the study
+    assert main(argv) == 0  # the advice, followed
+    assert [t.state for t in _study(out).trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+
+
+def test_workers_starting_together_on_a_new_sqlite_file_all_open_the_study(tmp_path):
+    """SQLite says the table already exists (an OperationalError) to the workers that lose the race."""
+    for round_ in range(3):
+        url, start = f"sqlite:///{tmp_path / f'race{round_}.db'}", time.time() + 3
+        workers = [subprocess.Popen([sys.executable, "-c", RACE, url, str(start)], stderr=subprocess.PIPE, text=True)
+                   for _ in range(6)]
+        errors = [w.communicate(timeout=120)[1] for w in workers]
+        assert [w.returncode for w in workers] == [0] * 6, errors

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import re
 import secrets
+import shutil
 import sys
 import time
 import warnings
@@ -112,7 +113,8 @@ class PruneOnValidation(keras.callbacks.Callback):
 
 
 # What a worker sees when another creates the same table, type or row at the same moment on PostgreSQL
-# (a duplicate key: IntegrityError; DuplicateTable, or a table not yet there: ProgrammingError).
+# (a duplicate key: IntegrityError; DuplicateTable, or a table not yet there: ProgrammingError); on SQLite,
+# an OperationalError saying the table already exists.
 RACE_ERRORS = ("IntegrityError", "ProgrammingError")
 
 
@@ -147,7 +149,8 @@ def open_study(sweep_dir: Path, study_name: str, storage: str | None, space: Swe
                             "pip install 'mnist-mlp[postgres]'") from None
         except Exception as e:  # sqlalchemy: unreachable or refused database, or the creation race
             error = type(e).__name__
-            if error not in RACE_ERRORS and not isinstance(e, optuna.exceptions.DuplicatedStudyError):
+            raced = error in RACE_ERRORS or "already exists" in str(e)  # SQLite: OperationalError, table ... exists
+            if not raced and not isinstance(e, optuna.exceptions.DuplicatedStudyError):
                 raise UserError(f"cannot open the study at {where} ({error}); check the --storage URL") from None
             time.sleep(0.5 * (attempt + 1))
     raise UserError(f"could not create or load study {study_name} at {where} ({error}); try again")
@@ -173,7 +176,7 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
         raise UserError(f"cannot use {sweep_dir} for the sweep ({e.strerror}); choose another --out") from None
     base = base or Config()
     total = trials or space.trials
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a trial's end is said by `log`, not a traceback
     study = open_study(sweep_dir, study_name or sweep_dir.name, storage, space, base.train.seed)
     folder, settings = study_folder(sweep_dir, study_name), _settings(base, space)
     _same_settings(study, settings)
@@ -190,9 +193,13 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
             raise OverBudget()
         config = suggest(trial, space, base)
         trial.set_user_attr("config", config_to_toml(config))  # the best is re-trained from this, as it ran
-        pruning = PruneOnValidation(trial)
-        train(config, folder / f"trial-{trial.number:04d}", backend, overwrite=True, data_dir=data_dir,
-              verbose=0, callbacks=(pruning,), score_test=False)
+        pruning, run_dir = PruneOnValidation(trial), folder / f"trial-{trial.number:04d}"
+        try:
+            train(config, run_dir, backend, overwrite=True, data_dir=data_dir, verbose=0, callbacks=(pruning,),
+                  score_test=False)
+        except KeyboardInterrupt:  # the trial is failed, so its half-trained run is of no use: ours, removed
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         log(f"trial {trial.number}: val_accuracy {pruning.last:.4f}{' (pruned)' if pruning.pruned else ''}")
         if pruning.pruned:
             raise optuna.TrialPruned()
