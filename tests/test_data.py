@@ -3,6 +3,8 @@ import gzip
 import http.server
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 
 import keras
@@ -219,3 +221,14 @@ def test_a_cached_file_is_hashed_once_per_process_while_unchanged(mnist_dir, tmp
     content[-1] ^= 1  # one label changed
     (tmp_path / name).write_bytes(bytes(content))
     assert cache.read_verified(tmp_path, "test-labels") is None and not cache.is_verified(tmp_path, "test-labels")
+
+
+def test_two_processes_writing_one_cache_file_each_use_their_own_temporary_name(tmp_path):
+    """`data import` twice at once: a shared temporary name made one process's rename fail ('No such file')."""
+    code = ("import sys; from pathlib import Path; from mnist_mlp import cache\n"
+            "for i in range(300): cache._write_atomic(Path(sys.argv[1]) / 'f', bytes(1000))")
+    workers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    errors = [w.communicate(timeout=120)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], errors
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # no temporary file left

@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import json
 import os
+import secrets
 import struct
 import zlib
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ _CACHE_ADVICE = "free some space or give a writable folder with --cache-dir (or 
 
 
 def _write_atomic(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")  # two processes: two names
     try:
         tmp.write_bytes(content)
         os.replace(tmp, path)

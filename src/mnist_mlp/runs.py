@@ -95,8 +95,9 @@ def claim(path: str | Path, *, overwrite: bool = False, resume: bool = False):
             if created:
                 os.write(fd, b"made by mnist-mlp: --overwrite deletes only the files mnist-mlp writes here\n")
         except BlockingIOError:
+            other = "" if resume else " or choose another --out"  # --resume takes no --out
             raise UserError(f"{path} is in use: another mnist-mlp process is training into it; wait for it to "
-                            "finish or choose another --out") from None
+                            f"finish{other}") from None
         except OSError as e:  # a full disk for the marker's line, a file system without locks
             raise UserError(f"cannot use {path} as a run folder ({e.strerror}); choose another --out") from None
         if not created and not resume:
@@ -425,6 +426,8 @@ def load_group(path: str | Path) -> tuple[dict, list[Run]]:
     except (OSError, ValueError, KeyError, TypeError):
         names = None
     if names is None:
+        if in_use(path):
+            raise UserError(f"{path} is still training in another process; wait for it to finish")
         raise UserError(f"{path} is not a finished seed group (no complete {GROUP}); {continue_advice(path)}")
     return group, [load_run(path / name) for name in names]
 
