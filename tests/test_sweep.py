@@ -310,6 +310,7 @@ def test_a_study_is_continued_only_with_the_settings_it_started_with(space, synt
     assert len(_study(out).get_trials(states=FINISHED)) == 2
     assert main(["sweep", *common, "--out", str(out), "--study", "../elsewhere"]) == 2
     assert "names a folder in --out too" in capsys.readouterr().err and not (tmp_path / "elsewhere").exists()
+    assert "../elsewhere" not in optuna.get_all_study_names(f"sqlite:///{out / 'study.db'}")  # refused before made
 
 
 def test_a_study_whose_first_trial_failed_takes_the_settings_that_fix_it(space, synthetic_dir, tmp_path, capsys):

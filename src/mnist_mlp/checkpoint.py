@@ -53,9 +53,10 @@ class CtrlC(keras.callbacks.Callback):
     where it lands, as Python's own handler does, and also sets a flag that the end of each training batch and
     epoch checks (and the end of the block). Where it lands in Keras' pythonify_logs, which catches every
     exception, the flag stops training at the next batch (before, `--engine fit` trained on to the end after
-    Ctrl-C 8 times in 8 here). SIGTERM and SIGHUP too, where the command made them a Ctrl-C (errors.interrupt). Only
-    where the signal has Python's own handler, in the main thread: an ignored SIGINT (a background job) or
-    another handler is left alone. Validation batches are not checked: a callback with
+    Ctrl-C 8 times in 8 here). SIGTERM and SIGHUP too, where the command made them a Ctrl-C (errors.interrupt,
+    which also remembers a signal dropped before training). Only where the signal has Python's own handler or
+    that one, in the main thread: an ignored SIGINT (a background job) or another handler is left alone.
+    Validation batches are not checked: a callback with
     on_test_batch_end makes Keras run them in the foreground, and the epoch's end comes soon after."""
 
     def __init__(self):

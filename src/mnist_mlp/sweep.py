@@ -176,9 +176,9 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
         raise UserError(f"cannot use {sweep_dir} for the sweep ({e.strerror}); choose another --out") from None
     base = base or Config()
     total = trials or space.trials
+    folder, settings = study_folder(sweep_dir, study_name), _settings(base, space)  # a bad name: before the study
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a trial's end is said by `log`, not a traceback
     study = open_study(sweep_dir, study_name or sweep_dir.name, storage, space, base.train.seed)
-    folder, settings = study_folder(sweep_dir, study_name), _settings(base, space)
     _same_settings(study, settings)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     over = []
