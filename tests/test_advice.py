@@ -3,6 +3,7 @@ Also the values that cannot train: non-finite numbers, batches larger than the d
 the machine, and a loss that becomes NaN."""
 
 import json
+import os
 import re
 import shlex
 import signal
@@ -333,3 +334,28 @@ def test_a_folder_in_use_advises_only_waiting_where_nothing_else_works(synthetic
         assert main(["plot", str(out)]) == 2
         assert capsys.readouterr().err == f"mnist-mlp: error: {out} is still training in another process; wait " \
                                           "for it to finish\n"
+
+
+def test_evaluate_writes_nothing_when_the_run_is_trained_again_meanwhile(synthetic_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    """`evaluate RUN` and `train --out RUN --overwrite` at once: the old model's scores landed in the new run."""
+    from mnist_mlp import evaluate
+
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 0
+    load = evaluate.load_model
+
+    def trained_again_while_loading(run):
+        model = load(run)
+        replaced = out / "model.new"  # as train saves a model: a new file renamed into place
+        replaced.write_bytes((out / runs.MODEL).read_bytes())
+        os.replace(replaced, out / runs.MODEL)
+        return model
+
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluate, "load_model", trained_again_while_loading)
+        assert main(["evaluate", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+    argv = _advice(capsys, "was trained again while it was being evaluated, so nothing was written")
+    assert not (out / runs.EVALUATION).exists() and not (out / runs.CONFUSION).exists()
+    assert argv == ["evaluate", str(out)]
+    assert main([*argv, "--cache-dir", str(synthetic_dir)]) == 0 and (out / runs.EVALUATION).is_file()
