@@ -373,3 +373,16 @@ def test_workers_starting_together_on_a_new_sqlite_file_all_open_the_study(tmp_p
                    for _ in range(6)]
         errors = [w.communicate(timeout=120)[1] for w in workers]
         assert [w.returncode for w in workers] == [0] * 6, errors
+
+
+def test_a_worker_finding_best_being_re_trained_by_another_leaves_it_to_that_one(space, synthetic_dir, tmp_path,
+                                                                                  capsys):
+    """Two workers finishing the last trials together both went to re-train best/; one was refused 'in use'."""
+    out = tmp_path / "together"
+    argv = ["sweep", "--space", str(space), "--out", str(out), "--trials", "1", "--set", "train.train_samples=500",
+            "--set", "train.epochs=1", "--set", "model.hidden_units=[16]", "--cache-dir", str(synthetic_dir)]
+    assert main(argv) == 0
+    shutil.rmtree(out / "best")
+    with runs.claim(out / "best"):  # the other worker, re-training it
+        assert main(argv) == 0
+    assert "another worker is re-training it into" in capsys.readouterr().out

@@ -216,7 +216,13 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
     if (best_dir / runs.METRICS).exists() and _same_config(best_dir, best):
         return SweepResult(study, None)  # already re-trained (a continued study may have found a better one)
     log(f"re-training the best trial ({study.best_trial.number}, val_accuracy {study.best_value:.4f}) into {best_dir}")
-    return SweepResult(study, train(best, best_dir, backend, overwrite=True, data_dir=data_dir, verbose=0))
+    try:
+        return SweepResult(study, train(best, best_dir, backend, overwrite=True, data_dir=data_dir, verbose=0))
+    except UserError:
+        if runs.in_use(best_dir):  # a worker that finished at the same moment is re-training it
+            log(f"another worker is re-training it into {best_dir}")
+            return SweepResult(study, None)
+        raise
 
 
 def study_folder(sweep_dir: str | Path, study_name: str | None) -> Path:
