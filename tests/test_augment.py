@@ -81,7 +81,7 @@ def test_training_with_deformations_repeats_resumes_and_differs(synthetic_dir, t
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_after_epoch(1))
         assert main(["train", *SMALL, *DEFORM, "--set", "train.checkpoint_seconds=0", "--out",
-                     str(tmp_path / "stopped"), *cache]) == 2
+                     str(tmp_path / "stopped"), *cache]) == 130
     assert main(["train", "--resume", str(tmp_path / "stopped"), *cache]) == 0
     assert (tmp_path / "stopped" / runs.HISTORY).read_text() == history["a"]  # the same deformations after resume
 
