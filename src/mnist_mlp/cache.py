@@ -4,12 +4,10 @@ contents atomically with where they came from, and reading them back only if int
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import json
 import os
-import secrets
 import struct
 import zlib
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_mlp.errors import UserError, write_failed
+from mnist_mlp.runs import atomic
 
 FILES = {  # key -> (canonical file name, SHA-256 of the uncompressed IDX content)
     "train-images": ("train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
@@ -112,15 +111,8 @@ _CACHE_ADVICE = "free some space or give a writable folder with --cache-dir (or 
 
 
 def _write_atomic(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")  # two processes: two names
-    try:
+    with atomic(path, _CACHE_ADVICE) as tmp:  # a temporary name of this process's own: two may write at once
         tmp.write_bytes(content)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise write_failed(path, e, _CACHE_ADVICE) from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
 
 
 def _read_sources(directory: Path) -> dict:

@@ -322,16 +322,17 @@ def continue_advice(path: str | Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic(path: str | Path):
+def atomic(path: str | Path, advice: str = ""):
     """Yield a temporary path beside `path` (same suffix); rename it to `path` only if the block succeeds.
-    An OSError (disk full, read-only, ...) becomes a WriteFailed naming `path`; no temporary file is left."""
+    An OSError (disk full, read-only, ...) becomes a WriteFailed naming `path` (and `advice`); no temporary
+    file is left."""
     path = Path(path)
     tmp = _temporary(path)
     try:
         yield tmp
         os.replace(tmp, path)
     except OSError as e:
-        raise write_failed(path, e) from None
+        raise write_failed(path, e, advice) from None
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
