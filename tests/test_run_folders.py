@@ -273,3 +273,78 @@ def test_a_train_that_cannot_get_the_data_leaves_no_run_folder(seeds, damaged, t
     assert main(["train", *TINY, *seeds, "--out", "run", "--cache-dir", str(tmp_path / "empty")]) == 2
     assert "could not get MNIST" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+def _taken_meanwhile(monkeypatch, make):
+    """free_name as two commands at once see it: the first look finds the name free, then another command
+    takes it (`make`) before this one writes."""
+    real, looks = runs.free_name, []
+
+    def free_name(path, suffix=""):
+        looks.append(path)
+        name = real(path, suffix)
+        if len(looks) == 1:
+            make(name)
+        return name
+
+    monkeypatch.setattr(runs, "free_name", free_name)
+
+
+def test_two_trains_without_out_in_one_second_take_a_folder_each(synthetic_dir, tmp_path, capsys, monkeypatch):
+    """Both took runs/classic-<second>, free when each looked, and the second was refused ('in use' or 'already
+    holds a run'); the name is now taken by making the folder, so the second takes -2."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runs, "default_out", lambda config: runs.Path("runs") / "classic-20261129-120000")
+
+    def other_command(name):
+        name.mkdir(parents=True)
+        (name / runs.MARKER).write_text("")
+
+    _taken_meanwhile(monkeypatch, other_command)
+    assert main(["train", *TINY, "--cache-dir", str(synthetic_dir)]) == 0, capsys.readouterr().err
+    assert "runs/classic-20261129-120000-2" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "classic-20261129-120000-2" / runs.METRICS).is_file()
+    assert [p.name for p in (tmp_path / "runs" / "classic-20261129-120000").iterdir()] == [runs.MARKER]
+
+
+def test_two_default_plots_at_once_keep_both(synthetic_dir, tmp_path, capsys, monkeypatch):
+    """runs compare twice at once both wrote compare.png (free when each looked), one replacing the other."""
+    monkeypatch.chdir(tmp_path)
+    for out in ("a", "b"):
+        assert main(["train", *TINY, "--out", out, "--cache-dir", str(synthetic_dir)]) == 0
+    capsys.readouterr()
+    _taken_meanwhile(monkeypatch, lambda name: name.write_text("the other command's plot"))
+    assert main(["runs", "compare", "a", "b"]) == 0 and "Wrote compare-2.png" in capsys.readouterr().out
+    assert (tmp_path / "compare.png").read_text() == "the other command's plot"
+    assert (tmp_path / "compare-2.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_default_output_that_fails_leaves_nothing(synthetic_dir, tmp_path, capsys, monkeypatch):
+    """A default name is made before it is written: a train stopped before its folder holds anything, or a plot
+    that cannot be written, removes what it made (runs/ too, if it made that)."""
+    from mnist_mlp import plots, train
+
+    monkeypatch.chdir(tmp_path)
+    for out in ("a", "b"):
+        assert main(["train", *TINY, "--out", out, "--cache-dir", str(synthetic_dir)]) == 0
+    (tmp_path / "keep").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "train", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        assert main(["train", *TINY, "--cache-dir", str(synthetic_dir)]) == 130
+    assert "interrupted before training began; the same command starts again" in capsys.readouterr().err
+    with monkeypatch.context() as patch:
+        patch.setattr(plots, "_save", lambda fig, path: (_ for _ in ()).throw(runs.UserError("disk full")))
+        assert main(["runs", "compare", "a", "b"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_folder_holding_only_the_marker_is_trained_into(synthetic_dir, tmp_path, capsys):
+    """A train stopped after claiming its folder and before writing into it left only the marker, and the same
+    command was then refused as 'already holds a run'."""
+    out = tmp_path / "run"
+    with runs.claim(out):
+        pass
+    assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 0
+    assert (out / runs.METRICS).is_file()

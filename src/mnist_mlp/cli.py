@@ -56,30 +56,37 @@ def cmd_inspect(args) -> None:
     use_backend("jax")  # the deformations are JAX programs, as in the compiled engine
     from mnist_mlp import augment
 
-    out = args.out or runs.free_name("augment.png", ".png")
-    print(f"Wrote {augment.preview(config.augment, out, args.cache_dir)} (left: the training digit; right: "
-          "deformed as the model sees it, a fresh draw every step)")
+    with runs.output(args.out, "augment.png", ".png") as out:
+        print(f"Wrote {augment.preview(config.augment, out, args.cache_dir)} (left: the training digit; right: "
+              "deformed as the model sees it, a fresh draw every step)")
 
 
 def cmd_train(args) -> None:
     flags = {flag: getattr(args, flag.replace("-", "_")) for flag in runs.TRAIN_FLAGS}
     config, out = runs.plan(args.config, args.set, flags, args.resume, args.out, args.seeds, args.side_by_side)
+    with runs.output(out, runs.default_out(args.config), folder=True) as out:  # without --out, a new folder
+        try:
+            _train(args, config, out)
+        except KeyboardInterrupt:
+            if not args.resume and not (out / runs.CONFIG).is_file():
+                raise Interrupted("interrupted before training began; the same command starts again") from None
+            raise Interrupted(f"interrupted; {runs.continue_advice(out)}") from None
+
+
+def _train(args, config, out: Path) -> None:
     choice = use_backend(config.backend)
     from mnist_mlp import train
 
     options = dict(data_dir=args.cache_dir, verbose=1 if sys.stdout.isatty() else 2,
                    log=lambda text: print(text, flush=True))
-    try:
-        if args.resume and (out / runs.GROUP).is_file():
-            print(train.describe_seeds(train.resume_seeds(out, choice, **options)))
-        elif args.seeds:
-            print(train.describe_seeds(train.train_seeds(config, out, choice, args.seeds, overwrite=args.overwrite,
-                                                         side_by_side=args.side_by_side, **options)))
-        else:
-            print(train.describe(train.train(config, out, choice, overwrite=args.overwrite, resume=bool(args.resume),
-                                             **options)))
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; {runs.continue_advice(out)}") from None
+    if args.resume and (out / runs.GROUP).is_file():
+        print(train.describe_seeds(train.resume_seeds(out, choice, **options)))
+    elif args.seeds:
+        print(train.describe_seeds(train.train_seeds(config, out, choice, args.seeds, overwrite=args.overwrite,
+                                                     side_by_side=args.side_by_side, **options)))
+    else:
+        print(train.describe(train.train(config, out, choice, overwrite=args.overwrite, resume=bool(args.resume),
+                                         **options)))
 
 
 def cmd_evaluate(args) -> None:
@@ -146,8 +153,8 @@ def cmd_runs(args) -> None:
 
         loaded = [runs.load_run(path) for path in args.runs]
         print(runs.describe_compare(loaded))
-        out = args.out or runs.free_name("compare.png", ".png")
-        print(f"Wrote {plots.plot_curves(plots.named_histories(loaded), out)}")
+        with runs.output(args.out, "compare.png", ".png") as out:
+            print(f"Wrote {plots.plot_curves(plots.named_histories(loaded), out)}")
 
 
 def cmd_sweep(args) -> None:
@@ -177,8 +184,8 @@ def cmd_bench(args) -> None:
 
     report, text = bench.run(args.variants, args.epochs, args.gpu, args.time_to, args.config, args.serve,
                              args.connections, args.duration, args.image, args.cold, args.give_up)
-    out = args.json or runs.free_name("bench.json", ".json")
-    runs.write_json(out, report)
+    with runs.output(args.json, "bench.json", ".json") as out:
+        runs.write_json(out, report)
     print(f"{text}\n\nWrote {out}")
 
 
@@ -353,6 +360,10 @@ def console_main() -> None:
                             (signal.SIGHUP, signal.SIG_DFL)):
         if signal.getsignal(number) == default:
             signal.signal(number, interrupt)
+    # A signal that lands where Python cannot raise it (JAX's garbage-collector callback) is remembered by
+    # interrupt, so Python's "Exception ignored" traceback for it is only noise.
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda info: None if isinstance(info.exc_value, KeyboardInterrupt) else hook(info)
     code = main()
     if interrupt.received in (signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(OSError):  # a closed terminal takes no more output

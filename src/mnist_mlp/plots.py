@@ -113,8 +113,10 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None) -> tuple[P
         out = plot_mean_band([run.history for run in loaded], out or Path(paths[0]) / runs.CURVES)
         return out, f"mean ± std over seeds {', '.join(map(str, group['seeds']))}"
     loaded = [runs.load_run(path) for path in paths]
-    default = loaded[0].path / runs.CURVES if len(loaded) == 1 else runs.free_name("curves.png", ".png")
-    return plot_curves(named_histories(loaded), out or default), ""
+    if len(loaded) == 1:
+        return plot_curves(named_histories(loaded), out or loaded[0].path / runs.CURVES), ""
+    with runs.output(out, "curves.png", ".png") as out:
+        return plot_curves(named_histories(loaded), out), ""
 
 
 def named_histories(loaded: list[runs.Run]) -> dict[str, dict[str, list[float]]]:

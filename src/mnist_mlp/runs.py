@@ -101,7 +101,7 @@ def claim(path: str | Path, *, overwrite: bool = False, resume: bool = False):
         except OSError as e:  # a full disk for the marker's line, a file system without locks
             raise UserError(f"cannot use {path} as a run folder ({e.strerror}); choose another --out") from None
         if not created and not resume:
-            if not overwrite:
+            if not overwrite and any(entry.name != MARKER for entry in path.iterdir()):  # the marker alone: no run
                 raise UserError(f"{path} already holds a run; choose another --out or add --overwrite to replace it")
             _remove_ours(path)
         yield path
@@ -188,10 +188,11 @@ TRAIN_FLAGS = ("epochs", "batch-size", "seed", "validation", "engine", "train-sa
 
 
 def plan(config_path: str | None, overrides: list[str], flags: dict, resume: str | None, out: str | None,
-         seeds: int = 0, side_by_side: bool = False) -> tuple[Config, Path]:
+         seeds: int = 0, side_by_side: bool = False) -> tuple[Config, Path | None]:
     """The config and run folder a `train` command line asks for, checked before Keras starts: the config file
     or preset, then --set, then the shortcut flags (`flags`: --flag name -> value, None if not given); or,
-    with `resume`, the interrupted run's own config (other flags are refused, not ignored)."""
+    with `resume`, the interrupted run's own config (other flags are refused, not ignored). The folder is
+    None without --out (default_out)."""
     if seeds < 0:
         raise UserError(f"--seeds {seeds} must be >= 1 (0: one run with the config's seed)")
     if side_by_side and seeds < 2 and not resume:
@@ -207,7 +208,7 @@ def plan(config_path: str | None, overrides: list[str], flags: dict, resume: str
         config = resume_group(folder)[0] if (folder / GROUP).is_file() else resume_config(folder)
     else:
         shortcuts = flag_overrides(**{k.replace("-", "_"): v for k, v in flags.items() if k != "overwrite"})
-        config, folder = load_config(config_path, [*overrides, *shortcuts]), Path(out or default_out(config_path))
+        config, folder = load_config(config_path, [*overrides, *shortcuts]), Path(out) if out else None
     check_fits(config)  # before anything is allocated
     return config, folder
 
@@ -219,8 +220,51 @@ def shell_path(path: str | Path) -> str:
 
 
 def default_out(config: str | Path | None) -> Path:
-    """runs/<preset or file stem>-<date>-<time>, a new folder under the working folder."""
-    return free_name(Path("runs") / f"{Path(config).stem if config else 'classic'}-{time.strftime('%Y%m%d-%H%M%S')}")
+    """runs/<preset or file stem>-<date>-<time>: where `train` without --out puts its run (see output)."""
+    return Path("runs") / f"{Path(config).stem if config else 'classic'}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@contextlib.contextmanager
+def output(given: str | Path | None, default: str | Path, suffix: str = "", *, folder: bool = False):
+    """Where a command writes: `given` (the user's --out) as it is; else the first free name of `default`
+    (see free_name), made now, empty (a file, or a folder with `folder`), so that two commands at once never
+    take one name (the second takes default-2). Yields it for the block to fill; a default name still empty
+    after the block (it failed) is removed."""
+    if given is not None:
+        yield Path(given)
+        return
+    default = Path(default)
+    made = not default.parent.exists()
+    try:
+        default.parent.mkdir(parents=True, exist_ok=True)  # runs/
+    except OSError as e:
+        raise write_failed(default.parent, e, "choose where to write with --out") from None
+    for _ in range(100):
+        taken = free_name(default, suffix)
+        try:
+            if folder:
+                taken.mkdir()
+            else:
+                os.close(os.open(taken, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+            break
+        except FileExistsError:  # made a moment ago by another command (or a broken link there): the next name
+            continue
+        except OSError as e:
+            raise write_failed(taken, e, "choose where to write with --out") from None
+    else:
+        raise UserError(f"cannot find a free name for {default}; give one with --out")
+    try:
+        yield taken
+    finally:
+        with contextlib.suppress(OSError):
+            if folder:
+                if [entry.name for entry in taken.iterdir()] == [MARKER] and not in_use(taken):
+                    (taken / MARKER).unlink()  # claimed, then stopped before anything was written
+                taken.rmdir()  # only if empty
+                if made:
+                    taken.parent.rmdir()
+            elif taken.stat().st_size == 0:
+                taken.unlink()
 
 
 def resume_group(path: str | Path) -> tuple[Config, dict]:
@@ -283,7 +327,7 @@ def free_name(path: str | Path, suffix: str = "") -> Path:
         path = path.resolve() if path.resolve().name else path / "run"
     stem = path.name.removesuffix(suffix)
     candidates = (path.with_name(f"{stem}-{i}{suffix}") for i in range(2, 10_000))
-    return path if not path.exists() else next(p for p in candidates if not p.exists())
+    return next(p for p in (path, *candidates) if not os.path.lexists(p))  # a broken link is a name taken too
 
 
 def fresh_start(path: str | Path) -> str:
