@@ -283,6 +283,23 @@ def test_the_server_process_a_teacher_runs(trained, tmp_path):
         first.wait()
 
 
+def test_a_ctrl_c_dropped_while_the_model_loads_still_stops_the_server(trained, monkeypatch):
+    """Ctrl-C at the right moment of loading landed where Keras or JAX drop it: the server then came up and
+    ran on (one of 12 presses here). The command's handler remembers it (errors.interrupt)."""
+    import signal
+
+    import uvicorn
+
+    from mnist_mlp import errors
+
+    started = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: started.append(True))
+    monkeypatch.setattr(errors.interrupt, "received", signal.SIGINT)
+    with socket.create_server(("127.0.0.1", 0)) as sock, pytest.raises(KeyboardInterrupt):
+        serve.serve(trained[1], sock=sock, ready=lambda: started.append("ready"))
+    assert not started
+
+
 def test_for_every_interface_the_addresses_printed_are_ones_a_browser_can_use():
     assert serve.urls("127.0.0.1", 8000) == ["http://127.0.0.1:8000/"]
     assert serve.urls("::1", 8000) == ["http://[::1]:8000/"]

@@ -27,7 +27,7 @@ from starlette.requests import ClientDisconnect
 
 from mnist_mlp import runs
 from mnist_mlp.batcher import MAX_WAIT, Batcher, forward_pass
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import UserError, interrupt
 from mnist_mlp.predict import FORMATS, ImageTooLarge, MAX_PIXELS, open_image, prediction, to_mnist
 
 BACKLOG = 2048  # connections waiting to be accepted (uvicorn's default), e.g. a class opening the page at once
@@ -297,6 +297,8 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sock: 
                                            timeout_graceful_shutdown=SHUTDOWN_GRACE))
     gc.collect()
     gc.freeze()  # a full collection walked the ~250k objects Keras and JAX leave (147 ms): health's p99 under load
+    if interrupt.received:  # Ctrl-C while the model loaded, where Keras or JAX dropped it: the server ran on
+        raise KeyboardInterrupt
     ready()
     server.run(sockets=[sock])
 
