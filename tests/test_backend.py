@@ -1,5 +1,7 @@
 import json
 
+import sys
+
 import pytest
 
 from mnist_mlp import backend
@@ -26,8 +28,9 @@ def test_unknown_backend_from_env_is_a_user_error():
 
 def test_missing_package_gives_install_hint(monkeypatch):
     monkeypatch.setattr(backend.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(UserError, match=r"pip install 'mnist-mlp\[torch\]'"):
+    with pytest.raises(UserError, match=r"pip install 'mnist-mlp\[torch\]'") as error:
         backend.activate(backend.BackendChoice("torch", "--backend / config"))
+    assert f"`{sys.executable} -m pip install" in str(error.value)  # a bare pip may be another Python's
 
 
 def test_keras_own_untouched_keras_json_is_not_a_choice(tmp_path):

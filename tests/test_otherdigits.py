@@ -74,9 +74,9 @@ def test_8x8_scans_that_fill_their_frame_are_read_as_digits(printed, monkeypatch
     assert read_labels.tolist() == labels.tolist()
     assert all(image.max() > 100 for image in read)  # every scan read as ink, none as blank paper
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # scikit-learn missing: one line, what to install
-    with pytest.raises(UserError, match="pip install scikit-learn") as error:
+    with pytest.raises(UserError, match=r"pip install 'mnist-mlp\[uci\]'") as error:
         otherdigits.load("uci")
-    assert "\n" not in str(error.value)
+    assert "\n" not in str(error.value) and f"`{sys.executable} -m pip" in str(error.value)  # this Python's pip
 
 
 @pytest.mark.mnist

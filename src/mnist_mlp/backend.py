@@ -11,13 +11,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import UserError, pip_install
 
 PACKAGES = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}  # backend -> module
 INSTALL_HINTS = {
-    "jax": "pip install 'jax[cpu]'",
-    "torch": "pip install 'mnist-mlp[torch]'",
-    "tensorflow": "pip install 'mnist-mlp[tensorflow]'",
+    "jax": pip_install("jax[cpu]"),
+    "torch": pip_install("mnist-mlp[torch]"),  # the extra's pinned CPU build
+    "tensorflow": pip_install("mnist-mlp[tensorflow]"),
 }
 
 REASON_VARIABLE = "MNIST_MLP_BACKEND_REASON"  # "name:why" when default_on_import set KERAS_BACKEND

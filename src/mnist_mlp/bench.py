@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mnist_mlp.backend import cpu_bfloat16
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import UserError, pip_install
 
 VARIANTS = ("ours", "keras-jax", "keras-tensorflow", "keras-torch", "torch", "torch-1thread")
 NEEDS = {"ours": "jax", "keras-jax": "jax", "keras-tensorflow": "tensorflow", "keras-torch": "torch",
@@ -341,7 +341,8 @@ def bench(variants: tuple[str, ...] = VARIANTS, epochs: int = 20, gpu: bool = Fa
     if epochs < 2:
         raise UserError("bench needs --epochs >= 2 (the first epoch includes compiling)")
     if gpu and _jax_platform(gpu) == "cpu":
-        raise UserError("bench --gpu: JAX finds no GPU here (a GPU needs a CUDA build: pip install 'jax[cuda12]'); "
+        raise UserError("bench --gpu: JAX finds no GPU here (a GPU needs a CUDA build: "
+                        f"{pip_install('jax[cuda12]')}); "
                         "run bench without --gpu")
     peak, matmuls = matmul_peak(gpu=gpu), matmul_epoch(gpu=gpu)
     results, skipped = [], []

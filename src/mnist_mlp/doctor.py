@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mnist_mlp import cache, sources
 from mnist_mlp.backend import INSTALL_HINTS, PACKAGES, choose_backend, cpu_bfloat16
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import UserError, pip_install
 
 REQUIRED = ("keras", "numpy", "jax", "matplotlib", "pillow", "fastapi", "uvicorn", "optuna", "hershey-fonts")  # the base install
 
@@ -44,7 +44,7 @@ def check_packages() -> list[Check]:
     versions = {name: _version(name) for name in REQUIRED}
     missing = [name for name, version in versions.items() if version is None]
     found.append(Check("packages", not missing, ", ".join(f"{n} {v or 'missing'}" for n, v in versions.items()),
-                       "reinstall: pip install mnist-mlp (or `make setup` in the repository)"))
+                       f"reinstall: {pip_install('mnist-mlp')} (or `make setup` in the repository)"))
     return found
 
 

@@ -3,6 +3,8 @@ command is interrupted (Ctrl-C, `kill`, a closed terminal: exit code 130, or the
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 
@@ -37,3 +39,9 @@ def write_failed(path: str | Path, error: OSError, advice: str = "") -> WriteFai
     """The one line for an OSError while writing `path`: the path, the cause, and `advice` if any."""
     cause = error.strerror or type(error).__name__
     return WriteFailed(f"cannot write {path} ({cause})" + (f"; {advice}" if advice else ""), error.errno)
+
+
+def pip_install(spec: str) -> str:
+    """The command that installs `spec` into the Python running mnist-mlp: a bare `pip` may be another
+    Python's (the system's, with .venv not activated), which this one never sees."""
+    return f"`{shlex.quote(sys.executable)} -m pip install {shlex.quote(spec)}`"

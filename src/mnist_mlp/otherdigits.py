@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import UserError, pip_install
 from mnist_mlp.predict import IMAGE_SUFFIXES, open_image, to_mnist
 
 SOURCES = ("fonts", "pen", "uci")  # or a folder
@@ -52,13 +52,13 @@ def check(source: str) -> None:
             import sklearn.datasets  # noqa: F401
         except ImportError:
             raise UserError("--on uci reads UCI's handwritten digits from scikit-learn; install it with "
-                            "`pip install scikit-learn`, or use --on fonts, pen or FOLDER") from None
+                            f"{pip_install('mnist-mlp[uci]')}, or use --on fonts, pen or FOLDER") from None
     elif source == "pen":
         try:
             import HersheyFonts  # noqa: F401
         except ImportError:
             raise UserError("--on pen draws the strokes of Hershey's fonts, and this install lacks them: "
-                            "`pip install Hershey-Fonts` (a dependency of mnist-mlp)") from None
+                            f"{pip_install('Hershey-Fonts')} (a dependency of mnist-mlp)") from None
     elif source != "fonts":
         _labelled(Path(source))
 

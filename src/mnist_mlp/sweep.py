@@ -26,7 +26,7 @@ import optuna
 from mnist_mlp import runs
 from mnist_mlp.backend import BackendChoice
 from mnist_mlp.config import Config, config_from_dict, config_from_toml, config_to_toml, find_preset
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import UserError, pip_install
 from mnist_mlp.train import TrainResult, train
 
 STUDY_DB = "study.db"  # the default SQLite storage, in the sweep folder
@@ -146,7 +146,7 @@ def open_study(sweep_dir: Path, study_name: str, storage: str | None, space: Swe
             return study
         except ImportError as e:
             raise UserError(f"the storage {url.split(':')[0]} needs a driver ({e}); for PostgreSQL: "
-                            "pip install 'mnist-mlp[postgres]'") from None
+                            f"{pip_install('mnist-mlp[postgres]')}") from None
         except Exception as e:  # sqlalchemy: unreachable or refused database, or the creation race
             error = type(e).__name__
             raced = error in RACE_ERRORS or "already exists" in str(e)  # SQLite: OperationalError, table ... exists
