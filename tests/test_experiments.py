@@ -1,6 +1,7 @@
 """Experiments: seed groups with statistics checked by hand, run listing and comparison."""
 
 import json
+import shutil
 import statistics
 
 import numpy as np
@@ -58,6 +59,11 @@ def test_runs_list_show_and_compare(group, tmp_path, capsys, monkeypatch):
     assert "checkpoint_seconds" not in out  # when a run saves is no difference in what it learned
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert runs.config_differences([runs.load_run(group / "seed-7")] * 2) == {}
+    shutil.copytree(group / "seed-7", tmp_path / "seed-7")
+    assert main(["runs", "list", "--root", str(tmp_path)]) == 0  # each run: where it leaves the classic recipe
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "optimizer=adam" in rows[str(other)] and "seed=" not in rows[str(other)]
+    assert "seed=7" in rows[str(tmp_path / "seed-7")] and "optimizer=" not in rows[str(tmp_path / "seed-7")]
 
 
 def test_runs_errors(tmp_path, capsys):

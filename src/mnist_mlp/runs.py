@@ -564,8 +564,8 @@ def summary(run: Run) -> dict[str, object]:
 
 
 def describe_list(root: str | Path = "runs") -> tuple[str, list[str]]:
-    """`runs list`: a table of the finished runs under `root` and the config values that differ between
-    them; and one line for each run that could not be read (a broken or edited run does not hide the rest)."""
+    """`runs list`: a table of the finished runs under `root` and, of the config values that differ between
+    them, those where each run leaves the classic recipe; and one line for each run that could not be read (a broken or edited run does not hide the rest)."""
     loaded, skipped = [], []
     for path in list_runs(root):
         try:
@@ -575,9 +575,13 @@ def describe_list(root: str | Path = "runs") -> tuple[str, list[str]]:
     if not loaded:
         return f"No finished runs under {root}/ (train one with `mnist-mlp train`)", skipped
     differing = config_differences(loaded) if len(loaded) > 1 else {}
-    lines = [f"{'run':<36} {'date':<16} {'epochs':>6} {'test acc':>8} {'s/epoch':>7} {'backend':<10} differs"]
-    for i, row in enumerate(map(summary, loaded)):
-        differs = ", ".join(f"{k.split('.')[-1]}={v[i]}" for k, v in differing.items())
+    classic = flat_config(Config())
+    lines = [f"{'run':<36} {'date':<16} {'epochs':>6} {'test acc':>8} {'s/epoch':>7} {'backend':<10} "
+             "differs from the classic recipe"]
+    for i, row in enumerate(map(summary, loaded)):  # of the keys that differ between runs, each run's own
+        differs = ", ".join(f"{k.split('.')[-1]}={f'{v[i]:.4g}' if isinstance(v[i], float) else v[i]}"
+                            for k, v in differing.items()
+                            if str(v[i]) != str(classic[k]) and k != "backend")  # backend: a column
         accuracy = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "-"
         lines.append(f"{row['run']:<36} {row['date']:<16} {row['epochs']:>6} {accuracy:>8} "
                      f"{row['seconds_per_epoch']:>7.2f} {row['backend']:<10} {differs}")
