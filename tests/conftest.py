@@ -1,6 +1,6 @@
 """Shared fixtures: the verified MNIST cache (fetched once per machine), and a small synthetic MNIST for
 the fast tier. Tiers: `make test-fast` runs what needs neither the real data nor other processes
-(offline, well under a minute); `make test` runs everything."""
+(offline, ~2.5 minutes on 2 cores); `make test` runs everything."""
 
 import os
 import subprocess

@@ -365,6 +365,7 @@ def test_an_interrupted_sweep_says_how_to_go_on_and_leaves_no_half_trial(space, 
     assert [t.state for t in _study(out).trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
 
 
+@pytest.mark.slow
 def test_workers_starting_together_on_a_new_sqlite_file_all_open_the_study(tmp_path):
     """SQLite says the table already exists (an OperationalError) to the workers that lose the race."""
     for round_ in range(3):
