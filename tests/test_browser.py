@@ -109,6 +109,20 @@ def test_a_photo_chosen_in_the_page_is_sent_as_multipart_and_read(page, mnist, t
     assert page.locator("#digit").text_content() == "7"
 
 
+def test_a_photo_of_blank_paper_reads_no_digit(page, tmp_path):
+    """It showed the model's guess at an all-black 28x28 as the answer (a 5), the note below it."""
+    from test_predict import _png
+
+    photo = tmp_path / "blank.png"
+    photo.write_bytes(_png(np.full((60, 80), 250, np.uint8)))
+    page.click("#clear")
+    page.set_input_files("#file", str(photo))
+    page.wait_for_function("document.querySelector('#digit').textContent !== '?'")
+    assert page.locator("#digit").text_content() == "–"
+    assert page.locator("#note").text_content().startswith("no digit found")
+    assert page.locator(".bar.best").count() == 0
+
+
 @pytest.mark.parametrize("font, digit, slant", [("futural", 4, 0.25), ("scripts", 2, 0.0), ("rowmant", 8, -0.25)])
 def test_the_pen_set_is_what_the_page_draws(page, font, digit, slant):
     """`evaluate --on pen` claims its digits are the PNG the page would send: the same strokes drawn here with

@@ -109,6 +109,14 @@ def test_blank_and_block_images_are_flagged(trained):
     assert "not look like a single digit" in predict_image(model, _png(block)).reason
 
 
+def test_the_predict_command_prints_no_digit_for_blank_paper(trained, tmp_path, capsys):
+    """It printed the model's guess at an all-black 28x28 (`blank.png: 5   [5: 14.5%, ...]`), flagged."""
+    (tmp_path / "blank.png").write_bytes(_png(np.full((50, 50), 255, np.uint8)))
+    assert main(["predict", str(trained[1]), str(tmp_path / "blank.png")]) == 0
+    assert capsys.readouterr().out.strip() == f"{tmp_path / 'blank.png'}: no digit found: the image is blank or its " \
+                                              "marks are too faint"
+
+
 def test_bad_images_are_user_errors():
     with pytest.raises(UserError, match="not a readable image"):
         open_image(b"this is not an image", "upload")

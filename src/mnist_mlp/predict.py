@@ -283,7 +283,8 @@ def describe(files: list[Path], predictions: list[Prediction], show: bool = Fals
     lines = []
     for path, p in zip(files, predictions):
         top = ", ".join(f"{d}: {v:.1%}" for d, v in p.top(3))
-        lines.append(f"{path}: {p.digit}   [{top}]" + (f"  (unsure: {p.reason})" if p.unsure else ""))
+        lines.append(f"{path}: {NO_DIGIT}" if p.reason == NO_DIGIT else  # the model's guess at blank black: noise
+                     f"{path}: {p.digit}   [{top}]" + (f"  (unsure: {p.reason})" if p.unsure else ""))
         if show:
             lines.append(format_digit(p.image).rstrip("\n"))
     return "\n".join(lines)
