@@ -91,6 +91,25 @@ def test_report(sqlite_sweep, capsys):
         assert (sqlite_sweep / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_report_on_a_parameter_of_one_value_prints_no_warning(tmp_path, capsys):
+    """matplotlib warned 'Attempting to set identical low and high ylims' (twice, with its file path) for the
+    parallel-coordinate plot of a parameter every trial took the same value of."""
+    import warnings
+
+    from mnist_mlp import sweep
+
+    out = tmp_path / "one"
+    out.mkdir()
+    study = optuna.create_study(study_name="one", storage=f"sqlite:///{out / sweep.STUDY_DB}", direction="maximize")
+    for value in (0.5, 0.6):
+        study.add_trial(optuna.trial.create_trial(params={"hidden_width": 64}, value=value, distributions={
+            "hidden_width": optuna.distributions.CategoricalDistribution([32, 64])}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["sweep", "--out", str(out), "--report"]) == 0
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []
+
+
 def test_sweep_errors(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text('[space]\n"train.epochs" = { between = [1, 2] }\n')

@@ -321,7 +321,8 @@ def run_variant(variant: str, epochs: int | None, config_path: str | None = None
     ends = raw["epoch_end_s"]
     durations = [b - a for a, b in zip(ends, ends[1:])]
     steady = statistics.median(durations) if durations else ends[0]
-    note = ", ".join(([f"{raw['threads']} threads"] if "threads" in raw else []) + [raw["device"]])
+    threads = raw.get("threads")
+    note = ", ".join(([f"{threads} thread{'s' * (threads != 1)}"] if threads else []) + [raw["device"]])
     return VariantResult(variant, ends[0], steady, ends[-1], raw["epoch_accuracy"][-1], raw["peak_memory_mb"],
                          epoch_flop() / steady / 1e9, ends, raw["epoch_accuracy"], note, raw.get("start_s"),
                          raw.get("compiling"))

@@ -269,7 +269,7 @@ def build_parser() -> Parser:
     p.set_defaults(func=cmd_runs)
 
     p = command("predict", "read digits from your own image files", run, backend)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, BMP, GIF, TIFF) or folders")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, BMP, GIF, TIFF, WebP) or folders")
     p.add_argument("--show", action="store_true", help="print the 28x28 the model saw, as inspect does")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.add_argument("--csv", metavar="FILE", help="also write one CSV row per image (default: none)")

@@ -322,8 +322,10 @@ def report(sweep_dir: str | Path, study_name: str | None = None, storage: str | 
 
     folder = study_folder(sweep_dir, study_name)
     folder.mkdir(parents=True, exist_ok=True)
-    written = [save_axes(optuna_plots.plot_optimization_history(study), folder / "optimization_history.png"),
-               save_axes(optuna_plots.plot_parallel_coordinate(study), folder / "parallel_coordinate.png")]
+    with warnings.catch_warnings():  # matplotlib's "identical low and high ylims" for a parameter of one value
+        warnings.simplefilter("ignore", UserWarning)
+        written = [save_axes(optuna_plots.plot_optimization_history(study), folder / "optimization_history.png"),
+                   save_axes(optuna_plots.plot_parallel_coordinate(study), folder / "parallel_coordinate.png")]
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
     return {"study": study.study_name, "finished": len(done), "pruned": pruned,
             "leaders": [{"trial": t.number, "val_accuracy": t.value, "params": t.params} for t in leaders],
