@@ -280,9 +280,9 @@ def _taken_meanwhile(monkeypatch, make):
     takes it (`make`) before this one writes."""
     real, looks = runs.free_name, []
 
-    def free_name(path, suffix=""):
+    def free_name(path, *args):
         looks.append(path)
-        name = real(path, suffix)
+        name = real(path, *args)
         if len(looks) == 1:
             make(name)
         return name
@@ -330,8 +330,8 @@ def test_a_default_output_that_fails_leaves_nothing(synthetic_dir, tmp_path, cap
     (tmp_path / "keep").mkdir()
     before = sorted(p.name for p in tmp_path.iterdir())
     capsys.readouterr()
-    with monkeypatch.context() as patch:
-        patch.setattr(train, "train", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with monkeypatch.context() as patch:  # stopped with the folder claimed (its marker made), nothing written
+        patch.setattr(train, "_train", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         assert main(["train", *TINY, "--cache-dir", str(synthetic_dir)]) == 130
     assert "interrupted before training began; the same command starts again" in capsys.readouterr().err
     with monkeypatch.context() as patch:
@@ -348,3 +348,31 @@ def test_a_folder_holding_only_the_marker_is_trained_into(synthetic_dir, tmp_pat
         pass
     assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 0
     assert (out / runs.METRICS).is_file()
+
+
+def test_a_default_output_name_is_one_line_advice_with_the_commands_own_flag(tmp_path, monkeypatch):
+    """bench writes with --json, not --out; an empty --out or --json means the default, not the working folder."""
+    (tmp_path / "file").write_text("a file where a folder would go")
+    with pytest.raises(runs.UserError, match="choose where to write with --json$"):
+        with runs.output(None, tmp_path / "file" / "bench.json", ".json", flag="--json"):
+            pass
+    monkeypatch.chdir(tmp_path)
+    with runs.output("", "compare.png", ".png") as out:
+        assert out == runs.Path("compare.png") and out.is_file()
+        out.write_bytes(b"\x89PNG")
+    assert (tmp_path / "compare.png").read_bytes() == b"\x89PNG"
+
+
+def test_an_interrupt_before_a_run_is_replaced_says_to_run_the_same_command(synthetic_dir, tmp_path, capsys,
+                                                                            monkeypatch):
+    """Ctrl-C while Keras loads, before `--overwrite` touched the old run: its config.toml is there, so the
+    advice was about the old run ('has finished; nothing to resume')."""
+    from mnist_mlp import cli
+
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(cli, "use_backend", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["train", *TINY, "--out", str(out), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 130
+    assert capsys.readouterr().err == "mnist-mlp: interrupted before training began; the same command starts again\n"
+    assert (out / runs.METRICS).is_file()  # the old run, untouched

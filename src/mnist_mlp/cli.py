@@ -65,10 +65,11 @@ def cmd_train(args) -> None:
     flags = {flag: getattr(args, flag.replace("-", "_")) for flag in runs.TRAIN_FLAGS}
     config, out = runs.plan(args.config, args.set, flags, args.resume, args.out, args.seeds, args.side_by_side)
     with runs.output(out, runs.default_out(args.config), folder=True) as out:  # without --out, a new folder
+        before = runs.stamp(out / runs.CONFIG)  # a new run writes its config.toml when its folder is claimed
         try:
             _train(args, config, out)
         except KeyboardInterrupt:
-            if not args.resume and not (out / runs.CONFIG).is_file():
+            if not args.resume and runs.stamp(out / runs.CONFIG) == before:
                 raise Interrupted("interrupted before training began; the same command starts again") from None
             raise Interrupted(f"interrupted; {runs.continue_advice(out)}") from None
 
@@ -184,7 +185,7 @@ def cmd_bench(args) -> None:
 
     report, text = bench.run(args.variants, args.epochs, args.gpu, args.time_to, args.config, args.serve,
                              args.connections, args.duration, args.image, args.cold, args.give_up)
-    with runs.output(args.json, "bench.json", ".json") as out:
+    with runs.output(args.json, "bench.json", ".json", flag="--json") as out:
         runs.write_json(out, report)
     print(f"{text}\n\nWrote {out}")
 

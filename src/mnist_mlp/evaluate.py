@@ -41,7 +41,7 @@ def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gal
     misclassified.png and evaluation.json into the run directory; or, `on` another source of digits (see
     otherdigits), only score it."""
     run = run if isinstance(run, runs.Run) else runs.load_run(run)
-    loaded = _stamp(run.model_path)
+    loaded = runs.stamp(run.model_path)
     model = load_model(run)  # first: a swapped or corrupt model is the error to report, before any data
     if on == "mnist":
         images, labels = data.load_split("test", data_dir)
@@ -64,7 +64,7 @@ def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gal
     if on != "mnist":
         return result
 
-    if _stamp(run.model_path) != loaded:  # `train --out RUN --overwrite` meanwhile: these are not its results
+    if runs.stamp(run.model_path) != loaded:  # `train --out RUN --overwrite` meanwhile: these are not its results
         raise UserError(f"{run.path} was trained again while it was being evaluated, so nothing was written; "
                         f"evaluate it again once it has finished: `mnist-mlp evaluate {runs.shell_path(run.path)}`")
     confidence = probabilities[wrong, predicted[wrong]]
@@ -78,15 +78,6 @@ def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gal
         "support": list(result.support), "misclassified": worst.tolist(), "backend": keras.backend.backend(),
     })
     return result
-
-
-def _stamp(path: Path) -> tuple | None:
-    """Which file `path` is (a new model is renamed into place: a new inode), or None if there is none."""
-    try:
-        found = path.stat()
-    except OSError:
-        return None
-    return found.st_ino, found.st_mtime_ns, found.st_size
 
 
 def _loss_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

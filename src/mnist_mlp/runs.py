@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -225,46 +226,66 @@ def default_out(config: str | Path | None) -> Path:
 
 
 @contextlib.contextmanager
-def output(given: str | Path | None, default: str | Path, suffix: str = "", *, folder: bool = False):
-    """Where a command writes: `given` (the user's --out) as it is; else the first free name of `default`
+def output(given: str | Path | None, default: str | Path, suffix: str = "", *, folder: bool = False,
+           flag: str = "--out"):
+    """Where a command writes: `given` (the user's `flag`) as it is; else the first free name of `default`
     (see free_name), made now, empty (a file, or a folder with `folder`), so that two commands at once never
     take one name (the second takes default-2). Yields it for the block to fill; a default name still empty
     after the block (it failed) is removed."""
-    if given is not None:
+    if given:
         yield Path(given)
         return
-    default = Path(default)
+    default, taken = Path(default), None
     made = not default.parent.exists()
     try:
         default.parent.mkdir(parents=True, exist_ok=True)  # runs/
+        for _ in range(100):
+            name = free_name(default, suffix, flag)
+            try:
+                if folder:
+                    name.mkdir()
+                else:
+                    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+                taken = name
+                break
+            except FileExistsError:  # made a moment ago by another command (or a broken link there): the next
+                continue
+        else:
+            raise UserError(f"cannot take a free name for {default}; give one with {flag}")
     except OSError as e:
-        raise write_failed(default.parent, e, "choose where to write with --out") from None
-    for _ in range(100):
-        taken = free_name(default, suffix)
-        try:
-            if folder:
-                taken.mkdir()
-            else:
-                os.close(os.open(taken, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
-            break
-        except FileExistsError:  # made a moment ago by another command (or a broken link there): the next name
-            continue
-        except OSError as e:
-            raise write_failed(taken, e, "choose where to write with --out") from None
-    else:
-        raise UserError(f"cannot find a free name for {default}; give one with --out")
+        raise write_failed(e.filename or default, e, f"choose where to write with {flag}") from None
     try:
         yield taken
     finally:
         with contextlib.suppress(OSError):
             if folder:
-                if [entry.name for entry in taken.iterdir()] == [MARKER] and not in_use(taken):
-                    (taken / MARKER).unlink()  # claimed, then stopped before anything was written
-                taken.rmdir()  # only if empty
+                _remove_unused(taken)
                 if made:
-                    taken.parent.rmdir()
+                    taken.parent.rmdir()  # only if empty
             elif taken.stat().st_size == 0:
                 taken.unlink()
+
+
+def _remove_unused(folder: Path) -> None:
+    """Remove run folder `folder` if it holds nothing, or only the marker of a claim no process holds (one
+    that stopped before writing anything); an OSError if not."""
+    if [entry.name for entry in folder.iterdir()] == [MARKER]:
+        fd = os.open(folder / MARKER, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while the marker goes: no claim slips in
+            (folder / MARKER).unlink()
+        finally:
+            os.close(fd)
+    folder.rmdir()
+
+
+def stamp(path: str | Path) -> tuple | None:
+    """Which file `path` is (a file renamed into place is a new inode), or None if there is none."""
+    try:
+        found = Path(path).stat()
+    except OSError:
+        return None
+    return found.st_ino, found.st_mtime_ns, found.st_size
 
 
 def resume_group(path: str | Path) -> tuple[Config, dict]:
@@ -319,15 +340,18 @@ def run_config(path: str | Path) -> Config:
         raise UserError(f"{Path(path) / CONFIG}: config key {e.key} {e.why}; fix it in that file") from None
 
 
-def free_name(path: str | Path, suffix: str = "") -> Path:
+def free_name(path: str | Path, suffix: str = "", flag: str = "--out") -> Path:
     """`path` itself if nothing is there, else the first of path-2, path-3, ... that does not exist; a file
     name keeps its `suffix` last (curves.png, curves-2.png, ...), so a default output never replaces a file."""
     path = Path(path)
     if not path.name:  # "." names no folder: the folder it stands for; "/" none at all: one inside it
         path = path.resolve() if path.resolve().name else path / "run"
     stem = path.name.removesuffix(suffix)
-    candidates = (path.with_name(f"{stem}-{i}{suffix}") for i in range(2, 10_000))
-    return next(p for p in (path, *candidates) if not os.path.lexists(p))  # a broken link is a name taken too
+    names = itertools.chain([path], (path.with_name(f"{stem}-{i}{suffix}") for i in range(2, 10_000)))
+    free = next((p for p in names if not os.path.lexists(p)), None)  # a broken link is a name taken too
+    if free is None:
+        raise UserError(f"{path} and 9,998 numbered names like it are taken; give a name with {flag}")
+    return free
 
 
 def fresh_start(path: str | Path) -> str:
@@ -564,8 +588,9 @@ def summary(run: Run) -> dict[str, object]:
 
 
 def describe_list(root: str | Path = "runs") -> tuple[str, list[str]]:
-    """`runs list`: a table of the finished runs under `root` and, of the config values that differ between
-    them, those where each run leaves the classic recipe; and one line for each run that could not be read (a broken or edited run does not hide the rest)."""
+    """`runs list`: a table of the finished runs under `root`, each with the config values where it leaves
+    the classic recipe (backend is a column); and one line for each run that could not be read (a broken or
+    edited run does not hide the rest)."""
     loaded, skipped = [], []
     for path in list_runs(root):
         try:
@@ -574,14 +599,13 @@ def describe_list(root: str | Path = "runs") -> tuple[str, list[str]]:
             skipped.append(f"skipped: {e}")
     if not loaded:
         return f"No finished runs under {root}/ (train one with `mnist-mlp train`)", skipped
-    differing = config_differences(loaded) if len(loaded) > 1 else {}
     classic = flat_config(Config())
     lines = [f"{'run':<36} {'date':<16} {'epochs':>6} {'test acc':>8} {'s/epoch':>7} {'backend':<10} "
              "differs from the classic recipe"]
-    for i, row in enumerate(map(summary, loaded)):  # of the keys that differ between runs, each run's own
-        differs = ", ".join(f"{k.split('.')[-1]}={f'{v[i]:.4g}' if isinstance(v[i], float) else v[i]}"
-                            for k, v in differing.items()
-                            if str(v[i]) != str(classic[k]) and k != "backend")  # backend: a column
+    for run, row in zip(loaded, map(summary, loaded)):
+        differs = ", ".join(f"{key.split('.')[-1]}={f'{value:.4g}' if isinstance(value, float) else value}"
+                            for key, value in flat_config(run.config).items()
+                            if str(value) != str(classic[key]) and key not in ("backend", *SAVING_ONLY))
         accuracy = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "-"
         lines.append(f"{row['run']:<36} {row['date']:<16} {row['epochs']:>6} {accuracy:>8} "
                      f"{row['seconds_per_epoch']:>7.2f} {row['backend']:<10} {differs}")

@@ -322,8 +322,8 @@ def report(sweep_dir: str | Path, study_name: str | None = None, storage: str | 
 
     folder = study_folder(sweep_dir, study_name)
     folder.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # matplotlib's "identical low and high ylims" for a parameter of one value
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings():  # matplotlib's, for a parameter every trial took one value of
+        warnings.filterwarnings("ignore", "Attempting to set identical low and high", UserWarning)
         written = [save_axes(optuna_plots.plot_optimization_history(study), folder / "optimization_history.png"),
                    save_axes(optuna_plots.plot_parallel_coordinate(study), folder / "parallel_coordinate.png")]
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
