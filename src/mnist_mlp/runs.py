@@ -238,32 +238,33 @@ def output(given: str | Path | None, default: str | Path, suffix: str = "", *, f
     default, taken = Path(default), None
     made = not default.parent.exists()
     try:
-        default.parent.mkdir(parents=True, exist_ok=True)  # runs/
-        for _ in range(100):
-            name = free_name(default, suffix, flag)
-            try:
-                if folder:
-                    name.mkdir()
-                else:
-                    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
-                taken = name
-                break
-            except FileExistsError:  # made a moment ago by another command (or a broken link there): the next
-                continue
-        else:
-            raise UserError(f"cannot take a free name for {default}; give one with {flag}")
-    except OSError as e:
-        raise write_failed(e.filename or default, e, f"choose where to write with {flag}") from None
-    try:
+        try:
+            default.parent.mkdir(parents=True, exist_ok=True)  # runs/
+            for _ in range(100):
+                name = free_name(default, suffix, flag)
+                try:
+                    if folder:
+                        name.mkdir()
+                    else:
+                        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+                    taken = name
+                    break
+                except FileExistsError:  # made a moment ago by another command (or a broken link there)
+                    continue
+            else:
+                raise UserError(f"cannot take a free name for {default}; give one with {flag}")
+        except OSError as e:
+            raise write_failed(e.filename or default, e, f"choose where to write with {flag}") from None
         yield taken
-    finally:
+    finally:  # also after Ctrl-C: nothing of ours left empty
         with contextlib.suppress(OSError):
-            if folder:
+            if taken is not None and folder:
                 _remove_unused(taken)
-                if made:
-                    taken.parent.rmdir()  # only if empty
-            elif taken.stat().st_size == 0:
+            elif taken is not None and taken.stat().st_size == 0:
                 taken.unlink()
+        if made:
+            with contextlib.suppress(OSError):
+                default.parent.rmdir()  # only if empty
 
 
 def _remove_unused(folder: Path) -> None:
