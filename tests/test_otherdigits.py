@@ -1,6 +1,7 @@
 """Digits that are not MNIST's: the printed and pen-drawn sets are what they say, UCI's handwriting loads, a folder of your
 own labelled digits is read the way predict reads files, and a model trained on MNIST reads them all."""
 
+import os
 import sys
 import types
 
@@ -15,7 +16,7 @@ from mnist_mlp.errors import UserError
 
 @pytest.fixture(scope="module")
 def printed():
-    return otherdigits.load("fonts")
+    return otherdigits.load("fonts")[:2]
 
 
 def test_the_printed_set_is_every_digit_in_every_font_centred_as_mnist(printed):
@@ -32,7 +33,7 @@ def test_the_printed_set_is_every_digit_in_every_font_centred_as_mnist(printed):
 
 
 def test_the_pen_set_is_every_digit_in_every_style_drawn_with_the_pages_pen():
-    images, labels = otherdigits.load("pen")
+    images, labels, _ = otherdigits.load("pen")
     count = len(otherdigits.PEN_FONTS) * 10 * len(otherdigits.PEN_HEIGHTS) * len(otherdigits.PEN_SLANTS)
     assert len(images) == len(labels) == count and np.bincount(labels).tolist() == [count // 10] * 10
     assert len({image.tobytes() for image in images}) == count  # no two fonts share a design of the digits
@@ -56,7 +57,7 @@ def test_an_install_without_hershey_fonts_says_what_to_install(monkeypatch):
 
 def test_uci_handwriting_loads_as_mnist_style_digits():
     pytest.importorskip("sklearn")  # optional: `pip install 'mnist-mlp[uci]'`; the next test runs without it
-    images, labels = otherdigits.load("uci")
+    images, labels, _ = otherdigits.load("uci")
     assert len(images) == len(labels) == 1797 and set(labels.tolist()) == set(range(10))
     assert all(image.shape == (28, 28) and image.dtype == np.uint8 and image.max() > 0 for image in images)
 
@@ -70,7 +71,7 @@ def test_8x8_scans_that_fill_their_frame_are_read_as_digits(printed, monkeypatch
     datasets = types.SimpleNamespace(load_digits=lambda: types.SimpleNamespace(images=scans, target=labels))
     monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
     monkeypatch.setitem(sys.modules, "sklearn.datasets", datasets)
-    read, read_labels = otherdigits.load("uci")
+    read, read_labels, _ = otherdigits.load("uci")
     assert read_labels.tolist() == labels.tolist()
     assert all(image.max() > 100 for image in read)  # every scan read as ink, none as blank paper
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # scikit-learn missing: one line, what to install
@@ -115,5 +116,24 @@ def test_a_folder_skips_hidden_files(tmp_path):
     (tmp_path / "mine" / "7" / "._7.png").write_bytes(b"\x00\x05\x16\x07")  # macOS's metadata twin
     (tmp_path / "mine" / "7" / ".DS_Store").write_bytes(b"\x00")
     Image.new("L", (40, 40), 255).save(tmp_path / "mine" / "7" / "seven.png")
-    images, labels = otherdigits.load(str(tmp_path / "mine"))
-    assert len(images) == 1 and labels.tolist() == [7]
+    images, labels, unread = otherdigits.load(str(tmp_path / "mine"))
+    assert len(images) == 1 and labels.tolist() == [7] and unread == []
+
+
+def test_a_class_folder_with_bad_files_scores_the_rest(trained, printed, tmp_path, capsys):
+    """One damaged photo stopped evaluate --on FOLDER for the whole class (naming only the first bad file), a pipe
+    made it wait forever, and a digit without images read as precision and recall 0."""
+    images, labels = printed
+    mine = tmp_path / "mine"
+    for digit in (3, 4):
+        (mine / str(digit)).mkdir(parents=True)
+        Image.fromarray(255 - images[list(labels).index(digit)]).save(mine / str(digit) / "good.png")
+    (mine / "3" / "damaged.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    (mine / "4" / "broken.png").write_bytes(b"")
+    os.mkfifo(mine / "4" / "pipe.png")
+    (mine / "4" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    assert main(["evaluate", str(trained[1]), "--on", str(mine)]) == 2
+    out, err = capsys.readouterr()
+    assert "of 2 wrong" in out and "\n    0          -                 -       0" in out
+    assert err.count("\n") == 2 and "damaged.jpg is not a readable image" in err and "broken.png" in err
+    assert "open it and save it again as PNG or JPEG" in err and "the other images were scored" in err

@@ -117,6 +117,34 @@ def test_the_predict_command_prints_no_digit_for_blank_paper(trained, tmp_path, 
                                               "marks are too faint"
 
 
+def test_csv_replaces_only_a_csv_that_predict_wrote(trained, tmp_path, capsys):
+    """--csv run/model.keras replaced the model with 162 bytes of CSV (rc 0), as it did any file of the user's."""
+    _, run = trained
+    image = tmp_path / "blank.png"
+    image.write_bytes(_png(np.full((50, 50), 255, np.uint8)))
+    model = (run / "model.keras").read_bytes()
+    for theirs in (run / "model.keras", tmp_path / "marks.csv"):
+        if theirs.suffix == ".csv":
+            theirs.write_text("name,mark\nada,19\n")
+        assert main(["predict", str(run), str(image), "--csv", str(theirs)]) == 2
+        assert "is not a CSV that predict wrote" in capsys.readouterr().err
+    assert (run / "model.keras").read_bytes() == model and (tmp_path / "marks.csv").read_text() == "name,mark\nada,19\n"
+    out = tmp_path / "out.csv"
+    out.write_text("file,digit,unsure,p0,p1,p2,p3,p4,p5,p6,p7,p8,p9\nold.png,3,0\n")  # an older version's
+    for _ in range(2):  # its own, and then this version's
+        assert main(["predict", str(run), str(image), "--csv", str(out)]) == 0
+        rows = out.read_text().splitlines()
+        assert rows[0].endswith(",p9,reason") and rows[1].endswith(",no digit found: the image is blank or its marks "
+                                                                   "are too faint") and len(rows) == 2
+
+
+def test_a_small_digit_is_said_to_be_too_small_not_faint(trained):
+    page = np.full((400, 600), 255, np.uint8)
+    page[100:113, 200:208] = 0  # solid ink, 13 px of a 600 px side
+    found = predict_image(trained[0], _png(page))
+    assert found.unsure and "too small" in found.reason and "crop closer" in found.reason
+
+
 def test_bad_images_are_user_errors():
     with pytest.raises(UserError, match="not a readable image"):
         open_image(b"this is not an image", "upload")

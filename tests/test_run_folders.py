@@ -152,9 +152,9 @@ def test_predict_csv_into_a_missing_folder_is_one_line(synthetic_dir, tmp_path, 
     Image.new("L", (28, 28)).save(image)
     capsys.readouterr()
     assert main(["predict", str(run), str(image), "--csv", str(tmp_path / "no" / "such" / "out.csv")]) == 2
-    _one_line(capsys, "cannot write", "out.csv", "No such file or directory")
+    _one_line(capsys, "cannot write", "out.csv", "No such file or directory", "make its folder first")
     assert main(["predict", str(run), str(image), "--csv", str(tmp_path)]) == 2  # a folder where a file should be
-    _one_line(capsys, "cannot write")
+    _one_line(capsys, "is not a CSV that predict wrote")
     assert sorted(os.listdir(tmp_path)) == ["digit.png", "run"]
 
 
@@ -171,7 +171,7 @@ def test_predict_csv_quotes_a_path_with_a_comma(synthetic_dir, tmp_path, capsys)
     assert main(["predict", str(run), str(image), "--csv", str(out)]) == 0
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [row["file"] for row in rows] == [str(image)] and len(rows[0]) == 3 + 10
+    assert [row["file"] for row in rows] == [str(image)] and len(rows[0]) == 3 + 10 + 1  # and the reason
 
 
 def test_a_seed_group_is_not_taken_for_one_run(synthetic_dir, tmp_path, capsys):

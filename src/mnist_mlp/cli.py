@@ -90,7 +90,7 @@ def _train(args, config, out: Path) -> None:
                                          **options)))
 
 
-def cmd_evaluate(args) -> None:
+def cmd_evaluate(args) -> int:
     run = runs.load_run(args.run)  # a missing, incomplete or edited run fails before Keras starts
     if args.on != "mnist":
         from mnist_mlp import otherdigits
@@ -99,7 +99,11 @@ def cmd_evaluate(args) -> None:
     use_backend(args.backend)
     from mnist_mlp import evaluate
 
-    print(evaluate.describe(evaluate.evaluate(run, args.cache_dir, on=args.on)))
+    result = evaluate.evaluate(run, args.cache_dir, on=args.on)
+    print(evaluate.describe(result))
+    for error in result.unread:
+        print(f"mnist-mlp: error: {error} (skipped; the other images were scored)", file=sys.stderr)
+    return 2 if result.unread else 0
 
 
 def cmd_predict(args) -> int:
@@ -107,9 +111,6 @@ def cmd_predict(args) -> int:
 
     run, files = runs.load_run(args.run), predict.image_files(args.images)
     files, prepared, errors = predict.read_files(files)  # one unreadable file does not cost the others
-    if not files:
-        raise UserError(errors[0] if len(errors) == 1 else f"none of the {len(errors)} images could be read; "
-                        f"the first: {errors[0]}")
     use_backend(args.backend)
     predictions = predict.predict_arrays(runs.load_model(run), [i for i, _ in prepared], [n for _, n in prepared])
     if args.csv:

@@ -27,6 +27,7 @@ class EvalResult:
     support: tuple[int, ...]  # test images per true digit
     wrong: int
     source: str = "mnist"  # the images scored: MNIST's test set, or otherdigits' source (then no files written)
+    unread: tuple[str, ...] = ()  # an error line for each of a folder's images that could not be read
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -44,11 +45,11 @@ def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gal
     loaded = runs.stamp(run.model_path)
     model = load_model(run)  # first: a swapped or corrupt model is the error to report, before any data
     if on == "mnist":
-        images, labels = data.load_split("test", data_dir)
+        images, labels, unread = *data.load_split("test", data_dir), []
     else:
         from mnist_mlp import otherdigits
 
-        images, labels = otherdigits.load(on)
+        images, labels, unread = otherdigits.load(on)
         images = np.stack(images)
     probabilities = np.asarray(model.predict(data.preprocess(images), batch_size=1024, verbose=0))
     loss, accuracy = _loss_and_accuracy(probabilities, labels)
@@ -60,7 +61,7 @@ def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gal
     wrong = np.flatnonzero(predicted != labels)
     result = EvalResult(run.path, loss, accuracy, stats.wilson_interval(int(correct.sum()), len(labels)),
                         matrix, tuple(precision.tolist()), tuple(recall.tolist()),
-                        tuple(matrix.sum(axis=1).tolist()), len(wrong), on)
+                        tuple(matrix.sum(axis=1).tolist()), len(wrong), on, tuple(unread))
     if on != "mnist":
         return result
 
@@ -94,7 +95,8 @@ def describe(result: EvalResult) -> str:
     lines = [f"{loss}: {result.test_loss:.4f}",
              f"{accuracy}: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f}), "
              f"{result.wrong} of {sum(result.support)} wrong", "", "digit  precision  recall(accuracy)  images"]
-    lines += [f"{d:>5}  {p:>9.4f}  {r:>16.4f}  {n:>6}"
+    said = result.confusion.sum(axis=0)  # a digit never said, or with no images, has no precision or recall
+    lines += [f"{d:>5}  {f'{p:.4f}' if said[d] else '-':>9}  {f'{r:.4f}' if n else '-':>16}  {n:>6}"
               for d, (p, r, n) in enumerate(zip(result.precision, result.recall, result.support))]
     lines += ["", "confusion matrix (rows: true digit, columns: predicted)", "      " + "".join(f"{d:>6}" for d in range(10))]
     lines += [f"{d:>6}" + "".join(f"{n:>6}" for n in row) for d, row in enumerate(result.confusion)]

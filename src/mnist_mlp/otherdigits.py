@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mnist_mlp.errors import UserError, pip_install
-from mnist_mlp.predict import IMAGE_SUFFIXES, open_image, to_mnist
+from mnist_mlp.predict import folder_images, read_files, to_mnist
 
 SOURCES = ("fonts", "pen", "uci")  # or a folder
 # Upright and italic, serif, sans and monospaced; not cmmi10, whose digits are old-style (they drop below the line).
@@ -32,15 +32,12 @@ PAD, PEN = 280, 18  # the page's drawing pad and its pen's width, in the pad's p
 SUPERSAMPLE = 4  # drawn 4x larger and averaged down: anti-aliased edges, as the browser's canvas draws them
 
 
-def load(source: str) -> tuple[list[np.ndarray], np.ndarray]:
-    """MNIST-style uint8 (28, 28) images and their int labels from a source name or a folder."""
+def load(source: str) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+    """MNIST-style uint8 (28, 28) images and their int labels from a source name or a folder, and an error
+    line for each of a folder's images that could not be read."""
     check(source)
-    if source == "fonts":
-        return fonts()
-    if source == "pen":
-        return pen()
-    if source == "uci":
-        return uci()
+    if source in ("fonts", "pen", "uci"):
+        return *{"fonts": fonts, "pen": pen, "uci": uci}[source](), []
     return folder(Path(source))
 
 
@@ -149,21 +146,21 @@ def uci() -> tuple[list[np.ndarray], np.ndarray]:
     return images, digits.target.astype(np.int64)
 
 
-def folder(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
-    """Your labelled digits: the images in path/0/ ... path/9/ (any subfolders may be missing)."""
-    labelled = _labelled(path)
-    images = [to_mnist(open_image(file, str(file)))[0] for _, file in labelled]
-    return images, np.array([digit for digit, _ in labelled])
+def folder(path: Path) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+    """Your labelled digits: the images in path/0/ ... path/9/ (any subfolders may be missing), read as
+    predict reads a folder; an error line for each that could not be read (the others are scored)."""
+    labelled = dict((file, digit) for digit, file in _labelled(path))
+    files, prepared, errors = read_files(list(labelled))
+    return [image for image, _ in prepared], np.array([labelled[file] for file in files]), errors
 
 
 def _labelled(path: Path) -> list[tuple[int, Path]]:
-    """(digit, file) for each image in path/0/ ... path/9/; hidden files (.DS_Store, ._x.png) skipped."""
+    """(digit, file) for each image in path/0/ ... path/9/ (predict.folder_images)."""
     if not path.is_dir():
-        raise UserError(f"--on {path}: not {', '.join(SOURCES)} nor a folder; give a folder holding subfolders "
-                        "0 to 9 of your digit images")
+        raise UserError(f"--on {path}: not mnist, {', '.join(SOURCES)} nor a folder; give a folder holding "
+                        "subfolders 0 to 9 of your digit images")
     labelled = [(digit, file) for digit in range(10) if (path / str(digit)).is_dir()
-                for file in sorted((path / str(digit)).iterdir())
-                if file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith(".")]
+                for file in folder_images(path / str(digit))]
     if not labelled:
         raise UserError(f"{path} has no subfolders 0 to 9 of images; put each digit's images in {path}/<digit>/")
     return labelled

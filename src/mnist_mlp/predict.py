@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ NOISE_FLOOR_SIGMAS = 5.0  # ink weaker than this many noise deviations is droppe
 MIN_SPAN = 0.04  # ink spanning less than this fraction of the image's long side is a speck, not a digit
 MIN_FILL = 0.02  # ink covering less than this fraction of its box is scattered dust, not strokes
 NO_DIGIT = "no digit found: the image is blank or its marks are too faint"
+SPECKS = "no digit found: only specks, or marks too small for a digit (crop closer to a small digit)"
 BLOCK_ASPECT = 0.4  # a filled box squarer than this (short side / long side) is a blot, not a 1
 WORK_SIDE = 1024  # px; larger images are box-averaged down to this on their long side first
 EVEN = 0.5  # one exact level over this share of the border and of the image, the rest ink: an even background
@@ -73,7 +75,8 @@ def open_image(source: str | Path | bytes | np.ndarray, name: str = "image") -> 
     except Image.DecompressionBombError:  # Pillow's own limit, far above ours, refuses before we can look
         raise ImageTooLarge(f"{name} has more than {MAX_PIXELS:,} pixels; send a smaller image") from None
     except Exception as e:  # noqa: BLE001  decoders fail in many ways on hostile bytes; each is the file's fault
-        raise UserError(f"{name} is not a readable image ({type(e).__name__}); give a {FORMAT_NAMES}") from None
+        raise UserError(f"{name} is not a readable image (damaged, or not a {FORMAT_NAMES}: {type(e).__name__}); "
+                        "open it and save it again as PNG or JPEG") from None
     if not np.isfinite(gray).all():
         raise UserError(f"{name} has NaN or infinite pixel values")
     return gray
@@ -123,7 +126,7 @@ def to_mnist(gray: np.ndarray) -> tuple[np.ndarray, str]:
     ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     height, width = ink.shape
     if max(height, width) < MIN_SPAN * max(gray.shape) or ink.sum() < MIN_FILL * ink.size:
-        return np.zeros((28, 28), np.uint8), NO_DIGIT  # a speck, or specks scattered far apart: dust
+        return np.zeros((28, 28), np.uint8), SPECKS  # a speck, or specks scattered far apart: dust
     scale = 20 / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     digit = np.asarray(Image.fromarray(ink.astype(np.float32)).resize(size, Image.Resampling.LANCZOS))
@@ -224,12 +227,19 @@ def predict_image(model, source, name: str = "image") -> Prediction:
     return predict_arrays(model, [image], [note])[0]
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """The images in `folder`, sorted: files with an image suffix, but not hidden ones (macOS' ._x.png) and
+    not pipes or broken links."""
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+
+
 def image_files(paths: list[str | Path]) -> list[Path]:
-    """The image files named, folders expanded (sorted, by suffix)."""
+    """The image files named, folders expanded (folder_images)."""
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+            found.extend(folder_images(path))
         elif path.is_file():
             found.append(path)
         elif path.exists():  # a pipe or a device: reading it could wait forever
@@ -242,7 +252,8 @@ def image_files(paths: list[str | Path]) -> list[Path]:
 
 
 def read_files(files: list[Path]) -> tuple[list[Path], list[tuple[np.ndarray, str]], list[str]]:
-    """Each image file read the MNIST way: (the files read, their (28x28, note), an error line per file not read)."""
+    """Each image file read the MNIST way: (the files read, their (28x28, note), an error line per file not
+    read); one unreadable file does not cost the others, but a UserError if none could be read."""
     read, prepared, errors = [], [], []
     for path in files:
         try:
@@ -250,6 +261,9 @@ def read_files(files: list[Path]) -> tuple[list[Path], list[tuple[np.ndarray, st
             read.append(path)
         except UserError as e:
             errors.append(str(e))
+    if not read:
+        raise UserError(errors[0] if len(errors) == 1 else f"none of the {len(errors)} images could be read; "
+                        f"the first: {errors[0]}")
     return read, prepared, errors
 
 
@@ -267,15 +281,32 @@ def as_rows(files: list[Path], predictions: list[Prediction]) -> list[dict]:
              "unsure": p.unsure, "reason": p.reason} for path, p in zip(files, predictions)]
 
 
+CSV_HEADER = ["file", "digit", "unsure", *(f"p{d}" for d in range(10)), "reason"]
+
+
 def write_csv(rows: list[dict], path: str | Path) -> None:
-    """file, digit, unsure, p0..p9 per image (the csv module quotes paths with commas), atomically."""
+    """file, digit, unsure, p0..p9 and why unsure, per image (the csv module quotes paths with commas),
+    atomically; a file there is replaced only if it is such a CSV (an earlier --csv), never a file of yours."""
     if Path(path).resolve() in {Path(r["file"]).resolve() for r in rows}:
         raise UserError(f"--csv {path} is one of the images read; give another file name for the CSV")
-    with atomic(path) as tmp, open(tmp, "w", newline="") as f:
+    if os.path.lexists(path) and not _our_csv(Path(path)):
+        raise UserError(f"--csv {path} exists and is not a CSV that predict wrote; give another file name")
+    with atomic(path, "make its folder first, or give another --csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "digit", "unsure", *(f"p{d}" for d in range(10))])
-        writer.writerows([r["file"], r["digit"], int(r["unsure"]), *(f"{v:.6f}" for v in r["probabilities"])]
-                         for r in rows)
+        writer.writerow(CSV_HEADER)
+        writer.writerows([r["file"], r["digit"], int(r["unsure"]), *(f"{v:.6f}" for v in r["probabilities"]),
+                          r["reason"]] for r in rows)
+
+
+def _our_csv(path: Path) -> bool:
+    """Whether `path` is a regular file that starts as predict's CSVs do (this version's or an older one's)."""
+    try:
+        if not path.is_file():  # a folder, a pipe (opening it would wait), a broken link
+            return False
+        with open(path, newline="") as f:
+            return f.readline().startswith(",".join(CSV_HEADER[:-1]))
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def describe(files: list[Path], predictions: list[Prediction], show: bool = False) -> str:
@@ -283,7 +314,7 @@ def describe(files: list[Path], predictions: list[Prediction], show: bool = Fals
     lines = []
     for path, p in zip(files, predictions):
         top = ", ".join(f"{d}: {v:.1%}" for d, v in p.top(3))
-        lines.append(f"{path}: {NO_DIGIT}" if p.reason == NO_DIGIT else  # the model's guess at blank black: noise
+        lines.append(f"{path}: {p.reason}" if p.reason in (NO_DIGIT, SPECKS) else  # the guess at blank black
                      f"{path}: {p.digit}   [{top}]" + (f"  (unsure: {p.reason})" if p.unsure else ""))
         if show:
             lines.append(format_digit(p.image).rstrip("\n"))
