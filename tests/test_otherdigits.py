@@ -135,5 +135,16 @@ def test_a_class_folder_with_bad_files_scores_the_rest(trained, printed, tmp_pat
     assert main(["evaluate", str(trained[1]), "--on", str(mine)]) == 2
     out, err = capsys.readouterr()
     assert "of 2 wrong" in out and "\n    0          -                 -       0" in out
-    assert err.count("\n") == 2 and "damaged.jpg is not a readable image" in err and "broken.png" in err
+    assert err.count("\n") == 3 and "damaged.jpg is not a readable image" in err and "broken.png" in err
+    assert f"note: {mine / '4'}: left out gone.png, pipe.png (not PNG" in err  # neither is an image file
     assert "open it and save it again as PNG or JPEG" in err and "the other images were scored" in err
+    for path in (mine / "3" / "IMG_0001.HEIC", mine / "three" / "x.png", mine / "notes.txt"):  # what is not read
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"not read")
+    (mine / "3" / "damaged.jpg").unlink()
+    (mine / "4" / "broken.png").unlink()
+    assert main(["evaluate", str(trained[1]), "--on", str(mine)]) == 0
+    notes = capsys.readouterr().err.splitlines()
+    assert notes[:2] == [f"mnist-mlp: note: {mine}: left out notes.txt, three/ (not PNG, JPEG, BMP, GIF, TIFF or "
+                         "WebP files; save photos as JPEG)", f"mnist-mlp: note: {mine / '3'}: left out IMG_0001.HEIC "
+                         "(not PNG, JPEG, BMP, GIF, TIFF or WebP files; save photos as JPEG)"] and len(notes) == 3

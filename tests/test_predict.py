@@ -181,7 +181,8 @@ def test_predict_command(trained, mnist, tmp_path, capsys):
     assert main(["predict", str(run), str(folder), "--csv", str(tmp_path / "out.csv")]) == 2
     out, err = capsys.readouterr()
     assert "seven.png: 7" in out and "two.jpg: 2" in out and len((tmp_path / "out.csv").read_text().splitlines()) == 3
-    assert err.count("\n") == 1 and "broken.png is not a readable image" in err and "skipped" in err
+    assert err.count("\n") == 2 and "broken.png is not a readable image" in err and "skipped" in err
+    assert f"note: {folder}: left out notes.txt (not PNG" in err  # what a folder held that was not read
     os.mkfifo(tmp_path / "pipe.png")  # opening it would wait for a writer forever
     assert main(["predict", str(run), str(tmp_path / "pipe.png")]) == 2
     assert "is not a file" in capsys.readouterr().err

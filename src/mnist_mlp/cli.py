@@ -95,7 +95,8 @@ def cmd_evaluate(args) -> int:
     if args.on != "mnist":
         from mnist_mlp import otherdigits
 
-        otherdigits.check(args.on)  # so does an unreadable --on
+        for note in otherdigits.check(args.on):  # so does an unreadable --on
+            print(f"mnist-mlp: note: {note}", file=sys.stderr)
     use_backend(args.backend)
     from mnist_mlp import evaluate
 
@@ -110,6 +111,9 @@ def cmd_predict(args) -> int:
     from mnist_mlp import predict
 
     run, files = runs.load_run(args.run), predict.image_files(args.images)
+    for note in (predict.left_out(Path(path)) for path in args.images if Path(path).is_dir()):
+        if note:
+            print(f"mnist-mlp: note: {note}", file=sys.stderr)
     files, prepared, errors = predict.read_files(files)  # one unreadable file does not cost the others
     use_backend(args.backend)
     predictions = predict.predict_arrays(runs.load_model(run), [i for i, _ in prepared], [n for _, n in prepared])

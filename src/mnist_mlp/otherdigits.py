@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mnist_mlp.errors import UserError, pip_install
-from mnist_mlp.predict import folder_images, read_files, to_mnist
+from mnist_mlp.predict import folder_images, left_out, read_files, to_mnist
 
 SOURCES = ("fonts", "pen", "uci")  # or a folder
 # Upright and italic, serif, sans and monospaced; not cmmi10, whose digits are old-style (they drop below the line).
@@ -41,9 +41,10 @@ def load(source: str) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
     return folder(Path(source))
 
 
-def check(source: str) -> None:
+def check(source: str) -> list[str]:
     """A UserError now, before Keras starts, if `source` cannot be read: scikit-learn missing for "uci",
-    Hershey-Fonts for "pen", a folder without digit subfolders."""
+    Hershey-Fonts for "pen", a folder without digit subfolders. For a folder, a note on each of its folders
+    that holds what will not be read (predict.left_out)."""
     if source == "uci":
         try:
             import sklearn.datasets  # noqa: F401
@@ -57,7 +58,11 @@ def check(source: str) -> None:
             raise UserError("--on pen draws the strokes of Hershey's fonts, and this install lacks them: "
                             f"{pip_install('Hershey-Fonts')} (a dependency of mnist-mlp)") from None
     elif source != "fonts":
-        _labelled(Path(source))
+        path = Path(source)
+        _labelled(path)
+        digits = [path / str(d) for d in range(10) if (path / str(d)).is_dir()]
+        return [note for note in [left_out(path, digits), *map(left_out, digits)] if note]
+    return []
 
 
 def fonts() -> tuple[list[np.ndarray], np.ndarray]:

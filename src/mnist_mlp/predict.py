@@ -234,6 +234,18 @@ def folder_images(folder: Path) -> list[Path]:
                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
 
 
+def left_out(folder: Path, read: list[Path] | None = None) -> str:
+    """A note naming what in `folder` is not `read` (by default folder_images: so an iPhone's .heic, a .txt, a
+    subfolder), hidden files aside; "" if nothing."""
+    taken = set(folder_images(folder) if read is None else read)
+    others = sorted(p for p in folder.iterdir() if p not in taken and not p.name.startswith("."))
+    if not others:
+        return ""
+    names = ", ".join(p.name + "/" * p.is_dir() for p in others[:5])
+    more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+    return f"{folder}: left out {names}{more} (not {FORMAT_NAMES} files; save photos as JPEG)"
+
+
 def image_files(paths: list[str | Path]) -> list[Path]:
     """The image files named, folders expanded (folder_images)."""
     found = []
