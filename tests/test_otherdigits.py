@@ -105,7 +105,11 @@ def test_a_model_trained_on_mnist_reads_printed_digits_and_your_folder(trained, 
 
 def test_a_wrong_source_is_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    for source, expected in ((tmp_path / "none", "nor a folder"), (tmp_path / "empty", "no subfolders 0 to 9")):
+    (tmp_path / "iphone" / "3").mkdir(parents=True)
+    (tmp_path / "iphone" / "3" / "IMG_0001.HEIC").write_bytes(b"not read")
+    for source, expected in ((tmp_path / "none", "nor a folder"), (tmp_path / "empty", "no subfolders 0 to 9"),
+                             (tmp_path / "iphone", "folders 0 to 9 hold no PNG, JPEG, BMP, GIF, TIFF or WebP images; "
+                                                   "save photos as JPEG")):
         with pytest.raises(UserError) as error:
             otherdigits.load(str(source))
         assert expected in str(error.value) and "\n" not in str(error.value)
@@ -136,15 +140,16 @@ def test_a_class_folder_with_bad_files_scores_the_rest(trained, printed, tmp_pat
     out, err = capsys.readouterr()
     assert "of 2 wrong" in out and "\n    0          -                 -       0" in out
     assert err.count("\n") == 3 and "damaged.jpg is not a readable image" in err and "broken.png" in err
-    assert f"note: {mine / '4'}: left out gone.png, pipe.png (not PNG" in err  # neither is an image file
+    assert f"note: {mine / '4'}: left out gone.png, pipe.png (not plain files)" in err
     assert "open it and save it again as PNG or JPEG" in err and "the other images were scored" in err
-    for path in (mine / "3" / "IMG_0001.HEIC", mine / "three" / "x.png", mine / "notes.txt"):  # what is not read
+    for path in (mine / "3" / "IMG_0001.HEIC", mine / "three" / "x.png", mine / "notes.txt", mine / "seven.png"):
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"not read")
     (mine / "3" / "damaged.jpg").unlink()
     (mine / "4" / "broken.png").unlink()
     assert main(["evaluate", str(trained[1]), "--on", str(mine)]) == 0
     notes = capsys.readouterr().err.splitlines()
-    assert notes[:2] == [f"mnist-mlp: note: {mine}: left out notes.txt, three/ (not PNG, JPEG, BMP, GIF, TIFF or "
-                         "WebP files; save photos as JPEG)", f"mnist-mlp: note: {mine / '3'}: left out IMG_0001.HEIC "
-                         "(not PNG, JPEG, BMP, GIF, TIFF or WebP files; save photos as JPEG)"] and len(notes) == 3
+    assert notes[:2] == [f"mnist-mlp: note: {mine}: left out three/ (only folders 0 to 9 are read); seven.png (move "
+                         f"each into {mine}/<digit>/); notes.txt (not PNG, JPEG, BMP, GIF, TIFF or WebP: save photos "
+                         f"as JPEG)", f"mnist-mlp: note: {mine / '3'}: left out IMG_0001.HEIC (not PNG, JPEG, BMP, "
+                         "GIF, TIFF or WebP: save photos as JPEG)"] and len(notes) == 3

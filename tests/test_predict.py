@@ -117,17 +117,26 @@ def test_the_predict_command_prints_no_digit_for_blank_paper(trained, tmp_path, 
                                               "marks are too faint"
 
 
-def test_csv_replaces_only_a_csv_that_predict_wrote(trained, tmp_path, capsys):
-    """--csv run/model.keras replaced the model with 162 bytes of CSV (rc 0), as it did any file of the user's."""
+def test_csv_replaces_only_a_csv_that_predict_wrote(trained, tmp_path, capsys, monkeypatch):
+    """--csv run/model.keras replaced the model with 162 bytes of CSV (rc 0), as it did any file of the user's;
+    now refused before Keras starts. A link is not replaced by a file either; an empty file is."""
+    from mnist_mlp import cli
+
     _, run = trained
     image = tmp_path / "blank.png"
     image.write_bytes(_png(np.full((50, 50), 255, np.uint8)))
     model = (run / "model.keras").read_bytes()
-    for theirs in (run / "model.keras", tmp_path / "marks.csv"):
-        if theirs.suffix == ".csv":
-            theirs.write_text("name,mark\nada,19\n")
-        assert main(["predict", str(run), str(image), "--csv", str(theirs)]) == 2
-        assert "is not a CSV that predict wrote" in capsys.readouterr().err
+    (tmp_path / "link.csv").symlink_to(tmp_path / "out.csv")
+    with monkeypatch.context() as patch:
+        patch.setattr(cli, "use_backend", lambda *a: pytest.fail("Keras started before --csv was checked"))
+        for theirs in (run / "model.keras", tmp_path / "marks.csv", tmp_path / "link.csv"):
+            if theirs.name == "marks.csv":
+                theirs.write_text("name,mark\nada,19\n")
+            assert main(["predict", str(run), str(image), "--csv", str(theirs)]) == 2
+            assert "is not a CSV that predict wrote" in capsys.readouterr().err
+    assert (tmp_path / "link.csv").is_symlink()
+    (tmp_path / "empty.csv").touch()
+    assert main(["predict", str(run), str(image), "--csv", str(tmp_path / "empty.csv")]) == 0
     assert (run / "model.keras").read_bytes() == model and (tmp_path / "marks.csv").read_text() == "name,mark\nada,19\n"
     out = tmp_path / "out.csv"
     out.write_text("file,digit,unsure,p0,p1,p2,p3,p4,p5,p6,p7,p8,p9\nold.png,3,0\n")  # an older version's
@@ -182,7 +191,7 @@ def test_predict_command(trained, mnist, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "seven.png: 7" in out and "two.jpg: 2" in out and len((tmp_path / "out.csv").read_text().splitlines()) == 3
     assert err.count("\n") == 2 and "broken.png is not a readable image" in err and "skipped" in err
-    assert f"note: {folder}: left out notes.txt (not PNG" in err  # what a folder held that was not read
+    assert f"note: {folder}: left out notes.txt (not PNG, JPEG, BMP, GIF, TIFF or WebP: save photos as JPEG)" in err
     os.mkfifo(tmp_path / "pipe.png")  # opening it would wait for a writer forever
     assert main(["predict", str(run), str(tmp_path / "pipe.png")]) == 2
     assert "is not a file" in capsys.readouterr().err

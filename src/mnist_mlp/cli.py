@@ -115,6 +115,8 @@ def cmd_predict(args) -> int:
         if note:
             print(f"mnist-mlp: note: {note}", file=sys.stderr)
     files, prepared, errors = predict.read_files(files)  # one unreadable file does not cost the others
+    if args.csv:
+        predict.check_csv(args.csv, files)  # before Keras starts
     use_backend(args.backend)
     predictions = predict.predict_arrays(runs.load_model(run), [i for i, _ in prepared], [n for _, n in prepared])
     if args.csv:

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mnist_mlp.errors import UserError, pip_install
-from mnist_mlp.predict import folder_images, left_out, read_files, to_mnist
+from mnist_mlp.predict import FORMAT_NAMES, folder_images, left_out, read_files, to_mnist
 
 SOURCES = ("fonts", "pen", "uci")  # or a folder
 # Upright and italic, serif, sans and monospaced; not cmmi10, whose digits are old-style (they drop below the line).
@@ -61,7 +61,9 @@ def check(source: str) -> list[str]:
         path = Path(source)
         _labelled(path)
         digits = [path / str(d) for d in range(10) if (path / str(d)).is_dir()]
-        return [note for note in [left_out(path, digits), *map(left_out, digits)] if note]
+        top = left_out(path, digits, folders="only folders 0 to 9 are read", images=f"move each into {path}/<digit>/")
+        inside = (left_out(digit, folders="folders are not searched: move their images up") for digit in digits)
+        return [note for note in (top, *inside) if note]
     return []
 
 
@@ -166,6 +168,8 @@ def _labelled(path: Path) -> list[tuple[int, Path]]:
                         "subfolders 0 to 9 of your digit images")
     labelled = [(digit, file) for digit in range(10) if (path / str(digit)).is_dir()
                 for file in folder_images(path / str(digit))]
+    if not labelled and any((path / str(digit)).is_dir() for digit in range(10)):
+        raise UserError(f"{path}'s folders 0 to 9 hold no {FORMAT_NAMES} images; save photos as JPEG")
     if not labelled:
         raise UserError(f"{path} has no subfolders 0 to 9 of images; put each digit's images in {path}/<digit>/")
     return labelled

@@ -234,16 +234,23 @@ def folder_images(folder: Path) -> list[Path]:
                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
 
 
-def left_out(folder: Path, read: list[Path] | None = None) -> str:
-    """A note naming what in `folder` is not `read` (by default folder_images: so an iPhone's .heic, a .txt, a
-    subfolder), hidden files aside; "" if nothing."""
+def left_out(folder: Path, read: list[Path] | None = None, folders: str = "folders are not searched: give them too",
+             images: str = "not plain files") -> str:
+    """A note on what in `folder` is not `read` (by default folder_images), hidden files aside, each kind with
+    what to do: subfolders (`folders`), image names not read (`images`), other files (an iPhone's .heic, a .txt);
+    "" if nothing."""
     taken = set(folder_images(folder) if read is None else read)
     others = sorted(p for p in folder.iterdir() if p not in taken and not p.name.startswith("."))
-    if not others:
-        return ""
-    names = ", ".join(p.name + "/" * p.is_dir() for p in others[:5])
-    more = f" and {len(others) - 5} more" if len(others) > 5 else ""
-    return f"{folder}: left out {names}{more} (not {FORMAT_NAMES} files; save photos as JPEG)"
+    named = [p for p in others if not p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES]
+    groups = [([p for p in others if p.is_dir()], folders), (named, images),
+              ([p for p in others if not p.is_dir() and p not in named], f"not {FORMAT_NAMES}: save photos as JPEG")]
+    parts = [f"{_first_names(paths)} ({why})" for paths, why in groups if paths]
+    return f"{folder}: left out {'; '.join(parts)}" if parts else ""
+
+
+def _first_names(paths: list[Path], shown: int = 5) -> str:
+    names = ", ".join(p.name + "/" * p.is_dir() for p in paths[:shown])
+    return names + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
 
 
 def image_files(paths: list[str | Path]) -> list[Path]:
@@ -259,7 +266,8 @@ def image_files(paths: list[str | Path]) -> list[Path]:
         else:
             raise UserError(f"{path} not found; give image files or folders of them")
     if not found:
-        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
+        raise UserError(f"no {FORMAT_NAMES} images in {', '.join(map(str, paths))}; save photos as JPEG, or name "
+                        "the image files")
     return found
 
 
@@ -296,14 +304,21 @@ def as_rows(files: list[Path], predictions: list[Prediction]) -> list[dict]:
 CSV_HEADER = ["file", "digit", "unsure", *(f"p{d}" for d in range(10)), "reason"]
 
 
-def write_csv(rows: list[dict], path: str | Path) -> None:
-    """file, digit, unsure, p0..p9 and why unsure, per image (the csv module quotes paths with commas),
-    atomically; a file there is replaced only if it is such a CSV (an earlier --csv), never a file of yours."""
-    if Path(path).resolve() in {Path(r["file"]).resolve() for r in rows}:
+def check_csv(path: str | Path, files: list[Path]) -> None:
+    """A UserError if --csv `path` is one of the images or a file that is not a CSV predict wrote (an earlier
+    --csv, or an empty file): a file of yours is never replaced."""
+    if Path(path).resolve() in {Path(file).resolve() for file in files}:
         raise UserError(f"--csv {path} is one of the images read; give another file name for the CSV")
     if os.path.lexists(path) and not _our_csv(Path(path)):
         raise UserError(f"--csv {path} exists and is not a CSV that predict wrote; give another file name")
-    with atomic(path, "make its folder first, or give another --csv") as tmp, open(tmp, "w", newline="") as f:
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    """file, digit, unsure, p0..p9 and why unsure, per image (the csv module quotes paths with commas),
+    atomically, where check_csv allows."""
+    check_csv(path, [row["file"] for row in rows])
+    advice = "" if Path(path).parent.is_dir() else "make its folder first, or give another --csv"
+    with atomic(path, advice) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_HEADER)
         writer.writerows([r["file"], r["digit"], int(r["unsure"]), *(f"{v:.6f}" for v in r["probabilities"]),
@@ -311,12 +326,14 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
 
 
 def _our_csv(path: Path) -> bool:
-    """Whether `path` is a regular file that starts as predict's CSVs do (this version's or an older one's)."""
+    """Whether `path` is a plain file that is empty or starts as predict's CSVs do (this version's or an older
+    one's): not a link (replacing it would not write through it), a folder or a pipe (opening it would wait)."""
     try:
-        if not path.is_file():  # a folder, a pipe (opening it would wait), a broken link
+        if path.is_symlink() or not path.is_file():
             return False
+        start = ",".join(CSV_HEADER[:-1])
         with open(path, newline="") as f:
-            return f.readline().startswith(",".join(CSV_HEADER[:-1]))
+            return f.read(len(start)) in (start, "")  # not a whole line: a large file of yours may have none
     except (OSError, UnicodeDecodeError):
         return False
 
