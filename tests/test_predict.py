@@ -1,5 +1,6 @@
 """Your own handwriting: MNIST-style preprocessing of users' images, and accuracy on re-rendered digits."""
 
+import csv
 import io
 import os
 
@@ -189,7 +190,10 @@ def test_predict_command(trained, mnist, tmp_path, capsys):
     (folder / "broken.png").write_bytes(b"\x89PNG truncated")  # one bad file in the folder: the others still read
     assert main(["predict", str(run), str(folder), "--csv", str(tmp_path / "out.csv")]) == 2
     out, err = capsys.readouterr()
-    assert "seven.png: 7" in out and "two.jpg: 2" in out and len((tmp_path / "out.csv").read_text().splitlines()) == 3
+    rows = (tmp_path / "out.csv").read_text().splitlines()
+    assert "seven.png: 7" in out and "two.jpg: 2" in out and len(rows) == 4  # and a row for the file not read:
+    broken = next(csv.reader(rows[-1:]))
+    assert broken[:3] == [str(folder / "broken.png"), "", "1"] and broken[-1].endswith("save it again as PNG or JPEG")
     assert err.count("\n") == 2 and "broken.png is not a readable image" in err and "skipped" in err
     assert f"note: {folder}: left out notes.txt (not PNG, JPEG, BMP, GIF, TIFF or WebP: save photos as JPEG)" in err
     os.mkfifo(tmp_path / "pipe.png")  # opening it would wait for a writer forever

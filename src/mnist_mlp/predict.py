@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -313,16 +314,17 @@ def check_csv(path: str | Path, files: list[Path]) -> None:
         raise UserError(f"--csv {path} exists and is not a CSV that predict wrote; give another file name")
 
 
-def write_csv(rows: list[dict], path: str | Path) -> None:
-    """file, digit, unsure, p0..p9 and why unsure, per image (the csv module quotes paths with commas),
-    atomically, where check_csv allows."""
-    check_csv(path, [row["file"] for row in rows])
+def write_csv(rows: list[dict], path: str | Path, unread: Sequence[tuple[Path, str]] = ()) -> None:
+    """file, digit, unsure, p0..p9 and why unsure, per image (the csv module quotes paths with commas), and
+    for each `unread` (file, error) its file, unsure and the error; atomically, where check_csv allows."""
+    check_csv(path, [row["file"] for row in rows] + [file for file, _ in unread])
     advice = "" if Path(path).parent.is_dir() else "make its folder first, or give another --csv"
     with atomic(path, advice) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_HEADER)
         writer.writerows([r["file"], r["digit"], int(r["unsure"]), *(f"{v:.6f}" for v in r["probabilities"]),
                           r["reason"]] for r in rows)
+        writer.writerows([str(file), "", 1, *[""] * 10, error] for file, error in unread)
 
 
 def _our_csv(path: Path) -> bool:
