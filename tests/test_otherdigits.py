@@ -33,7 +33,7 @@ def test_the_printed_set_is_every_digit_in_every_font_centred_as_mnist(printed):
 
 
 def test_the_pen_set_is_every_digit_in_every_style_drawn_with_the_pages_pen():
-    images, labels, _ = otherdigits.load("pen")
+    images, labels, *_ = otherdigits.load("pen")
     count = len(otherdigits.PEN_FONTS) * 10 * len(otherdigits.PEN_HEIGHTS) * len(otherdigits.PEN_SLANTS)
     assert len(images) == len(labels) == count and np.bincount(labels).tolist() == [count // 10] * 10
     assert len({image.tobytes() for image in images}) == count  # no two fonts share a design of the digits
@@ -57,7 +57,7 @@ def test_an_install_without_hershey_fonts_says_what_to_install(monkeypatch):
 
 def test_uci_handwriting_loads_as_mnist_style_digits():
     pytest.importorskip("sklearn")  # optional: `pip install 'mnist-mlp[uci]'`; the next test runs without it
-    images, labels, _ = otherdigits.load("uci")
+    images, labels, *_ = otherdigits.load("uci")
     assert len(images) == len(labels) == 1797 and set(labels.tolist()) == set(range(10))
     assert all(image.shape == (28, 28) and image.dtype == np.uint8 and image.max() > 0 for image in images)
 
@@ -71,7 +71,7 @@ def test_8x8_scans_that_fill_their_frame_are_read_as_digits(printed, monkeypatch
     datasets = types.SimpleNamespace(load_digits=lambda: types.SimpleNamespace(images=scans, target=labels))
     monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
     monkeypatch.setitem(sys.modules, "sklearn.datasets", datasets)
-    read, read_labels, _ = otherdigits.load("uci")
+    read, read_labels, *_ = otherdigits.load("uci")
     assert read_labels.tolist() == labels.tolist()
     assert all(image.max() > 100 for image in read)  # every scan read as ink, none as blank paper
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # scikit-learn missing: one line, what to install
@@ -119,9 +119,35 @@ def test_a_folder_skips_hidden_files(tmp_path):
     (tmp_path / "mine" / "7").mkdir(parents=True)
     (tmp_path / "mine" / "7" / "._7.png").write_bytes(b"\x00\x05\x16\x07")  # macOS's metadata twin
     (tmp_path / "mine" / "7" / ".DS_Store").write_bytes(b"\x00")
-    Image.new("L", (40, 40), 255).save(tmp_path / "mine" / "7" / "seven.png")
-    images, labels, unread = otherdigits.load(str(tmp_path / "mine"))
-    assert len(images) == 1 and labels.tolist() == [7] and unread == []
+    seven = np.full((40, 40), 255, np.uint8)
+    seven[8:12, 10:30], seven[12:32, 22:26] = 0, 0  # a 7's bar and stem
+    Image.fromarray(seven).save(tmp_path / "mine" / "7" / "seven.png")
+    images, labels, unread, no_digit = otherdigits.load(str(tmp_path / "mine"))
+    assert len(images) == 1 and labels.tolist() == [7] and unread == no_digit == []
+
+
+def test_a_blank_photo_in_a_class_folder_is_named_not_scored(trained, printed, tmp_path, capsys):
+    """A blank photo in 5/ was scored as the model's guess at an empty 28x28: a wrong answer, or a lucky right one."""
+    images, labels = printed
+    mine = tmp_path / "mine"
+    for digit in (3, 5):
+        (mine / str(digit)).mkdir(parents=True)
+        Image.fromarray(255 - images[list(labels).index(digit)]).save(mine / str(digit) / "good.png")
+    Image.new("L", (300, 400), 250).save(mine / "5" / "blank.jpg")  # paper, no ink
+    speck = np.full((400, 300), 250, np.uint8)
+    speck[200:203, 150:153] = 20
+    Image.fromarray(speck).save(mine / "3" / "dust.png")
+    assert main(["evaluate", str(trained[1]), "--on", str(mine)]) == 0
+    out, err = capsys.readouterr()
+    assert "of 2 wrong; 2 more with no digit found were not scored" in out
+    assert err.splitlines() == [f"mnist-mlp: note: {mine / '3' / 'dust.png'}: {predict.SPECKS} (not scored)",
+                                f"mnist-mlp: note: {mine / '5' / 'blank.jpg'}: {predict.NO_DIGIT} (not scored)"]
+    assert sum(int(line.split()[-1]) for line in out.splitlines()[4:14]) == 2  # the images column: 2 scored
+    for digit in (3, 5):
+        (mine / str(digit) / "good.png").unlink()
+    assert main(["evaluate", str(trained[1]), "--on", str(mine)]) == 2  # nothing left to score: one line
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"no digit found in any of {mine}'s 2 readable images" in err
 
 
 def test_a_class_folder_with_bad_files_scores_the_rest(trained, printed, tmp_path, capsys):

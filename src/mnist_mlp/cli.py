@@ -102,6 +102,8 @@ def cmd_evaluate(args) -> int:
 
     result = evaluate.evaluate(run, args.cache_dir, on=args.on)
     print(evaluate.describe(result))
+    for line in result.no_digit:
+        print(f"mnist-mlp: note: {line} (not scored)", file=sys.stderr)
     for error in result.unread:
         print(f"mnist-mlp: error: {error} (skipped; the other images were scored)", file=sys.stderr)
     return 2 if result.unread else 0

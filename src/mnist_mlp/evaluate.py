@@ -28,6 +28,7 @@ class EvalResult:
     wrong: int
     source: str = "mnist"  # the images scored: MNIST's test set, or otherdigits' source (then no files written)
     unread: tuple[str, ...] = ()  # an error line for each of a folder's images that could not be read
+    no_digit: tuple[str, ...] = ()  # a line for each of a folder's images in which no digit was found (not scored)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -45,11 +46,11 @@ def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gal
     loaded = runs.stamp(run.model_path)
     model = load_model(run)  # first: a swapped or corrupt model is the error to report, before any data
     if on == "mnist":
-        images, labels, unread = *data.load_split("test", data_dir), []
+        images, labels, unread, no_digit = *data.load_split("test", data_dir), [], []
     else:
         from mnist_mlp import otherdigits
 
-        images, labels, unread = otherdigits.load(on)
+        images, labels, unread, no_digit = otherdigits.load(on)
         images = np.stack(images)
     probabilities = np.asarray(model.predict(data.preprocess(images), batch_size=1024, verbose=0))
     loss, accuracy = _loss_and_accuracy(probabilities, labels)
@@ -61,7 +62,7 @@ def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gal
     wrong = np.flatnonzero(predicted != labels)
     result = EvalResult(run.path, loss, accuracy, stats.wilson_interval(int(correct.sum()), len(labels)),
                         matrix, tuple(precision.tolist()), tuple(recall.tolist()),
-                        tuple(matrix.sum(axis=1).tolist()), len(wrong), on, tuple(unread))
+                        tuple(matrix.sum(axis=1).tolist()), len(wrong), on, tuple(unread), tuple(no_digit))
     if on != "mnist":
         return result
 
@@ -94,7 +95,9 @@ def describe(result: EvalResult) -> str:
                       (f"Loss on {result.source}", f"Accuracy on {result.source}"))
     lines = [f"{loss}: {result.test_loss:.4f}",
              f"{accuracy}: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f}), "
-             f"{result.wrong} of {sum(result.support)} wrong", "", "digit  precision  recall(accuracy)  images"]
+             f"{result.wrong} of {sum(result.support)} wrong" + (f"; {len(result.no_digit)} more with no digit found "
+                                                                 "were not scored" if result.no_digit else ""),
+             "", "digit  precision  recall(accuracy)  images"]
     said = result.confusion.sum(axis=0)  # a digit never said, or with no images, has no precision or recall
     lines += [f"{d:>5}  {f'{p:.4f}' if said[d] else '-':>9}  {f'{r:.4f}' if n else '-':>16}  {n:>6}"
               for d, (p, r, n) in enumerate(zip(result.precision, result.recall, result.support))]

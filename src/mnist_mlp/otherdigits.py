@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mnist_mlp.errors import UserError, pip_install
-from mnist_mlp.predict import FORMAT_NAMES, folder_images, left_out, read_files, to_mnist
+from mnist_mlp.predict import (FORMAT_NAMES, NO_DIGIT, SPECKS, folder_images, left_out, read_files,
+                               to_mnist)
 
 SOURCES = ("fonts", "pen", "uci")  # or a folder
 # Upright and italic, serif, sans and monospaced; not cmmi10, whose digits are old-style (they drop below the line).
@@ -32,12 +33,12 @@ PAD, PEN = 280, 18  # the page's drawing pad and its pen's width, in the pad's p
 SUPERSAMPLE = 4  # drawn 4x larger and averaged down: anti-aliased edges, as the browser's canvas draws them
 
 
-def load(source: str) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
-    """MNIST-style uint8 (28, 28) images and their int labels from a source name or a folder, and an error
-    line for each of a folder's images that could not be read."""
+def load(source: str) -> tuple[list[np.ndarray], np.ndarray, list[str], list[str]]:
+    """MNIST-style uint8 (28, 28) images and their int labels from a source name or a folder; for a folder, an
+    error line for each image that could not be read and a line for each with no digit found (neither scored)."""
     if source in ("fonts", "pen", "uci"):
         check(source)
-        return *{"fonts": fonts, "pen": pen, "uci": uci}[source](), []
+        return *{"fonts": fonts, "pen": pen, "uci": uci}[source](), [], []
     return folder(Path(source))  # its own checks, without check's notes (the command printed them)
 
 
@@ -153,12 +154,19 @@ def uci() -> tuple[list[np.ndarray], np.ndarray]:
     return images, digits.target.astype(np.int64)
 
 
-def folder(path: Path) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+def folder(path: Path) -> tuple[list[np.ndarray], np.ndarray, list[str], list[str]]:
     """Your labelled digits: the images in path/0/ ... path/9/ (any subfolders may be missing), read as
-    predict reads a folder; an error line for each that could not be read (the others are scored)."""
+    predict reads a folder; an error line for each that could not be read, and a line for each in which no
+    digit was found (a blank photo): neither is scored, as a blank one would score a lucky guess."""
     labelled = dict((file, digit) for digit, file in _labelled(path))
     files, prepared, errors = read_files(list(labelled))
-    return [image for image, _ in prepared], np.array([labelled[file] for file in files]), errors
+    found = [(file, image) for file, (image, note) in zip(files, prepared) if note not in (NO_DIGIT, SPECKS)]
+    blank = [f"{file}: {note}" for file, (_, note) in zip(files, prepared) if note in (NO_DIGIT, SPECKS)]
+    if not found:
+        first, reason = blank[0].split(": no digit found: ", 1)
+        raise UserError(f"no digit found in any of {path}'s {len(files)} readable images ({first}: {reason}); "
+                        "photograph each digit written dark, filling most of the picture")
+    return [image for _, image in found], np.array([labelled[file] for file, _ in found]), errors, blank
 
 
 def _labelled(path: Path) -> list[tuple[int, Path]]:
