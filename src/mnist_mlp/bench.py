@@ -87,16 +87,17 @@ class CompileLog:
 
     def summary(self, until: float) -> dict:
         """Seconds spent compiling up to `until` (seconds from t0), programs compiled or loaded, how many came
-        from the cache, and the five functions that took longest ([name, seconds, programs])."""
+        from the cache, and the five functions that took longest ([name, seconds, programs, XLA's seconds for
+        each program]: a second program is the same function at other shapes, such as an epoch's last batch)."""
         by_name: dict = {}
         for _, event, name, seconds in (e for e in self.events if e[0] <= until):
-            total, programs = by_name.get(name, (0.0, 0))
-            by_name[name] = (total + seconds, programs + (event == self.EVENTS[2]))
+            total, backend = by_name.get(name, (0.0, []))
+            by_name[name] = (total + seconds, backend + [seconds] * (event == self.EVENTS[2]))
         longest = sorted(by_name.items(), key=lambda item: -item[1][0])[:5]
         return {"seconds": sum(total for total, _ in by_name.values()),
-                "programs": sum(programs for _, programs in by_name.values()),
+                "programs": sum(len(backend) for _, backend in by_name.values()),
                 "from_cache": sum(hit <= until for hit in self.hits),
-                "longest": [[name, total, programs] for name, (total, programs) in longest]}
+                "longest": [[name, total, len(backend), backend] for name, (total, backend) in longest]}
 
 
 def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: float,
@@ -466,7 +467,9 @@ def markdown(report: dict) -> str:
         lines.append(f"\nWhere the first epoch went (JAX's compile cache: {report.get('compile_cache', 'shared')}):")
     for r in compiled:
         c = r["compiling"]
-        longest = ", ".join(f"{name} {seconds:.2f} s ({programs})" for name, seconds, programs in c["longest"])
+        longest = ", ".join(f"{name} {seconds:.2f} s ({programs}" + (f"; XLA {', '.join(f'{b:.2f}' for b in each)} s)"
+                                                                    if programs > 1 else ")")
+                            for name, seconds, programs, each in c["longest"])
         lines.append(f"- {r['variant']}: {r['start_s']:.2f} s from process start to training, "
                      f"{r['first_epoch_s'] - r['start_s']:.2f} s in epoch 1; compiling until its end {c['seconds']:.2f} s "
                      f"in all, {c['programs']} programs ({c['from_cache']} from the cache), longest: {longest}")
