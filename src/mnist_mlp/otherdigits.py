@@ -13,8 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mnist_mlp.errors import UserError, pip_install
-from mnist_mlp.predict import (FORMAT_NAMES, NO_DIGIT, SPECKS, folder_images, left_out, read_files,
-                               to_mnist)
+from mnist_mlp.predict import FORMAT_NAMES, NO_DIGIT, SPECKS, folder_images, left_out, read_files, to_mnist
 
 SOURCES = ("fonts", "pen", "uci")  # or a folder
 # Upright and italic, serif, sans and monospaced; not cmmi10, whose digits are old-style (they drop below the line).
@@ -161,12 +160,13 @@ def folder(path: Path) -> tuple[list[np.ndarray], np.ndarray, list[str], list[st
     labelled = dict((file, digit) for digit, file in _labelled(path))
     files, prepared, errors = read_files(list(labelled))
     found = [(file, image) for file, (image, note) in zip(files, prepared) if note not in (NO_DIGIT, SPECKS)]
-    blank = [f"{file}: {note}" for file, (_, note) in zip(files, prepared) if note in (NO_DIGIT, SPECKS)]
+    blank = [(file, note) for file, (_, note) in zip(files, prepared) if note in (NO_DIGIT, SPECKS)]
     if not found:
-        first, reason = blank[0].split(": no digit found: ", 1)
-        raise UserError(f"no digit found in any of {path}'s {len(files)} readable images ({first}: {reason}); "
-                        "photograph each digit written dark, filling most of the picture")
-    return [image for _, image in found], np.array([labelled[file] for file, _ in found]), errors, blank
+        raise UserError(f"no digit found in any of {path}'s {len(files)} readable images ({blank[0][0]}: "
+                        f"{blank[0][1].removeprefix('no digit found: ')}); photograph each digit written dark, "
+                        "filling most of the picture")
+    return ([image for _, image in found], np.array([labelled[file] for file, _ in found]), errors,
+            [f"{file}: {note}" for file, note in blank])
 
 
 def _labelled(path: Path) -> list[tuple[int, Path]]:
