@@ -110,11 +110,41 @@ def test_a_report_on_a_parameter_of_one_value_prints_no_warning(tmp_path, capsys
     assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []
 
 
-def test_sweep_errors(tmp_path, capsys):
+@pytest.mark.parametrize("text, said", [
+    ('"train.epochs" = { between = [1, 2] }', "train.epochs needs one of int = [low, high]"),
+    ('"model.dropout" = { float = [0.4, 0.0] }', "model.dropout needs float = [low, high] with two numbers, low <= high"),
+    ('"train.learning_rate" = { float = [0.0, 0.01], log = true }', "train.learning_rate on a log scale needs low > 0, not 0.0"),
+    ('"model.dropout" = { float = ["a", "b"] }', "model.dropout needs float = [low, high]"),
+    ('"model.activation" = { choice = [] }', "model.activation needs at least one value"),
+    ('"model.dropout" = 0.3', "model.dropout needs one of int"),
+    ('hidden_layers = { choice = ["two"] }', "hidden_layers takes whole numbers >= 1"),
+    ('"model.activation" = { choice = ["relu", "swishy"] }', "model.activation value 'swishy': model.activation must "
+                                                             "be one of"),
+    ('"train.batch_size" = { choice = [128, 4096] }\n"train.epochs" = { int = [1, 2] }',
+     "train.batch_size value 4096: train.batch_size 4096 is larger than the 2,000 training images"),
+    ('"model.depth" = { int = [1, 2] }', "model.depth value 1: unknown config key model.depth"),
+    ('"depth" = { int = [1, 2] }', "depth is not model.KEY, train.KEY, hidden_layers or hidden_width"),
+    ("", "[space] searches nothing (a training config is not a space)"),
+    ('[sweep]\ntrials = "many"\n[space]\n"train.epochs" = { int = [1, 2] }',
+     "[sweep] trials must be a whole number >= 1, not 'many'"),
+    ('[sweep]\ntrials = 0\n[space]\n"train.epochs" = { int = [1, 2] }', "[sweep] trials must be a whole number >= 1"),
+    ('[sweep]\nprune_after = 0\n[space]\n"train.epochs" = { int = [1, 2] }', "[sweep] prune_after must be"),
+    ('[sweep]\ntrails = 2\n[space]\n"train.epochs" = { int = [1, 2] }', "[sweep] takes trials and prune_after, not trails"),
+    ('[spaces]\n"train.epochs" = { int = [1, 2] }', "a space file holds a [sweep] table and a [space] table only, not spaces"),
+])
+def test_a_space_file_is_checked_before_anything_is_made(text, said, tmp_path, capsys):
+    """Mistakes in a space file gave tracebacks (low > high, log from 0, an empty choice, trials = 0), were ignored
+    (trails =, [spaces]: 20 identical trials), or failed at the trial that drew the value, leaving a study that
+    refused the fix."""
     bad = tmp_path / "bad.toml"
-    bad.write_text('[space]\n"train.epochs" = { between = [1, 2] }\n')
-    assert main(["sweep", "--space", str(bad), "--out", str(tmp_path / "s")]) == 2
-    assert "needs one of int" in capsys.readouterr().err
+    bad.write_text(text if text.startswith("[") else f"[space]\n{text}\n")
+    assert main(["sweep", "--space", str(bad), "--out", str(tmp_path / "s"), "--set", "train.train_samples=2000"]) == 2
+    err = capsys.readouterr().err
+    assert f"sweep space {bad}: {said}" in err and "fix it there" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "s").exists()
+
+
+def test_sweep_errors(tmp_path, capsys):
     assert main(["sweep", "--out", str(tmp_path / "none"), "--report"]) == 2
     assert f"no sweep has run in {tmp_path / 'none'} (no study.db there); start one with `mnist-mlp sweep --out " \
            f"{tmp_path / 'none'}`" in capsys.readouterr().err and not (tmp_path / "none").exists()
