@@ -1,6 +1,9 @@
 """Deformed training digits: identity when off, displacements bounded as configured, a fresh but
 reproducible draw per key, and training with them repeatable and exactly resumable."""
 
+import os
+import stat
+
 import jax
 import numpy as np
 import pytest
@@ -98,3 +101,21 @@ def test_inspect_augment_draws_the_grid(synthetic_dir, tmp_path, capsys):
     assert out.read_bytes()[:4] == b"\x89PNG" and str(out) in capsys.readouterr().out
     assert main(["inspect", "--augment", "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
     assert "deforms nothing" in capsys.readouterr().err
+
+
+def test_an_output_that_is_not_a_plain_file_is_refused_untouched(synthetic_dir, tmp_path, capsys):
+    """`--out /dev/full` (as root) became a 54 KB PNG, a symbolic link was replaced by a file, `--out .` was a
+    traceback: the rename that writes an output replaced whatever had the name."""
+    target, link, pipe = tmp_path / "target.png", tmp_path / "link.png", tmp_path / "pipe.png"
+    target.write_bytes(b"mine")
+    link.symlink_to(target)
+    os.mkfifo(pipe)
+    cases = ((link, "is a symbolic link, which writing would replace"), (pipe, "is a device or pipe"),
+             (tmp_path, f"is a folder; give a file name, e.g. --out {tmp_path / 'augment.png'}"))
+    for out, said in cases:
+        assert main(["inspect", "--augment", *DEFORM, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out} {said}" in err and err.count("\n") == 1, err
+    assert link.is_symlink() and target.read_bytes() == b"mine" and stat.S_ISFIFO(os.lstat(pipe).st_mode)
+    assert main(["bench", "--variants", "ours", "--epochs", "2", "--json", "."]) == 2  # before the bench runs
+    assert "--json . is a folder; give a file name, e.g. --json bench.json" in capsys.readouterr().err

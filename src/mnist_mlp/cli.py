@@ -193,6 +193,8 @@ def cmd_sweep(args) -> None:
 def cmd_bench(args) -> None:
     from mnist_mlp import bench
 
+    if args.json:
+        runs.check_target(Path(args.json), "--json", "bench.json")  # before the bench, not after it
     report, text = bench.run(args.variants, args.epochs, args.gpu, args.time_to, args.config, args.serve,
                              args.connections, args.duration, args.image, args.cold, args.give_up)
     with runs.output(args.json, "bench.json", ".json", flag="--json") as out:

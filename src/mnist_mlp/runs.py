@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shlex
+import stat
 import time
 import zipfile
 from dataclasses import dataclass
@@ -233,6 +234,8 @@ def output(given: str | Path | None, default: str | Path, suffix: str = "", *, f
     take one name (the second takes default-2). Yields it for the block to fill; a default name still empty
     after the block (it failed) is removed."""
     if given:
+        if not folder:
+            check_target(Path(given), flag, Path(default).name)
         yield Path(given)
         return
     default, taken = Path(default), None
@@ -265,6 +268,20 @@ def output(given: str | Path | None, default: str | Path, suffix: str = "", *, f
         if made:
             with contextlib.suppress(OSError):
                 default.parent.rmdir()  # only if empty
+
+
+def check_target(path: Path, flag: str, example: str) -> None:
+    """A UserError if `path` is there and not a plain file: the rename that writes it would replace a folder's
+    name, a symbolic link (not what it points to) or a device (root's `--out /dev/null` became a PNG)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return  # not there (or not reachable): the write says what is wrong
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{flag} {path} is a folder; give a file name, e.g. {flag} {shell_path(path / example)}")
+    if not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "a device or pipe"
+        raise UserError(f"{flag} {path} is {kind}, which writing would replace; give the name of a file")
 
 
 def _remove_unused(folder: Path) -> None:
