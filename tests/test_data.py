@@ -173,6 +173,15 @@ def test_no_source_works_lists_each_failure(http_mirror, tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / "t10k-labels-idx1-ubyte").exists()
 
 
+def test_a_mirror_that_is_not_an_address_is_said_in_the_line(tmp_path, monkeypatch):
+    """A folder's path or a broken address in MNIST_MLP_MIRRORS was a ValueError traceback."""
+    monkeypatch.setenv("MNIST_MLP_MIRRORS", f"{tmp_path}, http://[::1")
+    with pytest.raises(UserError) as error:
+        sources.fetch(tmp_path / "cache", sources=("http",))
+    assert f"{tmp_path} is not an http://, https:// or file:// address (MNIST_MLP_MIRRORS)" in str(error.value)
+    assert "http://[::1 is not an http://" in str(error.value) and "\n" not in str(error.value)
+
+
 def test_data_info_reports_a_corrupted_cache_file(mnist_dir, tmp_path):
     folder = tmp_path / "cache"
     shutil.copytree(mnist_dir, folder)

@@ -119,6 +119,8 @@ def _from_http(bases: tuple[str, ...], timeout: float = 60) -> dict[str, bytes]:
                 break
             except (urllib.error.URLError, OSError) as e:
                 failures.append(f"{url}: {_http_reason(e)}")
+            except ValueError:  # a folder's path, or a malformed address: urllib's unknown url type, bad IPv6
+                failures.append(f"{base} is not an http://, https:// or file:// address (MNIST_MLP_MIRRORS)")
             except UserError as e:
                 failures.append(str(e).split(";")[0])
         else:
