@@ -66,6 +66,24 @@ def test_runs_list_show_and_compare(group, tmp_path, capsys, monkeypatch):
     assert "seed=7" in rows[str(tmp_path / "seed-7")] and "optimizer=" not in rows[str(tmp_path / "seed-7")]
 
 
+def test_a_run_with_odd_metrics_or_history_is_skipped_by_list_and_refused_by_plot(group, tmp_path, capsys):
+    """metrics.json holding a JSON list was an AttributeError traceback in `runs list` (on any root holding one);
+    a history.csv without a loss column, a KeyError in plot and compare."""
+    for seed in (7, 8, 9):
+        shutil.copytree(group / f"seed-{seed}", tmp_path / f"seed-{seed}")
+    (tmp_path / "seed-7" / runs.METRICS).write_text("[1, 2]\n")
+    (tmp_path / "seed-8" / runs.HISTORY).write_text("epoch,score\n0,0.5\n")
+    assert main(["runs", "list", "--root", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert str(tmp_path / "seed-9") in out and "seed-7" not in out and "seed-8" not in out
+    assert f"{tmp_path / 'seed-7' / runs.METRICS} is not a run's metrics (JSON of one object)" in err
+    assert f"{tmp_path / 'seed-8' / runs.HISTORY} is not a valid history (no loss and accuracy columns)" in err
+    for argv in (["plot", str(tmp_path / "seed-8")], ["runs", "compare", str(tmp_path / "seed-8"), str(tmp_path / "seed-9")],
+                 ["runs", "show", str(tmp_path / "seed-7")]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_runs_errors(tmp_path, capsys):
     assert main(["runs", "compare", str(tmp_path)]) == 2
     assert main(["train", "--seeds", "-1"]) == 2

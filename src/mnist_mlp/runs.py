@@ -435,14 +435,20 @@ def write_json(path: str | Path, data: dict) -> None:
 
 def read_history(path: str | Path) -> dict[str, list[float]]:
     """history.csv as column -> values, epochs in order."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"cannot read {path} ({getattr(e, 'strerror', None) or e}); train the run again") from None
     if not rows:
         raise UserError(f"{path} has no epochs; train the run again")
     try:
-        return {key: [float(row[key]) for row in rows] for key in rows[0]}
+        history = {key: [float(row[key]) for row in rows] for key in rows[0]}
     except (TypeError, ValueError):
         raise UserError(f"{path} is not a valid history; train the run again") from None
+    if not {"loss", "accuracy"} <= set(history):  # Keras' CSVLogger writes both, each epoch
+        raise UserError(f"{path} is not a valid history (no loss and accuracy columns); train the run again")
+    return history
 
 
 def load_run(path: str | Path) -> Run:
@@ -466,8 +472,13 @@ def load_run(path: str | Path) -> Run:
         raise UserError(f"{path} is an incomplete run (missing {', '.join(missing)}); {continue_advice(path)}")
     try:
         metrics = json.loads((path / METRICS).read_text())
+    except OSError as e:  # unreadable here (its permissions): one run, not the whole `runs list`
+        raise UserError(f"cannot read {path / METRICS} ({e.strerror}); check its permissions") from None
     except ValueError:
-        raise UserError(f"{path / METRICS} is not valid JSON; train the run again with {fresh_start(path)}") from None
+        metrics = None
+    if not isinstance(metrics, dict):
+        raise UserError(f"{path / METRICS} is not a run's metrics (JSON of one object); train the run again with "
+                        f"{fresh_start(path)}")
     run = Run(path, run_config(path), read_history(path / HISTORY), metrics)
     if isinstance(metrics.get("config"), dict):  # runs trained before it was recorded have nothing to check
         trained = flat_config(config_from_dict(metrics["config"]))
