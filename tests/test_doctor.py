@@ -47,6 +47,16 @@ def test_problems_are_one_line_each_with_a_fix(tmp_path, monkeypatch, capsys):
     assert "2 problem(s)" in captured.out
 
 
+def test_the_fetch_advice_names_the_cache_doctor_looked_in(mnist_dir, tmp_path, capsys):
+    """`doctor --cache-dir X` advised a bare `mnist-mlp data fetch`, which fills the default cache: X stayed empty."""
+    cache_dir = tmp_path / "class cache"
+    assert main(["doctor", "--offline", "--cache-dir", str(cache_dir)]) == 1
+    advice = capsys.readouterr().err
+    assert f"`mnist-mlp data import FOLDER --cache-dir '{cache_dir}'`" in advice, advice
+    assert main(["data", "import", str(mnist_dir), "--cache-dir", str(cache_dir)]) == 0  # followed
+    assert main(["doctor", "--offline", "--cache-dir", str(cache_dir)]) == 0
+
+
 def test_a_file_where_the_compile_cache_goes_is_a_problem(mnist_dir, tmp_path, capsys):
     """train runs all the same (JAX caches nothing), so only doctor can say why every run compiles afresh."""
     cache_dir = tmp_path / "cache"

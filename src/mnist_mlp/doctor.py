@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -77,11 +78,15 @@ def _writable(folder: Path) -> str:
 def check_cache(cache_dir: str | Path | None = None) -> list[Check]:
     info = cache.data_info(cache_dir)
     problem = _writable(info.cache_dir)
-    found = [Check("cache folder", not problem, problem or f"{info.cache_dir} (writable)",
+    # a complete cache that is read-only (a teacher's shared copy) serves every command: only fetching writes
+    found = [Check("cache folder", not problem or info.complete,
+                   (f"{problem}; it holds all of MNIST, so nothing needs to write there but the compile cache"
+                    if problem and info.complete else problem or f"{info.cache_dir} (writable)"),
                    "give a writable folder with --cache-dir or MNIST_MLP_CACHE")]
     verified = [f.key for f in info.files if f.verified]
+    given = f" --cache-dir {shlex.quote(str(cache_dir))}" if cache_dir else ""  # fetched where this doctor looked
     found.append(Check("MNIST files", info.complete, f"{len(verified)} of 4 present and SHA-256 verified",
-                       "run `mnist-mlp data fetch` (or `mnist-mlp data import FOLDER`)"))
+                       f"run `mnist-mlp data fetch{given}` (or `mnist-mlp data import FOLDER{given}`)"))
     xla = info.cache_dir / "xla"  # where engine.enable_compile_cache points JAX; unwritable, it compiles every run
     a_file = xla.exists() and not xla.is_dir()
     problem = f"{xla} is a file, so every run compiles afresh" if a_file else xla.is_dir() and _writable(xla)
