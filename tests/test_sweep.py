@@ -320,6 +320,36 @@ def test_a_key_fixed_by_set_is_not_searched(space, synthetic_dir, tmp_path, caps
     assert runs.load_run(out / "best").config == runs.load_run(out / f"trial-{study.best_trial.number:04d}").config
 
 
+def test_a_renamed_sweep_folder_is_not_started_over(space, synthetic_dir, tmp_path, capsys):
+    """A copied or renamed sweep folder started a new study of the new name in the same file, training over the
+    old study's trial runs and best/."""
+    quick = ["--space", str(space), "--trials", "1", "--set", "train.epochs=1", "--set", "model.hidden_units=[16]",
+             "--set", "train.train_samples=500", "--cache-dir", str(synthetic_dir)]
+    assert main(["sweep", *quick, "--out", str(tmp_path / "s1")]) == 0
+    shutil.copytree(tmp_path / "s1", tmp_path / "moved")
+    trained = (tmp_path / "moved" / "trial-0000" / runs.MODEL).read_bytes()
+    capsys.readouterr()
+    assert main(["sweep", *quick, "--out", str(tmp_path / "moved")]) == 2
+    assert (f"{tmp_path / 'moved' / 'study.db'} holds study s1, not moved (was the folder renamed?), and its trial "
+            "runs are here; continue it with --study s1, or choose another --out") in capsys.readouterr().err
+    assert main(["sweep", "--out", str(tmp_path / "moved"), "--report"]) == 2
+    err = capsys.readouterr().err
+    assert "no study moved in " in err and err.endswith("; it holds s1: give --study s1\n"), err
+    assert (tmp_path / "moved" / "trial-0000" / runs.MODEL).read_bytes() == trained
+    assert optuna.study.get_all_study_names(f"sqlite:///{tmp_path / 'moved' / 'study.db'}") == ["s1"]
+    assert main(["sweep", "--out", str(tmp_path / "moved"), "--study", "s1", "--report"]) == 0  # the advice, followed
+
+
+@pytest.mark.parametrize("make, said", [(lambda db: db.mkdir(), "it is a folder"),
+                                        (lambda db: db.write_text("a user's notes"), "it is not an SQLite file")])
+def test_a_study_file_that_cannot_be_one_is_named_with_what_is_wrong(make, said, tmp_path, capsys):
+    (tmp_path / "s").mkdir()
+    make(tmp_path / "s" / "study.db")
+    assert main(["sweep", "--out", str(tmp_path / "s"), "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot open the sweep's {tmp_path / 's' / 'study.db'}: {said} (" in err and "--storage" not in err, err
+
+
 def test_best_is_re_trained_only_when_it_is_not_the_best_trials_config(tmp_path, synthetic_dir):
     """A continued study can find a new best; best/ is compared with the best trial's config, backend aside."""
     from mnist_mlp import sweep

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import secrets
 import shutil
@@ -217,9 +218,38 @@ def open_study(sweep_dir: Path, study_name: str, storage: str | None, space: Swe
             error = type(e).__name__
             raced = error in RACE_ERRORS or "already exists" in str(e)  # SQLite: OperationalError, table ... exists
             if not raced and not isinstance(e, optuna.exceptions.DuplicatedStudyError):
+                if storage is None:  # our SQLite file in --out: say what is wrong with it, not with a --storage
+                    raise UserError(f"cannot open the sweep's {_sqlite_problem(sweep_dir / STUDY_DB)} ({error}); "
+                                    "choose another --out") from None
                 raise UserError(f"cannot open the study at {where} ({error}); check the --storage URL") from None
             time.sleep(0.5 * (attempt + 1))
     raise UserError(f"could not create or load study {study_name} at {where} ({error}); try again")
+
+
+def _other_studies(sweep_dir: Path, name: str) -> list[str]:
+    """The studies in the sweep folder's SQLite file, if it has some and not `name`."""
+    if not (sweep_dir / STUDY_DB).is_file():
+        return []
+    try:
+        names = optuna.study.get_all_study_names(storage=storage_url(sweep_dir, None))
+    except Exception:  # noqa: BLE001  not a study file: open_study says what is wrong with it
+        return []
+    return [] if name in names else names
+
+
+def _sqlite_problem(db: Path) -> str:
+    """What keeps SQLite from opening or writing `db`, as a phrase naming it."""
+    if db.is_dir():
+        return f"{db}: it is a folder"
+    if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+        return f"{db}: it cannot be written"
+    if not os.access(db.parent, os.W_OK | os.X_OK):
+        return f"{db}: its folder cannot be written"
+    if db.exists():
+        with open(db, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                return f"{db}: it is not an SQLite file"
+    return str(db)
 
 
 def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice, *, base: Config | None = None,
@@ -244,6 +274,11 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
     total = trials or space.trials
     folder, settings = study_folder(sweep_dir, study_name), _settings(base, space)  # a bad name: before the study
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a trial's end is said by `log`, not a traceback
+    others = _other_studies(sweep_dir, study_name or sweep_dir.name) if storage is None and folder == sweep_dir else []
+    if others and any(sweep_dir.glob("trial-*")):  # a renamed sweep folder: a new study here would train over its runs
+        raise UserError(f"{sweep_dir / STUDY_DB} holds study {', '.join(others)}, not {sweep_dir.name} (was the folder "
+                        f"renamed?), and its trial runs are here; continue it with --study {others[0]}, or choose "
+                        "another --out")
     study = open_study(sweep_dir, study_name or sweep_dir.name, storage, space, base.train.seed)
     _same_settings(study, settings)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -370,7 +405,9 @@ def report(sweep_dir: str | Path, study_name: str | None = None, storage: str | 
     try:
         study = optuna.load_study(study_name=study_name or sweep_dir.name, storage=storage)
     except KeyError:
-        raise UserError(f"no study {study_name or sweep_dir.name} in {storage.split('@')[-1]}; run the sweep first") from None
+        others = optuna.study.get_all_study_names(storage=storage)
+        what = f"it holds {', '.join(others)}: give --study {others[0]}" if others else "run the sweep first"
+        raise UserError(f"no study {study_name or sweep_dir.name} in {storage.split('@')[-1]}; {what}") from None
     except Exception as e:  # sqlalchemy: no such database file, refused connection, missing driver
         raise UserError(f"cannot open the study at {storage.split('@')[-1]} ({type(e).__name__}); run the sweep "
                         "first or check --out and --storage") from None
