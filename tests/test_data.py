@@ -102,6 +102,27 @@ def test_import_npz_and_npz_with_missing_arrays(mnist, tmp_path):
         data.import_data([tmp_path / "partial.npz"], tmp_path / "cache2")
 
 
+def test_a_folder_import_passes_over_npz_files_that_are_not_mnist(mnist, mnist_dir, tmp_path):
+    """`data import ~/Downloads/` imported nothing when the folder also held someone's weights.npz; a text file
+    named .npz repeated numpy's advice to load it unsafely; a preprocessed mnist.npz failed as 'corrupt'."""
+    (x_train, y_train), (x_test, y_test) = mnist
+    downloads = tmp_path / "Downloads"
+    shutil.copytree(mnist_dir, downloads, ignore=shutil.ignore_patterns("xla", "*.json"))
+    np.savez(downloads / "my_weights.npz", w=np.zeros(3))
+    (downloads / "fashion-mnist.npz").write_text("not an archive")
+    assert data.import_data([downloads], tmp_path / "cache").complete
+    with pytest.raises(UserError) as error:
+        data.import_data([downloads / "fashion-mnist.npz"], tmp_path / "cache2")
+    assert str(error.value).endswith("is not a NumPy .npz archive of arrays; give Keras' mnist.npz")
+    np.savez(tmp_path / "mnist.npz", x_train=x_train / 255.0, y_train=y_train, x_test=x_test / 255.0, y_test=y_test)
+    with pytest.raises(UserError, match=r"mnist.npz\[x_train\] is float64, not uint8 as in Keras' mnist.npz"):
+        data.import_data([tmp_path / "mnist.npz"], tmp_path / "cache3")
+    (tmp_path / "only").mkdir()
+    shutil.copy(downloads / "my_weights.npz", tmp_path / "only")
+    with pytest.raises(UserError, match=r"no MNIST files found in .*\(passed over: .*my_weights.npz is missing arrays"):
+        data.import_data([tmp_path / "only"], tmp_path / "cache4")
+
+
 def test_keras_cache_used_only_when_its_hash_is_keras_own(mnist, tmp_path, monkeypatch):
     (x_train, y_train), (x_test, y_test) = mnist
     npz = tmp_path / "keras" / "datasets" / "mnist.npz"

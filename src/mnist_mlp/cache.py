@@ -173,8 +173,17 @@ def npz_contents(path: str | Path) -> dict[str, bytes]:
                 raise UserError(f"{path} is missing arrays {', '.join(missing)}; expected x_train, y_train, "
                                 "x_test, y_test as in Keras' mnist.npz")
             arrays = {name: npz[name] for name in NPZ_KEYS}
-    except (OSError, ValueError, zlib.error, EOFError) as e:
-        raise UserError(f"{path} is not a readable .npz ({e}); give Keras' mnist.npz") from None
+    except UserError:
+        raise
+    except ValueError:  # numpy's "pickled (object) data" for anything that is not an archive of arrays
+        raise UserError(f"{path} is not a NumPy .npz archive of arrays; give Keras' mnist.npz") from None
+    except (OSError, zlib.error, EOFError) as e:
+        raise UserError(f"{path} is not a readable .npz ({getattr(e, 'strerror', None) or e}); give Keras' "
+                        "mnist.npz") from None
+    for name, array in arrays.items():  # a preprocessed copy (floats in 0..1) would only fail the hash
+        if array.dtype != np.uint8:
+            raise UserError(f"{path}[{name}] is {array.dtype}, not uint8 as in Keras' mnist.npz (a preprocessed "
+                            "copy?); give the original")
     return {key: verify(key, to_idx(arrays[name]), f"{path}[{name}]") for name, key in NPZ_KEYS.items()}
 
 

@@ -37,13 +37,19 @@ def import_data(paths: list[str | Path], directory: str | Path | None = None) ->
     """Verify and copy IDX, IDX.gz or Keras mnist.npz files (or folders of them) into the cache."""
     directory = cache_dir(directory)
     found: dict[str, tuple[bytes, str]] = {}
+    passed = []  # a folder's .npz files that are not MNIST (a Downloads folder holds other people's)
     for path in map(Path, paths):
         if not path.exists():
             raise UserError(f"{path} does not exist; give MNIST IDX/.gz files, a folder of them, or mnist.npz")
         candidates = sorted(path.iterdir()) if path.is_dir() else [path]
         for file in candidates:
             if file.suffix == ".npz":
-                found.update({k: (v, f"import: {file.resolve()}") for k, v in npz_contents(file).items()})
+                try:
+                    found.update({k: (v, f"import: {file.resolve()}") for k, v in npz_contents(file).items()})
+                except UserError as e:
+                    if not path.is_dir():
+                        raise
+                    passed.append(str(e))
             elif (key := identify(file)) is not None:
                 origin = str(file)
                 content = verify(key, decompress(file.read_bytes(), origin), origin)
@@ -53,7 +59,8 @@ def import_data(paths: list[str | Path], directory: str | Path | None = None) ->
                                 "mnist.npz); rename it or give the folder")
     if not found:
         raise UserError(f"no MNIST files found in {', '.join(map(str, paths))}; expected "
-                        "train-images-idx3-ubyte[.gz] and the other three, or mnist.npz")
+                        "train-images-idx3-ubyte[.gz] and the other three, or mnist.npz"
+                        + (f" (passed over: {'; '.join(passed)})" if passed else ""))
     for key, (content, source) in found.items():
         store(directory, {key: content}, source)
     return data_info(directory)
