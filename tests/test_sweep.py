@@ -148,8 +148,19 @@ def test_sweep_errors(tmp_path, capsys):
     assert main(["sweep", "--out", str(tmp_path / "none"), "--report"]) == 2
     assert f"no sweep has run in {tmp_path / 'none'} (no study.db there); start one with `mnist-mlp sweep --out " \
            f"{tmp_path / 'none'}`" in capsys.readouterr().err and not (tmp_path / "none").exists()
-    assert main(["sweep", "--storage", "postgresql://nobody@127.0.0.1:1/none", "--out", str(tmp_path / "p")]) == 2
+    assert main(["sweep", "--storage", "postgresql://nobody@127.0.0.1:1/none", "--out", str(tmp_path / "p" / "s")]) == 2
     assert "cannot open the study" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()  # the folders it made for the sweep, removed again
+
+
+def test_a_sweep_in_the_working_folder_is_named_after_it(tmp_path, monkeypatch):
+    """`--out .` (or '') made a study called '' (and `--report` looked for that)."""
+    from mnist_mlp import sweep
+
+    (tmp_path / "my sweeps").mkdir()
+    monkeypatch.chdir(tmp_path / "my sweeps")
+    assert sweep.named(".") == sweep.named("") == "my sweeps" and sweep.named("runs/sweep") == "sweep"
+    assert sweep.study_folder(".", None) == Path(".") and sweep.study_folder(".", "my sweeps") == Path(".")
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ decides who shares the study. The best trial is re-trained and scored on the tes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -267,6 +268,7 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
         log(f"Not searched (fixed by --set): {', '.join(k for k in space.params if k not in searched.params)}")
     space = searched
     sweep_dir = Path(sweep_dir)
+    made = [p for p in (sweep_dir, *sweep_dir.parents) if not p.exists()]  # removed again if the study fails to open
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -274,12 +276,19 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
     total = trials or space.trials
     folder, settings = study_folder(sweep_dir, study_name), _settings(base, space)  # a bad name: before the study
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a trial's end is said by `log`, not a traceback
-    others = _other_studies(sweep_dir, study_name or sweep_dir.name) if storage is None and folder == sweep_dir else []
+    name = study_name or named(sweep_dir)
+    others = _other_studies(sweep_dir, name) if storage is None and folder == sweep_dir else []
     if others and any(sweep_dir.glob("trial-*")):  # a renamed sweep folder: a new study here would train over its runs
-        raise UserError(f"{sweep_dir / STUDY_DB} holds study {', '.join(others)}, not {sweep_dir.name} (was the folder "
+        raise UserError(f"{sweep_dir / STUDY_DB} holds study {', '.join(others)}, not {name} (was the folder "
                         f"renamed?), and its trial runs are here; continue it with --study {others[0]}, or choose "
                         "another --out")
-    study = open_study(sweep_dir, study_name or sweep_dir.name, storage, space, base.train.seed)
+    try:
+        study = open_study(sweep_dir, name, storage, space, base.train.seed)
+    except UserError:  # a wrong --storage left an empty runs/sweep/ behind
+        for folder_made in made:
+            with contextlib.suppress(OSError):
+                folder_made.rmdir()
+        raise
     _same_settings(study, settings)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     over = []
@@ -326,11 +335,17 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
         raise
 
 
+def named(sweep_dir: str | Path) -> str:
+    """The study a sweep folder holds by default: the folder's name (`--out .` names the folder it is in; it
+    was a study called '')."""
+    return Path(os.path.abspath(sweep_dir)).name or "sweep"
+
+
 def study_folder(sweep_dir: str | Path, study_name: str | None) -> Path:
     """Where a study's trial runs, best/ and plots go: --out for the study named after it (the default), else a
     folder of the study's name inside --out (two studies in one folder replaced each other's trial-0000)."""
     sweep_dir = Path(sweep_dir)
-    if study_name is None or study_name == sweep_dir.name:
+    if study_name is None or study_name == named(sweep_dir):
         return sweep_dir
     if not re.fullmatch(r"\w[\w.-]*", study_name):
         raise UserError(f"--study {study_name!r} names a folder in --out too: use letters, digits, '-', '_', '.'")
@@ -403,11 +418,11 @@ def report(sweep_dir: str | Path, study_name: str | None = None, storage: str | 
     storage = storage_url(sweep_dir, storage)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
-        study = optuna.load_study(study_name=study_name or sweep_dir.name, storage=storage)
+        study = optuna.load_study(study_name=study_name or named(sweep_dir), storage=storage)
     except KeyError:
         others = optuna.study.get_all_study_names(storage=storage)
         what = f"it holds {', '.join(others)}: give --study {others[0]}" if others else "run the sweep first"
-        raise UserError(f"no study {study_name or sweep_dir.name} in {storage.split('@')[-1]}; {what}") from None
+        raise UserError(f"no study {study_name or named(sweep_dir)} in {storage.split('@')[-1]}; {what}") from None
     except Exception as e:  # sqlalchemy: no such database file, refused connection, missing driver
         raise UserError(f"cannot open the study at {storage.split('@')[-1]} ({type(e).__name__}); run the sweep "
                         "first or check --out and --storage") from None
