@@ -453,6 +453,21 @@ def test_an_interrupted_sweep_says_how_to_go_on_and_leaves_no_half_trial(space, 
     assert not (out / "trial-0000").exists()  # ours, and of no use to the study
     assert main(argv) == 0  # the advice, followed
     assert [t.state for t in _study(out).trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    capsys.readouterr()
+
+    def ctrl_c_in_best(config, run_dir, *args, **kwargs):
+        if Path(run_dir).name == "best":
+            raise KeyboardInterrupt
+        return real(config, run_dir, *args, **kwargs)
+
+    argv[argv.index("--trials") + 1] = "2"
+    (out / "best").rename(tmp_path / "old-best")  # so that it is re-trained at the end
+    with monkeypatch.context() as patch:
+        patch.setattr(sweep, "train", ctrl_c_in_best)
+        assert main(argv) == 130
+    assert capsys.readouterr().err.endswith("mnist-mlp: interrupted while re-training the best trial; the same "
+                                            "command re-trains it\n")  # not "another trial takes its place"
+    assert main(argv) == 0 and (out / "best" / "metrics.json").is_file()  # the advice, followed
 
 
 @pytest.mark.slow

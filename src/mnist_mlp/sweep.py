@@ -30,7 +30,7 @@ from mnist_mlp import runs
 from mnist_mlp.backend import BackendChoice
 from mnist_mlp.config import (Config, ConfigError, check_fits, config_from_dict, config_from_toml, config_to_toml,
                                find_preset)
-from mnist_mlp.errors import UserError, pip_install
+from mnist_mlp.errors import Interrupted, UserError, pip_install
 from mnist_mlp.train import TrainResult, train
 
 STUDY_DB = "study.db"  # the default SQLite storage, in the sweep folder
@@ -328,6 +328,8 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
     log(f"re-training the best trial ({study.best_trial.number}, val_accuracy {study.best_value:.4f}) into {best_dir}")
     try:
         return SweepResult(study, train(best, best_dir, backend, overwrite=True, data_dir=data_dir, verbose=0))
+    except KeyboardInterrupt:  # the trials are done: only this is left to do
+        raise Interrupted("interrupted while re-training the best trial; the same command re-trains it") from None
     except UserError:
         if runs.in_use(best_dir):  # a worker that finished at the same moment is re-training it
             log(f"another worker is re-training it into {best_dir}")
