@@ -351,6 +351,17 @@ def test_a_renamed_sweep_folder_is_not_started_over(space, synthetic_dir, tmp_pa
     assert main(["sweep", "--out", str(tmp_path / "moved"), "--study", "s1", "--report"]) == 0  # the advice, followed
 
 
+def test_a_users_folder_where_a_trial_goes_is_named_with_advice_for_a_sweep(space, synthetic_dir, tmp_path, capsys):
+    """train's advice (another --out, e.g. mine/trial-0000-2) would start a new study inside the old one."""
+    (tmp_path / "mine" / "trial-0000").mkdir(parents=True)
+    (tmp_path / "mine" / "trial-0000" / "notes.txt").write_text("my own")
+    assert main(["sweep", "--space", str(space), "--trials", "1", "--set", "train.epochs=1", "--set",
+                 "train.train_samples=500", "--cache-dir", str(synthetic_dir), "--out", str(tmp_path / "mine")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'mine' / 'trial-0000'} is in the sweep's way" in err and "move or rename it" in err, err
+    assert "trial-0000-2" not in err and (tmp_path / "mine" / "trial-0000" / "notes.txt").read_text() == "my own"
+
+
 @pytest.mark.parametrize("make, said", [(lambda db: db.mkdir(), "it is a folder"),
                                         (lambda db: db.write_text("a user's notes"), "it is not an SQLite file")])
 def test_a_study_file_that_cannot_be_one_is_named_with_what_is_wrong(make, said, tmp_path, capsys):

@@ -304,6 +304,7 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
         config = suggest(trial, space, base)
         trial.set_user_attr("config", config_to_toml(config))  # the best is re-trained from this, as it ran
         pruning, run_dir = PruneOnValidation(trial), folder / f"trial-{trial.number:04d}"
+        _not_in_the_way(run_dir)
         try:
             train(config, run_dir, backend, overwrite=True, data_dir=data_dir, verbose=0, callbacks=(pruning,),
                   score_test=False)
@@ -325,6 +326,7 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
     best = config_from_toml(recorded) if recorded else suggest(optuna.trial.FixedTrial(study.best_params), space, base)
     if (best_dir / runs.METRICS).exists() and _same_config(best_dir, best):
         return SweepResult(study, None)  # already re-trained (a continued study may have found a better one)
+    _not_in_the_way(best_dir)
     log(f"re-training the best trial ({study.best_trial.number}, val_accuracy {study.best_value:.4f}) into {best_dir}")
     try:
         return SweepResult(study, train(best, best_dir, backend, overwrite=True, data_dir=data_dir, verbose=0))
@@ -341,6 +343,14 @@ def named(sweep_dir: str | Path) -> str:
     """The study a sweep folder holds by default: the folder's name (`--out .` names the folder it is in; it
     was a study called '')."""
     return Path(os.path.abspath(sweep_dir)).name or "sweep"
+
+
+def _not_in_the_way(run_dir: Path) -> None:
+    """A UserError if `run_dir` holds what mnist-mlp did not write (train's advice, another --out such as
+    trial-0000-2, would start a new study inside the old one)."""
+    if run_dir.exists() and not (run_dir / runs.MARKER).is_file() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise UserError(f"{run_dir} is in the sweep's way (mnist-mlp did not write it, so it neither trains into it "
+                        "nor deletes it); move or rename it, or give the sweep another --out")
 
 
 def study_folder(sweep_dir: str | Path, study_name: str | None) -> Path:
