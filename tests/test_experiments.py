@@ -1,6 +1,7 @@
 """Experiments: seed groups with statistics checked by hand, run listing and comparison."""
 
 import json
+import shlex
 import shutil
 import statistics
 
@@ -136,3 +137,14 @@ def test_a_side_by_side_groups_fresh_start_keeps_the_flag(tmp_path):
     assert "--seeds 3 --side-by-side --out" in runs.fresh_start(group)
     (group / runs.GROUP).write_text(json.dumps({"planned": [1, 2, 3], "complete": False}))  # made before the flag
     assert "--seeds 3 --out" in runs.fresh_start(group)
+
+
+def test_a_damaged_groups_fresh_start_counts_its_seed_folders(group, mnist_dir, tmp_path, capsys):
+    """With group.json damaged the advice dropped --seeds: followed, it trained one run over a group."""
+    shutil.copytree(group, tmp_path / "g")
+    (tmp_path / "g" / runs.GROUP).write_text("{")
+    assert main(["plot", str(tmp_path / "g")]) == 2
+    advice = capsys.readouterr().err.split("`")[1]
+    assert advice.endswith(f"--seeds 3 --out {tmp_path / 'g'} --overwrite"), advice
+    assert main(shlex.split(advice)[1:] + ["--cache-dir", str(mnist_dir)]) == 0  # followed: the group again
+    assert json.loads((tmp_path / "g" / runs.GROUP).read_text())["complete"] and main(["plot", str(tmp_path / "g")]) == 0

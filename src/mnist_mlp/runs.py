@@ -385,6 +385,9 @@ def fresh_start(path: str | Path) -> str:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             group = json.loads((path / GROUP).read_text())
             seeds = f"--seeds {len(group['planned'])} " + ("--side-by-side " if group.get("side_by_side") else "")
+        made = [p for p in path.glob("seed-*") if (p / MARKER).is_file()]
+        if not seeds and made:  # a damaged group.json: its seed folders say how many (the advice trained one run)
+            seeds = f"--seeds {len(made)} "
     if (path / MARKER).is_file() and not Path.cwd().is_relative_to(path.resolve()):
         return f"`mnist-mlp train {config}{seeds}--out {shell_path(path)} --overwrite`"
     return f"`mnist-mlp train {config}{seeds}--out {shell_path(free_name(path))}`"  # never the working folder
