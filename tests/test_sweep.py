@@ -349,6 +349,13 @@ def test_a_renamed_sweep_folder_is_not_started_over(space, synthetic_dir, tmp_pa
     assert (tmp_path / "moved" / "trial-0000" / runs.MODEL).read_bytes() == trained
     assert optuna.study.get_all_study_names(f"sqlite:///{tmp_path / 'moved' / 'study.db'}") == ["s1"]
     assert main(["sweep", "--out", str(tmp_path / "moved"), "--study", "s1", "--report"]) == 0  # the advice, followed
+    shutil.rmtree(tmp_path / "moved" / "s1")
+    (tmp_path / "moved" / "s1").write_text("in the way of the plots")  # as a read-only sweep folder would be
+    capsys.readouterr()
+    assert main(["sweep", "--out", str(tmp_path / "moved"), "--study", "s1", "--report"]) == 2
+    out, err = capsys.readouterr()
+    assert "study s1: 1 finished" in out and "rank  trial  val_accuracy" in out  # the leaderboard all the same
+    assert err.startswith(f"mnist-mlp: error: cannot write the plots in {tmp_path / 'moved' / 's1'} (File exists)")
 
 
 def test_a_users_folder_where_a_trial_goes_is_named_with_advice_for_a_sweep(space, synthetic_dir, tmp_path, capsys):

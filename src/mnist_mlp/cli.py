@@ -173,7 +173,10 @@ def cmd_sweep(args) -> None:
     if args.report:
         from mnist_mlp import sweep
 
-        print(sweep.describe_report(sweep.report(out, args.study, args.storage)))
+        found = sweep.report(out, args.study, args.storage)
+        print(sweep.describe_report(found))
+        if found["unwritten"]:
+            raise UserError(found["unwritten"])
         return
     base = load_config(args.config, args.set)
     choice = use_backend(base.backend)

@@ -450,16 +450,22 @@ def report(sweep_dir: str | Path, study_name: str | None = None, storage: str | 
 
     from mnist_mlp.plots import save_axes
 
-    folder = study_folder(sweep_dir, study_name)
-    folder.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # matplotlib's, for a parameter every trial took one value of
-        warnings.filterwarnings("ignore", "Attempting to set identical low and high", UserWarning)
-        written = [save_axes(optuna_plots.plot_optimization_history(study), folder / "optimization_history.png"),
-                   save_axes(optuna_plots.plot_parallel_coordinate(study), folder / "parallel_coordinate.png")]
+    folder, written, unwritten = study_folder(sweep_dir, study_name), [], ""
+    try:  # a read-only sweep folder (a shared one) still gets its leaderboard
+        folder.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():  # matplotlib's, for a parameter every trial took one value of
+            warnings.filterwarnings("ignore", "Attempting to set identical low and high", UserWarning)
+            for plot, name in ((optuna_plots.plot_optimization_history, "optimization_history.png"),
+                               (optuna_plots.plot_parallel_coordinate, "parallel_coordinate.png")):
+                written.append(save_axes(plot(study), folder / name))
+    except OSError as e:
+        unwritten = f"cannot write the plots in {folder} ({e.strerror}); copy the sweep folder somewhere writable"
+    except UserError as e:
+        unwritten = str(e)
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
     return {"study": study.study_name, "finished": len(done), "pruned": pruned,
             "leaders": [{"trial": t.number, "val_accuracy": t.value, "params": t.params} for t in leaders],
-            "importances": importances, "plots": [str(p) for p in written]}
+            "importances": importances, "plots": [str(p) for p in written], "unwritten": unwritten}
 
 
 def describe(result: SweepResult, sweep_dir: str | Path, study_name: str | None = None,
@@ -484,5 +490,5 @@ def describe_report(found: dict) -> str:
         lines.append(f"{rank:>4}  {leader['trial']:>5}  {leader['val_accuracy']:>12.4f}  {params}")
     if found["importances"]:
         lines += ["", "parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in found["importances"].items())]
-    return "\n".join(lines + ["", "Wrote " + " and ".join(found["plots"])])
+    return "\n".join(lines + (["", "Wrote " + " and ".join(found["plots"])] if found["plots"] else []))
 
