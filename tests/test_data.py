@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mnist_mlp import cache, data, sources
+from mnist_mlp.cli import main
 from mnist_mlp.errors import UserError
 
 
@@ -121,6 +122,16 @@ def test_a_folder_import_passes_over_npz_files_that_are_not_mnist(mnist, mnist_d
     shutil.copy(downloads / "my_weights.npz", tmp_path / "only")
     with pytest.raises(UserError, match=r"no MNIST files found in .*\(passed over: .*my_weights.npz is missing arrays"):
         data.import_data([tmp_path / "only"], tmp_path / "cache4")
+
+
+def test_a_file_where_the_cache_goes_is_said_as_such(mnist_dir, tmp_path, capsys):
+    """It said "(File exists); free some space or give a writable folder": no disk was full."""
+    (tmp_path / "cachefile").write_text("a user's file")
+    assert main(["data", "import", str(mnist_dir), "--cache-dir", str(tmp_path / "cachefile")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {tmp_path / 'cachefile'} (File exists); a file stands where the cache folder goes; give " \
+           "a writable folder with --cache-dir" in err and "free some space" not in err, err
+    assert (tmp_path / "cachefile").read_text() == "a user's file"
 
 
 def test_keras_cache_used_only_when_its_hash_is_keras_own(mnist, tmp_path, monkeypatch):

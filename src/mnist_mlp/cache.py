@@ -4,6 +4,7 @@ contents atomically with where they came from, and reading them back only if int
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import json
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_mlp.errors import UserError, write_failed
+from mnist_mlp.errors import UserError, WriteFailed, write_failed
 from mnist_mlp.runs import atomic
 
 FILES = {  # key -> (canonical file name, SHA-256 of the uncompressed IDX content)
@@ -99,7 +100,7 @@ def store(directory: Path, contents: dict[str, bytes], source: str) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise write_failed(directory, e, _CACHE_ADVICE) from None
+        raise write_failed(directory, e, _cache_advice(e.errno)) from None
     for key, content in contents.items():
         _write_atomic(directory / FILES[key][0], content)
     sources = _read_sources(directory)
@@ -107,12 +108,20 @@ def store(directory: Path, contents: dict[str, bytes], source: str) -> None:
     _write_atomic(directory / SOURCE_FILE, json.dumps(sources, indent=2).encode())
 
 
-_CACHE_ADVICE = "free some space or give a writable folder with --cache-dir (or MNIST_MLP_CACHE)"
+def _cache_advice(number: int | None) -> str:
+    """What to do when the cache cannot be written, by the cause (a file where its folder goes is no full disk)."""
+    where = "give a writable folder with --cache-dir (or MNIST_MLP_CACHE)"
+    if number in (errno.EEXIST, errno.ENOTDIR):
+        return f"a file stands where the cache folder goes; {where}"
+    return f"free some space or {where}" if number in (errno.ENOSPC, errno.EDQUOT) else where
 
 
 def _write_atomic(path: Path, content: bytes) -> None:
-    with atomic(path, _CACHE_ADVICE) as tmp:  # a temporary name of this process's own: two may write at once
-        tmp.write_bytes(content)
+    try:
+        with atomic(path) as tmp:  # a temporary name of this process's own: two may write at once
+            tmp.write_bytes(content)
+    except WriteFailed as e:
+        raise WriteFailed(f"{e}; {_cache_advice(e.errno)}", e.errno) from None
 
 
 def _read_sources(directory: Path) -> dict:
