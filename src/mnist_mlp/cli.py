@@ -298,7 +298,7 @@ def build_parser() -> Parser:
 
     p = command("plot", "training curves of one run, or several overlaid")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, or one seed group")
-    p.add_argument("--out", help="PNG to write (default: RUN/curves.png for one run, ./curves.png for several, or "
+    p.add_argument("--out", help="PNG to write, or .pdf, .svg, .jpg (default: RUN/curves.png for one run, ./curves.png for several, or "
                    "curves-2.png, ... if a file has that name)")
     p.set_defaults(func=cmd_plot)
 

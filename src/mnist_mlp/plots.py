@@ -17,8 +17,11 @@ from mnist_mlp.runs import atomic  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> Path:
+    """PNG, or the format the name asks for where matplotlib writes it (curves.pdf or .svg for a slide)."""
+    kind = Path(path).suffix.lower().lstrip(".")
     with atomic(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format=kind if kind in fig.canvas.get_supported_filetypes() else "png", dpi=110,
+                    bbox_inches="tight")
     plt.close(fig)
     return Path(path)
 
