@@ -117,6 +117,12 @@ def test_an_output_that_is_not_a_plain_file_is_refused_untouched(synthetic_dir, 
         err = capsys.readouterr().err
         assert f"--out {out} {said}" in err and err.count("\n") == 1, err
     assert link.is_symlink() and target.read_bytes() == b"mine" and stat.S_ISFIFO(os.lstat(pipe).st_mode)
+    missing = tmp_path / "figures" / "grid.png"
+    assert main(["inspect", "--augment", *DEFORM, "--out", str(missing), "--cache-dir", str(synthetic_dir)]) == 2
+    assert f"cannot write {missing} (No such file or directory); its folder does not exist: make it first, or give " \
+           "another path" in capsys.readouterr().err
+    missing.parent.mkdir()  # the advice, followed
+    assert main(["inspect", "--augment", *DEFORM, "--out", str(missing), "--cache-dir", str(synthetic_dir)]) == 0
     assert main(["bench", "--variants", "ours", "--epochs", "2", "--json", "."]) == 2  # before the bench runs
     assert "--json . is a folder; give a file name, e.g. --json bench.json" in capsys.readouterr().err
 

@@ -86,9 +86,14 @@ def _one_line_error(capsys, argv, *expected):
     (["frobnicate"], "invalid choice"),
     (["evaluate", "no/such/run"], "run directory no/such/run not found"),
     (["plot", "no/such/run"], "not found"),
+    (["plot", "notes.txt"], "notes.txt is a file, not a run folder"),
+    (["plot", "no/such/run", "--out", "no/folder/x.png"], "not found"),
+    (["inspect", "--augment", "--index", "3"], "--split and --index pick the digit to print; --augment draws"),
+    (["sweep", "--report", "--trials", "5"], "--report reads the study as it is; --trials would shape a sweep"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, expected, capsys, mnist_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("a user's notes")
     if argv[0] == "inspect":
         argv = [*argv, "--cache-dir", str(mnist_dir)]
     _one_line_error(capsys, argv, expected)

@@ -50,8 +50,11 @@ def cmd_inspect(args) -> None:
     if not args.augment:
         if args.config or args.set or args.out:
             raise UserError("--config, --set and --out shape the --augment preview; add --augment, or drop them")
-        print(data.show_sample(args.split, args.index, args.cache_dir))
+        print(data.show_sample(args.split or "train", args.index or 0, args.cache_dir))
         return
+    if args.split or args.index is not None:
+        raise UserError("--split and --index pick the digit to print; --augment draws its own grid of training digits: "
+                        "drop them")
     config = load_config(args.config, args.set)
     use_backend("jax")  # the deformations are JAX programs, as in the compiled engine
     from mnist_mlp import augment
@@ -171,6 +174,10 @@ def cmd_runs(args) -> None:
 def cmd_sweep(args) -> None:
     out = Path(args.out)
     if args.report:
+        given = [flag for flag, value in (("--config", args.config), ("--set", args.set), ("--space", args.space),
+                                          ("--trials", args.trials)) if value not in (None, [])]
+        if given:
+            raise UserError(f"--report reads the study as it is; {', '.join(given)} would shape a sweep: drop them")
         from mnist_mlp import sweep
 
         found = sweep.report(out, args.study, args.storage)
@@ -244,8 +251,8 @@ def build_parser() -> Parser:
     p.set_defaults(func=cmd_data)
 
     p = command("inspect", "print a digit as numbers, its label and one-hot", cache_dir, config)
-    p.add_argument("--split", choices=("train", "test"), default="train", help="which split")
-    p.add_argument("--index", type=int, default=0, help="which image")
+    p.add_argument("--split", choices=("train", "test"), help="which split (default: train)")
+    p.add_argument("--index", type=int, help="which image (default: 0)")
     p.add_argument("--augment", action="store_true", help="instead: a PNG of digits deformed by the config's [augment]")
     p.add_argument("--out", help="--augment: the PNG to write (default: augment.png, or augment-2.png, ... if a "
                    "file has that name)")
@@ -298,8 +305,8 @@ def build_parser() -> Parser:
 
     p = command("plot", "training curves of one run, or several overlaid")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, or one seed group")
-    p.add_argument("--out", help="PNG to write, or .pdf, .svg, .jpg (default: RUN/curves.png for one run, ./curves.png for several, or "
-                   "curves-2.png, ... if a file has that name)")
+    p.add_argument("--out", help="PNG to write, or .pdf, .svg, .jpg (default: RUN/curves.png for one run, "
+                   "./curves.png for several, or curves-2.png, ... if a file has that name)")
     p.set_defaults(func=cmd_plot)
 
     p = command("sweep", "Optuna hyperparameter search, one machine or many", cache_dir, config)

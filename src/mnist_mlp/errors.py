@@ -3,6 +3,7 @@ command is interrupted (Ctrl-C, `kill`, a closed terminal: exit code 130, or the
 
 from __future__ import annotations
 
+import errno
 import shlex
 import sys
 from pathlib import Path
@@ -38,6 +39,8 @@ interrupt.received = 0  # the signal, once one came
 def write_failed(path: str | Path, error: OSError, advice: str = "") -> WriteFailed:
     """The one line for an OSError while writing `path`: the path, the cause, and `advice` if any."""
     cause = error.strerror or type(error).__name__
+    advice = advice or {errno.ENOENT: "its folder does not exist: make it first, or give another path",
+                        errno.EISDIR: "a folder has that name: give a file name"}.get(error.errno, "")
     return WriteFailed(f"cannot write {path} ({cause})" + (f"; {advice}" if advice else ""), error.errno)
 
 

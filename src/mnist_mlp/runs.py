@@ -457,6 +457,8 @@ def read_history(path: str | Path) -> dict[str, list[float]]:
 def load_run(path: str | Path) -> Run:
     """Read a finished run directory; a missing, incomplete or edited one is a UserError."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file, not a run folder; give a folder written by `mnist-mlp train`")
     if not path.is_dir():
         raise UserError(f"run directory {path} not found; give a folder written by `mnist-mlp train`")
     if (path / GROUP).is_file() and not (path / METRICS).is_file():
