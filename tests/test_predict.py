@@ -107,7 +107,7 @@ def test_blank_and_block_images_are_flagged(trained):
     assert blank.unsure and "blank" in blank.reason
     block = np.full((100, 100), 255, np.uint8)
     block[20:80, 20:80] = 0
-    assert "not look like a single digit" in predict_image(model, _png(block)).reason
+    assert "one solid blot: this does not look like a digit" in predict_image(model, _png(block)).reason
 
 
 def test_the_predict_command_prints_no_digit_for_blank_paper(trained, tmp_path, capsys):
