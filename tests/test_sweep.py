@@ -303,6 +303,24 @@ def test_a_killed_workers_trial_is_failed_and_another_worker_finishes_the_study(
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
     assert len(study.get_trials(states=FINISHED)) == 2  # its place was run again
     assert (out / "best" / "metrics.json").is_file()
+    assert not (out / "trial-0000").exists()  # the killed worker's half run: ours, of no use, removed
+
+
+def test_a_failed_trials_half_run_is_removed_if_ours(tmp_path):
+    """A worker killed mid-trial left its trial-0001/ for good (the trial failed, its run never finished)."""
+    from mnist_mlp import runs
+
+    with runs.claim(tmp_path / "trial-0001"):
+        (tmp_path / "trial-0001" / runs.PARTIAL_HISTORY).write_text("epoch,loss\n")
+    with runs.claim(tmp_path / "trial-0002"):
+        (tmp_path / "trial-0002" / "notes.txt").write_text("a user's")
+    (tmp_path / "trial-0003").mkdir()
+    (tmp_path / "trial-0003" / "x.txt").write_text("not ours")
+    for name in ("trial-0001", "trial-0002", "trial-0003", "trial-0004"):
+        runs.remove_run(tmp_path / name)
+    assert not (tmp_path / "trial-0001").exists()
+    assert sorted(p.name for p in (tmp_path / "trial-0002").iterdir()) == [runs.MARKER, "notes.txt"]  # the user's kept
+    assert (tmp_path / "trial-0003" / "x.txt").is_file() and not (tmp_path / "trial-0004").exists()
 
 
 def test_the_next_step_names_the_study_and_storage(tmp_path):

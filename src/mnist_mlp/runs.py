@@ -162,6 +162,18 @@ def _remove_ours(folder: Path) -> None:
                         "another --out") from None
 
 
+def remove_run(path: str | Path) -> None:
+    """Delete a run folder of the tool's: what it wrote there, then the folder if nothing of the user's is left.
+    Nothing if it is not there, not the tool's, or held by a process training into it."""
+    path = Path(path)
+    if not (path / MARKER).is_file():
+        return
+    with contextlib.suppress(UserError, OSError), claim(path, overwrite=True):
+        if [p.name for p in path.iterdir()] == [MARKER]:
+            (path / MARKER).unlink()
+            path.rmdir()
+
+
 def _group_runs(folder: Path) -> set[str]:
     """The seed runs a group folder's group.json names (none if it has none)."""
     try:

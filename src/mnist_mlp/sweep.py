@@ -11,7 +11,6 @@ import math
 import os
 import re
 import secrets
-import shutil
 import sys
 import time
 import warnings
@@ -309,7 +308,7 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
             train(config, run_dir, backend, overwrite=True, data_dir=data_dir, verbose=0, callbacks=(pruning,),
                   score_test=False)
         except KeyboardInterrupt:  # the trial is failed, so its half-trained run is of no use: ours, removed
-            shutil.rmtree(run_dir, ignore_errors=True)
+            runs.remove_run(run_dir)
             raise
         log(f"trial {trial.number}: val_accuracy {pruning.last:.4f}{' (pruned)' if pruning.pruned else ''}")
         if pruning.pruned:
@@ -318,6 +317,8 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
 
     while not over and len(study.get_trials(deepcopy=False, states=states)) < total:
         study.optimize(objective, n_trials=1, catch=(OverBudget,))
+    for failed in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):  # a killed worker's, say
+        runs.remove_run(folder / f"trial-{failed.number:04d}")
     running = tuple(t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
     if running:
         return SweepResult(study, None, running)  # the worker that finishes the last trial re-trains the best
