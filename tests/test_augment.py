@@ -125,10 +125,16 @@ def test_an_output_that_is_not_a_plain_file_is_refused_untouched(synthetic_dir, 
     assert main(["inspect", "--augment", *DEFORM, "--out", str(missing), "--cache-dir", str(synthetic_dir)]) == 0
     assert main(["bench", "--variants", "ours", "--epochs", "2", "--json", "."]) == 2  # before the bench runs
     assert "--json . is a folder; give a file name, e.g. --json bench.json" in capsys.readouterr().err
+    assert main(["bench", "--variants", "ours", "--epochs", "2", "--json", str(tmp_path / "no" / "b.json")]) == 2
+    assert "its folder does not exist; make it first" in capsys.readouterr().err
 
 
-def test_an_output_named_pdf_or_svg_is_one(synthetic_dir, tmp_path):
+def test_an_output_named_pdf_or_svg_is_one(synthetic_dir, tmp_path, capsys):
     """--out grid.pdf wrote PNG bytes under that name (a teacher's slide wants a PDF or SVG)."""
     for name, start in (("grid.pdf", b"%PDF"), ("grid.svg", b"<?xml"), ("grid.jpg", b"\xff\xd8"), ("grid", b"\x89PNG")):
         assert main(["inspect", "--augment", *DEFORM, "--out", str(tmp_path / name), "--cache-dir", str(synthetic_dir)]) == 0
         assert (tmp_path / name).read_bytes().startswith(start), name
+    assert main(["inspect", "--augment", *DEFORM, "--out", str(tmp_path / "grid.txt"), "--cache-dir",
+                 str(synthetic_dir)]) == 2  # PNG bytes under that name, or a LaTeX-only .pgf's traceback
+    assert "figures are written as png, pdf, svg, jpg, jpeg" in capsys.readouterr().err
+    assert not (tmp_path / "grid.txt").exists()

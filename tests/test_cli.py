@@ -87,7 +87,6 @@ def _one_line_error(capsys, argv, *expected):
     (["evaluate", "no/such/run"], "run directory no/such/run not found"),
     (["plot", "no/such/run"], "not found"),
     (["plot", "notes.txt"], "notes.txt is a file, not a run folder"),
-    (["plot", "no/such/run", "--out", "no/folder/x.png"], "not found"),
     (["inspect", "--augment", "--index", "3"], "--split and --index pick the digit to print; --augment draws"),
     (["sweep", "--report", "--trials", "5"], "--report reads the study as it is; --trials would shape a sweep"),
 ])

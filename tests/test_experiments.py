@@ -79,6 +79,10 @@ def test_a_run_with_odd_metrics_or_history_is_skipped_by_list_and_refused_by_plo
     assert str(tmp_path / "seed-9") in out and "seed-7" not in out and "seed-8" not in out
     assert f"{tmp_path / 'seed-7' / runs.METRICS} is not a run's metrics (JSON of one object)" in err
     assert f"{tmp_path / 'seed-8' / runs.HISTORY} is not a valid history (no loss and accuracy columns)" in err
+    (tmp_path / "link.png").symlink_to(tmp_path / "target.png")
+    assert main(["plot", str(tmp_path / "seed-9"), "--out", str(tmp_path / "link.png")]) == 2  # one run's plot too
+    assert "is a symbolic link, which writing would replace" in capsys.readouterr().err
+    assert (tmp_path / "link.png").is_symlink() and not (tmp_path / "target.png").exists()
     for argv in (["plot", str(tmp_path / "seed-8")], ["runs", "compare", str(tmp_path / "seed-8"), str(tmp_path / "seed-9")],
                  ["runs", "show", str(tmp_path / "seed-7")]):
         assert main(argv) == 2

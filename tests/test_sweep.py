@@ -123,6 +123,9 @@ def test_a_report_on_a_parameter_of_one_value_prints_no_warning(tmp_path, capsys
     ('"train.batch_size" = { choice = [128, 4096] }\n"train.epochs" = { int = [1, 2] }',
      "train.batch_size value 4096: train.batch_size 4096 is larger than the 2,000 training images"),
     ('"model.depth" = { int = [1, 2] }', "model.depth value 1: unknown config key model.depth"),
+    ('"train.epochs" = { float = [4, 12] }', "train.epochs value 4.0: train.epochs must be int"),
+    ("hidden_width = { float = [64, 512] }", "hidden_width takes whole numbers >= 1"),
+    ('sweep = 3\n[space]\n"train.epochs" = { int = [1, 2] }', "[sweep] and [space] must be tables"),
     ('"depth" = { int = [1, 2] }', "depth is not model.KEY, train.KEY, hidden_layers or hidden_width"),
     ("", "[space] searches nothing (a training config is not a space)"),
     ('[sweep]\ntrials = "many"\n[space]\n"train.epochs" = { int = [1, 2] }',
@@ -137,11 +140,27 @@ def test_a_space_file_is_checked_before_anything_is_made(text, said, tmp_path, c
     (trails =, [spaces]: 20 identical trials), or failed at the trial that drew the value, leaving a study that
     refused the fix."""
     bad = tmp_path / "bad.toml"
-    bad.write_text(text if text.startswith("[") else f"[space]\n{text}\n")
+    bad.write_text(text if text.startswith(("[", "sweep =")) else f"[space]\n{text}\n")
     assert main(["sweep", "--space", str(bad), "--out", str(tmp_path / "s"), "--set", "train.train_samples=2000"]) == 2
     err = capsys.readouterr().err
     assert f"sweep space {bad}: {said}" in err and "fix it there" in err and err.count("\n") == 1, err
     assert not (tmp_path / "s").exists()
+
+
+def test_a_space_is_checked_only_where_it_searches_and_the_base_config_for_itself(tmp_path):
+    from mnist_mlp import sweep
+    from mnist_mlp.config import load_config
+
+    path = tmp_path / "space.toml"
+    path.write_text('[space]\n"train.batch_size" = { choice = [128, 4096] }\n"train.epochs" = { int = [1, 2] }\n')
+    small = load_config(None, ["train.train_samples=2000"])
+    with pytest.raises(UserError, match="train.batch_size value 4096"):
+        sweep.load_space(path, small)
+    assert sweep.load_space(path, small, ["train.batch_size"]).params  # --set train.batch_size=128 fixes it
+    with pytest.raises(UserError) as error:  # the base's own problem (trials hold out 10,000 images), said as such
+        sweep.load_space(path, load_config(None, ["train.train_samples=55000"]))
+    assert "train.train_samples 55000 is more than the 50,000" in str(error.value)
+    assert "sweep space" not in str(error.value)
 
 
 def test_sweep_errors(tmp_path, capsys):
@@ -359,14 +378,15 @@ def test_a_renamed_sweep_folder_is_not_started_over(space, synthetic_dir, tmp_pa
     trained = (tmp_path / "moved" / "trial-0000" / runs.MODEL).read_bytes()
     capsys.readouterr()
     assert main(["sweep", *quick, "--out", str(tmp_path / "moved")]) == 2
-    assert (f"{tmp_path / 'moved' / 'study.db'} holds study s1, not moved (was the folder renamed?), and its trial "
-            "runs are here; continue it with --study s1, or choose another --out") in capsys.readouterr().err
+    assert (f"{tmp_path / 'moved' / 'study.db'} holds study s1, not moved, and its trial runs are here (was the "
+            f"folder renamed or copied?); continue it in a folder of its name, e.g. `mv {tmp_path / 'moved'} "
+            f"{tmp_path / 's1'}` if there is none, or choose another --out") in capsys.readouterr().err
     assert main(["sweep", "--out", str(tmp_path / "moved"), "--report"]) == 2
     err = capsys.readouterr().err
     assert "no study moved in " in err and err.endswith("; it holds s1: give --study s1\n"), err
     assert (tmp_path / "moved" / "trial-0000" / runs.MODEL).read_bytes() == trained
     assert optuna.study.get_all_study_names(f"sqlite:///{tmp_path / 'moved' / 'study.db'}") == ["s1"]
-    assert main(["sweep", "--out", str(tmp_path / "moved"), "--study", "s1", "--report"]) == 0  # the advice, followed
+    assert main(["sweep", "--out", str(tmp_path / "moved"), "--study", "s1", "--report"]) == 0  # report's advice
     shutil.rmtree(tmp_path / "moved" / "s1")
     (tmp_path / "moved" / "s1").write_text("in the way of the plots")  # as a read-only sweep folder would be
     capsys.readouterr()
@@ -374,6 +394,11 @@ def test_a_renamed_sweep_folder_is_not_started_over(space, synthetic_dir, tmp_pa
     out, err = capsys.readouterr()
     assert "study s1: 1 finished" in out and "rank  trial  val_accuracy" in out  # the leaderboard all the same
     assert err.startswith(f"mnist-mlp: error: cannot write the plots in {tmp_path / 'moved' / 's1'} (File exists)")
+    (tmp_path / "moved" / "s1").unlink()
+    shutil.rmtree(tmp_path / "s1")
+    (tmp_path / "moved").rename(tmp_path / "s1")  # the sweep's advice, followed: the study goes on in its folder
+    assert main(["sweep", *[a if a != "1" else "2" for a in quick], "--out", str(tmp_path / "s1")]) == 0
+    assert len(_study(tmp_path / "s1").trials) == 2 and (tmp_path / "s1" / "trial-0001").is_dir()
 
 
 def test_a_users_folder_where_a_trial_goes_is_named_with_advice_for_a_sweep(space, synthetic_dir, tmp_path, capsys):

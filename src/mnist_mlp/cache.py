@@ -113,6 +113,8 @@ def _cache_advice(number: int | None) -> str:
     where = "give a writable folder with --cache-dir (or MNIST_MLP_CACHE)"
     if number in (errno.EEXIST, errno.ENOTDIR):
         return f"a file stands where the cache folder goes; {where}"
+    if number == errno.EISDIR:  # an unpacked download's folder of a cache file's name
+        return f"a folder has a cache file's name: move it out of the cache, or {where}"
     return f"free some space or {where}" if number in (errno.ENOSPC, errno.EDQUOT) else where
 
 
@@ -120,8 +122,10 @@ def _write_atomic(path: Path, content: bytes) -> None:
     try:
         with atomic(path) as tmp:  # a temporary name of this process's own: two may write at once
             tmp.write_bytes(content)
-    except WriteFailed as e:
-        raise WriteFailed(f"{e}; {_cache_advice(e.errno)}", e.errno) from None
+    except WriteFailed as e:  # the cache's own advice, in place of any general one
+        if e.errno is None:
+            raise
+        raise WriteFailed(f"cannot write {path} ({os.strerror(e.errno)}); {_cache_advice(e.errno)}", e.errno) from None
 
 
 def _read_sources(directory: Path) -> dict:

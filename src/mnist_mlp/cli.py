@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -203,13 +204,16 @@ def cmd_sweep(args) -> None:
 def cmd_bench(args) -> None:
     from mnist_mlp import bench
 
-    if args.json:
-        runs.check_target(Path(args.json), "--json", "bench.json")  # before the bench, not after it
+    if args.json:  # before the bench, not after it
+        runs.check_target(Path(args.json), "--json", "bench.json")
+        if not Path(args.json).parent.is_dir():
+            raise UserError(f"--json {args.json}: its folder does not exist; make it first, or give another path")
     report, text = bench.run(args.variants, args.epochs, args.gpu, args.time_to, args.config, args.serve,
                              args.connections, args.duration, args.image, args.cold, args.give_up)
+    print(text, flush=True)  # the results first: a failed write does not cost them
     with runs.output(args.json, "bench.json", ".json", flag="--json") as out:
         runs.write_json(out, report)
-    print(f"{text}\n\nWrote {out}")
+    print(f"\nWrote {out}")
 
 
 def cmd_doctor(args) -> int:
@@ -254,8 +258,8 @@ def build_parser() -> Parser:
     p.add_argument("--split", choices=("train", "test"), help="which split (default: train)")
     p.add_argument("--index", type=int, help="which image (default: 0)")
     p.add_argument("--augment", action="store_true", help="instead: a PNG of digits deformed by the config's [augment]")
-    p.add_argument("--out", help="--augment: the PNG to write (default: augment.png, or augment-2.png, ... if a "
-                   "file has that name)")
+    p.add_argument("--out", help="--augment: the PNG (or .pdf, .svg, .jpg) to write (default: augment.png, or "
+                   "augment-2.png, ... if a file has that name)")
     p.set_defaults(func=cmd_inspect)
 
     p = command("train", "train a model into a run directory", cache_dir, config)
@@ -287,8 +291,8 @@ def build_parser() -> Parser:
     command("show", "one run's config and results", run, under=actions)
     compare = command("compare", "config differences and overlaid curves", under=actions)
     compare.add_argument("runs", nargs="+", metavar="RUN")
-    compare.add_argument("--out", help="PNG of the overlaid curves (default: compare.png, or compare-2.png, ... if "
-                         "a file has that name)")
+    compare.add_argument("--out", help="PNG (or .pdf, .svg, .jpg) of the overlaid curves (default: compare.png, "
+                         "or compare-2.png, ... if a file has that name)")
     p.set_defaults(func=cmd_runs)
 
     p = command("predict", "read digits from your own image files", run, backend)
@@ -345,7 +349,19 @@ def build_parser() -> Parser:
     return parser
 
 
+class _Stderr(logging.Handler):
+    """The library's progress lines (logging, INFO) on the stderr of the moment, as `mnist-mlp: ...`."""
+
+    def emit(self, record):
+        print(f"mnist-mlp: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    library = logging.getLogger("mnist_mlp")
+    if not any(isinstance(h, _Stderr) for h in library.handlers):
+        library.addHandler(_Stderr())
+        library.setLevel(logging.INFO)
+        library.propagate = False
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, --version and usage errors: return the code, as for commands

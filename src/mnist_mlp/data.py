@@ -4,6 +4,7 @@ prediction; the walk-through's printout of a digit. NumPy and stdlib only."""
 
 from __future__ import annotations
 
+import logging
 import struct
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from mnist_mlp import sources
 from mnist_mlp.cache import (FILES, DataInfo, cache_dir, data_info, decompress, identify, is_verified, npz_contents,
                              read_verified, store, verify)
 from mnist_mlp.errors import UserError
+
+log = logging.getLogger(__name__)
 
 VALIDATION_SIZE = 10_000  # images held out from the end of the training set by --validation split
 
@@ -61,6 +64,8 @@ def import_data(paths: list[str | Path], directory: str | Path | None = None) ->
         raise UserError(f"no MNIST files found in {', '.join(map(str, paths))}; expected "
                         "train-images-idx3-ubyte[.gz] and the other three, or mnist.npz"
                         + (f" (passed over: {'; '.join(passed)})" if passed else ""))
+    for reason in passed if len(found) < len(FILES) else []:  # half of MNIST imported: say what was not
+        log.info(f"passed over {reason}")
     for key, (content, source) in found.items():
         store(directory, {key: content}, source)
     return data_info(directory)

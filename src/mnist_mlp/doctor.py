@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
-import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from mnist_mlp import cache, sources
 from mnist_mlp.backend import INSTALL_HINTS, PACKAGES, choose_backend, cpu_bfloat16
 from mnist_mlp.errors import UserError, pip_install
+from mnist_mlp.runs import shell_path
 
 REQUIRED = ("keras", "numpy", "jax", "matplotlib", "pillow", "fastapi", "uvicorn", "optuna", "hershey-fonts")  # the base install
 
@@ -84,7 +84,7 @@ def check_cache(cache_dir: str | Path | None = None) -> list[Check]:
                     if problem and info.complete else problem or f"{info.cache_dir} (writable)"),
                    "give a writable folder with --cache-dir or MNIST_MLP_CACHE")]
     verified = [f.key for f in info.files if f.verified]
-    given = f" --cache-dir {shlex.quote(str(cache_dir))}" if cache_dir else ""  # fetched where this doctor looked
+    given = f" --cache-dir {shell_path(cache_dir)}" if cache_dir else ""  # fetched where this doctor looked
     found.append(Check("MNIST files", info.complete, f"{len(verified)} of 4 present and SHA-256 verified",
                        f"run `mnist-mlp data fetch{given}` (or `mnist-mlp data import FOLDER{given}`)"))
     xla = info.cache_dir / "xla"  # where engine.enable_compile_cache points JAX; unwritable, it compiles every run

