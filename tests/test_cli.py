@@ -89,6 +89,7 @@ def _one_line_error(capsys, argv, *expected):
     (["plot", "notes.txt"], "notes.txt is a file, not a run folder"),
     (["inspect", "--augment", "--index", "3"], "--split and --index pick the digit to print; --augment draws"),
     (["sweep", "--report", "--trials", "5"], "--report reads the study as it is; --trials would shape a sweep"),
+    (["sweep", "--set", "hidden_width=256"], "--set hidden_width: hidden_layers and hidden_width are keys of the space"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, expected, capsys, mnist_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
