@@ -39,6 +39,16 @@ def test_light_commands_never_import_keras_or_jax(argv, mnist_dir):
     assert done.stdout
 
 
+def test_a_bad_sweep_space_is_said_before_keras_loads(tmp_path):
+    (tmp_path / "space.toml").write_text('[space]\n"model.dropout" = { float = [0.4, 0.0] }\n')
+    code = ("import sys; from mnist_mlp.cli import main; assert main(sys.argv[1:]) == 2; "
+            "assert not {'keras', 'jax', 'optuna'} & set(sys.modules), 'heavy import'")
+    done = subprocess.run([sys.executable, "-c", code, "sweep", "--space", str(tmp_path / "space.toml"), "--out",
+                           str(tmp_path / "s")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "model.dropout needs float = [low, high]" in done.stderr and not (tmp_path / "s").exists()
+
+
 def test_output_into_a_closed_pipe_stops_quietly(mnist_dir):
     """`mnist-mlp data info | head -0`: the reader is gone before the command writes."""
     read, write = os.pipe()

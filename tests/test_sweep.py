@@ -18,6 +18,7 @@ from conftest import run_cli
 from mnist_mlp import runs
 from mnist_mlp.cli import main
 from mnist_mlp.errors import UserError
+from mnist_mlp.space import SweepSpace
 
 TINY = """
 [sweep]
@@ -148,17 +149,17 @@ def test_a_space_file_is_checked_before_anything_is_made(text, said, tmp_path, c
 
 
 def test_a_space_is_checked_only_where_it_searches_and_the_base_config_for_itself(tmp_path):
-    from mnist_mlp import sweep
     from mnist_mlp.config import load_config
+    from mnist_mlp.space import load_space
 
     path = tmp_path / "space.toml"
     path.write_text('[space]\n"train.batch_size" = { choice = [128, 4096] }\n"train.epochs" = { int = [1, 2] }\n')
     small = load_config(None, ["train.train_samples=2000"])
     with pytest.raises(UserError, match="train.batch_size value 4096"):
-        sweep.load_space(path, small)
-    assert sweep.load_space(path, small, ["train.batch_size"]).params  # --set train.batch_size=128 fixes it
+        load_space(path, small)
+    assert load_space(path, small, ["train.batch_size"]).params  # --set train.batch_size=128 fixes it
     with pytest.raises(UserError) as error:  # the base's own problem (trials hold out 10,000 images), said as such
-        sweep.load_space(path, load_config(None, ["train.train_samples=55000"]))
+        load_space(path, load_config(None, ["train.train_samples=55000"]))
     assert "train.train_samples 55000 is more than the 50,000" in str(error.value)
     assert "sweep space" not in str(error.value)
 
@@ -479,7 +480,7 @@ def test_settings_newer_than_a_study_and_a_fixed_layer_count_or_width():
     from mnist_mlp import sweep
     from mnist_mlp.config import load_config
 
-    layers_only = sweep.SweepSpace(1, 1, {"hidden_layers": {"int": [1, 2]}})
+    layers_only = SweepSpace(1, 1, {"hidden_layers": {"int": [1, 2]}})
     wide, narrow = (sweep._settings(load_config(None, [f"model.hidden_units={u}"]), layers_only)
                     for u in ("[512]", "[32,32]"))
     assert wide["hidden_width"] == 512 and narrow["hidden_width"] == 32 and "model.hidden_units" not in wide

@@ -17,6 +17,7 @@ from mnist_mlp.backend import use_backend
 from mnist_mlp.bench import VARIANTS
 from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, load_config
 from mnist_mlp.errors import Interrupted, UserError, interrupt
+from mnist_mlp.space import load_space
 
 
 class Parser(argparse.ArgumentParser):
@@ -192,13 +193,14 @@ def cmd_sweep(args) -> None:
         raise UserError(f"--set {layer_keys[0]}: hidden_layers and hidden_width are keys of the space; fix the "
                         "layers with --set 'model.hidden_units=[256,256]' (the width of each)")
     base = load_config(args.config, args.set)
+    fixed = [item.partition("=")[0].strip() for item in args.set]
+    space = load_space(args.space, base, fixed)  # a mistake in the space file is said before Keras starts
     choice = use_backend(base.backend)
     from mnist_mlp import sweep
 
     try:
-        result = sweep.sweep(args.space, out, choice, base=base, study_name=args.study, storage=args.storage,
-                             trials=args.trials, data_dir=args.cache_dir,
-                             fixed=[item.partition("=")[0].strip() for item in args.set],
+        result = sweep.sweep(space, out, choice, base=base, study_name=args.study, storage=args.storage,
+                             trials=args.trials, data_dir=args.cache_dir, fixed=fixed,
                              log=lambda text: print(text, flush=True))
     except KeyboardInterrupt:
         raise Interrupted("interrupted; the same command continues the study (the unfinished trial counts as "

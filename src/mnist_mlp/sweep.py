@@ -7,43 +7,28 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import re
 import secrets
-import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 import keras
 import optuna
 
 from mnist_mlp import runs
 from mnist_mlp.backend import BackendChoice
-from mnist_mlp.config import (Config, ConfigError, check_fits, config_from_dict, config_from_toml, config_to_toml,
-                               find_preset)
+from mnist_mlp.config import Config, config_from_toml, config_to_toml
 from mnist_mlp.errors import Interrupted, UserError, pip_install
+from mnist_mlp.space import LAYER_KEYS, SweepSpace, load_space, with_values, without
 from mnist_mlp.train import TrainResult, train
 
 STUDY_DB = "study.db"  # the default SQLite storage, in the sweep folder
 HEARTBEAT_S = 10  # a worker marks its running trial alive this often
 GRACE_S = 60  # a running trial whose worker has been silent this long is failed and its place re-run
-LAYER_KEYS = ("hidden_layers", "hidden_width")  # sweep-only keys that build model.hidden_units
 UNSHARED = {"train.validation", "train.checkpoint_seconds"}  # settings a continued study may change
-
-
-@dataclass(frozen=True)
-class SweepSpace:
-    trials: int
-    prune_after: int
-    params: dict  # name -> {"int": [lo, hi]} | {"float": [lo, hi], "log": bool} | {"choice": [...]}
 
 
 @dataclass(frozen=True)
@@ -51,94 +36,6 @@ class SweepResult:
     study: optuna.Study
     best: TrainResult | None  # the best trial re-trained and scored on the test set here; else None
     running: tuple[int, ...] = ()  # trials still running on other workers (or on one that was stopped)
-
-
-def load_space(path: str | Path | None = None, base: Config | None = None, fixed: list[str] = ()) -> SweepSpace:
-    """The search space in TOML at `path`, or the shipped preset of that name (default: `sweep`), every entry
-    checked now, before a study or folder is made: its shape, and each value a trial may take against `base`'s
-    config (one bad choice failed the sweep at the trial that drew it, after a study that then refused the fix)."""
-    path = find_preset(path or "sweep")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise UserError(f"sweep space {path} is unreadable ({e}); give a TOML file like the shipped "
-                        f"{find_preset('sweep')}") from None
-
-    def bad(what: str) -> UserError:
-        return UserError(f"sweep space {path}: {what}; fix it there (an example: {find_preset('sweep')})")
-
-    sweep, params = data.get("sweep", {}), data.get("space", {})
-    unknown = sorted(set(data) - {"sweep", "space"})
-    if unknown:
-        raise bad(f"a space file holds a [sweep] table and a [space] table only, not {', '.join(unknown)}")
-    if not isinstance(sweep, dict) or not isinstance(params, dict):
-        raise bad("[sweep] and [space] must be tables")
-    if set(sweep) - {"trials", "prune_after"}:
-        raise bad(f"[sweep] takes trials and prune_after, not {', '.join(sorted(set(sweep) - {'trials', 'prune_after'}))}")
-    counts = {key: sweep.get(key, default) for key, default in (("trials", 20), ("prune_after", 2))}
-    for key, value in counts.items():
-        if not _whole(value) or value < 1:
-            raise bad(f"[sweep] {key} must be a whole number >= 1, not {value!r}")
-    if not params:
-        raise bad("[space] searches nothing (a training config is not a space); add keys to search")
-    for name, spec in params.items():
-        section, _, key = name.partition(".")
-        if name not in LAYER_KEYS and (section not in ("model", "train") or not key):
-            raise bad(f"{name} is not model.KEY, train.KEY, hidden_layers or hidden_width")
-        problem = _spec_problem(spec)
-        if not problem and name in LAYER_KEYS and not all(_whole(v) and v >= 1 for v in _values(spec)):
-            problem = "takes whole numbers >= 1"
-        if problem:
-            raise bad(f"{name} {problem}")
-    base = base or Config()
-    check_fits(_with({}, base))  # the base config's own problem (as trials run it) is its own, not a space value's
-    searched = without(SweepSpace(0, 0, params), list(fixed)).params
-    for name, spec in searched.items():  # each value a trial may take, alone on the base config
-        for value in _values(spec):
-            try:
-                config = _with({name: value}, base)
-                check_fits(config)
-            except ConfigError as e:
-                raise bad(f"{name} value {value!r}: {e.key} {e.why}") from None
-            except UserError as e:
-                raise bad(f"{name} value {value!r}: {e}") from None
-    return SweepSpace(counts["trials"], counts["prune_after"], params)
-
-
-def _values(spec: dict) -> list:
-    """The choices, or the bounds, of one entry of [space] (a float range's as floats: a trial draws 203.7)."""
-    if "float" in spec:
-        return [float(v) for v in spec["float"]]
-    return next(spec[kind] for kind in ("int", "choice") if kind in spec)
-
-
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _spec_problem(spec) -> str:
-    """What is wrong with one entry of [space] ("" if nothing)."""
-    shapes = "needs one of int = [low, high], float = [low, high] (log = true: a log scale), choice = [...]"
-    kinds = [k for k in ("int", "float", "choice") if isinstance(spec, dict) and k in spec]
-    if len(kinds) != 1 or set(spec) - {kinds[0], *(["log"] if kinds == ["float"] else [])}:
-        return shapes
-    kind, values = kinds[0], spec[kinds[0]]
-    if kind == "choice":
-        return "" if isinstance(values, list) and values else "needs at least one value in choice = [...]"
-    number = _whole if kind == "int" else (lambda v: _whole(v) or isinstance(v, float) and math.isfinite(v))
-    if not (isinstance(values, list) and len(values) == 2 and all(map(number, values)) and values[0] <= values[1]):
-        return f"needs {kind} = [low, high] with two {'whole numbers' if kind == 'int' else 'numbers'}, low <= high"
-    if not isinstance(spec.get("log", False), bool):
-        return "log must be true or false"
-    if spec.get("log") and values[0] <= 0:
-        return f"on a log scale needs low > 0, not {values[0]}"
-    return ""
-
-
-def without(space: SweepSpace, keys: list[str]) -> SweepSpace:
-    """The space less the keys fixed by --set (model.hidden_units fixes hidden_layers and hidden_width)."""
-    fixed = set(keys) | (set(LAYER_KEYS) if "model.hidden_units" in keys else set())
-    return dataclasses.replace(space, params={k: v for k, v in space.params.items() if k not in fixed})
 
 
 def suggest(trial: optuna.Trial, space: SweepSpace, base: Config) -> Config:
@@ -151,24 +48,7 @@ def suggest(trial: optuna.Trial, space: SweepSpace, base: Config) -> Config:
             values[name] = trial.suggest_float(name, *spec["float"], log=bool(spec.get("log")))
         else:
             values[name] = trial.suggest_categorical(name, spec["choice"])
-    return _with(values, base)
-
-
-def _with(values: dict, base: Config) -> Config:
-    """The base config with these space keys' values (validation always on held-out training images)."""
-    data = dataclasses.asdict(base)
-    if any(key in values for key in LAYER_KEYS):
-        layers = values.pop("hidden_layers", len(base.model.hidden_units))
-        width = values.pop("hidden_width", base.model.hidden_units[0])
-        data["model"]["hidden_units"] = [width] * layers
-    for key, value in values.items():
-        section, _, name = key.partition(".")
-        if section not in ("model", "train") or not name:
-            raise UserError(f"sweep space key {key} is not model.KEY, train.KEY, hidden_layers or hidden_width")
-        data[section][name] = value
-    data["train"]["validation"] = "split"
-    data["model"]["hidden_units"] = list(data["model"]["hidden_units"])
-    return config_from_dict(data)
+    return with_values(values, base)
 
 
 class PruneOnValidation(keras.callbacks.Callback):
@@ -259,16 +139,17 @@ def _sqlite_problem(db: Path) -> str:
     return str(db)
 
 
-def sweep(space_path: str | Path, sweep_dir: str | Path, backend: BackendChoice, *, base: Config | None = None,
-          study_name: str | None = None, storage: str | None = None, trials: int | None = None,
-          data_dir: str | Path | None = None, fixed: list[str] = (), log=lambda text: None) -> SweepResult:
+def sweep(space: SweepSpace | str | Path | None, sweep_dir: str | Path, backend: BackendChoice, *,
+          base: Config | None = None, study_name: str | None = None, storage: str | None = None,
+          trials: int | None = None, data_dir: str | Path | None = None, fixed: list[str] = (),
+          log=lambda text: None) -> SweepResult:
     """Run trials until the study holds `trials` finished-or-pruned ones (counting every worker's), then
     re-train the best as best/ in the study's folder (study_folder) and score it on the test set. Keys in
     `fixed` (given by --set) keep the base config's value instead of being searched."""
     if trials is not None and trials < 1:
         raise UserError(f"--trials {trials} must be >= 1")
     base = base or Config()
-    space = load_space(space_path, base, list(fixed))
+    space = space if isinstance(space, SweepSpace) else load_space(space, base, list(fixed))  # a file, or a preset
     searched = without(space, list(fixed))
     if searched.params != space.params:
         log(f"Not searched (fixed by --set): {', '.join(k for k in space.params if k not in searched.params)}")
