@@ -11,7 +11,7 @@ import signal
 import pytest
 
 from conftest import ctrl_c_after_epoch
-from mnist_mlp import checkpoint, runs, train
+from mnist_mlp import checkpoint, experiments, runs, train
 from mnist_mlp.cli import main
 
 TINY = ["--train-samples", "500", "--epochs", "2", "--set", "train.checkpoint_seconds=0"]  # a checkpoint each epoch
@@ -210,7 +210,7 @@ def test_a_loss_that_becomes_nan_stops_the_run_unsaved(synthetic_dir, tmp_path, 
     assert not (out / runs.METRICS).exists() and not (out / runs.MODEL).exists()
     history = (out / runs.PARTIAL_HISTORY).read_text().splitlines()
     assert len(history) <= 3 and "nan" in history[-1]  # stopped in the epoch it diverged
-    assert runs.list_runs(tmp_path) == []  # not listed as a finished run
+    assert experiments.list_runs(tmp_path) == []  # not listed as a finished run
     for later in (["evaluate", str(out)], ["train", "--resume", str(out)]):  # they repeat the advice, not resume
         assert main(later) == 2
         assert _advice(capsys, "training diverged") == argv

@@ -8,7 +8,7 @@ import statistics
 import numpy as np
 import pytest
 
-from mnist_mlp import runs
+from mnist_mlp import experiments, runs
 from mnist_mlp.cli import main
 
 QUICK = ["--train-samples", "1000", "--epochs", "2"]
@@ -59,7 +59,7 @@ def test_runs_list_show_and_compare(group, tmp_path, capsys, monkeypatch):
     assert "train.optimizer: rmsprop | adam" in out and "train.seed: 7 | 20160715" in out
     assert "checkpoint_seconds" not in out  # when a run saves is no difference in what it learned
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert runs.config_differences([runs.load_run(group / "seed-7")] * 2) == {}
+    assert experiments.config_differences([runs.load_run(group / "seed-7")] * 2) == {}
     shutil.copytree(group / "seed-7", tmp_path / "seed-7")
     assert main(["runs", "list", "--root", str(tmp_path)]) == 0  # each run: where it leaves the classic recipe
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}

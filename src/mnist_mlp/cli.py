@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from mnist_mlp import __version__, cache, data, runs, sources
+from mnist_mlp import __version__, cache, data, experiments, runs, sources
 from mnist_mlp.backend import use_backend
 from mnist_mlp.bench import VARIANTS
 from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, load_config
@@ -158,17 +158,17 @@ def cmd_plot(args) -> None:
 
 def cmd_runs(args) -> None:
     if args.action == "list":
-        table, skipped = runs.describe_list(args.root)
+        table, skipped = experiments.describe_list(args.root)
         for line in skipped:
             print(line, file=sys.stderr)
         print(table)
     elif args.action == "show":
-        print(runs.describe_run(runs.load_run(args.run)))
+        print(experiments.describe_run(runs.load_run(args.run)))
     else:
         from mnist_mlp import plots
 
         loaded = [runs.load_run(path) for path in args.runs]
-        print(runs.describe_compare(loaded))
+        print(experiments.describe_compare(loaded))
         with runs.output(args.out, "compare.png", ".png") as out:
             print(f"Wrote {plots.plot_curves(plots.named_histories(loaded), out)}")
 
