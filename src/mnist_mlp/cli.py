@@ -187,13 +187,12 @@ def cmd_sweep(args) -> None:
         if found["unwritten"]:
             raise UserError(found["unwritten"])
         return
-    layer_keys = [item.partition("=")[0].strip() for item in args.set
-                  if item.partition("=")[0].strip() in ("hidden_layers", "hidden_width")]
+    fixed = [item.partition("=")[0].strip() for item in args.set]
+    layer_keys = [key for key in fixed if key in ("hidden_layers", "hidden_width")]
     if layer_keys:  # space keys, not config keys: the config holds the layers as one list
         raise UserError(f"--set {layer_keys[0]}: hidden_layers and hidden_width are keys of the space; fix the "
                         "layers with --set 'model.hidden_units=[256,256]' (the width of each)")
     base = load_config(args.config, args.set)
-    fixed = [item.partition("=")[0].strip() for item in args.set]
     space = load_space(args.space, base, fixed)  # a mistake in the space file is said before Keras starts
     choice = use_backend(base.backend)
     from mnist_mlp import sweep

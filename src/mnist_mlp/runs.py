@@ -168,10 +168,10 @@ def remove_run(path: str | Path) -> None:
     path = Path(path)
     if not (path / MARKER).is_file():
         return
-    with contextlib.suppress(UserError, OSError), claim(path, overwrite=True):
-        if [p.name for p in path.iterdir()] == [MARKER]:
-            (path / MARKER).unlink()
-            path.rmdir()
+    with contextlib.suppress(UserError, OSError):
+        with claim(path, overwrite=True):
+            pass  # what the tool wrote, removed under the lock
+        _remove_unused(path)  # then the folder, if only the marker is left and no claim came meanwhile
 
 
 def _group_runs(folder: Path) -> set[str]:
