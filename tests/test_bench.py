@@ -43,7 +43,7 @@ def test_markdown_says_where_a_jax_variants_first_epoch_went():
               "results": [row, {**row, "variant": "torch", "start_s": None, "compiling": None}]}
     lines = bench.markdown(report).splitlines()
     assert "Where the first epoch went (JAX's compile cache: cold):" in lines
-    assert ("- ours: 2.00 s from process start to training, 3.00 s in epoch 1; compiling until its end 2.50 s in all, "
+    assert ("- ours: 2.00 s from process start to training, 3.00 s in epoch 1; compiling until its end 2.50 s (summed over threads), "
             "22 programs (0 from the cache), longest: run_chunk 1.90 s (2; XLA 1.20, 0.50 s), evaluate 0.20 s (1)") in lines
     assert not any(line.startswith("- torch") for line in lines)
 

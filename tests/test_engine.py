@@ -94,6 +94,37 @@ def test_side_by_side_deforms_and_trains_each_model_as_alone(mnist, precision):
     assert gap > 0.01  # two seeds differ by far more than the tolerance above
 
 
+def test_each_program_compiled_once_ahead_off_the_main_thread(mnist):
+    """The epochs' programs (one per chunk shape, and validation) are each compiled once, by XLA in threads
+    started before the first chunk runs, not at their first call (the last partial batch compiles while the
+    first chunk does)."""
+    import threading
+
+    import jax
+    from jax import monitoring
+
+    (x_train, y_train), (x_test, y_test) = mnist
+    x, y = data.preprocess(x_train[:700]), data.to_one_hot(y_train[:700])  # chunks of 2, 2, 1 batches + one of 60
+    val = data.preprocess(x_test[:300]), data.to_one_hot(y_test[:300])
+    model = compile_model(build_model(ModelConfig(hidden_units=(48,))), TrainConfig())
+    compiled = []
+
+    def on_duration(event, seconds, **details):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append((details.get("fun_name"), threading.current_thread() is threading.main_thread()))
+
+    cache_was = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)  # compile every program, whatever ran before
+    monitoring.register_event_duration_secs_listener(on_duration)
+    try:
+        engine.fit_compiled(model, x, y, batch_size=128, epochs=2, seed=0, validation_data=val, verbose=0)
+    finally:
+        monitoring.unregister_event_duration_listener(on_duration)
+        jax.config.update("jax_enable_compilation_cache", cache_was)
+    ours = sorted(c for c in compiled if c[0] in ("jit(run_chunk)", "jit(evaluate)"))
+    assert ours == [("jit(evaluate)", False)] + [("jit(run_chunk)", False)] * 3
+
+
 def test_epoch_index_covers_every_example_once_in_equal_chunks():
     parts = engine.epoch_index(1000, 128, np.random.default_rng(0), chunks=3)
     assert [p.shape for p in parts] == [(3, 128), (3, 128), (1, 128), (1, 104)]

@@ -472,5 +472,5 @@ def markdown(report: dict) -> str:
                             for name, seconds, programs, each in c["longest"])
         lines.append(f"- {r['variant']}: {r['start_s']:.2f} s from process start to training, "
                      f"{r['first_epoch_s'] - r['start_s']:.2f} s in epoch 1; compiling until its end {c['seconds']:.2f} s "
-                     f"in all, {c['programs']} programs ({c['from_cache']} from the cache), longest: {longest}")
+                     f"(summed over threads), {c['programs']} programs ({c['from_cache']} from the cache), longest: {longest}")
     return "\n".join(lines)

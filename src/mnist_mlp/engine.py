@@ -1,6 +1,7 @@
 """The compiled training engine for the JAX backend: Keras builds the model and optimizer, and each
 epoch runs as a few jitted `lax.scan` chunks over all its batches (stateless_call + stateless_apply),
-with the variables written back into the Keras model at the end; several models of one architecture (a
+their programs compiled side by side before the first, with the variables written back into the Keras model
+at the end; several models of one architecture (a
 group's seeds) can train side by side in one vmapped program."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import functools
 import importlib
 import inspect
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -170,20 +172,24 @@ def fit_side_by_side(models: list[keras.Model], x, y, *, batch_size: int, epochs
                   [v.value for v in m.optimizer.variables]) for m in models]
     stacked = _stack(variables) if together else None
     logs = [{} for _ in models]
+    index_shapes = [part.shape for part in epoch_index(n, batch_size, None, chunks)]
+    if together:
+        index_shapes = [(len(models), *shape) for shape in index_shapes]
+    programs = _compile_ahead(run_chunk, evaluate, _epoch_state(stacked if together else variables[0], len(models)),
+                              x, y, index_shapes, jnp.stack(deform_keys) if together else deform_keys[0],
+                              (x_val, y_val) if validation_data is not None else None) if initial_epoch < epochs else {}
     for epoch in range(initial_epoch, epochs):
         for c in callback_lists:
             c.on_epoch_begin(epoch)
         # The chunks donate (reuse) their input buffers: a lone model's own must stay valid, so it gets a
         # copy; stacked variables are the engine's own (the models hold slices of them).
-        state = stacked if together else _copy(variables[0])
-        zero = jnp.zeros(len(models)) if together else jnp.float32(0)
-        state = (*state, zero, zero.astype(jnp.int32))
+        state = _epoch_state(stacked if together else _copy(variables[0]), len(models))
         keys = [jax.random.fold_in(key, epoch) for key in deform_keys]
         key = jnp.stack(keys) if together else keys[0]
         done_steps = done_samples = 0
         for parts in zip(*(epoch_index(n, batch_size, rng, chunks) for rng in rngs)):
             index = np.stack(parts) if together else parts[0]
-            state = run_chunk(state, x, y, jnp.asarray(index), key, jnp.int32(done_steps))
+            state = programs[index.shape].result()(state, x, y, jnp.asarray(index), key, jnp.int32(done_steps))
             done_steps += parts[0].shape[0]
             done_samples += parts[0].size
             losses, hits = np.atleast_1d(np.asarray(state[3])), np.atleast_1d(np.asarray(state[4]))
@@ -191,7 +197,8 @@ def fit_side_by_side(models: list[keras.Model], x, y, *, batch_size: int, epochs
                 logs[i] = {"loss": float(losses[i]) / done_samples, "accuracy": int(hits[i]) / done_samples}
                 c.on_train_batch_end(done_steps - 1, logs[i])
         if validation_data is not None:
-            val_loss, val_accuracy = (np.atleast_1d(np.asarray(v)) for v in evaluate(state[0], state[1], x_val, y_val))
+            val_loss, val_accuracy = (np.atleast_1d(np.asarray(v))
+                                      for v in programs["evaluate"].result()(state[0], state[1], x_val, y_val))
             logs = [{**log, "val_loss": float(val_loss[i]), "val_accuracy": float(val_accuracy[i])}
                     for i, log in enumerate(logs)]
         stacked = state[:3]
@@ -203,6 +210,27 @@ def fit_side_by_side(models: list[keras.Model], x, y, *, batch_size: int, epochs
             break
     for c, log in zip(callback_lists, logs):
         c.on_train_end(log)
+
+
+def _epoch_state(variables, count: int):
+    """An epoch's starting state: the variables, then the loss sum and hit count at zero (one per model)."""
+    zero = jnp.zeros(count) if count > 1 else jnp.float32(0)
+    return (*variables, zero, zero.astype(jnp.int32))
+
+
+def _compile_ahead(run_chunk, evaluate, state, x, y, index_shapes, key, validation) -> dict[object, Future]:
+    """Every program the epochs will call, compiled at once: traced here one after another, then compiled by
+    XLA in threads (outside Python's lock), so that the epoch's last partial batch and the validation program
+    compile while the first chunk does. By the index's shape, and "evaluate"."""
+    pool = ThreadPoolExecutor(max_workers=len(set(index_shapes)) + 1)
+    programs = {}
+    for shape in dict.fromkeys(index_shapes):
+        lowered = run_chunk.lower(state, x, y, jax.ShapeDtypeStruct(shape, jnp.int32), key, jnp.int32(0))
+        programs[shape] = pool.submit(lowered.compile)
+    if validation is not None:
+        programs["evaluate"] = pool.submit(evaluate.lower(state[0], state[1], *validation).compile)
+    pool.shutdown(wait=False)
+    return programs
 
 
 @jax.jit
