@@ -1,8 +1,8 @@
 """The compiled training engine for the JAX backend: Keras builds the model and optimizer, and each
 epoch runs as a few jitted `lax.scan` chunks over all its batches (stateless_call + stateless_apply),
-their programs compiled side by side before the first, with the variables written back into the Keras model
-at the end; several models of one architecture (a
-group's seeds) can train side by side in one vmapped program."""
+their programs compiled side by side before the first epoch, with the variables written back into the
+Keras model at the end; several models of one architecture (a group's seeds) can train side by side in
+one vmapped program."""
 
 from __future__ import annotations
 
