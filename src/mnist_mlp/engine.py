@@ -172,12 +172,13 @@ def fit_side_by_side(models: list[keras.Model], x, y, *, batch_size: int, epochs
                   [v.value for v in m.optimizer.variables]) for m in models]
     stacked = _stack(variables) if together else None
     logs = [{} for _ in models]
-    index_shapes = [part.shape for part in epoch_index(n, batch_size, None, chunks)]
-    if together:
-        index_shapes = [(len(models), *shape) for shape in index_shapes]
-    programs = _compile_ahead(run_chunk, evaluate, _epoch_state(stacked if together else variables[0], len(models)),
-                              x, y, index_shapes, jnp.stack(deform_keys) if together else deform_keys[0],
-                              (x_val, y_val) if validation_data is not None else None) if initial_epoch < epochs else {}
+    programs = {}
+    if initial_epoch < epochs:
+        stack = (len(models),) if together else ()
+        shapes = dict.fromkeys(stack + part.shape for part in epoch_index(n, batch_size, None, chunks))
+        programs = _compile_ahead(run_chunk, evaluate, _epoch_state(stacked if together else variables[0], len(models)),
+                                  x, y, list(shapes), jnp.stack(deform_keys) if together else deform_keys[0],
+                                  (x_val, y_val) if validation_data is not None else None, at_once=on_cpu)
     for epoch in range(initial_epoch, epochs):
         for c in callback_lists:
             c.on_epoch_begin(epoch)
@@ -218,13 +219,16 @@ def _epoch_state(variables, count: int):
     return (*variables, zero, zero.astype(jnp.int32))
 
 
-def _compile_ahead(run_chunk, evaluate, state, x, y, index_shapes, key, validation) -> dict[object, Future]:
-    """Every program the epochs will call, compiled at once: traced here one after another, then compiled by
-    XLA in threads (outside Python's lock), so that the epoch's last partial batch and the validation program
-    compile while the first chunk does. By the index's shape, and "evaluate"."""
-    pool = ThreadPoolExecutor(max_workers=len(set(index_shapes)) + 1)
+def _compile_ahead(run_chunk, evaluate, state, x, y, index_shapes, key, validation,
+                   at_once: bool) -> dict[object, Future]:
+    """Every program the epochs will call, by the index's shape, and "evaluate": traced here one after another,
+    then compiled by XLA in threads (outside Python's lock). `at_once` (the CPU): all together, so that the
+    epoch's last partial batch and the validation program compile while the first chunk does. Otherwise one
+    after another in a thread: a GPU compile times kernels on the device to choose them (autotuning), and
+    compiles side by side would time each other's (not measured yet on a GPU)."""
+    pool = ThreadPoolExecutor(max_workers=len(index_shapes) + 1 if at_once else 1)
     programs = {}
-    for shape in dict.fromkeys(index_shapes):
+    for shape in index_shapes:
         lowered = run_chunk.lower(state, x, y, jax.ShapeDtypeStruct(shape, jnp.int32), key, jnp.int32(0))
         programs[shape] = pool.submit(lowered.compile)
     if validation is not None:
