@@ -119,17 +119,20 @@ keras.callbacks.CSVLogger.on_epoch_end, keras.callbacks.CSVLogger.on_train_end =
 plots.plot_curves = plot_curves
 sys.exit(main(argv))
 """
-SMALL_MODEL = ["--train-samples", "2000", "--epochs", "3", "--set", "model.hidden_units=[64]", "--set",
-               "train.checkpoint_seconds=0", "--backend", "jax"]  # a checkpoint each epoch
+SMALL_MODEL = ["--train-samples", "2000", "--epochs", "3", "--set", "model.hidden_units=[64]", "--backend", "jax"]
+EACH_EPOCH, NEVER = ["--set", "train.checkpoint_seconds=0"], ["--set", "train.checkpoint_seconds=1000"]
 
 
-@pytest.mark.parametrize("when, completed", [("epoch-2", 1), ("end", 3), ("save", 3)])
-def test_a_disk_that_fills_while_training_leaves_a_resumable_run(when, completed, mnist_dir, tmp_path):
+@pytest.mark.parametrize("when, completed, every", [("epoch-2", 1, EACH_EPOCH), ("end", 3, EACH_EPOCH),
+                                                     ("save", 3, EACH_EPOCH), ("save", 3, NEVER)],
+                         ids=["epoch-2", "end", "save", "save-short-run"])  # shorter than the interval: the last epoch saved
+def test_a_disk_that_fills_while_training_leaves_a_resumable_run(when, completed, every, mnist_dir, tmp_path):
     whole = tmp_path / "whole"
-    assert main(["train", *SMALL_MODEL, "--out", str(whole), "--cache-dir", str(mnist_dir)]) == 0
+    argv = [*SMALL_MODEL, *every]
+    assert main(["train", *argv, "--out", str(whole), "--cache-dir", str(mnist_dir)]) == 0
     with small_disk(tmp_path / "disk", "4m") as disk:
         out, filler = disk / "run", disk / "filler"
-        done = subprocess.run([sys.executable, "-c", FILL, when, str(filler), "train", *SMALL_MODEL,
+        done = subprocess.run([sys.executable, "-c", FILL, when, str(filler), "train", *argv,
                                "--out", str(out), "--cache-dir", str(mnist_dir)], capture_output=True, text=True)
         assert done.returncode == 2, done.stderr[-3000:]  # not a crash (h5py's checkpoint write segfaulted)
         err = done.stderr.strip().splitlines()

@@ -22,7 +22,8 @@ class Checkpoint(keras.callbacks.Callback):
     state in one atomic file: the model's variables (dropout's seed state among them), the optimizer's, and
     the global RNG that Keras fit shuffles with (NumPy's on JAX, PyTorch's on PyTorch), so a resumed run sees
     the same batches and masks as an uninterrupted one. The interval bounds both the work an interruption
-    loses and the time spent saving (on a GPU one save can take longer than several epochs). An epoch whose
+    loses and the time spent saving (on a GPU one save can take longer than several epochs). The last epoch is
+    always saved: a full disk or a Ctrl-C while the finished run is written loses no training. An epoch whose
     loss is not finite is not saved: the last good checkpoint stays."""
 
     def __init__(self, run_dir: Path, rng_state: dict | None, config_toml: str, every_seconds: float = 0.0):
@@ -38,7 +39,8 @@ class Checkpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not math.isfinite((logs or {}).get("loss", 0.0)):
             return
-        if monotonic() - self.saved_at < self.every_seconds:
+        last = epoch + 1 >= self.params.get("epochs", math.inf)
+        if not last and monotonic() - self.saved_at < self.every_seconds:
             return
         arrays = {f"model/{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(self.model.variables)}
         arrays.update({f"optimizer/{i}": keras.ops.convert_to_numpy(v.value)
