@@ -35,7 +35,7 @@ def _png(array, **save):
 
 
 def _forms(digit):
-    """The same digit as users produce it, in eight forms."""
+    """The same digit as users produce it, in many forms."""
     white_on_black = _render(digit, dark_ink=False)
     alpha = np.zeros((200, 200, 4), np.uint8)
     alpha[..., 3] = 255 - _render(digit)  # black strokes on a transparent sheet
@@ -44,6 +44,12 @@ def _forms(digit):
     exif[0x0112] = 6  # stored turned 90° counter-clockwise; viewers rotate it back
     rotated = io.BytesIO()
     upright.rotate(90, expand=True).save(rotated, format="JPEG", exif=exif, quality=95)
+    page = Image.fromarray(_render(digit)).convert("RGBA")  # dark ink on an opaque page, and parts of it transparent:
+    margin = Image.new("RGBA", (240, 240), (0, 0, 0, 0))
+    margin.paste(page, (20, 20))  # a transparent margin
+    turned = page.rotate(10, expand=True, fillcolor=(0, 0, 0, 0))  # the corners a rotation leaves
+    one_pixel = page.copy()
+    one_pixel.putpixel((0, 0), (255, 255, 255, 200))  # a single translucent pixel
     sixteen = (_render(digit).astype(np.uint16) * 257)
     animated = io.BytesIO()
     first, second = Image.fromarray(_render(digit)).convert("P"), Image.new("P", (200, 200), 0)
@@ -55,6 +61,9 @@ def _forms(digit):
         "large": _png(_render(digit, canvas=600, size=560, top=20, left=20)),
         "white on black": _png(white_on_black),
         "alpha": _png(alpha),
+        "transparent margin": _png(np.asarray(margin)),
+        "rotated, transparent corners": _png(np.asarray(turned)),
+        "one translucent pixel": _png(np.asarray(one_pixel)),
         "exif-rotated jpeg": rotated.getvalue(),
         "16-bit": _png(sixteen),
         "palette gif, 2 frames": animated.getvalue(),

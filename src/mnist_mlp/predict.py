@@ -91,14 +91,26 @@ def _image_to_gray(image: Image.Image) -> np.ndarray:
     if image.mode in ("I", "F"):
         gray = image
     elif image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA"):
-        alpha = (image if image.mode in ("RGBA", "LA") else image.convert("RGBA")).getchannel("A")
-        # drawn on a transparent sheet: the opaque strokes are the ink
-        gray = alpha if alpha.getextrema()[0] < 250 else image.convert("L")
+        gray = _flatten(image.convert("RGBA"))
     else:
         gray = image.convert("L")
     factor = -(-max(gray.size) // WORK_SIDE)
     array = np.asarray(gray.reduce(factor) if factor > 1 else gray, dtype=np.float32)
     return array * (255 / 65535) if image.mode == "I" and array.max() > 255 else array
+
+
+def _flatten(rgba: Image.Image) -> Image.Image:
+    """One gray channel of an image with transparency. Mostly transparent: a digit drawn on a transparent
+    sheet, whose opaque strokes are the ink (their colour may be anything). Otherwise a page with some
+    transparent parts (a margin, the corners a rotation leaves, a shadow): those are filled with the paper."""
+    alpha = np.asarray(rgba.getchannel("A"))
+    if alpha.min() >= 250:
+        return rgba.convert("L")
+    if np.count_nonzero(alpha < 128) > alpha.size / 2:
+        return rgba.getchannel("A")
+    gray = rgba.convert("L")
+    paper = int(np.median(np.asarray(gray)[alpha >= 128]))
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (paper, paper, paper, 255)), rgba).convert("L")
 
 
 def _array_to_gray(array: np.ndarray, name: str) -> np.ndarray:
