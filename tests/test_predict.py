@@ -164,6 +164,14 @@ def test_a_small_digit_is_said_to_be_too_small_not_faint(trained):
     assert found.unsure and "too small" in found.reason and "crop closer" in found.reason
 
 
+def test_a_48_megapixel_phone_jpeg_is_read_at_a_reduced_scale(trained, mnist):
+    (_, _), (x_test, _) = mnist
+    page = Image.fromarray(_render(x_test[0], canvas=600, size=400, top=100, left=100)).resize((8064, 6048))
+    buffer = io.BytesIO()
+    page.save(buffer, format="JPEG", quality=80)  # more pixels than MAX_PIXELS, decoded at 1/4 scale
+    assert predict_image(trained[0], buffer.getvalue(), "phone.jpg").digit == 7
+
+
 def test_bad_images_are_user_errors():
     with pytest.raises(UserError, match="not a readable image"):
         open_image(b"this is not an image", "upload")

@@ -18,7 +18,7 @@ from mnist_mlp.data import format_digit, preprocess
 from mnist_mlp.errors import UserError
 from mnist_mlp.runs import atomic
 
-MAX_PIXELS = 25_000_000  # larger images are refused (decompression bombs); a phone photo is ~12 MP
+MAX_PIXELS = 25_000_000  # larger images, as decoded, are refused (decompression bombs); JPEGs decode smaller
 INK_FLOOR = 0.2  # ink fainter than this fraction of the strongest ink is noise
 MIN_CONTRAST = 16.0  # gray levels (of 255) ink must stand out from the paper to count as a mark
 NO_DIGIT_SIGMAS = 8.0  # ...and by this many noise standard deviations (noise peaks reach ~5 on a photo)
@@ -63,11 +63,11 @@ def open_image(source: str | Path | bytes | np.ndarray, name: str = "image") -> 
         return _array_to_gray(source, name)
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS)
-        if image.width * image.height > MAX_PIXELS:
-            raise ImageTooLarge(f"{name} is {image.width}x{image.height} pixels, more than {MAX_PIXELS:,}; "
-                                "send a smaller image")
         image.seek(0)
         image.draft("L", (WORK_SIDE, WORK_SIDE))  # a JPEG decodes at 1/2, 1/4 or 1/8 scale, still >= WORK_SIDE
+        if image.width * image.height > MAX_PIXELS:  # as decoded: a 48 MP phone JPEG decodes at 3 MP
+            raise ImageTooLarge(f"{name} is {image.width}x{image.height} pixels, more than {MAX_PIXELS:,}; "
+                                "use a smaller image (a digit needs far fewer pixels)")
         ImageOps.exif_transpose(image, in_place=True)
         gray = _image_to_gray(image)
     except UserError:
@@ -75,7 +75,7 @@ def open_image(source: str | Path | bytes | np.ndarray, name: str = "image") -> 
     except FileNotFoundError:
         raise UserError(f"{name} not found; give an image file") from None
     except Image.DecompressionBombError:  # Pillow's own limit, far above ours, refuses before we can look
-        raise ImageTooLarge(f"{name} has more than {MAX_PIXELS:,} pixels; send a smaller image") from None
+        raise ImageTooLarge(f"{name} has more than {MAX_PIXELS:,} pixels; use a smaller image") from None
     except Exception as e:  # noqa: BLE001  decoders fail in many ways on hostile bytes; each is the file's fault
         raise UserError(f"{name} is not a readable image (damaged, or not a {FORMAT_NAMES}: {type(e).__name__}); "
                         "open it and save it again as PNG or JPEG") from None
