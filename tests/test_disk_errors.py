@@ -145,3 +145,66 @@ def test_a_disk_that_fills_while_training_leaves_a_resumable_run(when, completed
         assert (out / runs.HISTORY).read_text() == (whole / runs.HISTORY).read_text()
         ours, theirs = (json.loads((d / runs.METRICS).read_text()) for d in (out, whole))
         assert ours["test_accuracy"] == theirs["test_accuracy"]
+
+
+def test_evaluate_on_a_read_only_run_prints_the_scores_and_advice_that_works(trained, mnist_dir, tmp_path,
+                                                                            capsys, monkeypatch):
+    """A teacher's run shared read-only: the scores are shown, the line says the figures were not written,
+    and its `cp -r` advice, followed, evaluates the copy."""
+    import shlex
+    import shutil
+
+    _, run = trained
+    with small_disk(tmp_path / "shared", "64m") as shared:
+        shutil.copytree(run, shared / "classic", ignore=shutil.ignore_patterns("confusion.png", "misclassified.png",
+                                                                              "evaluation.json"))
+        subprocess.run(["mount", "-o", "remount,ro", str(shared)], check=True)
+        monkeypatch.chdir(tmp_path)
+        assert main(["evaluate", str(shared / "classic"), "--cache-dir", str(mnist_dir)]) == 2
+        captured = capsys.readouterr()
+        assert "Test accuracy: 0.9" in captured.out and "Wrote" not in captured.out
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and "Read-only file system" in err[0] and "scores above are not saved" in err[0], err
+        command = err[0].split("`")[1]
+        assert command.startswith("cp -r ")
+        subprocess.run(shlex.split(command), check=True)  # the advice, followed
+        copy = tmp_path / shlex.split(command)[-1]
+        assert main(["evaluate", str(copy), "--cache-dir", str(mnist_dir)]) == 0
+        assert (copy / "confusion.png").is_file() and "Wrote" in capsys.readouterr().out
+
+
+def test_a_read_only_run_is_resumed_and_plotted_by_the_advice(synthetic_dir, tmp_path, capsys, monkeypatch):
+    """An interrupted run on a read-only disk: `--resume` (which takes no --out) advises a copy to resume,
+    and `plot` (whose curves go into the run) another --out; each, followed, succeeds."""
+    import shlex
+    import shutil
+
+    from conftest import ctrl_c_after_epoch
+    from mnist_mlp import train
+
+    tiny = ["--train-samples", "500", "--epochs", "2", "--set", "train.checkpoint_seconds=0",
+            "--cache-dir", str(synthetic_dir)]
+    with monkeypatch.context() as patch:
+        patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_after_epoch(0))
+        assert main(["train", *tiny, "--out", str(tmp_path / "run")]) == 130
+    assert main(["train", *tiny, "--out", str(tmp_path / "finished")]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    with small_disk(tmp_path / "shared", "16m") as shared:
+        for name in ("run", "finished"):
+            shutil.copytree(tmp_path / name, shared / name, ignore=shutil.ignore_patterns(runs.CURVES))
+        subprocess.run(["mount", "-o", "remount,ro", str(shared)], check=True)
+        assert main(["train", "--resume", str(shared / "run"), "--cache-dir", str(synthetic_dir)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Read-only file system" in err[0], err
+        copy, resume = err[0].split("`")[1].split(" && ")
+        subprocess.run(shlex.split(copy), check=True)
+        assert shlex.split(resume)[:3] == ["mnist-mlp", "train", "--resume"]
+        assert main([*shlex.split(resume)[1:], "--cache-dir", str(synthetic_dir)]) == 0
+        assert runs.load_run(shlex.split(resume)[-1]).history["epoch"] == [0, 1]
+
+        assert main(["plot", str(shared / "finished")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Read-only file system" in err[0], err
+        plot = shlex.split(err[0].split("`")[1])
+        assert main(plot[1:]) == 0 and (tmp_path / plot[-1]).is_file()

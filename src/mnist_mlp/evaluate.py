@@ -3,6 +3,8 @@ and recall, the confusion matrix, and a gallery of the most confidently wrong di
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import keras
 import numpy as np
 
 from mnist_mlp import data, plots, runs, stats
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import UserError, WriteFailed
 from mnist_mlp.model import NUM_CLASSES
 from mnist_mlp.runs import load_model
 
@@ -29,6 +31,7 @@ class EvalResult:
     source: str = "mnist"  # the images scored: MNIST's test set, or otherdigits' source (then no files written)
     unread: tuple[str, ...] = ()  # an error line for each of a folder's images that could not be read
     no_digit: tuple[str, ...] = ()  # a line for each of a folder's images in which no digit was found (not scored)
+    not_written: str = ""  # why the figures and evaluation.json could not be written (the scores stand)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -72,14 +75,25 @@ def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gal
     confidence = probabilities[wrong, predicted[wrong]]
     worst = wrong[np.argsort(-confidence)][:gallery_size]
     titles = [f"true {labels[i]}, said {predicted[i]}\n{probabilities[i, predicted[i]]:.1%}, test #{i}" for i in worst]
-    plots.plot_confusion(matrix, run.path / runs.CONFUSION)
-    plots.plot_gallery(images[worst], titles, run.path / runs.MISCLASSIFIED)
-    runs.write_json(run.path / runs.EVALUATION, {
-        "test_loss": loss, "test_accuracy": accuracy, "test_accuracy_ci95": list(result.ci95),
-        "confusion": matrix.tolist(), "precision": list(result.precision), "recall": list(result.recall),
-        "support": list(result.support), "misclassified": worst.tolist(), "backend": keras.backend.backend(),
-    })
+    try:
+        plots.plot_confusion(matrix, run.path / runs.CONFUSION)
+        plots.plot_gallery(images[worst], titles, run.path / runs.MISCLASSIFIED)
+        runs.write_json(run.path / runs.EVALUATION, {
+            "test_loss": loss, "test_accuracy": accuracy, "test_accuracy_ci95": list(result.ci95),
+            "confusion": matrix.tolist(), "precision": list(result.precision), "recall": list(result.recall),
+            "support": list(result.support), "misclassified": worst.tolist(), "backend": keras.backend.backend(),
+        })
+    except WriteFailed as e:  # a run folder shared read-only, a full disk: the scores are still worth showing
+        return dataclasses.replace(result, not_written=f"{e}; {_after_write_error(e.errno, run.path)}")
     return result
+
+
+def _after_write_error(number: int | None, path: Path) -> str:
+    if number in (errno.EROFS, errno.EACCES, errno.EPERM):
+        copy = runs.free_name(Path(path.name))
+        return (f"the scores above are not saved; copy the run where you can write (`cp -r {runs.shell_path(path)} "
+                f"{runs.shell_path(copy)}`) and evaluate the copy")
+    return f"the scores above are not saved; free some space, then `mnist-mlp evaluate {runs.shell_path(path)}`"
 
 
 def _loss_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -103,6 +117,6 @@ def describe(result: EvalResult) -> str:
               for d, (p, r, n) in enumerate(zip(result.precision, result.recall, result.support))]
     lines += ["", "confusion matrix (rows: true digit, columns: predicted)", "      " + "".join(f"{d:>6}" for d in range(10))]
     lines += [f"{d:>6}" + "".join(f"{n:>6}" for n in row) for d, row in enumerate(result.confusion)]
-    if result.source == "mnist":
+    if result.source == "mnist" and not result.not_written:
         lines += ["", f"Wrote confusion.png, misclassified.png and evaluation.json in {result.run_dir}/"]
     return "\n".join(lines)

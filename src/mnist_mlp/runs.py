@@ -90,7 +90,7 @@ def claim(path: str | Path, *, overwrite: bool = False, resume: bool = False):
             raise UserError(f"{path} is the working folder or holds it; give a new folder, e.g. --out runs/NAME")
         fd, created = _open_marker(path, resume)
     except OSError as e:  # a name too long, a read-only or full disk, no permission
-        raise UserError(f"cannot use {path} as a run folder ({e.strerror}); choose another --out") from None
+        raise UserError(f"cannot use {path} as a run folder ({e.strerror}); {_elsewhere(path, resume)}") from None
     try:
         try:
             _lock(fd, LOCK_WAIT_S if created else 0)
@@ -101,7 +101,7 @@ def claim(path: str | Path, *, overwrite: bool = False, resume: bool = False):
             raise UserError(f"{path} is in use: another mnist-mlp process is training into it; wait for it to "
                             f"finish{other}") from None
         except OSError as e:  # a full disk for the marker's line, a file system without locks
-            raise UserError(f"cannot use {path} as a run folder ({e.strerror}); choose another --out") from None
+            raise UserError(f"cannot use {path} as a run folder ({e.strerror}); {_elsewhere(path, resume)}") from None
         if not created and not resume:
             if not overwrite and any(entry.name != MARKER for entry in path.iterdir()):  # the marker alone: no run
                 raise UserError(f"{path} already holds a run; choose another --out or add --overwrite to replace it")
@@ -109,6 +109,15 @@ def claim(path: str | Path, *, overwrite: bool = False, resume: bool = False):
         yield path
     finally:
         os.close(fd)
+
+
+def _elsewhere(path: Path, resume: bool) -> str:
+    """Where to go on when `path` cannot be written: another --out; a resume (which takes none) from a copy."""
+    if not resume:
+        return "choose another --out"
+    copy = free_name(Path(path.name))
+    return (f"copy the run where you can write and resume the copy: `cp -r {shell_path(path)} {shell_path(copy)} "
+            f"&& mnist-mlp train --resume {shell_path(copy)}`")
 
 
 def _lock(fd: int, wait: float) -> None:
