@@ -62,6 +62,26 @@ def test_ctrl_c_after_an_epoch_advises_resume_that_works(synthetic_dir, tmp_path
     assert runs.load_run(out).history["epoch"] == [0, 1]
 
 
+@pytest.mark.parametrize("damage", ["a value", "removed", "emptied"])
+def test_a_damaged_history_is_refused_before_training_with_advice_that_works(damage, synthetic_dir, tmp_path, capsys,
+                                                                            monkeypatch):
+    """A resume whose history lacks the checkpoint's epochs trained to the end and then failed (a value), or
+    finished with a history short of epochs (removed, emptied); it is refused at once, and the advice works."""
+    out = tmp_path / "run"
+    _stop_after_first_epoch(out, synthetic_dir, monkeypatch)
+    capsys.readouterr()
+    partial = out / runs.PARTIAL_HISTORY
+    if damage == "a value":
+        partial.write_text(partial.read_text().replace(partial.read_text().splitlines()[1].split(",")[1], "abc", 1))
+    elif damage == "removed":
+        partial.unlink()
+    else:
+        partial.write_text("")
+    assert main(["train", "--resume", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+    argv = _follow(capsys, synthetic_dir, "lacks some of the 1 epoch(s)")
+    assert "--overwrite" in argv and runs.load_run(out).history["epoch"] == [0, 1]
+
+
 def test_checkpoints_keep_their_interval_and_resume_from_an_older_one(synthetic_dir, tmp_path, capsys, monkeypatch):
     """Epochs of 4 s on a fake clock and a checkpoint every 10 s: Ctrl-C after epoch 5 finds one saved after
     epoch 3 (12 s), none after 1, 2, 4 or 5; the resume from it gives an uninterrupted run's history."""

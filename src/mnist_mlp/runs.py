@@ -573,7 +573,7 @@ def completed_epochs(path: str | Path) -> int:
         raise UserError((path / DIVERGED).read_text().strip())
     try:
         with np.load(path / CHECKPOINT) as saved:
-            return int(saved["epoch"])
+            epoch = int(saved["epoch"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         partial = path / PARTIAL_HISTORY
         epochs = max(len(partial.read_bytes().splitlines()) - 1, 0) if partial.is_file() else 0
@@ -585,6 +585,26 @@ def completed_epochs(path: str | Path) -> int:
         else:
             why = f"{path} has no completed epoch to resume from"
         raise NoCheckpoint(f"{why}; start it again with {fresh_start(path)}") from None
+    history = path / PARTIAL_HISTORY
+    if not history.exists() and (path / HISTORY).exists():
+        history = path / HISTORY  # stopped while the finished run was written
+    if not _holds_epochs(history, epoch):  # checked before training: a resume would end without its curves
+        raise NoCheckpoint(f"{history} lacks some of the {epoch} epoch(s) its checkpoint has done (damaged or "
+                           f"removed), so a resumed run would have no whole history; start it again with "
+                           f"{fresh_start(path)}")
+    return epoch
+
+
+def _holds_epochs(history: Path, epochs: int) -> bool:
+    """Whether the history file's first `epochs` rows are there, each with a loss and an accuracy."""
+    try:
+        with open(history, newline="") as f:
+            rows = list(itertools.islice(csv.DictReader(f), epochs))
+        for row in rows:
+            float(row["loss"]), float(row["accuracy"])
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError):
+        return False
+    return len(rows) == epochs
 
 
 def save_checkpoint(path: str | Path, epoch: int, arrays: dict[str, np.ndarray]) -> None:
