@@ -56,6 +56,10 @@ def prepare(config: Config, backend: str, data_dir: str | Path | None = None, en
     is the folder `compile_cache`, else "xla" in the data cache."""
     tc = config.train
     set_seed(tc.seed, backend)
+    # Keras' own defaults, whatever a ~/.keras/keras.json says: its floatx would change the weights' type and
+    # its epsilon the loss's clipping, and neither is in the run's config (train.precision is).
+    keras.config.set_floatx("float32")
+    keras.config.set_epsilon(1e-7)
     if backend == "jax":  # before the model is built: its initializers are compiled programs too
         from mnist_mlp import engine as compiled
 
