@@ -111,12 +111,18 @@ def test_an_output_that_is_not_a_plain_file_is_refused_untouched(synthetic_dir, 
     link.symlink_to(target)
     os.mkfifo(pipe)
     cases = ((link, "is a symbolic link, which writing would replace"), (pipe, "is a device or pipe"),
-             (tmp_path, f"is a folder; give a file name, e.g. --out {tmp_path / 'augment.png'}"))
+             (tmp_path, f"is a folder; give a file name, e.g. --out {tmp_path / 'augment.png'}"),
+             (target, f"is a file that mnist-mlp did not write, so it is not replaced; give another name, e.g. "
+                      f"--out {tmp_path / 'target-2.png'}"))
     for out, said in cases:
         assert main(["inspect", "--augment", *DEFORM, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
         err = capsys.readouterr().err
         assert f"--out {out} {said}" in err and err.count("\n") == 1, err
     assert link.is_symlink() and target.read_bytes() == b"mine" and stat.S_ISFIFO(os.lstat(pipe).st_mode)
+    for name in ("ours.png", "ours.pdf", "ours.svg", "ours.jpg"):  # a figure of ours, written again: replaced
+        for _ in range(2):
+            assert main(["inspect", "--augment", *DEFORM, "--out", str(tmp_path / name),
+                         "--cache-dir", str(synthetic_dir)]) == 0, capsys.readouterr().err
     missing = tmp_path / "figures" / "grid.png"
     assert main(["inspect", "--augment", *DEFORM, "--out", str(missing), "--cache-dir", str(synthetic_dir)]) == 2
     assert f"cannot write {missing} (No such file or directory); its folder does not exist: make it first, or give " \

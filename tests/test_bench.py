@@ -119,7 +119,9 @@ def test_two_epoch_bench_of_ours_and_plain_torch(mnist_dir, tmp_path, capsys):
     ours, torch = report["results"]
     assert 0 < ours["start_s"] < ours["first_epoch_s"] and torch["start_s"] is None is torch["compiling"]
     compiling = ours["compiling"]  # --cold: every program compiled, none loaded, the epoch's scan among them
-    assert compiling["programs"] > 3 and compiling["from_cache"] == 0 and 0 < compiling["seconds"] < ours["first_epoch_s"]
+    assert compiling["programs"] > 3 and compiling["from_cache"] == 0  # seconds summed over up to 3 threads at once:
+    assert 0 < compiling["seconds"] < 3 * ours["first_epoch_s"]
+    assert report["made_by"] == "mnist-mlp"  # so a second --json there may replace it
     assert "run_chunk" in [name for name, *_ in compiling["longest"]]
 
 

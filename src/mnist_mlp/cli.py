@@ -228,7 +228,7 @@ def cmd_bench(args) -> None:
                              args.connections, args.duration, args.image, args.cold, args.give_up)
     print(text, flush=True)  # the results first: a failed write does not cost them
     with runs.output(args.json, "bench.json", ".json", flag="--json") as out:
-        runs.write_json(out, report)
+        runs.write_json(out, {"made_by": runs.MADE_BY, **report})
     print(f"\nWrote {out}")
 
 

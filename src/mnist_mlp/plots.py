@@ -26,8 +26,10 @@ def _save(fig, path: str | Path) -> Path:
     if kind not in FORMATS:
         plt.close(fig)
         raise UserError(f"{path}: figures are written as {', '.join(FORMATS)}; give a name ending in one of them")
+    mark = ({"pil_kwargs": {"comment": runs.MADE_BY}} if kind in ("jpg", "jpeg") else  # so --out knows it as ours
+            {"metadata": {"Software" if kind == "png" else "Creator": runs.MADE_BY}})
     with atomic(path) as tmp:
-        fig.savefig(tmp, format=kind, dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format=kind, dpi=110, bbox_inches="tight", **mark)
     plt.close(fig)
     return Path(path)
 

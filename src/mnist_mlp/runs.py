@@ -37,6 +37,7 @@ MISCLASSIFIED = "misclassified.png"  # written by evaluate
 EVALUATION = "evaluation.json"  # written by evaluate
 CHECKPOINT = "checkpoint.npz"  # weights, optimizer, random state after an epoch (see Checkpoint); removed at the end
 SAVING_ONLY = {"train.checkpoint_seconds"}  # config keys that say when a run saves, not what it learns
+MADE_BY = "mnist-mlp"  # in the metadata of the figures we write and in bench's JSON: a file --out may replace
 PARTIAL_HISTORY = ".history.partial.csv"  # the epochs done so far; renamed to history.csv at the end
 GROUP = "group.json"  # in a folder of seed runs (train --seeds): seeds and accuracy statistics
 DIVERGED = "diverged.txt"  # a run whose loss became NaN: what to do instead of resuming
@@ -304,6 +305,21 @@ def check_target(path: Path, flag: str, example: str) -> None:
     if not stat.S_ISREG(mode):
         kind = "a symbolic link" if stat.S_ISLNK(mode) else "a device or pipe"
         raise UserError(f"{flag} {path} is {kind}, which writing would replace; give the name of a file")
+    if os.lstat(path).st_size and not made_by_us(path):
+        other = shell_path(free_name(path, path.suffix, flag))
+        raise UserError(f"{flag} {path} is a file that mnist-mlp did not write, so it is not replaced; give another "
+                        f"name, e.g. {flag} {other}")
+
+
+def made_by_us(path: Path) -> bool:
+    """Whether file `path` carries MADE_BY near its start or end, as the figures and JSON reports we write do."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+            f.seek(max(0, os.fstat(f.fileno()).st_size - (1 << 16)))
+            return MADE_BY.encode() in head or MADE_BY.encode() in f.read()
+    except OSError:
+        return False
 
 
 def _remove_unused(folder: Path) -> None:
