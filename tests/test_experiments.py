@@ -79,6 +79,13 @@ def test_a_run_with_odd_metrics_or_history_is_skipped_by_list_and_refused_by_plo
     assert str(tmp_path / "seed-9") in out and "seed-7" not in out and "seed-8" not in out
     assert f"{tmp_path / 'seed-7' / runs.METRICS} is not a run's metrics (JSON of one object)" in err
     assert f"{tmp_path / 'seed-8' / runs.HISTORY} is not a valid history (no loss and accuracy columns)" in err
+    metrics = json.loads((tmp_path / "seed-9" / runs.METRICS).read_text())
+    for seconds in (0.0, None):  # resumed after its last epoch (none timed), or an older run's metrics
+        (tmp_path / "seed-9" / runs.METRICS).write_text(json.dumps({**metrics, "seconds_per_epoch": seconds}))
+        assert main(["runs", "list", "--root", str(tmp_path)]) == 0
+        row = next(line for line in capsys.readouterr().out.splitlines() if "seed-9" in line)
+        assert " - " in row and "0.00" not in row, row
+    (tmp_path / "seed-9" / runs.METRICS).write_text(json.dumps(metrics))
     (tmp_path / "link.png").symlink_to(tmp_path / "target.png")
     assert main(["plot", str(tmp_path / "seed-9"), "--out", str(tmp_path / "link.png")]) == 2  # one run's plot too
     assert "is a symbolic link, which writing would replace" in capsys.readouterr().err

@@ -54,8 +54,9 @@ def describe_list(root: str | Path = "runs") -> tuple[str, list[str]]:
                             for key, value in flat_config(run.config).items()
                             if str(value) != str(classic[key]) and key not in ("backend", *SAVING_ONLY))
         accuracy = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "-"
+        speed = f"{row['seconds_per_epoch']:.2f}" if row["seconds_per_epoch"] else "-"  # 0: no epoch in its last process
         lines.append(f"{row['run']:<36} {row['date']:<16} {row['epochs']:>6} {accuracy:>8} "
-                     f"{row['seconds_per_epoch']:>7.2f} {row['backend']:<10} {differs}")
+                     f"{speed:>7} {row['backend']:<10} {differs}")
     return "\n".join(lines), skipped
 
 
