@@ -69,6 +69,7 @@ def _forms(digit):
         "palette gif, 2 frames": animated.getvalue(),
         "bmp": _png(_render(digit), format="BMP"),
         "tiff": _png(_render(digit), format="TIFF"),
+        "float tiff in 0..1": _png(_render(digit).astype(np.float32) / 255, format="TIFF"),
     }
 
 

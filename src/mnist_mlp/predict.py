@@ -96,7 +96,9 @@ def _image_to_gray(image: Image.Image) -> np.ndarray:
         gray = image.convert("L")
     factor = -(-max(gray.size) // WORK_SIDE)
     array = np.asarray(gray.reduce(factor) if factor > 1 else gray, dtype=np.float32)
-    return array * (255 / 65535) if image.mode == "I" and array.max() > 255 else array
+    if image.mode == "I" and array.max() > 255:
+        return array * (255 / 65535)
+    return array * 255 if image.mode == "F" and array.max() <= 1 else array  # a float TIFF in 0..1, as arrays
 
 
 def _flatten(rgba: Image.Image) -> Image.Image:
