@@ -147,11 +147,22 @@ def test_a_disk_that_fills_while_training_leaves_a_resumable_run(when, completed
         assert ours["test_accuracy"] == theirs["test_accuracy"]
 
 
+def _follow_shell(line: str, cache_dir) -> tuple[int, list[str]]:
+    """Follow the one line's advice `SHELL && ... && mnist-mlp ARGS`: the shell part (a copy) as a shell runs it,
+    then ARGS (and --cache-dir, as the other advice tests add) in process; (exit code, ARGS)."""
+    import shlex
+
+    command = line.split("`")[1]
+    shell, args = command.rsplit(" && mnist-mlp ", 1)
+    subprocess.run(["sh", "-c", shell], check=True)
+    args = shlex.split(args)
+    return main([*args, "--cache-dir", str(cache_dir)]), args
+
+
 def test_evaluate_on_a_read_only_run_prints_the_scores_and_advice_that_works(trained, mnist_dir, tmp_path,
                                                                             capsys, monkeypatch):
     """A teacher's run shared read-only: the scores are shown, the line says the figures were not written,
     and its `cp -r` advice, followed, evaluates the copy."""
-    import shlex
     import shutil
 
     _, run = trained
@@ -165,12 +176,10 @@ def test_evaluate_on_a_read_only_run_prints_the_scores_and_advice_that_works(tra
         assert "Test accuracy: 0.9" in captured.out and "Wrote" not in captured.out
         err = captured.err.strip().splitlines()
         assert len(err) == 1 and "Read-only file system" in err[0] and "scores above are not saved" in err[0], err
-        command = err[0].split("`")[1]
-        assert command.startswith("cp -r ")
-        subprocess.run(shlex.split(command), check=True)  # the advice, followed
-        copy = tmp_path / shlex.split(command)[-1]
-        assert main(["evaluate", str(copy), "--cache-dir", str(mnist_dir)]) == 0
-        assert (copy / "confusion.png").is_file() and "Wrote" in capsys.readouterr().out
+        assert err[0].split("`")[1].startswith(f"cp -r {shared / 'classic'} classic && chmod -R u+w classic && ")
+        code, args = _follow_shell(err[0], mnist_dir)  # the advice, followed
+        assert code == 0 and args == ["evaluate", "classic"]
+        assert (tmp_path / "classic" / "confusion.png").is_file() and "Wrote" in capsys.readouterr().out
 
 
 def test_a_read_only_run_is_resumed_and_plotted_by_the_advice(synthetic_dir, tmp_path, capsys, monkeypatch):
@@ -197,11 +206,9 @@ def test_a_read_only_run_is_resumed_and_plotted_by_the_advice(synthetic_dir, tmp
         assert main(["train", "--resume", str(shared / "run"), "--cache-dir", str(synthetic_dir)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "Read-only file system" in err[0], err
-        copy, resume = err[0].split("`")[1].split(" && ")
-        subprocess.run(shlex.split(copy), check=True)
-        assert shlex.split(resume)[:3] == ["mnist-mlp", "train", "--resume"]
-        assert main([*shlex.split(resume)[1:], "--cache-dir", str(synthetic_dir)]) == 0
-        assert runs.load_run(shlex.split(resume)[-1]).history["epoch"] == [0, 1]
+        code, args = _follow_shell(err[0], synthetic_dir)
+        assert code == 0 and args == ["train", "--resume", "run-2"]  # ./run is taken: the first free name
+        assert runs.load_run(tmp_path / "run-2").history["epoch"] == [0, 1]
 
         assert main(["plot", str(shared / "finished")]) == 2
         err = capsys.readouterr().err.strip().splitlines()

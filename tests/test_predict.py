@@ -50,6 +50,9 @@ def _forms(digit):
     turned = page.rotate(10, expand=True, fillcolor=(0, 0, 0, 0))  # the corners a rotation leaves
     one_pixel = page.copy()
     one_pixel.putpixel((0, 0), (255, 255, 255, 200))  # a single translucent pixel
+    cut_out = np.zeros((200, 200, 4), np.uint8)
+    cut_out[...] = (30, 60, 200, 0)
+    cut_out[..., 3] = _render(digit)  # a blue sheet with the digit cut out of it (its strokes transparent)
     sixteen = (_render(digit).astype(np.uint16) * 257)
     animated = io.BytesIO()
     first, second = Image.fromarray(_render(digit)).convert("P"), Image.new("P", (200, 200), 0)
@@ -64,6 +67,7 @@ def _forms(digit):
         "transparent margin": _png(np.asarray(margin)),
         "rotated, transparent corners": _png(np.asarray(turned)),
         "one translucent pixel": _png(np.asarray(one_pixel)),
+        "cut out of a sheet": _png(cut_out),
         "exif-rotated jpeg": rotated.getvalue(),
         "16-bit": _png(sixteen),
         "palette gif, 2 frames": animated.getvalue(),

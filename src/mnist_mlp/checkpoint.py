@@ -39,7 +39,7 @@ class Checkpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not math.isfinite((logs or {}).get("loss", 0.0)):
             return
-        last = epoch + 1 >= self.params.get("epochs", math.inf)
+        last = epoch + 1 >= (self.params or {}).get("epochs", math.inf)
         if not last and monotonic() - self.saved_at < self.every_seconds:
             return
         arrays = {f"model/{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(self.model.variables)}

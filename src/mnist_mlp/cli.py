@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ from mnist_mlp import __version__, cache, data, experiments, runs, sources
 from mnist_mlp.backend import use_backend
 from mnist_mlp.bench import VARIANTS
 from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, load_config
-from mnist_mlp.errors import Interrupted, UserError, WriteFailed, interrupt
+from mnist_mlp.errors import Interrupted, UserError, interrupt
 from mnist_mlp.space import load_space
 
 
@@ -155,14 +154,7 @@ def cmd_serve(args) -> None:
 def cmd_plot(args) -> None:
     from mnist_mlp import plots
 
-    try:
-        out, note = plots.plot_runs(args.runs, args.out)
-    except WriteFailed as e:  # into a run folder shared read-only: the curves can go elsewhere
-        if args.out or e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise
-        elsewhere = runs.shell_path(runs.free_name("curves.png", ".png"))
-        raise WriteFailed(f"{e}; write it elsewhere: `mnist-mlp plot {' '.join(map(runs.shell_path, args.runs))} "
-                          f"--out {elsewhere}`", e.errno) from None
+    out, note = plots.plot_runs(args.runs, args.out)
     print(f"Wrote {out}" + (f" ({note})" if note else ""))
 
 

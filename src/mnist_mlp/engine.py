@@ -1,6 +1,6 @@
 """The compiled training engine for the JAX backend: Keras builds the model and optimizer, and each
 epoch runs as a few jitted `lax.scan` chunks over all its batches (stateless_call + stateless_apply),
-their programs compiled side by side before the first epoch, with the variables written back into the
+their programs compiled concurrently before the first epoch, with the variables written back into the
 Keras model at the end; several models of one architecture (a group's seeds) can train side by side in
 one vmapped program."""
 
@@ -179,36 +179,40 @@ def fit_side_by_side(models: list[keras.Model], x, y, *, batch_size: int, epochs
         programs = _compile_ahead(run_chunk, evaluate, _epoch_state(stacked if together else variables[0], len(models)),
                                   x, y, list(shapes), jnp.stack(deform_keys) if together else deform_keys[0],
                                   (x_val, y_val) if validation_data is not None else None, at_once=on_cpu)
-    for epoch in range(initial_epoch, epochs):
-        for c in callback_lists:
-            c.on_epoch_begin(epoch)
-        # The chunks donate (reuse) their input buffers: a lone model's own must stay valid, so it gets a
-        # copy; stacked variables are the engine's own (the models hold slices of them).
-        state = _epoch_state(stacked if together else _copy(variables[0]), len(models))
-        keys = [jax.random.fold_in(key, epoch) for key in deform_keys]
-        key = jnp.stack(keys) if together else keys[0]
-        done_steps = done_samples = 0
-        for parts in zip(*(epoch_index(n, batch_size, rng, chunks) for rng in rngs)):
-            index = np.stack(parts) if together else parts[0]
-            state = programs[index.shape].result()(state, x, y, jnp.asarray(index), key, jnp.int32(done_steps))
-            done_steps += parts[0].shape[0]
-            done_samples += parts[0].size
-            losses, hits = np.atleast_1d(np.asarray(state[3])), np.atleast_1d(np.asarray(state[4]))
-            for i, c in enumerate(callback_lists):
-                logs[i] = {"loss": float(losses[i]) / done_samples, "accuracy": int(hits[i]) / done_samples}
-                c.on_train_batch_end(done_steps - 1, logs[i])
-        if validation_data is not None:
-            val_loss, val_accuracy = (np.atleast_1d(np.asarray(v))
-                                      for v in programs["evaluate"].result()(state[0], state[1], x_val, y_val))
-            logs = [{**log, "val_loss": float(val_loss[i]), "val_accuracy": float(val_accuracy[i])}
-                    for i, log in enumerate(logs)]
-        stacked = state[:3]
-        variables = _unstack(stacked, len(models)) if together else [stacked]
-        for m, c, values, log in zip(models, callback_lists, variables, logs):
-            _write_back(m, m.optimizer, *values)
-            c.on_epoch_end(epoch, log)
-        if any(m.stop_training for m in models):
-            break
+    try:
+        for epoch in range(initial_epoch, epochs):
+            for c in callback_lists:
+                c.on_epoch_begin(epoch)
+            # The chunks donate (reuse) their input buffers: a lone model's own must stay valid, so it gets a
+            # copy; stacked variables are the engine's own (the models hold slices of them).
+            state = _epoch_state(stacked if together else _copy(variables[0]), len(models))
+            keys = [jax.random.fold_in(key, epoch) for key in deform_keys]
+            key = jnp.stack(keys) if together else keys[0]
+            done_steps = done_samples = 0
+            for parts in zip(*(epoch_index(n, batch_size, rng, chunks) for rng in rngs)):
+                index = np.stack(parts) if together else parts[0]
+                state = programs[index.shape].result()(state, x, y, jnp.asarray(index), key, jnp.int32(done_steps))
+                done_steps += parts[0].shape[0]
+                done_samples += parts[0].size
+                losses, hits = np.atleast_1d(np.asarray(state[3])), np.atleast_1d(np.asarray(state[4]))
+                for i, c in enumerate(callback_lists):
+                    logs[i] = {"loss": float(losses[i]) / done_samples, "accuracy": int(hits[i]) / done_samples}
+                    c.on_train_batch_end(done_steps - 1, logs[i])
+            if validation_data is not None:
+                val_loss, val_accuracy = (np.atleast_1d(np.asarray(v))
+                                          for v in programs["evaluate"].result()(state[0], state[1], x_val, y_val))
+                logs = [{**log, "val_loss": float(val_loss[i]), "val_accuracy": float(val_accuracy[i])}
+                        for i, log in enumerate(logs)]
+            stacked = state[:3]
+            variables = _unstack(stacked, len(models)) if together else [stacked]
+            for m, c, values, log in zip(models, callback_lists, variables, logs):
+                _write_back(m, m.optimizer, *values)
+                c.on_epoch_end(epoch, log)
+            if any(m.stop_training for m in models):
+                break
+    finally:  # after a Ctrl-C or an error: compiles not yet started are dropped, not waited for
+        for program in programs.values():
+            program.cancel()
     for c, log in zip(callback_lists, logs):
         c.on_train_end(log)
 

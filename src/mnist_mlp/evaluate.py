@@ -4,7 +4,6 @@ and recall, the confusion matrix, and a gallery of the most confidently wrong di
 from __future__ import annotations
 
 import dataclasses
-import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,10 +88,10 @@ def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gal
 
 
 def _after_write_error(number: int | None, path: Path) -> str:
-    if number in (errno.EROFS, errno.EACCES, errno.EPERM):
-        copy = runs.free_name(Path(path.name))
-        return (f"the scores above are not saved; copy the run where you can write (`cp -r {runs.shell_path(path)} "
-                f"{runs.shell_path(copy)}`) and evaluate the copy")
+    if number in runs.UNWRITABLE:
+        copy = runs.writable_copy(path)
+        return (f"the scores above are not saved; evaluate a copy of the run: `{copy} && mnist-mlp evaluate "
+                f"{copy.split()[-1]}`")
     return f"the scores above are not saved; free some space, then `mnist-mlp evaluate {runs.shell_path(path)}`"
 
 

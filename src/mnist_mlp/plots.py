@@ -3,6 +3,8 @@ gallery of digits. matplotlib's Agg backend; never Keras."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import matplotlib
@@ -13,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mnist_mlp import runs  # noqa: E402
-from mnist_mlp.errors import UserError  # noqa: E402
+from mnist_mlp.errors import UserError, WriteFailed  # noqa: E402
 from mnist_mlp.runs import atomic  # noqa: E402
 
 
@@ -123,13 +125,29 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None) -> tuple[P
         runs.check_target(Path(out), "--out", runs.CURVES)  # a link or a device is refused, not replaced
     if len(paths) == 1 and (Path(paths[0]) / runs.GROUP).exists():  # a train --seeds folder
         group, loaded = runs.load_group(paths[0])
-        out = plot_mean_band([run.history for run in loaded], out or Path(paths[0]) / runs.CURVES)
+        with _elsewhere_if_unwritable(paths[0], out):
+            out = plot_mean_band([run.history for run in loaded], out or Path(paths[0]) / runs.CURVES)
         return out, f"mean ± std over seeds {', '.join(map(str, group['seeds']))}"
     loaded = [runs.load_run(path) for path in paths]
     if len(loaded) == 1:
-        return plot_curves(named_histories(loaded), out or loaded[0].path / runs.CURVES), ""
+        with _elsewhere_if_unwritable(paths[0], out):
+            return plot_curves(named_histories(loaded), out or loaded[0].path / runs.CURVES), ""
     with runs.output(out, "curves.png", ".png") as out:
         return plot_curves(named_histories(loaded), out), ""
+
+
+@contextlib.contextmanager
+def _elsewhere_if_unwritable(run: str | Path, out):
+    """Curves that go into a run folder shared read-only (no --out given): the line says where else to write."""
+    try:
+        yield
+    except WriteFailed as e:
+        if out or e.errno not in runs.UNWRITABLE:
+            raise
+        here = Path() if os.access(Path.cwd(), os.W_OK) else Path.home()
+        elsewhere = runs.shell_path(runs.free_name(here / runs.CURVES, ".png"))
+        raise WriteFailed(f"{e}; write them elsewhere: `mnist-mlp plot {runs.shell_path(run)} --out {elsewhere}`",
+                          e.errno) from None
 
 
 def named_histories(loaded: list[runs.Run]) -> dict[str, dict[str, list[float]]]:

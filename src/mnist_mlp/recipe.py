@@ -53,7 +53,8 @@ def prepare(config: Config, backend: str, data_dir: str | Path | None = None, en
             compile_cache: str | Path | None = None) -> Setup:
     """Seed, data and compiled model for `config` on the active `backend`; `engine` "compiled" also makes
     JAX lower dropout's hash for speed (process-wide; stock Keras fit is left as it comes). JAX's compile cache
-    is the folder `compile_cache`, else "xla" in the data cache."""
+    is the folder `compile_cache`, else "xla" in the data cache. Sets Keras' floatx and epsilon to their defaults
+    (process-wide), whatever a keras.json says."""
     tc = config.train
     set_seed(tc.seed, backend)
     # Keras' own defaults, whatever a ~/.keras/keras.json says: its floatx would change the weights' type and

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import itertools
@@ -91,7 +92,7 @@ def claim(path: str | Path, *, overwrite: bool = False, resume: bool = False):
             raise UserError(f"{path} is the working folder or holds it; give a new folder, e.g. --out runs/NAME")
         fd, created = _open_marker(path, resume)
     except OSError as e:  # a name too long, a read-only or full disk, no permission
-        raise UserError(f"cannot use {path} as a run folder ({e.strerror}); {_elsewhere(path, resume)}") from None
+        raise UserError(f"cannot use {path} as a run folder ({e.strerror}); {_elsewhere(path, resume, e)}") from None
     try:
         try:
             _lock(fd, LOCK_WAIT_S if created else 0)
@@ -102,7 +103,7 @@ def claim(path: str | Path, *, overwrite: bool = False, resume: bool = False):
             raise UserError(f"{path} is in use: another mnist-mlp process is training into it; wait for it to "
                             f"finish{other}") from None
         except OSError as e:  # a full disk for the marker's line, a file system without locks
-            raise UserError(f"cannot use {path} as a run folder ({e.strerror}); {_elsewhere(path, resume)}") from None
+            raise UserError(f"cannot use {path} as a run folder ({e.strerror}); {_elsewhere(path, resume, e)}") from None
         if not created and not resume:
             if not overwrite and any(entry.name != MARKER for entry in path.iterdir()):  # the marker alone: no run
                 raise UserError(f"{path} already holds a run; choose another --out or add --overwrite to replace it")
@@ -112,13 +113,27 @@ def claim(path: str | Path, *, overwrite: bool = False, resume: bool = False):
         os.close(fd)
 
 
-def _elsewhere(path: Path, resume: bool) -> str:
-    """Where to go on when `path` cannot be written: another --out; a resume (which takes none) from a copy."""
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)  # a read-only disk or a folder of someone else's
+
+
+def _elsewhere(path: Path, resume: bool, error: OSError) -> str:
+    """What to do when run folder `path` cannot be written: another --out; a resume (which takes none) from a
+    copy where one can write, or, on a full disk, after freeing some space."""
     if not resume:
         return "choose another --out"
-    copy = free_name(Path(path.name))
-    return (f"copy the run where you can write and resume the copy: `cp -r {shell_path(path)} {shell_path(copy)} "
-            f"&& mnist-mlp train --resume {shell_path(copy)}`")
+    if error.errno not in UNWRITABLE:
+        return f"free some space, then `mnist-mlp train --resume {shell_path(path)}`"
+    copy = writable_copy(path)
+    return f"resume a copy of it: `{copy} && mnist-mlp train --resume {shell_path(copy.split()[-1])}`"
+
+
+def writable_copy(path: Path) -> str:
+    """The shell command that copies run folder `path` to a new name where this user can write (the working
+    folder, else home), writable even where the original's modes are not."""
+    here = Path.cwd()
+    base = Path() if os.access(here, os.W_OK) and not here.resolve().is_relative_to(path.resolve()) else Path.home()
+    copy = shell_path(free_name(base / (path.resolve().name or "run")))
+    return f"cp -r {shell_path(path)} {copy} && chmod -R u+w {copy}"
 
 
 def _lock(fd: int, wait: float) -> None:
@@ -296,30 +311,38 @@ def check_target(path: Path, flag: str, example: str) -> None:
     """A UserError if `path` is there and not a plain file: the rename that writes it would replace a folder's
     name, a symbolic link (not what it points to) or a device (root's `--out /dev/null` became a PNG)."""
     try:
-        mode = os.lstat(path).st_mode
+        status = os.lstat(path)
     except OSError:
         return  # not there (or not reachable): the write says what is wrong
+    mode = status.st_mode
     if stat.S_ISDIR(mode):
         name = free_name(path / example, Path(example).suffix, flag)  # not a file of the user's there
         raise UserError(f"{flag} {path} is a folder; give a file name, e.g. {flag} {shell_path(name)}")
     if not stat.S_ISREG(mode):
         kind = "a symbolic link" if stat.S_ISLNK(mode) else "a device or pipe"
         raise UserError(f"{flag} {path} is {kind}, which writing would replace; give the name of a file")
-    if os.lstat(path).st_size and not made_by_us(path):
+    if status.st_size and not made_by_us(path):
         other = shell_path(free_name(path, path.suffix, flag))
         raise UserError(f"{flag} {path} is a file that mnist-mlp did not write, so it is not replaced; give another "
-                        f"name, e.g. {flag} {other}")
+                        f"name, e.g. {flag} {other} (or move it away first)")
+
+
+# Where our figures and JSON reports carry MADE_BY: the PNG's Software text, the JPEG's comment, the SVG's
+# creator, the PDF's Creator (near its end), bench's made_by key.
+MARKS = (b"tEXtSoftware\x00mnist-mlp", b"\xff\xfe\x00\x0bmnist-mlp", b"<dc:title>mnist-mlp</dc:title>",
+         b"/Creator (mnist-mlp)", b'"made_by": "mnist-mlp"')
 
 
 def made_by_us(path: Path) -> bool:
-    """Whether file `path` carries MADE_BY near its start or end, as the figures and JSON reports we write do."""
+    """Whether file `path` carries one of our MARKS near its start or end."""
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 16)
             f.seek(max(0, os.fstat(f.fileno()).st_size - (1 << 16)))
-            return MADE_BY.encode() in head or MADE_BY.encode() in f.read()
+            tail = f.read()
     except OSError:
         return False
+    return any(mark in head or mark in tail for mark in MARKS)
 
 
 def _remove_unused(folder: Path) -> None:

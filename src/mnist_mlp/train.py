@@ -126,9 +126,12 @@ def resume_seeds(group_dir: str | Path, backend: BackendChoice, **kwargs) -> See
                 continue
             try:
                 seeded, resume = runs.resume_config(run_dir), True  # its checkpoint's config, checked for edits
-            except UserError:  # not started, or stopped before its first checkpoint: trained from the start
+            except UserError as e:  # not started, no checkpoint yet, or its history damaged: trained from the start
                 if (run_dir / runs.DIVERGED).is_file():
                     raise
+                if run_dir.exists():  # why, without the advice to start it again: that is done here
+                    why = str(e).split("; start it again")[0]
+                    kwargs.get("log", lambda text: None)(f"{why}; training seed {seed} from the start")
                 seeded, resume = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)), False
             results.append(train(seeded, run_dir, backend, overwrite=not resume, resume=resume, **kwargs))
         return _finish_group(group_dir, chosen, False, results)
