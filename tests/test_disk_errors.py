@@ -167,19 +167,20 @@ def test_evaluate_on_a_read_only_run_prints_the_scores_and_advice_that_works(tra
 
     _, run = trained
     with small_disk(tmp_path / "shared", "64m") as shared:
-        shutil.copytree(run, shared / "classic", ignore=shutil.ignore_patterns("confusion.png", "misclassified.png",
-                                                                              "evaluation.json"))
+        shared_run = shared / "my classic"  # a name the advice must quote
+        shutil.copytree(run, shared_run, ignore=shutil.ignore_patterns("confusion.png", "misclassified.png",
+                                                                       "evaluation.json"))
         subprocess.run(["mount", "-o", "remount,ro", str(shared)], check=True)
         monkeypatch.chdir(tmp_path)
-        assert main(["evaluate", str(shared / "classic"), "--cache-dir", str(mnist_dir)]) == 2
+        assert main(["evaluate", str(shared_run), "--cache-dir", str(mnist_dir)]) == 2
         captured = capsys.readouterr()
         assert "Test accuracy: 0.9" in captured.out and "Wrote" not in captured.out
         err = captured.err.strip().splitlines()
         assert len(err) == 1 and "Read-only file system" in err[0] and "scores above are not saved" in err[0], err
-        assert err[0].split("`")[1].startswith(f"cp -r {shared / 'classic'} classic && chmod -R u+w classic && ")
+        assert err[0].split("`")[1].startswith(f"cp -r '{shared_run}' 'my classic' && chmod -R u+w 'my classic' && ")
         code, args = _follow_shell(err[0], mnist_dir)  # the advice, followed
-        assert code == 0 and args == ["evaluate", "classic"]
-        assert (tmp_path / "classic" / "confusion.png").is_file() and "Wrote" in capsys.readouterr().out
+        assert code == 0 and args == ["evaluate", "my classic"]
+        assert (tmp_path / "my classic" / "confusion.png").is_file() and "Wrote" in capsys.readouterr().out
 
 
 def test_a_read_only_run_is_resumed_and_plotted_by_the_advice(synthetic_dir, tmp_path, capsys, monkeypatch):

@@ -89,9 +89,8 @@ def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gal
 
 def _after_write_error(number: int | None, path: Path) -> str:
     if number in runs.UNWRITABLE:
-        copy = runs.writable_copy(path)
-        return (f"the scores above are not saved; evaluate a copy of the run: `{copy} && mnist-mlp evaluate "
-                f"{copy.split()[-1]}`")
+        command, copy = runs.writable_copy(path)
+        return f"the scores above are not saved; evaluate a copy of the run: `{command} && mnist-mlp evaluate {copy}`"
     return f"the scores above are not saved; free some space, then `mnist-mlp evaluate {runs.shell_path(path)}`"
 
 

@@ -123,17 +123,17 @@ def _elsewhere(path: Path, resume: bool, error: OSError) -> str:
         return "choose another --out"
     if error.errno not in UNWRITABLE:
         return f"free some space, then `mnist-mlp train --resume {shell_path(path)}`"
-    copy = writable_copy(path)
-    return f"resume a copy of it: `{copy} && mnist-mlp train --resume {shell_path(copy.split()[-1])}`"
+    command, copy = writable_copy(path)
+    return f"resume a copy of it: `{command} && mnist-mlp train --resume {copy}`"
 
 
-def writable_copy(path: Path) -> str:
+def writable_copy(path: Path) -> tuple[str, str]:
     """The shell command that copies run folder `path` to a new name where this user can write (the working
-    folder, else home), writable even where the original's modes are not."""
+    folder, else home), writable even where the original's modes are not; and the copy's name, quoted."""
     here = Path.cwd()
     base = Path() if os.access(here, os.W_OK) and not here.resolve().is_relative_to(path.resolve()) else Path.home()
     copy = shell_path(free_name(base / (path.resolve().name or "run")))
-    return f"cp -r {shell_path(path)} {copy} && chmod -R u+w {copy}"
+    return f"cp -r {shell_path(path)} {copy} && chmod -R u+w {copy}", copy
 
 
 def _lock(fd: int, wait: float) -> None:
