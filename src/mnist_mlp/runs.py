@@ -309,7 +309,8 @@ def output(given: str | Path | None, default: str | Path, suffix: str = "", *, f
 
 def check_target(path: Path, flag: str, example: str) -> None:
     """A UserError if `path` is there and not a plain file: the rename that writes it would replace a folder's
-    name, a symbolic link (not what it points to) or a device (root's `--out /dev/null` became a PNG)."""
+    name, a symbolic link (not what it points to) or a device (root's `--out /dev/null` became a PNG); or if it
+    is a file of the user's (not empty, without our mark)."""
     try:
         status = os.lstat(path)
     except OSError:

@@ -130,7 +130,7 @@ def resume_seeds(group_dir: str | Path, backend: BackendChoice, **kwargs) -> See
                 if (run_dir / runs.DIVERGED).is_file():
                     raise
                 if run_dir.exists():  # why, without the advice to start it again: that is done here
-                    why = str(e).split("; start it again")[0]
+                    why = str(e).split("; start")[0]
                     kwargs.get("log", lambda text: None)(f"{why}; training seed {seed} from the start")
                 seeded, resume = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)), False
             results.append(train(seeded, run_dir, backend, overwrite=not resume, resume=resume, **kwargs))
