@@ -4,7 +4,6 @@ gallery of digits. matplotlib's Agg backend; never Keras."""
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import matplotlib
@@ -144,8 +143,7 @@ def _elsewhere_if_unwritable(run: str | Path, out):
     except WriteFailed as e:
         if out or e.errno not in runs.UNWRITABLE:
             raise
-        here = Path() if os.access(Path.cwd(), os.W_OK) else Path.home()
-        elsewhere = runs.shell_path(runs.free_name(here / runs.CURVES, ".png"))
+        elsewhere = runs.shell_path(runs.free_name(runs.writable_folder(avoid=Path(run)) / runs.CURVES, ".png"))
         raise WriteFailed(f"{e}; write them elsewhere: `mnist-mlp plot {runs.shell_path(run)} --out {elsewhere}`",
                           e.errno) from None
 

@@ -128,12 +128,18 @@ def _elsewhere(path: Path, resume: bool, error: OSError) -> str:
 
 
 def writable_copy(path: Path) -> tuple[str, str]:
-    """The shell command that copies run folder `path` to a new name where this user can write (the working
-    folder, else home), writable even where the original's modes are not; and the copy's name, quoted."""
-    here = Path.cwd()
-    base = Path() if os.access(here, os.W_OK) and not here.resolve().is_relative_to(path.resolve()) else Path.home()
-    copy = shell_path(free_name(base / (path.resolve().name or "run")))
+    """The shell command that copies run folder `path` to a new name where this user can write, writable even
+    where the original's modes are not; and the copy's name, quoted."""
+    copy = shell_path(free_name(writable_folder(avoid=path) / (path.resolve().name or "run")))
     return f"cp -r {shell_path(path)} {copy} && chmod -R u+w {copy}", copy
+
+
+def writable_folder(avoid: Path | None = None) -> Path:
+    """Where advice may send a file: the working folder (as "") if this user can write there and it is not
+    inside `avoid`, else home."""
+    here = Path.cwd()
+    inside = avoid is not None and here.resolve().is_relative_to(Path(avoid).resolve())
+    return Path() if os.access(here, os.W_OK) and not inside else Path.home()
 
 
 def _lock(fd: int, wait: float) -> None:
