@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from mnist_mlp import runs
+from mnist_mlp import outputs, runs
 from mnist_mlp.cli import main
 
 TINY = ["--train-samples", "500", "--epochs", "1"]
@@ -233,7 +233,7 @@ def test_predict_never_writes_its_csv_over_an_input_image(synthetic_dir, tmp_pat
 def test_an_output_name_of_255_bytes_is_written(tmp_path):
     for name in ("x" * 251 + ".csv", "é" * 125 + "x.png"):  # the longest names the file system allows
         assert len(name.encode()) == 255
-        runs.write_text(tmp_path / name, "kept")
+        outputs.write_text(tmp_path / name, "kept")
         assert (tmp_path / name).read_text() == "kept"
     assert len(list(tmp_path.iterdir())) == 2  # no temporary file left
 
@@ -251,7 +251,7 @@ def test_default_outputs_never_replace_a_users_file(synthetic_dir, tmp_path, cap
     assert main(["runs", "compare", "a", "b"]) == 0 and "Wrote compare-3.png" in capsys.readouterr().out
     assert all((tmp_path / name).read_text() == "mine" for name in ("curves.png", "compare.png", "compare-2.png"))
     assert (tmp_path / "curves-2.png").read_bytes()[:4] == b"\x89PNG"
-    assert str(runs.free_name("bench.json", ".json")) == "bench.json"
+    assert str(outputs.free_name("bench.json", ".json")) == "bench.json"
 
 
 @pytest.mark.parametrize("seeds, damaged", [([], False), (["--seeds", "2"], False), ([], True)])
@@ -278,7 +278,7 @@ def test_a_train_that_cannot_get_the_data_leaves_no_run_folder(seeds, damaged, t
 def _taken_meanwhile(monkeypatch, make):
     """free_name as two commands at once see it: the first look finds the name free, then another command
     takes it (`make`) before this one writes."""
-    real, looks = runs.free_name, []
+    real, looks = outputs.free_name, []
 
     def free_name(path, *args):
         looks.append(path)
@@ -287,7 +287,7 @@ def _taken_meanwhile(monkeypatch, make):
             make(name)
         return name
 
-    monkeypatch.setattr(runs, "free_name", free_name)
+    monkeypatch.setattr(outputs, "free_name", free_name)
 
 
 def test_two_trains_without_out_in_one_second_take_a_folder_each(synthetic_dir, tmp_path, capsys, monkeypatch):
@@ -354,10 +354,10 @@ def test_a_default_output_name_is_one_line_advice_with_the_commands_own_flag(tmp
     """bench writes with --json, not --out; an empty --out or --json means the default, not the working folder."""
     (tmp_path / "file").write_text("a file where a folder would go")
     with pytest.raises(runs.UserError, match="choose where to write with --json$"):
-        with runs.output(None, tmp_path / "file" / "bench.json", ".json", flag="--json"):
+        with outputs.output(None, tmp_path / "file" / "bench.json", ".json", flag="--json"):
             pass
     monkeypatch.chdir(tmp_path)
-    with runs.output("", "compare.png", ".png") as out:
+    with outputs.output("", "compare.png", ".png") as out:
         assert out == runs.Path("compare.png") and out.is_file()
         out.write_bytes(b"\x89PNG")
     assert (tmp_path / "compare.png").read_bytes() == b"\x89PNG"

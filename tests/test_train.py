@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from mnist_mlp import cache, data, plots, runs
+from mnist_mlp import cache, data, outputs, plots, runs
 from mnist_mlp.cli import main
 from mnist_mlp.config import ModelConfig
 from mnist_mlp.model import build_model
@@ -146,7 +146,7 @@ def test_plot_overlays_runs_with_their_names(small_run, mnist_dir, tmp_path, cap
 def test_atomic_write_leaves_nothing_when_interrupted(tmp_path):
     target = tmp_path / "history.csv"
     with pytest.raises(KeyboardInterrupt):
-        with runs.atomic(target) as tmp:
+        with outputs.atomic(target) as tmp:
             tmp.write_text("epoch,loss\n0,")
             raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []

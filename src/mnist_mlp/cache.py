@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_mlp.errors import UserError, WriteFailed, write_failed
-from mnist_mlp.runs import atomic
+from mnist_mlp.outputs import atomic
 
 FILES = {  # key -> (canonical file name, SHA-256 of the uncompressed IDX content)
     "train-images": ("train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),

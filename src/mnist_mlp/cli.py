@@ -8,11 +8,12 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
 
-from mnist_mlp import __version__, cache, data, experiments, runs, sources
+from mnist_mlp import __version__, cache, data, experiments, outputs, runs, sources
 from mnist_mlp.backend import use_backend
 from mnist_mlp.bench import VARIANTS
 from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, load_config
@@ -61,7 +62,7 @@ def cmd_inspect(args) -> None:
     use_backend("jax")  # the deformations are JAX programs, as in the compiled engine
     from mnist_mlp import augment
 
-    with runs.output(args.out, "augment.png", ".png") as out:
+    with outputs.output(args.out, "augment.png", ".png") as out:
         print(f"Wrote {augment.preview(config.augment, out, args.cache_dir)} (left: the training digit; right: "
               "deformed as the model sees it, a fresh draw every step)")
 
@@ -69,7 +70,7 @@ def cmd_inspect(args) -> None:
 def cmd_train(args) -> None:
     flags = {flag: getattr(args, flag.replace("-", "_")) for flag in runs.TRAIN_FLAGS}
     config, out = runs.plan(args.config, args.set, flags, args.resume, args.out, args.seeds, args.side_by_side)
-    with runs.output(out, runs.default_out(args.config), folder=True) as out:  # without --out, a new folder
+    with runs.new_folder(out, args.config) as out:  # without --out, a new folder
         before = runs.stamp(out / runs.CONFIG)  # a new run writes its config.toml when its folder is claimed
         try:
             _train(args, config, out)
@@ -79,6 +80,17 @@ def cmd_train(args) -> None:
             raise Interrupted(f"interrupted; {runs.continue_advice(out)}") from None
 
 
+def advised(text: str, args) -> str:
+    """`text` with the user's --cache-dir added to each command it advises that reads MNIST (`mnist-mlp train`,
+    `... && mnist-mlp evaluate`, next: mnist-mlp evaluate): the library's advice does not know the flag, and
+    without it the command would look in the default cache, which an offline machine may not have."""
+    if not getattr(args, "cache_dir", None):
+        return text
+    flag = f" --cache-dir {outputs.shell_path(args.cache_dir)}"
+    return re.sub(r"(?:`|&& |next: )mnist-mlp (?:data (?:fetch|import|info)|inspect|train|evaluate|sweep|doctor)\b",
+                  lambda command: command.group(0) + flag, text)
+
+
 def _train(args, config, out: Path) -> None:
     choice = use_backend(config.backend)
     from mnist_mlp import train
@@ -86,13 +98,13 @@ def _train(args, config, out: Path) -> None:
     options = dict(data_dir=args.cache_dir, verbose=1 if sys.stdout.isatty() else 2,
                    log=lambda text: print(text, flush=True))
     if args.resume and (out / runs.GROUP).is_file():
-        print(train.describe_seeds(train.resume_seeds(out, choice, **options)))
+        print(advised(train.describe_seeds(train.resume_seeds(out, choice, **options)), args))
     elif args.seeds:
-        print(train.describe_seeds(train.train_seeds(config, out, choice, args.seeds, overwrite=args.overwrite,
-                                                     side_by_side=args.side_by_side, **options)))
+        print(advised(train.describe_seeds(train.train_seeds(config, out, choice, args.seeds, overwrite=args.overwrite,
+                                                             side_by_side=args.side_by_side, **options)), args))
     else:
-        print(train.describe(train.train(config, out, choice, overwrite=args.overwrite, resume=bool(args.resume),
-                                         **options)))
+        print(advised(train.describe(train.train(config, out, choice, overwrite=args.overwrite,
+                                                 resume=bool(args.resume), **options)), args))
 
 
 def cmd_evaluate(args) -> int:
@@ -112,7 +124,7 @@ def cmd_evaluate(args) -> int:
     for error in result.unread:
         print(f"mnist-mlp: error: {error} (skipped; the other images were scored)", file=sys.stderr)
     if result.not_written:
-        print(f"mnist-mlp: error: {result.not_written}", file=sys.stderr)
+        print(f"mnist-mlp: error: {advised(result.not_written, args)}", file=sys.stderr)
     return 2 if result.unread or result.not_written else 0
 
 
@@ -171,7 +183,7 @@ def cmd_runs(args) -> None:
 
         loaded = [runs.load_run(path) for path in args.runs]
         print(experiments.describe_compare(loaded))
-        with runs.output(args.out, "compare.png", ".png") as out:
+        with outputs.output(args.out, "compare.png", ".png") as out:
             print(f"Wrote {plots.plot_curves(plots.named_histories(loaded), out)}")
 
 
@@ -206,21 +218,21 @@ def cmd_sweep(args) -> None:
     except KeyboardInterrupt:
         raise Interrupted("interrupted; the same command continues the study (the unfinished trial counts as "
                           "failed and another takes its place)") from None
-    print(sweep.describe(result, out, args.study, args.storage))
+    print(advised(sweep.describe(result, out, args.study, args.storage), args))
 
 
 def cmd_bench(args) -> None:
     from mnist_mlp import bench
 
     if args.json:  # before the bench, not after it
-        runs.check_target(Path(args.json), "--json", "bench.json")
+        outputs.check_target(Path(args.json), "--json", "bench.json")
         if not Path(args.json).parent.is_dir():
             raise UserError(f"--json {args.json}: its folder does not exist; make it first, or give another path")
     report, text = bench.run(args.variants, args.epochs, args.gpu, args.time_to, args.config, args.serve,
                              args.connections, args.duration, args.image, args.cold, args.give_up)
     print(text, flush=True)  # the results first: a failed write does not cost them
-    with runs.output(args.json, "bench.json", ".json", flag="--json") as out:
-        runs.write_json(out, {"made_by": runs.MADE_BY, **report})
+    with outputs.output(args.json, "bench.json", ".json", flag="--json") as out:
+        outputs.write_json(out, {"made_by": outputs.MADE_BY, **report})
     print(f"\nWrote {out}")
 
 
@@ -379,10 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's last flush
         return code
     except Interrupted as e:
-        print(f"mnist-mlp: {e}", file=sys.stderr)
+        print(f"mnist-mlp: {advised(str(e), args)}", file=sys.stderr)
         return 130
     except UserError as e:
-        print(f"mnist-mlp: error: {e}", file=sys.stderr)
+        print(f"mnist-mlp: error: {advised(str(e), args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mnist-mlp: interrupted", file=sys.stderr)

@@ -19,7 +19,7 @@ from pathlib import Path
 from mnist_mlp import cache, sources
 from mnist_mlp.backend import INSTALL_HINTS, PACKAGES, choose_backend, cpu_bfloat16
 from mnist_mlp.errors import UserError, pip_install
-from mnist_mlp.runs import shell_path
+from mnist_mlp.outputs import shell_path
 
 REQUIRED = ("keras", "numpy", "jax", "matplotlib", "pillow", "fastapi", "uvicorn", "optuna", "hershey-fonts")  # the base install
 

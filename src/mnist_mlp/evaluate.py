@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from mnist_mlp import data, plots, runs, stats
+from mnist_mlp import data, outputs, plots, runs, stats
 from mnist_mlp.errors import UserError, WriteFailed
 from mnist_mlp.model import NUM_CLASSES
 from mnist_mlp.runs import load_model
@@ -70,14 +70,14 @@ def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gal
 
     if runs.stamp(run.model_path) != loaded:  # `train --out RUN --overwrite` meanwhile: these are not its results
         raise UserError(f"{run.path} was trained again while it was being evaluated, so nothing was written; "
-                        f"evaluate it again once it has finished: `mnist-mlp evaluate {runs.shell_path(run.path)}`")
+                        f"evaluate it again once it has finished: `mnist-mlp evaluate {outputs.shell_path(run.path)}`")
     confidence = probabilities[wrong, predicted[wrong]]
     worst = wrong[np.argsort(-confidence)][:gallery_size]
     titles = [f"true {labels[i]}, said {predicted[i]}\n{probabilities[i, predicted[i]]:.1%}, test #{i}" for i in worst]
     try:
         plots.plot_confusion(matrix, run.path / runs.CONFUSION)
         plots.plot_gallery(images[worst], titles, run.path / runs.MISCLASSIFIED)
-        runs.write_json(run.path / runs.EVALUATION, {
+        outputs.write_json(run.path / runs.EVALUATION, {
             "test_loss": loss, "test_accuracy": accuracy, "test_accuracy_ci95": list(result.ci95),
             "confusion": matrix.tolist(), "precision": list(result.precision), "recall": list(result.recall),
             "support": list(result.support), "misclassified": worst.tolist(), "backend": keras.backend.backend(),
@@ -88,10 +88,10 @@ def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gal
 
 
 def _after_write_error(number: int | None, path: Path) -> str:
-    if number in runs.UNWRITABLE:
+    if number in outputs.UNWRITABLE:
         command, copy = runs.writable_copy(path)
         return f"the scores above are not saved; evaluate a copy of the run: `{command} && mnist-mlp evaluate {copy}`"
-    return f"the scores above are not saved; free some space, then `mnist-mlp evaluate {runs.shell_path(path)}`"
+    return f"the scores above are not saved; free some space, then `mnist-mlp evaluate {outputs.shell_path(path)}`"
 
 
 def _loss_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

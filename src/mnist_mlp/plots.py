@@ -13,9 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mnist_mlp import runs  # noqa: E402
+from mnist_mlp import outputs, runs  # noqa: E402
 from mnist_mlp.errors import UserError, WriteFailed  # noqa: E402
-from mnist_mlp.runs import atomic  # noqa: E402
+from mnist_mlp.outputs import atomic  # noqa: E402
 
 
 FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")  # by the name's suffix (none: png)
@@ -27,8 +27,8 @@ def _save(fig, path: str | Path) -> Path:
     if kind not in FORMATS:
         plt.close(fig)
         raise UserError(f"{path}: figures are written as {', '.join(FORMATS)}; give a name ending in one of them")
-    mark = ({"pil_kwargs": {"comment": runs.MADE_BY}} if kind in ("jpg", "jpeg") else  # so --out knows it as ours
-            {"metadata": {"Software" if kind == "png" else "Creator": runs.MADE_BY}})
+    mark = ({"pil_kwargs": {"comment": outputs.MADE_BY}} if kind in ("jpg", "jpeg") else  # so --out knows it as ours
+            {"metadata": {"Software" if kind == "png" else "Creator": outputs.MADE_BY}})
     with atomic(path) as tmp:
         fig.savefig(tmp, format=kind, dpi=110, bbox_inches="tight", **mark)
     plt.close(fig)
@@ -121,7 +121,7 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None) -> tuple[P
     Written to `out`, else RUN/curves.png for one run or group, else ./curves.png (curves-2.png, ... if a file
     has that name); (path, a note)."""
     if out:
-        runs.check_target(Path(out), "--out", runs.CURVES)  # a link or a device is refused, not replaced
+        outputs.check_target(Path(out), "--out", runs.CURVES)  # a link or a device is refused, not replaced
     if len(paths) == 1 and (Path(paths[0]) / runs.GROUP).exists():  # a train --seeds folder
         group, loaded = runs.load_group(paths[0])
         with _elsewhere_if_unwritable(paths[0], out):
@@ -131,7 +131,7 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None) -> tuple[P
     if len(loaded) == 1:
         with _elsewhere_if_unwritable(paths[0], out):
             return plot_curves(named_histories(loaded), out or loaded[0].path / runs.CURVES), ""
-    with runs.output(out, "curves.png", ".png") as out:
+    with outputs.output(out, "curves.png", ".png") as out:
         return plot_curves(named_histories(loaded), out), ""
 
 
@@ -141,10 +141,10 @@ def _elsewhere_if_unwritable(run: str | Path, out):
     try:
         yield
     except WriteFailed as e:
-        if out or e.errno not in runs.UNWRITABLE:
+        if out or e.errno not in outputs.UNWRITABLE:
             raise
-        elsewhere = runs.shell_path(runs.free_name(runs.writable_folder(avoid=Path(run)) / runs.CURVES, ".png"))
-        raise WriteFailed(f"{e}; write them elsewhere: `mnist-mlp plot {runs.shell_path(run)} --out {elsewhere}`",
+        elsewhere = outputs.shell_path(outputs.free_name(outputs.writable_folder(avoid=Path(run)) / runs.CURVES, ".png"))
+        raise WriteFailed(f"{e}; write them elsewhere: `mnist-mlp plot {outputs.shell_path(run)} --out {elsewhere}`",
                           e.errno) from None
 
 

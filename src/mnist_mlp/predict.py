@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from mnist_mlp.data import format_digit, preprocess
 from mnist_mlp.errors import UserError
-from mnist_mlp.runs import atomic
+from mnist_mlp.outputs import atomic
 
 MAX_PIXELS = 25_000_000  # larger images, as decoded, are refused (decompression bombs); JPEGs decode smaller
 INK_FLOOR = 0.2  # ink fainter than this fraction of the strongest ink is noise

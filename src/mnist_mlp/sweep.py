@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import optuna
 
-from mnist_mlp import runs
+from mnist_mlp import outputs, runs
 from mnist_mlp.backend import BackendChoice
 from mnist_mlp.config import Config, config_from_toml, config_to_toml
 from mnist_mlp.errors import Interrupted, UserError, pip_install
@@ -168,7 +168,7 @@ def sweep(space: SweepSpace | str | Path | None, sweep_dir: str | Path, backend:
     if others and any(sweep_dir.glob("trial-*")):  # a renamed sweep folder: a new study here would train over its runs
         raise UserError(f"{sweep_dir / STUDY_DB} holds study {', '.join(others)}, not {name}, and its trial runs "
                         f"are here (was the folder renamed or copied?); continue it in a folder of its name, e.g. "
-                        f"`mv {runs.shell_path(sweep_dir)} {runs.shell_path(sweep_dir.parent / others[0])}` if there "
+                        f"`mv {outputs.shell_path(sweep_dir)} {outputs.shell_path(sweep_dir.parent / others[0])}` if there "
                         "is none, or choose another --out")
     try:
         study = open_study(sweep_dir, name, storage, space, base.train.seed)
@@ -316,7 +316,7 @@ def report(sweep_dir: str | Path, study_name: str | None = None, storage: str | 
     sweep_dir = Path(sweep_dir)
     if storage is None and not (sweep_dir / STUDY_DB).is_file():
         raise UserError(f"no sweep has run in {sweep_dir} (no {STUDY_DB} there); start one with `mnist-mlp sweep "
-                        f"--out {runs.shell_path(sweep_dir)}`, or point --out (or --storage) at one that has")
+                        f"--out {outputs.shell_path(sweep_dir)}`, or point --out (or --storage) at one that has")
     storage = storage_url(sweep_dir, storage)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
@@ -367,9 +367,9 @@ def describe(result: SweepResult, sweep_dir: str | Path, study_name: str | None 
     elif result.running:
         lines.append(f"trial(s) {', '.join(map(str, result.running))} still running elsewhere: the worker that "
                      f"finishes last re-trains the best (if a worker was stopped, run this again after {GRACE_S} s)")
-    where = "".join(f" --{flag} {runs.shell_path(value)}" for flag, value in (("study", study_name),
+    where = "".join(f" --{flag} {outputs.shell_path(value)}" for flag, value in (("study", study_name),
                                                                               ("storage", storage)) if value)
-    return "\n".join(lines + [f"next: mnist-mlp sweep --out {runs.shell_path(sweep_dir)}{where} --report"])
+    return "\n".join(lines + [f"next: mnist-mlp sweep --out {outputs.shell_path(sweep_dir)}{where} --report"])
 
 
 def describe_report(found: dict) -> str:

@@ -18,7 +18,7 @@ from typing import Callable
 import keras
 import numpy as np
 
-from mnist_mlp import cache, data, plots, runs, stats
+from mnist_mlp import cache, data, outputs, plots, runs, stats
 from mnist_mlp.backend import BackendChoice, cpu_bfloat16, device_name
 from mnist_mlp.checkpoint import Checkpoint, CtrlC, restore
 from mnist_mlp.config import Config, TrainConfig, check_fits, config_to_toml
@@ -92,8 +92,8 @@ def train_seeds(config: Config, group_dir: str | Path, backend: BackendChoice, s
     configs = [dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)) for seed in chosen]
     data.ensure(kwargs.get("data_dir"))
     with runs.claim(group_dir, overwrite=overwrite) as group_dir:
-        runs.write_text(group_dir / runs.CONFIG, config_to_toml(config))  # what `fresh_start` repeats
-        runs.write_json(group_dir / runs.GROUP, {"planned": list(chosen), "side_by_side": side_by_side,
+        outputs.write_text(group_dir / runs.CONFIG, config_to_toml(config))  # what `fresh_start` repeats
+        outputs.write_json(group_dir / runs.GROUP, {"planned": list(chosen), "side_by_side": side_by_side,
                                                  "complete": False})
         try:
             if side_by_side:
@@ -104,9 +104,9 @@ def train_seeds(config: Config, group_dir: str | Path, backend: BackendChoice, s
         except Diverged as e:  # the advice is for the whole group, not one seed
             lower = 0.001 if config.train.learning_rate > 0.001 else config.train.learning_rate / 10
             raise Diverged(f"{str(e).split(';')[0]}; try a lower learning rate for the group: `mnist-mlp train "
-                           f"--config {runs.shell_path(group_dir / runs.CONFIG)} --seeds {seeds} --set "
+                           f"--config {outputs.shell_path(group_dir / runs.CONFIG)} --seeds {seeds} --set "
                            f"train.learning_rate={lower:g}{' --side-by-side' if side_by_side else ''} --out "
-                           f"{runs.shell_path(group_dir)} --overwrite`") from None
+                           f"{outputs.shell_path(group_dir)} --overwrite`") from None
         return _finish_group(group_dir, chosen, side_by_side, results)
 
 
@@ -149,7 +149,7 @@ def _finish_group(group_dir: Path, chosen: tuple[int, ...], side_by_side: bool, 
     """group.json with each seed's test accuracy and their mean ± std, marked complete."""
     accuracies = [r.test_accuracy for r in results]
     spread = stats.spread(accuracies)
-    runs.write_json(group_dir / runs.GROUP, {
+    outputs.write_json(group_dir / runs.GROUP, {
         "planned": list(chosen), "side_by_side": side_by_side, "seeds": list(chosen),
         "runs": [f"seed-{s}" for s in chosen], "test_accuracy": accuracies, "mean": spread.mean,
         "std": spread.std, "min": spread.low, "max": spread.high, "complete": True})
@@ -261,7 +261,7 @@ def _start(config, run_dir, backend, resume, data_dir, log, callbacks) -> Starte
         runs.truncate_history(run_dir / runs.PARTIAL_HISTORY, done)
         log(f"Resuming {run_dir} after epoch {done} of {tc.epochs}")
     else:
-        runs.write_text(run_dir / runs.CONFIG, config_to_toml(config))
+        outputs.write_text(run_dir / runs.CONFIG, config_to_toml(config))
     log(f"Backend: {backend.name} (chosen by {backend.reason})")
     engine = choose_engine(tc.engine, backend.name)
     setup = prepare(config, backend.name, data_dir, engine)
@@ -297,9 +297,9 @@ def _check_finite(run: Started) -> None:
     lower = 0.001 if rate > 0.001 else rate / 10
     message = (f"training diverged: the loss became NaN or infinite in epoch {epoch}, so {run.run_dir} is not a "
                f"finished run; try a lower learning rate: `mnist-mlp train --config "
-               f"{runs.shell_path(run.run_dir / runs.CONFIG)} --set train.learning_rate={lower:g} --out "
-               f"{runs.shell_path(run.run_dir)} --overwrite`")
-    runs.write_text(run.run_dir / runs.DIVERGED, message + "\n")
+               f"{outputs.shell_path(run.run_dir / runs.CONFIG)} --set train.learning_rate={lower:g} --out "
+               f"{outputs.shell_path(run.run_dir)} --overwrite`")
+    outputs.write_text(run.run_dir / runs.DIVERGED, message + "\n")
     raise Diverged(message)
 
 
@@ -347,7 +347,7 @@ def _finish(run: Started, backend, score_test: bool, started: float) -> TrainRes
         x_test, y_test = test
         test_loss, test_accuracy = map(float, model.evaluate(x_test, y_test, batch_size=1024, verbose=0))
         ci95 = stats.wilson_interval(round(test_accuracy * len(x_test)), len(x_test))
-    with runs.atomic(run_dir / runs.MODEL) as model_tmp:
+    with outputs.atomic(run_dir / runs.MODEL) as model_tmp:
         model.save(model_tmp)
     os.replace(run_dir / runs.PARTIAL_HISTORY, run_dir / runs.HISTORY)
     history = runs.read_history(run_dir / runs.HISTORY)
@@ -357,7 +357,7 @@ def _finish(run: Started, backend, score_test: bool, started: float) -> TrainRes
     result = TrainResult(run_dir, test_loss, test_accuracy, ci95,
                          float(np.median(seconds)), time.perf_counter() - started, backend.name)
     tc = config.train
-    runs.write_json(run_dir / runs.METRICS, {
+    outputs.write_json(run_dir / runs.METRICS, {
         "test_loss": result.test_loss, "test_accuracy": result.test_accuracy,
         "test_accuracy_ci95": list(ci95) if ci95 else None, "test_samples": len(test[0]) if test is not None else 0,
         "train_samples": train_samples, "final_val_accuracy": history.get("val_accuracy", [None])[-1],
@@ -385,7 +385,7 @@ def describe(result: TrainResult) -> str:
     return (f"Test loss: {result.test_loss:.4f}\n"
             f"Test accuracy: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f})\n"
             f"{speed}, {result.wall_seconds:.1f} s in all, on {result.backend}\n"
-            f"Run saved in {result.run_dir}/ (next: mnist-mlp evaluate {runs.shell_path(result.run_dir)})")
+            f"Run saved in {result.run_dir}/ (next: mnist-mlp evaluate {outputs.shell_path(result.run_dir)})")
 
 
 def describe_seeds(group: SeedsResult) -> str:
@@ -393,6 +393,6 @@ def describe_seeds(group: SeedsResult) -> str:
     a = group.accuracy
     lines.append(f"Test accuracy over {len(group.seeds)} seeds: {a.mean:.4f} ± {a.std:.4f} "
                  f"(mean ± std; min {a.low:.4f}, max {a.high:.4f})")
-    lines.append(f"Runs saved in {group.group_dir}/ (next: mnist-mlp plot {runs.shell_path(group.group_dir)})")
+    lines.append(f"Runs saved in {group.group_dir}/ (next: mnist-mlp plot {outputs.shell_path(group.group_dir)})")
     return "\n".join(lines)
 
