@@ -112,3 +112,17 @@ def test_more_training_images_than_there_are_and_a_byte_order_mark(tmp_path):
     bom = tmp_path / "notepad.toml"  # Windows Notepad saves UTF-8 with a byte-order mark
     bom.write_bytes(b"\xef\xbb\xbf[train]\nepochs = 1\n")
     assert load_config(bom).train.epochs == 1
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_a_config_saved_by_windows_powershell_is_read_and_other_bytes_say_save_as_utf8(encoding, tmp_path):
+    """PowerShell 5's `>` writes UTF-16 with a byte-order mark: it was "unreadable ('utf-8' codec can't decode
+    byte 0xff ...)"; it is read. Text in another encoding says what to do."""
+    shell = tmp_path / "powershell.toml"
+    mark = "\ufeff" if encoding == "utf-16-be" else ""  # "utf-16" writes its own
+    shell.write_bytes(f"{mark}[train]\r\nepochs = 1\r\n".encode(encoding))
+    assert load_config(shell).train.epochs == 1
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes("# \u00e9poques\n[train]\nepochs = 1\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin.toml is not UTF-8 text; save it as UTF-8 \(a TOML file\)$"):
+        load_config(latin)

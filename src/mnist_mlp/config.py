@@ -4,6 +4,7 @@ UserErrors that name the key."""
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import math
 import os
@@ -178,6 +179,14 @@ def find_preset(name: str | Path) -> Path:
     return presets().get(path.stem if path.suffix == ".toml" else path.name, path)
 
 
+def read_toml(path: Path) -> dict:
+    """TOML file `path` as a dict. Its text may be UTF-8 (with or without the byte-order mark Notepad writes) or
+    UTF-16 with its mark (what Windows PowerShell's `>` writes); other bytes are a UnicodeDecodeError."""
+    raw = path.read_bytes()
+    text = raw.decode("utf-16") if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else raw.decode("utf-8-sig")
+    return tomllib.loads(text)
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Defaults, then the TOML file at `path` or the preset of that name (if any), then `section.key=value`
     overrides."""
@@ -185,12 +194,14 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     if path is not None:
         path = find_preset(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: Notepad's byte-order mark
+            data = read_toml(path)
         except FileNotFoundError:
             names = ", ".join(name for name in presets() if name != "sweep")
             raise UserError(f"config file {path} not found; give an existing .toml file or a preset: {names}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"config file {path} is unreadable ({getattr(e, 'strerror', None) or e}); give a TOML file") from None
+        except UnicodeDecodeError:
+            raise UserError(f"config file {path} is not UTF-8 text; save it as UTF-8 (a TOML file)") from None
+        except OSError as e:
+            raise UserError(f"config file {path} is unreadable ({e.strerror or e}); give a TOML file") from None
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"config file {path} is not valid TOML ({e}); fix the syntax") from None
     for item in overrides:

@@ -15,7 +15,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from mnist_mlp.config import Config, ConfigError, check_fits, config_from_dict, find_preset
+from mnist_mlp.config import Config, ConfigError, check_fits, config_from_dict, find_preset, read_toml
 from mnist_mlp.errors import UserError
 
 LAYER_KEYS = ("hidden_layers", "hidden_width")  # sweep-only keys that build model.hidden_units
@@ -34,8 +34,10 @@ def load_space(path: str | Path | None = None, base: Config | None = None, fixed
     config (one bad choice failed the sweep at the trial that drew it, after a study that then refused the fix)."""
     path = find_preset(path or "sweep")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        data = read_toml(path)
+    except UnicodeDecodeError:
+        raise UserError(f"sweep space {path} is not UTF-8 text; save it as UTF-8 (a TOML file)") from None
+    except (OSError, tomllib.TOMLDecodeError) as e:
         raise UserError(f"sweep space {path} is unreadable ({e}); give a TOML file like the shipped "
                         f"{find_preset('sweep')}") from None
 
