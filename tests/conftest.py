@@ -2,7 +2,9 @@
 the fast tier. Tiers: `make test-fast` runs what needs neither the real data nor other processes
 (offline, ~2.5 minutes on 2 cores); `make test` runs everything."""
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 
@@ -94,6 +96,20 @@ def ctrl_c_after_epoch(last: int):
             raise KeyboardInterrupt
 
     return on_epoch_end
+
+
+@contextlib.contextmanager
+def terminal_signals():
+    """Children started in the block get a terminal's Ctrl-C, `kill` and hang-up. Handlers here, not SIG_IGN
+    (as in a job started with & in a script, or SIGHUP under nohup): exec resets handlers, where ignored
+    signals would be inherited (and rightly kept ignored by the tool). No fork hook: JAX runs threads here."""
+    previous = {number: signal.signal(number, handler) for number, handler in (
+        (signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL), (signal.SIGHUP, signal.SIG_DFL))}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def run_cli(*args, env=None, timeout=600):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, terminal_signals
 from mnist_mlp import runs
 from mnist_mlp.cli import main
 from mnist_mlp.errors import UserError
@@ -23,18 +23,10 @@ ARGS = ["--train-samples", "12000", "--epochs", "12", "--backend", "jax",  # sec
 
 def _kill_after_epoch(out, mnist_dir, engine, sig, epoch=2):
     """Start a real training process and send it `sig` once `epoch` epochs are checkpointed; its stderr."""
-    # Handlers here, not SIG_IGN (as in a job started with & in a script, or SIGHUP under nohup): exec resets
-    # handlers, so the child gets a terminal's signals, where ignored ones would be inherited (and rightly kept
-    # ignored by the tool). No fork hook: JAX runs threads here.
-    previous = {number: signal.signal(number, handler) for number, handler in (
-        (signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL), (signal.SIGHUP, signal.SIG_DFL))}
-    try:
+    with terminal_signals():
         process = subprocess.Popen([sys.executable, "-m", "mnist_mlp", "train", *ARGS, "--engine", engine,
                                     "--out", str(out), "--cache-dir", str(mnist_dir)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         try:

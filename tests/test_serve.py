@@ -5,6 +5,7 @@ import io
 import json
 import socket
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -281,6 +282,40 @@ def test_the_server_process_a_teacher_runs(trained, tmp_path):
     finally:
         first.kill()
         first.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signals", [("SIGHUP",), ("SIGINT", "SIGINT")])
+def test_a_closed_terminal_or_a_second_ctrl_c_stops_the_server_in_one_line(signals, trained):
+    """A closed terminal's SIGHUP (uvicorn handles only SIGINT and SIGTERM) and a second Ctrl-C while an
+    upload held the shutdown printed a traceback (asyncio's CancelledError) before "interrupted"."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import terminal_signals
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with terminal_signals():
+        server = subprocess.Popen([sys.executable, "-m", "mnist_mlp", "serve", str(trained[1]), "--port", str(port)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdout.readline().startswith("Loading") and server.stdout.readline().startswith("Serving")
+        with socket.create_connection(("127.0.0.1", port)) as hanging:  # an upload that never ends
+            hanging.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                            b"Content-Length: 1000\r\n\r\n\x89PNG")
+            time.sleep(0.3)  # taken in
+            for name in signals:
+                server.send_signal(getattr(signal, name))
+                time.sleep(0.3)
+            output = server.communicate(timeout=30)[0]
+        assert output.strip().endswith("mnist-mlp: interrupted") and "Traceback" not in output, output
+        assert server.returncode == (130 if signals[0] == "SIGINT" else -signal.SIGHUP)
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_a_ctrl_c_dropped_while_the_model_loads_still_stops_the_server(trained, monkeypatch):

@@ -159,8 +159,8 @@ def cmd_serve(args) -> None:
     where = urls(args.host, args.port)
     others = f" and {where[1]} from other machines" if len(where) > 1 else ""
     print(f"Loading {args.run} ...", flush=True)
-    serve(args.run, sock=sock, ready=lambda: print(f"Serving on {where[0]}{others} (API docs at /docs); Ctrl-C "
-                                                  "stops", flush=True))
+    serve(args.run, sock=sock, ready=lambda: print(f"Serving on {where[0]}{others} (API docs at /docs, or "
+                                                  "/openapi.json offline); Ctrl-C stops", flush=True))
 
 
 def cmd_plot(args) -> None:
@@ -424,11 +424,17 @@ def console_main() -> None:
     hook = sys.unraisablehook
     sys.unraisablehook = lambda info: None if isinstance(info.exc_value, KeyboardInterrupt) else hook(info)
     code = main()
-    if interrupt.received in (signal.SIGTERM, signal.SIGHUP):
+    if code == 130 or interrupt.received:
+        # Stopped: its files are safe already (temporary names gone, a run's checkpoint kept). It ends now,
+        # without finalizing the interpreter, which crashed (a segmentation fault, 2 of 8 Ctrl-Cs while serve
+        # loaded its model) with JAX's threads mid-work.
         with contextlib.suppress(OSError):  # a closed terminal takes no more output
             sys.stdout.flush()
-        signal.signal(interrupt.received, signal.SIG_DFL)
-        os.kill(os.getpid(), interrupt.received)
+            sys.stderr.flush()
+        if interrupt.received in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(interrupt.received, signal.SIG_DFL)
+            os.kill(os.getpid(), interrupt.received)
+        os._exit(code)
     sys.exit(code)
 
 

@@ -4,12 +4,15 @@ a small thread pool, inference micro-batched by batcher.py. The model is loaded 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import gc
 import io
 import json
+import signal
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -32,6 +35,7 @@ from mnist_mlp.predict import FORMATS, ImageTooLarge, MAX_PIXELS, open_image, pr
 
 BACKLOG = 2048  # connections waiting to be accepted (uvicorn's default), e.g. a class opening the page at once
 SHUTDOWN_GRACE = 3  # seconds Ctrl-C waits for requests in flight before it stops the server
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, `kill`, a closed terminal
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes; counted as they arrive, whatever the framing; more gets 413
 SMALL_BODY = 64 * 1024  # bytes; larger uploads (photos) decode on their own thread, so drawn digits never wait behind them
 SMALL_PIXELS = 1_000_000  # ...as do small files of many pixels (the page's drawing: 78,400)
@@ -291,16 +295,40 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sock: 
     SHUTDOWN_GRACE seconds for requests in flight (an upload that never ends included), then stops."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        """uvicorn's server, also stopped by SIGHUP (a closed terminal), which it left to Python: a
+        KeyboardInterrupt inside the event loop, and a traceback on the console. The signal that stopped it is
+        raised once the loop has ended (errors.interrupt), not inside it as uvicorn re-raises it."""
+        stopped_by = 0
+
+        def handle_exit(self, sig, frame):
+            self.stopped_by = self.stopped_by or sig
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():  # only the main thread has signals
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
     sock = sock or bind(host, port)
     app = create_app(run_dir)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", backlog=BACKLOG,
-                                           timeout_graceful_shutdown=SHUTDOWN_GRACE))
+    server = Server(uvicorn.Config(app, log_level="warning", backlog=BACKLOG, timeout_graceful_shutdown=SHUTDOWN_GRACE,
+                                   lifespan="off"))  # the app has no start-up or shutdown of its own
     gc.collect()
     gc.freeze()  # a full collection walked the ~250k objects Keras and JAX leave (147 ms): health's p99 under load
     if interrupt.received:  # Ctrl-C while the model loaded, where Keras or JAX dropped it: the server ran on
         raise KeyboardInterrupt
     ready()
     server.run(sockets=[sock])
+    if server.stopped_by:
+        interrupt(server.stopped_by, None)  # as the command's handler would have: it ends by that signal
 
 
 def urls(host: str, port: int) -> list[str]:
