@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 run: setup
 	$(BIN)/mnist-mlp data fetch
 	$(BIN)/mnist-mlp inspect
-	$(BIN)/mnist-mlp train --config configs/default.toml
+	$(BIN)/mnist-mlp train  # the classic recipe (configs/default.toml), into runs/classic-<date>-<time>/
 
 test: setup-all browser postgres wrk
 	$(BIN)/python -m pytest

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_mlp.config import Config, ModelConfig, config_to_toml, load_config
+from mnist_mlp.config import Config, ModelConfig, config_to_toml, load_config, presets
 from mnist_mlp.errors import UserError
 
 DEFAULT_TOML = Path(__file__).parent.parent / "configs" / "default.toml"
@@ -126,3 +126,28 @@ def test_a_config_saved_by_windows_powershell_is_read_and_other_bytes_say_save_a
     latin.write_bytes("# \u00e9poques\n[train]\nepochs = 1\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"latin.toml is not UTF-8 text; save it as UTF-8 \(a TOML file\)$"):
         load_config(latin)
+
+
+def test_spaces_around_a_word_are_not_part_of_it_and_a_wrong_choice_says_what_it_got():
+    """--set "train.optimizer = adam" said "must be one of rmsprop, adam, ..." (the value was " adam")."""
+    assert load_config(None, ["train.optimizer = adam", "model.activation= tanh "]).train.optimizer == "adam"
+    with pytest.raises(UserError, match=r"train.optimizer must be one of rmsprop, adam, .* \(got 'adm'\)"):
+        load_config(None, ["train.optimizer=adm"])
+
+
+def test_a_handout_beats_a_preset_of_its_name_and_a_folder_or_binary_file_says_what_to_give(tmp_path, monkeypatch):
+    """`--config handwriting` took the shipped preset over the teacher's handwriting.toml beside it; a run
+    folder or its model.keras as --config said "Is a directory" / "save it as UTF-8"."""
+    monkeypatch.chdir(tmp_path)
+    Path("handwriting.toml").write_text("[train]\nepochs = 1\n")
+    assert load_config("handwriting").train.epochs == 1
+    assert load_config("fast").train.epochs == load_config(presets()["fast"]).train.epochs  # no fast.toml here
+    with pytest.raises(UserError, match=r"config file fast not found"):
+        load_config("./fast")  # a path, as written
+    Path("run").mkdir()
+    Path("run/config.toml").write_text("")
+    Path("run/model.keras").write_bytes(b"PK\x03\x04\x00\x00 a zip")
+    with pytest.raises(UserError, match=r"^config file run is a folder; give a TOML file, e.g. run/config.toml$"):
+        load_config("run")
+    with pytest.raises(UserError, match=r"^config file run/model.keras is not a text file; give a TOML file$"):
+        load_config("run/model.keras")

@@ -16,7 +16,7 @@ from pathlib import Path
 from mnist_mlp import __version__, cache, data, experiments, outputs, runs, sources
 from mnist_mlp.backend import use_backend
 from mnist_mlp.bench import VARIANTS
-from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, load_config
+from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, find_preset, load_config
 from mnist_mlp.errors import Interrupted, UserError, interrupt
 from mnist_mlp.space import load_space
 
@@ -97,6 +97,8 @@ def _train(args, config, out: Path) -> None:
 
     options = dict(data_dir=args.cache_dir, verbose=1 if sys.stdout.isatty() else 2,
                    log=lambda text: print(text, flush=True))
+    if args.config and not args.resume:
+        print(f"Config: {find_preset(args.config)}")  # a file of that name, or the shipped preset
     if args.resume and (out / runs.GROUP).is_file():
         print(advised(train.describe_seeds(train.resume_seeds(out, choice, **options)), args))
     elif args.seeds:

@@ -44,7 +44,7 @@ class ModelConfig:
     def __post_init__(self):
         _check(len(self.hidden_units) > 0, "model.hidden_units", "needs at least one layer")
         _check(all(u > 0 for u in self.hidden_units), "model.hidden_units", "units must be > 0")
-        _check(self.activation in ACTIVATIONS, "model.activation", f"must be one of {', '.join(ACTIVATIONS)}")
+        _check_choice(self.activation, ACTIVATIONS, "model.activation")
         _check(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
 
 
@@ -64,17 +64,17 @@ class TrainConfig:
     checkpoint_seconds: float = 10.0  # the resume checkpoint: after an epoch this long after the last (0: each)
 
     def __post_init__(self):
-        _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
+        _check_choice(self.optimizer, OPTIMIZERS, "train.optimizer")
         _check(self.learning_rate > 0, "train.learning_rate", "must be > 0")
-        _check(self.lr_schedule in SCHEDULES, "train.lr_schedule", f"must be one of {', '.join(SCHEDULES)}")
-        _check(self.loss in LOSSES, "train.loss", f"must be one of {', '.join(LOSSES)}")
+        _check_choice(self.lr_schedule, SCHEDULES, "train.lr_schedule")
+        _check_choice(self.loss, LOSSES, "train.loss")
         _check(self.batch_size > 0, "train.batch_size", "must be > 0")
         _check(self.epochs > 0, "train.epochs", "must be > 0")
         _check(0 <= self.seed < 2**32, "train.seed", "must be in [0, 2**32)")
-        _check(self.validation in VALIDATIONS, "train.validation", f"must be one of {', '.join(VALIDATIONS)}")
+        _check_choice(self.validation, VALIDATIONS, "train.validation")
         _check(self.train_samples >= 0, "train.train_samples", "must be >= 0 (0 means all)")
-        _check(self.engine in ENGINES, "train.engine", f"must be one of {', '.join(ENGINES)}")
-        _check(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
+        _check_choice(self.engine, ENGINES, "train.engine")
+        _check_choice(self.precision, PRECISIONS, "train.precision")
         _check(self.checkpoint_seconds >= 0, "train.checkpoint_seconds", "must be >= 0 (0: after every epoch)")
 
 
@@ -112,7 +112,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
-        _check(self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
+        _check_choice(self.backend, BACKENDS, "backend")
 
 
 def training_images(config: TrainConfig) -> int:
@@ -165,6 +165,10 @@ def _check(ok: bool, key: str, why: str) -> None:
         raise ConfigError(key, why)
 
 
+def _check_choice(value, choices: typing.Sequence[str], key: str) -> None:
+    _check(value in choices, key, f"must be one of {', '.join(choices)} (got {value!r})")
+
+
 def presets() -> dict[str, Path]:
     """The configs shipped with the package, by name: default, fast, ... (sweep is a sweep space)."""
     folder = Path(__file__).parent / "configs"
@@ -172,19 +176,40 @@ def presets() -> dict[str, Path]:
 
 
 def find_preset(name: str | Path) -> Path:
-    """`name` as a path if that file exists, else the shipped preset of that name (`fast`, `fast.toml`)."""
+    """`name` as a path if that file is there, and a bare name also as NAME.toml in the working folder (a
+    teacher's handout before a shipped preset of that name); else the shipped preset of that name (`fast`,
+    `fast.toml`); else `name`, which is not there. `./NAME` is always a path."""
     path = Path(name)
-    if path.is_file() or path.parent != Path("."):
+    if path.is_file() or path.parent != Path(".") or str(name).startswith("./"):
         return path
+    if path.suffix != ".toml" and Path(f"{name}.toml").is_file():
+        return Path(f"{name}.toml")
     return presets().get(path.stem if path.suffix == ".toml" else path.name, path)
 
 
-def read_toml(path: Path) -> dict:
-    """TOML file `path` as a dict. Its text may be UTF-8 (with or without the byte-order mark Notepad writes) or
-    UTF-16 with its mark (what Windows PowerShell's `>` writes); other bytes are a UnicodeDecodeError."""
-    raw = path.read_bytes()
-    text = raw.decode("utf-16") if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else raw.decode("utf-8-sig")
-    return tomllib.loads(text)
+def read_toml(path: Path, what: str) -> dict:
+    """TOML file `path` as a dict, or a UserError that says what is wrong with `what` (e.g. "config file").
+    Its text may be UTF-8 (with or without the byte-order mark Notepad writes) or UTF-16 with its mark (what
+    Windows PowerShell's `>` writes). FileNotFoundError is left to the caller."""
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        inside = f", e.g. {shlex.quote(str(path / 'config.toml'))}" if (path / "config.toml").is_file() else ""
+        raise UserError(f"{what} {path} is a folder; give a TOML file{inside}") from None
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise UserError(f"{what} {path} is unreadable ({e.strerror or e}); give a TOML file") from None
+    try:
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return tomllib.loads(raw.decode("utf-16"))
+        if b"\0" in raw:
+            raise UserError(f"{what} {path} is not a text file; give a TOML file")
+        return tomllib.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not UTF-8 text; save it as UTF-8 (a TOML file)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{what} {path} is not valid TOML ({e}); fix the syntax") from None
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
@@ -194,16 +219,10 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     if path is not None:
         path = find_preset(path)
         try:
-            data = read_toml(path)
+            data = read_toml(path, "config file")
         except FileNotFoundError:
             names = ", ".join(name for name in presets() if name != "sweep")
             raise UserError(f"config file {path} not found; give an existing .toml file or a preset: {names}") from None
-        except UnicodeDecodeError:
-            raise UserError(f"config file {path} is not UTF-8 text; save it as UTF-8 (a TOML file)") from None
-        except OSError as e:
-            raise UserError(f"config file {path} is unreadable ({e.strerror or e}); give a TOML file") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"config file {path} is not valid TOML ({e}); fix the syntax") from None
     for item in overrides:
         _apply_override(data, item)
     return config_from_dict(data)
@@ -225,7 +244,7 @@ def _apply_override(data: dict, item: str) -> None:
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw  # a bare word such as adam
+        value = raw.strip()  # a bare word such as adam (" adam" from --set "train.optimizer = adam")
     *sections, last = key.strip().split(".")
     node, cls = data, Config  # walked beside the schema, so a wrong path is named by the --set that gave it
     for i, name in enumerate(sections):

@@ -6,14 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from mnist_mlp.config import Config, ConfigError, check_fits, config_from_dict, find_preset, read_toml
 from mnist_mlp.errors import UserError
@@ -34,12 +28,9 @@ def load_space(path: str | Path | None = None, base: Config | None = None, fixed
     config (one bad choice failed the sweep at the trial that drew it, after a study that then refused the fix)."""
     path = find_preset(path or "sweep")
     try:
-        data = read_toml(path)
-    except UnicodeDecodeError:
-        raise UserError(f"sweep space {path} is not UTF-8 text; save it as UTF-8 (a TOML file)") from None
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise UserError(f"sweep space {path} is unreadable ({e}); give a TOML file like the shipped "
-                        f"{find_preset('sweep')}") from None
+        data = read_toml(path, "sweep space")
+    except FileNotFoundError:
+        raise UserError(f"sweep space {path} not found; give a TOML file like the shipped {find_preset('sweep')}") from None
 
     def bad(what: str) -> UserError:
         return UserError(f"sweep space {path}: {what}; fix it there (an example: {find_preset('sweep')})")
