@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import os
 
 import numpy as np
@@ -240,3 +241,15 @@ def test_a_drawing_that_touches_the_pads_edge_is_read_as_a_canvas():
     paper[200:260, 150:450] = paper[200:600, 380:440] = 30.0  # a dark 7
     assert predict._ink(paper)[1] > 0  # the shadow is fainter than the ink: not a canvas, the lighting is fitted
     assert to_mnist(paper)[0][:, :3].max() < 60  # and no shadow bar left of the 7
+
+
+def test_a_blank_page_has_no_digit_in_the_csv_or_json(trained, tmp_path, capsys):
+    """The terminal said "no digit found", but the CSV row read `blank.png,5,1,...`: a spreadsheet counted a 5."""
+    _, run = trained
+    Image.new("L", (60, 60), 255).save(tmp_path / "blank.png")
+    assert main(["predict", str(run), str(tmp_path / "blank.png"), "--csv", str(tmp_path / "out.csv")]) == 0
+    assert "no digit found" in capsys.readouterr().out
+    row = next(csv.DictReader((tmp_path / "out.csv").open()))
+    assert row["digit"] == "" and row["unsure"] == "1" and "no digit found" in row["reason"]
+    assert main(["predict", str(run), str(tmp_path / "blank.png"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["digit"] is None

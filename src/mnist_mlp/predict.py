@@ -50,6 +50,11 @@ class Prediction:
     unsure: bool
     reason: str  # why unsure, "" otherwise
 
+    @property
+    def blank(self) -> bool:
+        """No digit to read (blank paper, or specks): `digit` is only the model's guess at black."""
+        return self.reason in (NO_DIGIT, SPECKS)
+
     def top(self, k: int = 3) -> list[tuple[int, float]]:
         order = np.argsort(self.probabilities)[::-1][:k]
         return [(int(d), float(self.probabilities[d])) for d in order]
@@ -314,8 +319,9 @@ def predict_files(model, files: list[Path]) -> list[Prediction]:
 
 
 def as_rows(files: list[Path], predictions: list[Prediction]) -> list[dict]:
-    """One JSON-ready row per image: file, digit, probabilities, unsure and why."""
-    return [{"file": str(path), "digit": p.digit, "probabilities": [round(v, 6) for v in p.probabilities],
+    """One JSON-ready row per image: file, digit (None where there is none to read), probabilities, unsure and
+    why."""
+    return [{"file": str(path), "digit": None if p.blank else p.digit, "probabilities": [round(v, 6) for v in p.probabilities],
              "unsure": p.unsure, "reason": p.reason} for path, p in zip(files, predictions)]
 
 
@@ -339,7 +345,7 @@ def write_csv(rows: list[dict], path: str | Path, unread: Sequence[tuple[Path, s
     with atomic(path, advice) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_HEADER)
-        writer.writerows([r["file"], r["digit"], int(r["unsure"]), *(f"{v:.6f}" for v in r["probabilities"]),
+        writer.writerows([r["file"], "" if r["digit"] is None else r["digit"], int(r["unsure"]), *(f"{v:.6f}" for v in r["probabilities"]),
                           r["reason"]] for r in rows)
         writer.writerows([str(file), "", 1, *[""] * 10, error] for file, error in unread)
 
@@ -362,7 +368,7 @@ def describe(files: list[Path], predictions: list[Prediction], show: bool = Fals
     lines = []
     for path, p in zip(files, predictions):
         top = ", ".join(f"{d}: {v:.1%}" for d, v in p.top(3))
-        lines.append(f"{path}: {p.reason}" if p.reason in (NO_DIGIT, SPECKS) else  # the guess at blank black
+        lines.append(f"{path}: {p.reason}" if p.blank else  # not the guess at blank black
                      f"{path}: {p.digit}   [{top}]" + (f"  (unsure: {p.reason})" if p.unsure else ""))
         if show:
             lines.append(format_digit(p.image).rstrip("\n"))
