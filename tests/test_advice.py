@@ -413,3 +413,15 @@ def test_evaluate_writes_nothing_when_the_run_is_trained_again_meanwhile(synthet
     assert not (out / runs.EVALUATION).exists() and not (out / runs.CONFUSION).exists()
     assert argv == ["evaluate", "--cache-dir", str(synthetic_dir), str(out)]
     assert main(argv) == 0 and (out / runs.EVALUATION).is_file()
+
+
+def test_after_a_failed_write_only_a_full_disk_is_told_to_free_space(tmp_path):
+    """A model.keras that was a folder (EISDIR) got "free some space, then continue with ...": followed, it failed
+    the same way again."""
+    import errno
+
+    from mnist_mlp import evaluate
+
+    for number, says in ((errno.ENOSPC, "free some space, then "), (errno.EISDIR, "once that is mended, ")):
+        assert train._after_write_error(number, tmp_path).startswith(says)
+        assert says.split(",")[0] in evaluate._after_write_error(number, tmp_path)

@@ -129,6 +129,10 @@ def test_a_folder_being_trained_is_locked(synthetic_dir, tmp_path, capsys):
         _one_line(capsys, "in use")
         assert main(["evaluate", str(out)]) == 2
         _one_line(capsys, "still training in another process")
+        (out / runs.CONFIG).write_text("")  # its first epoch, before a checkpoint: it read as a run stopped early
+        (out / runs.PARTIAL_HISTORY).write_text("epoch,loss\n0,1.0\n")
+        assert main(["train", "--resume", str(out)]) == 2
+        _one_line(capsys, "is in use: another mnist-mlp process is training into it; wait for it to finish")
     assert not runs.in_use(out)
 
 

@@ -227,6 +227,9 @@ def plan(config_path: str | None, overrides: list[str], flags: dict, resume: str
             raise UserError(f"--resume continues a run with its own config.toml, so {', '.join(given)} would be "
                             "ignored; leave them out, or start a new run")
         folder = Path(resume)
+        if in_use(folder):  # before its first checkpoint it read as a run stopped early, advising --overwrite
+            raise UserError(f"{folder} is in use: another mnist-mlp process is training into it; wait for it to "
+                            "finish")
         config = resume_group(folder)[0] if (folder / GROUP).is_file() else resume_config(folder)
     else:
         shortcuts = flag_overrides(**{k.replace("-", "_"): v for k, v in flags.items() if k != "overwrite"})

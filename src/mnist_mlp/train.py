@@ -235,8 +235,8 @@ def _check_engine(config: Config, backend: BackendChoice) -> None:
 def _after_write_error(number: int | None, run_dir: Path) -> str:
     """What to do after a failed write, by its cause."""
     fix = {errno.EROFS: "make the disk writable", errno.EACCES: "make the folder writable",
-           errno.EDQUOT: "free some of your quota"}.get(number, "free some space")
-    return f"{fix}, then {runs.continue_advice(run_dir)}"
+           errno.ENOSPC: "free some space", errno.EDQUOT: "free some of your quota"}.get(number)
+    return f"{fix}, then {runs.continue_advice(run_dir)}" if fix else f"once that is mended, {runs.continue_advice(run_dir)}"
 
 
 @dataclass
