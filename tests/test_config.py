@@ -87,7 +87,7 @@ def test_every_shipped_preset_loads_by_name():
     assert loaded["default"] == Config()
     assert loaded["record-cpu"].augment.active and loaded["record-cpu"].train.validation == "split"
     assert not loaded["fast"].augment.active
-    assert loaded["handwriting"].augment.active and loaded["handwriting"].train.precision == "bfloat16"
+    assert loaded["handwriting"].augment.active and loaded["handwriting"].train.precision == "auto"
 
 
 @pytest.mark.parametrize("bad", ["train=1", "model=[1]", "train.epochs.x=1", "trian.epochs=1"])

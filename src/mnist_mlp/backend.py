@@ -41,6 +41,16 @@ def cpu_bfloat16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
     return None if flags is None else any(flag in flags for flag in BFLOAT16_FLAGS)
 
 
+def choose_precision(requested: str, backend: str) -> str:
+    """train.precision for this machine: "auto" is bfloat16 where it multiplies bfloat16 fast (JAX on a GPU, or
+    on a CPU with bfloat16 instructions), else float32 (also where the CPU does not say); others as given."""
+    if requested != "auto":
+        return requested
+    if backend != "jax":
+        return "float32"  # BFloat16Dense is JAX's
+    return "bfloat16" if device_name("jax") != "cpu" or cpu_bfloat16() else "float32"
+
+
 @dataclass(frozen=True)
 class BackendChoice:
     name: str  # jax | torch | tensorflow

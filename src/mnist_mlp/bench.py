@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from mnist_mlp.backend import cpu_bfloat16
@@ -102,10 +102,11 @@ class CompileLog:
 
 def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: float,
                  stop_at: float | None = None, compile_cache: str | None = None, give_up: float | None = None) -> dict:
-    from mnist_mlp.backend import device_name, use_backend
+    from mnist_mlp.backend import choose_precision, device_name, use_backend
 
     config = _config(epochs, config_path, variant)
     backend = use_backend("jax" if variant == "ours" else variant.removeprefix("keras-")).name
+    config = replace(config, train=replace(config.train, precision=choose_precision(config.train.precision, backend)))
     compiles = CompileLog(t0) if backend == "jax" else None
     import keras
 

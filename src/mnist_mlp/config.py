@@ -28,7 +28,8 @@ OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd", "nadam", "adamax", "adagrad", "
 LOSSES = ("categorical_crossentropy",)
 SCHEDULES = ("constant", "cosine")  # cosine: from learning_rate down to 0 over all the run's steps
 ENGINES = ("auto", "compiled", "fit")  # auto: compiled on JAX, Keras fit elsewhere
-PRECISIONS = ("float32", "bfloat16")  # bfloat16: the products' inputs only (model.BFloat16Dense)
+PRECISIONS = ("float32", "bfloat16", "auto")  # bfloat16: the products' inputs only (model.BFloat16Dense); auto:
+# bfloat16 where this machine multiplies it fast, else float32 (backend.choose_precision; the run records which)
 VALIDATIONS = ("test", "split")  # test: the classic examples' choice; split: last 10,000 train images
 BACKENDS = ("auto", "jax", "torch", "tensorflow")
 TRAIN_IMAGES = 60_000  # MNIST's training set

@@ -142,14 +142,14 @@ def check_device() -> list[Check]:
 
 
 def check_bfloat16() -> Check:
-    """Whether the CPU multiplies bfloat16 fast: the bfloat16 presets (record-cpu, handwriting) assume it."""
+    """Whether the CPU multiplies bfloat16 fast: what train.precision = "auto" (record-cpu, handwriting) chooses by."""
     fast = cpu_bfloat16()
     if fast is None:
         return Check("bfloat16", True, "unknown on this CPU (no /proc/cpuinfo flags)")
     if fast:
         return Check("bfloat16", True, "this CPU has bfloat16 instructions: train.precision = bfloat16 runs fast")
-    return Check("bfloat16", True, "this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16): presets with "
-                 "train.precision = bfloat16 (record-cpu, handwriting) train faster with --set train.precision=float32")
+    return Check("bfloat16", True, "this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16): train.precision = "
+                 "auto (record-cpu, handwriting) trains float32 here, and bfloat16 would train slower")
 
 
 def diagnose(cache_dir: str | Path | None = None, network: bool = True) -> list[Check]:

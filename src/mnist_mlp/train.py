@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from mnist_mlp import cache, data, outputs, plots, runs, stats
-from mnist_mlp.backend import BackendChoice, cpu_bfloat16, device_name
+from mnist_mlp.backend import BackendChoice, choose_precision, cpu_bfloat16, device_name
 from mnist_mlp.checkpoint import Checkpoint, CtrlC, restore
 from mnist_mlp.config import Config, TrainConfig, check_fits, config_to_toml
 from mnist_mlp.errors import UserError, WriteFailed, write_failed
@@ -84,7 +84,7 @@ def train_seeds(config: Config, group_dir: str | Path, backend: BackendChoice, s
     and write the accuracy statistics to group.json. `side_by_side`: all in one compiled program (JAX), meant for a
     GPU, which one small model uses only a part of."""
     chosen = tuple(config.train.seed + i for i in range(seeds))
-    config = dataclasses.replace(config, backend=backend.name)
+    config = _resolved(config, backend, kwargs.get("log", lambda text: None))
     _check_engine(config, backend)
     if side_by_side and choose_engine(config.train.engine, backend.name) != "compiled":
         raise UserError("--side-by-side trains in the compiled engine, on JAX: add --backend jax --engine compiled, "
@@ -209,7 +209,7 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
         log: receives the lines a user should see before training (backend, validation, summary).
     """
     started = time.perf_counter()
-    config = dataclasses.replace(config, backend=backend.name)  # resolved: a rerun uses the same backend
+    config = _resolved(config, backend, log)
     _check_engine(config, backend)
     data.ensure(data_dir)  # before the folder is claimed: no data, no run folder
     with runs.claim(run_dir, overwrite=overwrite, resume=resume) as run_dir:
@@ -219,6 +219,16 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
             raise WriteFailed(f"{e}; {_after_write_error(e.errno, run_dir)}", e.errno) from None
         except OSError as e:  # Keras' CSVLogger, or saving the model, on a full or read-only disk
             raise write_failed(run_dir, e, _after_write_error(e.errno, run_dir)) from None
+
+
+def _resolved(config: Config, backend: BackendChoice, log: Callable[[str], None]) -> Config:
+    """`config` as this machine trains it, which the run records (config.toml), so a rerun or a resume
+    elsewhere trains the same: the backend, and train.precision = "auto" made float32 or bfloat16."""
+    precision = choose_precision(config.train.precision, backend.name)
+    if precision != config.train.precision:
+        why = "multiplies bfloat16 fast" if precision == "bfloat16" else "has no bfloat16 instructions"
+        log(f"Precision: {precision} (train.precision = auto; this {device_name(backend.name)} {why})")
+    return dataclasses.replace(config, backend=backend.name, train=dataclasses.replace(config.train, precision=precision))
 
 
 def _check_engine(config: Config, backend: BackendChoice) -> None:
