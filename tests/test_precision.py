@@ -97,30 +97,42 @@ def test_bfloat16_on_another_backend_is_refused_in_one_line(synthetic_dir, tmp_p
     assert done.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("fast, device, backend, chosen", [
-    (True, "cpu", "jax", "bfloat16"), (False, "cpu", "jax", "float32"), (None, "cpu", "jax", "float32"),
-    (False, "gpu NVIDIA H200", "jax", "bfloat16"), (True, "cpu", "torch", "float32")])
-def test_auto_precision_is_bfloat16_only_where_it_multiplies_fast(fast, device, backend, chosen, monkeypatch):
+@pytest.mark.parametrize("fast, device, backend, chosen, why", [
+    (True, "cpu", "jax", "bfloat16", "this CPU has bfloat16 instructions"),
+    (False, "cpu", "jax", "float32", "this CPU has no bfloat16 instructions"),
+    (None, "cpu", "jax", "float32", "this CPU's instructions are unknown"),
+    (False, ("gpu", "NVIDIA H200", "9.0"), "jax", "bfloat16", "this NVIDIA H200 multiplies bfloat16 fast"),
+    (False, ("gpu", "Tesla T4", "7.5"), "jax", "float32", "this Tesla T4 (compute capability 7.5) has no fast bfloat16"),
+    (True, "cpu", "torch", "float32", "bfloat16 products are JAX's here, not torch's")])
+def test_auto_precision_is_bfloat16_only_where_it_multiplies_fast(fast, device, backend, chosen, why, monkeypatch):
     """The presets said bfloat16, which trained the handwriting preset 1.5-2.3x slower on CPUs without bfloat16
-    instructions (most laptops'); "auto" picks per machine."""
+    instructions (most laptops'); "auto" picks per machine and says why."""
+    from types import SimpleNamespace
+
     from mnist_mlp import backend as backends
 
+    platform, kind, capability = device if isinstance(device, tuple) else ("cpu", "cpu", None)
     monkeypatch.setattr(backends, "cpu_bfloat16", lambda: fast)
-    monkeypatch.setattr(backends, "device_name", lambda name: device)
-    assert backends.choose_precision("auto", backend) == chosen
-    assert backends.choose_precision("bfloat16", backend) == "bfloat16"  # as given: refused elsewhere, or noted
+    monkeypatch.setattr(backends, "jax_device", lambda: SimpleNamespace(platform=platform, device_kind=kind,
+                                                                        compute_capability=capability))
+    assert backends.choose_precision("auto", backend) == (chosen, why)
+    assert backends.choose_precision("bfloat16", backend)[0] == "bfloat16"  # as given: refused elsewhere, or noted
 
 
 def test_an_auto_run_records_what_it_trained_so_a_resume_elsewhere_trains_the_same(synthetic_dir, tmp_path, capsys,
                                                                                   monkeypatch):
+    from types import SimpleNamespace
+
     from mnist_mlp import backend as backends
 
+    monkeypatch.setattr(backends, "jax_device", lambda: SimpleNamespace(platform="cpu", device_kind="cpu"))
     monkeypatch.setattr(backends, "cpu_bfloat16", lambda: True)
-    argv = ["train", *SMALL, "--epochs", "1", "--set", "train.precision=auto", "--cache-dir", str(synthetic_dir)]
+    argv = ["train", *SMALL, "--epochs", "1", "--set", "train.precision=auto", "--backend", "jax",
+            "--cache-dir", str(synthetic_dir)]
     assert main([*argv, "--out", str(tmp_path / "fast")]) == 0
-    assert "Precision: bfloat16 (train.precision = auto; this cpu multiplies bfloat16 fast)" in capsys.readouterr().out
+    assert "Precision: bfloat16 (train.precision = auto: this CPU has bfloat16 instructions)" in capsys.readouterr().out
     assert runs.load_run(tmp_path / "fast").config.train.precision == "bfloat16"  # config.toml: the choice
     monkeypatch.setattr(backends, "cpu_bfloat16", lambda: False)
     assert main([*argv, "--out", str(tmp_path / "slow")]) == 0
-    assert "Precision: float32 (train.precision = auto; this cpu has no bfloat16 instructions)" in capsys.readouterr().out
+    assert "Precision: float32 (train.precision = auto: this CPU has no bfloat16 instructions)" in capsys.readouterr().out
     assert runs.load_run(tmp_path / "slow").config.train.precision == "float32"

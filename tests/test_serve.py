@@ -285,13 +285,15 @@ def test_the_server_process_a_teacher_runs(trained, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signals", [("SIGHUP",), ("SIGINT", "SIGINT")])
+@pytest.mark.parametrize("signals", [("SIGHUP",), ("SIGINT", "SIGINT"), ("nohup", "SIGHUP", "SIGINT")])
 def test_a_closed_terminal_or_a_second_ctrl_c_stops_the_server_in_one_line(signals, trained):
     """A closed terminal's SIGHUP (uvicorn handles only SIGINT and SIGTERM) and a second Ctrl-C while an
-    upload held the shutdown printed a traceback (asyncio's CancelledError) before "interrupted"."""
+    upload held the shutdown printed a traceback (asyncio's CancelledError) before "interrupted". Under
+    nohup (SIGHUP ignored) the server outlives the terminal, as before."""
     import signal
     import subprocess
     import sys
+    import urllib.request
 
     from conftest import terminal_signals
 
@@ -299,6 +301,8 @@ def test_a_closed_terminal_or_a_second_ctrl_c_stops_the_server_in_one_line(signa
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with terminal_signals():
+        if signals[0] == "nohup":
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # restored by terminal_signals
         server = subprocess.Popen([sys.executable, "-m", "mnist_mlp", "serve", str(trained[1]), "--port", str(port)],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -307,12 +311,15 @@ def test_a_closed_terminal_or_a_second_ctrl_c_stops_the_server_in_one_line(signa
             hanging.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
                             b"Content-Length: 1000\r\n\r\n\x89PNG")
             time.sleep(0.3)  # taken in
-            for name in signals:
+            for name in signals[signals[0] == "nohup":]:
+                if name == "SIGINT" and signals[0] == "nohup":  # the terminal closed: still serving
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as response:
+                        assert response.status == 200 and server.poll() is None
                 server.send_signal(getattr(signal, name))
                 time.sleep(0.3)
             output = server.communicate(timeout=30)[0]
         assert output.strip().endswith("mnist-mlp: interrupted") and "Traceback" not in output, output
-        assert server.returncode == (130 if signals[0] == "SIGINT" else -signal.SIGHUP)
+        assert server.returncode == (-signal.SIGHUP if signals == ("SIGHUP",) else 130)
     finally:
         server.kill()
         server.wait()
@@ -370,3 +377,19 @@ def test_a_wrong_path_or_method_is_a_json_error_too(client):
         response = client.request(method, path)
         assert response.status_code == status and path in response.json()["error"], response.text
     assert client.head("/").status_code == 200  # link checkers and `curl -I` ask so
+
+
+def test_serve_stopped_in_process_leaves_the_callers_handlers_in_charge(trained, monkeypatch):
+    """serve() called from Python (a notebook) and stopped by Ctrl-C set the command's global 'interrupted'
+    mark, so the caller's next serve() or train() stopped at once."""
+    import signal
+
+    import uvicorn
+
+    from mnist_mlp import errors
+
+    monkeypatch.setattr(errors.interrupt, "received", 0)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: setattr(self, "stopped_by", signal.SIGINT))
+    with socket.create_server(("127.0.0.1", 0)) as sock, pytest.raises(KeyboardInterrupt):
+        serve.serve(trained[1], sock=sock)  # Python's own Ctrl-C handler raises it here
+    assert errors.interrupt.received == 0

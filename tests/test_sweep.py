@@ -434,6 +434,12 @@ def test_best_is_re_trained_only_when_it_is_not_the_best_trials_config(tmp_path,
     assert sweep._same_config(tmp_path / "best", trained)
     assert not sweep._same_config(tmp_path / "best", load_config(None, ["train.train_samples=500", "train.epochs=2"]))
     assert not sweep._same_config(tmp_path / "nothing", Config())
+    auto = ["train.train_samples=500", "train.epochs=1", "train.precision=auto"]  # a sweep of record-cpu re-trained
+    assert main(["train", "--set", auto[2], "--train-samples", "500", "--epochs", "1", "--out", str(tmp_path / "auto"),
+                 "--cache-dir", str(synthetic_dir)]) == 0  # its best at every run: config.toml records auto's choice
+    assert sweep._same_config(tmp_path / "auto", load_config(None, auto))
+    assert not sweep._same_config(tmp_path / "best", load_config(None, ["train.train_samples=500", "train.epochs=1",
+                                                                       "train.precision=bfloat16"]))
 
 
 def test_a_study_is_continued_only_with_the_settings_it_started_with(space, synthetic_dir, tmp_path, capsys):
@@ -554,3 +560,16 @@ def test_a_worker_finding_best_being_re_trained_by_another_leaves_it_to_that_one
     with runs.claim(out / "best"):  # the other worker, re-training it
         assert main(argv) == 0
     assert "another worker is re-training it into" in capsys.readouterr().out
+
+
+def test_the_default_space_is_the_shipped_one_whatever_is_in_the_working_folder(tmp_path, monkeypatch):
+    """`mnist-mlp sweep` without --space took a sweep.toml in the working folder (a run's config.toml saved
+    as sweep.toml, say), and its errors called that file "the shipped" example."""
+    from mnist_mlp.config import presets
+    from mnist_mlp.space import load_space
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sweep.toml").write_text("[train]\nepochs = 1\n")
+    assert load_space() == load_space(presets()["sweep"])
+    with pytest.raises(UserError, match=r"\[space\] table only, not train; fix it there \(an example: .*configs/sweep"):
+        load_space("sweep.toml")

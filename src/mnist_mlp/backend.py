@@ -41,14 +41,30 @@ def cpu_bfloat16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
     return None if flags is None else any(flag in flags for flag in BFLOAT16_FLAGS)
 
 
-def choose_precision(requested: str, backend: str) -> str:
-    """train.precision for this machine: "auto" is bfloat16 where it multiplies bfloat16 fast (JAX on a GPU, or
-    on a CPU with bfloat16 instructions), else float32 (also where the CPU does not say); others as given."""
+def choose_precision(requested: str, backend: str) -> tuple[str, str]:
+    """train.precision for this machine, and why: "auto" is bfloat16 where the machine multiplies bfloat16
+    fast (JAX on a CPU with bfloat16 instructions, a GPU of compute capability 8 or more (A100, H100, ...), a
+    TPU), else float32 (also where the CPU does not say); others as given."""
     if requested != "auto":
-        return requested
+        return requested, "as set"
     if backend != "jax":
-        return "float32"  # BFloat16Dense is JAX's
-    return "bfloat16" if device_name("jax") != "cpu" or cpu_bfloat16() else "float32"
+        return "float32", f"bfloat16 products are JAX's here, not {backend}'s"
+    device = jax_device()
+    if device.platform == "cpu":
+        fast = cpu_bfloat16()
+        return ("bfloat16", "this CPU has bfloat16 instructions") if fast else (
+            "float32", "this CPU has no bfloat16 instructions" if fast is False else "this CPU's instructions are unknown")
+    capability = getattr(device, "compute_capability", None)  # CUDA's, e.g. "9.0"; none on a TPU
+    if capability is not None and float(capability) < 8:
+        return "float32", f"this {device.device_kind} (compute capability {capability}) has no fast bfloat16"
+    return "bfloat16", f"this {device.device_kind} multiplies bfloat16 fast"
+
+
+def jax_device():
+    """The device JAX trains on."""
+    import jax
+
+    return jax.devices()[0]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mnist_mlp.backend import cpu_bfloat16
@@ -102,16 +102,16 @@ class CompileLog:
 
 def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: float,
                  stop_at: float | None = None, compile_cache: str | None = None, give_up: float | None = None) -> dict:
-    from mnist_mlp.backend import choose_precision, device_name, use_backend
+    from mnist_mlp.backend import device_name, use_backend
 
     config = _config(epochs, config_path, variant)
     backend = use_backend("jax" if variant == "ours" else variant.removeprefix("keras-")).name
-    config = replace(config, train=replace(config.train, precision=choose_precision(config.train.precision, backend)))
     compiles = CompileLog(t0) if backend == "jax" else None
     import keras
 
-    from mnist_mlp.recipe import compile_model, prepare
+    from mnist_mlp.recipe import compile_model, prepare, resolve
 
+    config = resolve(config, backend)[0]  # precision "auto" made concrete, as train makes it
     setup = prepare(config, backend, engine="compiled" if variant == "ours" else "fit",  # what train does
                     compile_cache=compile_cache)
     ends, accuracy, start = [], [], []

@@ -46,7 +46,7 @@ def cmd_data(args) -> None:
         info = data.import_data(args.paths, args.cache_dir)
     else:
         info = cache.data_info(args.cache_dir)
-    print(cache.describe(info))
+    print(advised(cache.describe(info), args))
 
 
 def cmd_inspect(args) -> None:
@@ -242,9 +242,9 @@ def cmd_doctor(args) -> int:
     from mnist_mlp import doctor
 
     text, problems = doctor.describe(doctor.diagnose(args.cache_dir, network=not args.offline))
-    print(text)
+    print(advised(text, args))
     for line in problems:
-        print(line, file=sys.stderr)
+        print(advised(line, args), file=sys.stderr)
     return 1 if problems else 0
 
 

@@ -22,6 +22,7 @@ else:  # pragma: no cover
 import tomli_w
 
 from mnist_mlp.errors import UserError
+from mnist_mlp.outputs import shell_path
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "elu", "selu", "silu", "softplus", "linear")
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd", "nadam", "adamax", "adagrad", "adadelta")
@@ -195,7 +196,8 @@ def read_toml(path: Path, what: str) -> dict:
     try:
         raw = path.read_bytes()
     except IsADirectoryError:
-        inside = f", e.g. {shlex.quote(str(path / 'config.toml'))}" if (path / "config.toml").is_file() else ""
+        inside = (f", e.g. {shell_path(path / 'config.toml')}" if what == "config file" and (path / "config.toml").is_file()
+                  else "")  # a run's config.toml, which is no sweep space
         raise UserError(f"{what} {path} is a folder; give a TOML file{inside}") from None
     except FileNotFoundError:
         raise

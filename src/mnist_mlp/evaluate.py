@@ -4,7 +4,6 @@ and recall, the confusion matrix, and a gallery of the most confidently wrong di
 from __future__ import annotations
 
 import dataclasses
-import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,8 +91,8 @@ def _after_write_error(number: int | None, path: Path) -> str:
     if number in outputs.UNWRITABLE:
         command, copy = runs.writable_copy(path)
         return f"the scores above are not saved; evaluate a copy of the run: `{command} && mnist-mlp evaluate {copy}`"
-    fix = "free some space, then" if number in (errno.ENOSPC, errno.EDQUOT) else "once that is mended, run"
-    return f"the scores above are not saved; {fix} `mnist-mlp evaluate {outputs.shell_path(path)}`"
+    again = f"run `mnist-mlp evaluate {outputs.shell_path(path)}`"
+    return f"the scores above are not saved; {outputs.after_failed_write(number, again)}"
 
 
 def _loss_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

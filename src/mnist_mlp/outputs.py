@@ -24,6 +24,15 @@ MARKS = (b"tEXtSoftware\x00mnist-mlp", b"\xff\xfe\x00\x0bmnist-mlp", b"<dc:title
 
 
 UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)  # a read-only disk or a folder of someone else's
+FIXES = {errno.EROFS: "make the disk writable", errno.EACCES: "make the folder writable", errno.EPERM:
+         "make the folder writable", errno.ENOSPC: "free some space", errno.EDQUOT: "free some of your quota"}
+
+
+def after_failed_write(number: int | None, next_step: str) -> str:
+    """What to do after a write failed with errno `number`, then `next_step`: the fix where the cause has one
+    (a full disk: free some space), else "once that is mended" (the error itself says what is wrong)."""
+    fix = FIXES.get(number)
+    return f"{fix}, then {next_step}" if fix else f"once that is mended, {next_step}"
 
 
 def temporary(path: Path) -> Path:

@@ -3,6 +3,7 @@ data split the config asks for, and the model built and compiled with its optimi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import keras
 import numpy as np
 
 from mnist_mlp import cache, data
+from mnist_mlp.backend import choose_precision
 from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.model import build_model
 
@@ -23,6 +25,15 @@ class Setup:
     y_train: np.ndarray  # float32 (n, 10) one-hot
     validation: tuple[np.ndarray, np.ndarray]  # the test set, or the last 10,000 training images
     test: tuple[np.ndarray, np.ndarray]
+
+
+def resolve(config: Config, backend: str) -> tuple[Config, str]:
+    """`config` as this machine trains it, which a run records (config.toml), so a rerun or a resume elsewhere
+    trains the same: its backend, and train.precision = "auto" made float32 or bfloat16; with a line saying
+    what auto chose and why ("" when nothing was chosen)."""
+    precision, why = choose_precision(config.train.precision, backend)
+    note = f"Precision: {precision} (train.precision = auto: {why})" if config.train.precision == "auto" else ""
+    return dataclasses.replace(config, backend=backend, train=dataclasses.replace(config.train, precision=precision)), note
 
 
 def set_seed(seed: int, backend: str) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from mnist_mlp.config import (Config, ConfigError, check_fits, config_from_dict, config_from_toml, flag_overrides,
                                load_config)
 from mnist_mlp.errors import UserError
-from mnist_mlp.outputs import UNWRITABLE, atomic, free_name, output, shell_path, writable_folder
+from mnist_mlp.outputs import UNWRITABLE, after_failed_write, atomic, free_name, output, shell_path, writable_folder
 
 CONFIG = "config.toml"  # resolved config; `train --config RUN/config.toml` repeats the run
 HISTORY = "history.csv"  # one row per epoch, Keras' CSVLogger
@@ -107,7 +107,7 @@ def _elsewhere(path: Path, resume: bool, error: OSError) -> str:
     if not resume:
         return "choose another --out"
     if error.errno not in UNWRITABLE:
-        return f"free some space, then `mnist-mlp train --resume {shell_path(path)}`"
+        return after_failed_write(error.errno, f"`mnist-mlp train --resume {shell_path(path)}`")
     command, copy = writable_copy(path)
     return f"resume a copy of it: `{command} && mnist-mlp train --resume {copy}`"
 

@@ -297,8 +297,9 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sock: 
 
     class Server(uvicorn.Server):
         """uvicorn's server, also stopped by SIGHUP (a closed terminal), which it left to Python: a
-        KeyboardInterrupt inside the event loop, and a traceback on the console. The signal that stopped it is
-        raised once the loop has ended (errors.interrupt), not inside it as uvicorn re-raises it."""
+        KeyboardInterrupt inside the event loop, and a traceback on the console. A signal ignored (SIGHUP under
+        nohup) stays ignored. The one that stopped it is raised again once the loop has ended, to the handler
+        that was there before (the command's: errors.interrupt), not inside the loop as uvicorn raises it."""
         stopped_by = 0
 
         def handle_exit(self, sig, frame):
@@ -310,7 +311,8 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sock: 
             if threading.current_thread() is not threading.main_thread():  # only the main thread has signals
                 yield
                 return
-            previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS
+                        if signal.getsignal(sig) is not signal.SIG_IGN}
             try:
                 yield
             finally:
@@ -328,7 +330,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sock: 
     ready()
     server.run(sockets=[sock])
     if server.stopped_by:
-        interrupt(server.stopped_by, None)  # as the command's handler would have: it ends by that signal
+        signal.raise_signal(server.stopped_by)
 
 
 def urls(host: str, port: int) -> list[str]:

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_mlp.config import Config, ConfigError, check_fits, config_from_dict, find_preset, read_toml
+from mnist_mlp.config import Config, ConfigError, check_fits, config_from_dict, find_preset, presets, read_toml
 from mnist_mlp.errors import UserError
 
 LAYER_KEYS = ("hidden_layers", "hidden_width")  # sweep-only keys that build model.hidden_units
@@ -26,14 +26,15 @@ def load_space(path: str | Path | None = None, base: Config | None = None, fixed
     """The search space in TOML at `path`, or the shipped preset of that name (default: `sweep`), every entry
     checked now, before a study or folder is made: its shape, and each value a trial may take against `base`'s
     config (one bad choice failed the sweep at the trial that drew it, after a study that then refused the fix)."""
-    path = find_preset(path or "sweep")
+    shipped = presets()["sweep"]
+    path = find_preset(path) if path else shipped  # not a sweep.toml that happens to be in the working folder
     try:
         data = read_toml(path, "sweep space")
     except FileNotFoundError:
-        raise UserError(f"sweep space {path} not found; give a TOML file like the shipped {find_preset('sweep')}") from None
+        raise UserError(f"sweep space {path} not found; give a TOML file like the shipped {shipped}") from None
 
     def bad(what: str) -> UserError:
-        return UserError(f"sweep space {path}: {what}; fix it there (an example: {find_preset('sweep')})")
+        return UserError(f"sweep space {path}: {what}; fix it there (an example: {shipped})")
 
     sweep, params = data.get("sweep", {}), data.get("space", {})
     unknown = sorted(set(data) - {"sweep", "space"})

@@ -303,12 +303,15 @@ def _same_settings(study: optuna.Study, settings: dict) -> None:
 
 
 def _same_config(run_dir: Path, config: Config) -> bool:
-    """Whether the run in `run_dir` trained `config` (its backend aside: train records the one it used)."""
+    """Whether the run in `run_dir` trained `config` (but for what train resolves and records: the backend, and
+    the precision "auto" chose)."""
     try:
         trained = runs.load_run(run_dir).config
     except UserError:
         return False
-    return dataclasses.replace(trained, backend=config.backend) == config
+    precision = config.train.precision if config.train.precision == "auto" else trained.train.precision
+    return dataclasses.replace(trained, backend=config.backend,
+                               train=dataclasses.replace(trained.train, precision=precision)) == config
 
 
 def report(sweep_dir: str | Path, study_name: str | None = None, storage: str | None = None, top: int = 10) -> dict:

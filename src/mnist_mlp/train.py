@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import math
 import os
 import platform
@@ -19,12 +18,12 @@ import keras
 import numpy as np
 
 from mnist_mlp import cache, data, outputs, plots, runs, stats
-from mnist_mlp.backend import BackendChoice, choose_precision, cpu_bfloat16, device_name
+from mnist_mlp.backend import BackendChoice, cpu_bfloat16, device_name
 from mnist_mlp.checkpoint import Checkpoint, CtrlC, restore
 from mnist_mlp.config import Config, TrainConfig, check_fits, config_to_toml
 from mnist_mlp.errors import UserError, WriteFailed, write_failed
 from mnist_mlp.model import model_summary
-from mnist_mlp.recipe import Setup, prepare
+from mnist_mlp.recipe import Setup, prepare, resolve
 
 
 @dataclass(frozen=True)
@@ -222,13 +221,10 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
 
 
 def _resolved(config: Config, backend: BackendChoice, log: Callable[[str], None]) -> Config:
-    """`config` as this machine trains it, which the run records (config.toml), so a rerun or a resume
-    elsewhere trains the same: the backend, and train.precision = "auto" made float32 or bfloat16."""
-    precision = choose_precision(config.train.precision, backend.name)
-    if precision != config.train.precision:
-        why = "multiplies bfloat16 fast" if precision == "bfloat16" else "has no bfloat16 instructions"
-        log(f"Precision: {precision} (train.precision = auto; this {device_name(backend.name)} {why})")
-    return dataclasses.replace(config, backend=backend.name, train=dataclasses.replace(config.train, precision=precision))
+    config, note = resolve(config, backend.name)
+    if note:
+        log(note)
+    return config
 
 
 def _check_engine(config: Config, backend: BackendChoice) -> None:
@@ -244,9 +240,7 @@ def _check_engine(config: Config, backend: BackendChoice) -> None:
 
 def _after_write_error(number: int | None, run_dir: Path) -> str:
     """What to do after a failed write, by its cause."""
-    fix = {errno.EROFS: "make the disk writable", errno.EACCES: "make the folder writable",
-           errno.ENOSPC: "free some space", errno.EDQUOT: "free some of your quota"}.get(number)
-    return f"{fix}, then {runs.continue_advice(run_dir)}" if fix else f"once that is mended, {runs.continue_advice(run_dir)}"
+    return outputs.after_failed_write(number, runs.continue_advice(run_dir))
 
 
 @dataclass
