@@ -137,7 +137,7 @@ def test_a_disk_that_fills_while_training_leaves_a_resumable_run(when, completed
         assert done.returncode == 2, done.stderr[-3000:]  # not a crash (h5py's checkpoint write segfaulted)
         err = done.stderr.strip().splitlines()
         assert len(err) == 1 and "No space left on device" in err[0], done.stderr[-3000:]
-        assert f"continue with `mnist-mlp train --resume {out}`" in err[0]
+        assert f"free some space, then continue with `mnist-mlp train --cache-dir {mnist_dir} --resume {out}`" in err[0]
         assert runs.completed_epochs(out) == completed  # the last good checkpoint survived
         assert not [p for p in os.listdir(out) if ".tmp" in p]
         filler.unlink()

@@ -53,7 +53,7 @@ def test_killed_run_resumes_to_the_same_result(engine, sig, mnist_dir, tmp_path)
     killed = tmp_path / "killed"
     stderr = _kill_after_epoch(killed, mnist_dir, engine, sig)
     if sig != signal.SIGKILL:  # Ctrl-C, or `kill`: one line that says how to continue
-        assert f"interrupted; continue with `mnist-mlp train --resume {killed}`" in stderr
+        assert f"interrupted; continue with `mnist-mlp train --cache-dir {mnist_dir} --resume {killed}`" in stderr
         assert "Traceback" not in stderr
     assert not (killed / "metrics.json").exists() and not (killed / "history.csv").exists()
     resumed = run_cli("train", "--resume", str(killed), "--cache-dir", str(mnist_dir))

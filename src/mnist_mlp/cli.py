@@ -87,8 +87,8 @@ def advised(text: str, args) -> str:
     if not getattr(args, "cache_dir", None):
         return text
     flag = f" --cache-dir {outputs.shell_path(args.cache_dir)}"
-    return re.sub(r"(?:`|&& |next: )mnist-mlp (?:data (?:fetch|import|info)|inspect|train|evaluate|sweep|doctor)\b",
-                  lambda command: command.group(0) + flag, text)
+    return re.sub(r"(?:`|&& |next: )mnist-mlp (?:data (?:fetch|import|info)|inspect|train|evaluate|sweep|doctor)\b"
+                  r"(?![^`\n]*--cache-dir)", lambda command: command.group(0) + flag, text)  # not twice
 
 
 def _train(args, config, out: Path) -> None:
