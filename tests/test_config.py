@@ -142,8 +142,11 @@ def test_a_handout_beats_a_preset_of_its_name_and_a_folder_or_binary_file_says_w
     Path("handwriting.toml").write_text("[train]\nepochs = 1\n")
     assert load_config("handwriting").train.epochs == 1
     assert load_config("fast").train.epochs == load_config(presets()["fast"]).train.epochs  # no fast.toml here
-    with pytest.raises(UserError, match=r"config file fast not found"):
+    with pytest.raises(UserError, match=r"config file \./fast not found; .* a preset by name \(without \./\)"):
         load_config("./fast")  # a path, as written
+    Path("fast").mkdir()
+    with pytest.raises(UserError, match=r"^config file fast is a folder; give a TOML file$"):
+        load_config("fast/")  # a folder, as written (it trained the shipped preset)
     Path("run").mkdir()
     Path("run/config.toml").write_text("")
     Path("run/model.keras").write_bytes(b"PK\x03\x04\x00\x00 a zip")

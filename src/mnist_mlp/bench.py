@@ -418,7 +418,8 @@ def run(variants: str | None = None, epochs: int | None = None, gpu: bool = Fals
     if give_up is not None and time_to_accuracy is None:
         raise UserError("--give-up is for --time-to (each variant's time limit); add --time-to ACCURACY, or drop it")
     if presets and time_to_accuracy is None:
-        raise UserError("--config names presets for --time-to; the side-by-side bench trains the classic config")
+        raise UserError("--config names presets for --time-to; the side-by-side bench trains the classic config: "
+                        "add --time-to ACCURACY, or leave --config out")
     if serve:
         from mnist_mlp import loadtest, runs
 

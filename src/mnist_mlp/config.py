@@ -180,9 +180,9 @@ def presets() -> dict[str, Path]:
 def find_preset(name: str | Path) -> Path:
     """`name` as a path if that file is there, and a bare name also as NAME.toml in the working folder (a
     teacher's handout before a shipped preset of that name); else the shipped preset of that name (`fast`,
-    `fast.toml`); else `name`, which is not there. `./NAME` is always a path."""
+    `fast.toml`); else `name`, which is not there. `./NAME` and `NAME/` are always paths."""
     path = Path(name)
-    if path.is_file() or path.parent != Path(".") or str(name).startswith("./"):
+    if path.is_file() or path.parent != Path(".") or str(name).startswith("./") or str(name).endswith("/"):
         return path
     if path.suffix != ".toml" and Path(f"{name}.toml").is_file():
         return Path(f"{name}.toml")
@@ -220,12 +220,13 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     overrides."""
     data: dict = {}
     if path is not None:
-        path = find_preset(path)
+        given, path = path, find_preset(path)
         try:
             data = read_toml(path, "config file")
         except FileNotFoundError:
             names = ", ".join(name for name in presets() if name != "sweep")
-            raise UserError(f"config file {path} not found; give an existing .toml file or a preset: {names}") from None
+            raise UserError(f"config file {given} not found; give an existing .toml file or a preset by name (without "
+                            f"./): {names}") from None
     for item in overrides:
         _apply_override(data, item)
     return config_from_dict(data)
