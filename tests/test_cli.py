@@ -178,15 +178,16 @@ def test_python_m_entry_point():
     assert done.returncode == 0 and done.stdout.startswith("mnist-mlp ")
 
 
-def test_every_command_line_in_the_readme_parses():
-    """The README's code blocks hold commands a reader copies: each must parse as written."""
+def test_every_command_line_in_the_readme_and_guide_parses():
+    """The README's and docs/guide.md's code blocks hold commands a reader copies: each must parse as written."""
     import re
     import shlex
     from pathlib import Path
 
     from mnist_mlp.cli import build_parser
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    root = Path(__file__).parent.parent
+    readme = (root / "README.md").read_text() + (root / "docs" / "guide.md").read_text()
     blocks = re.findall(r"```sh\n(.*?)```", readme, re.S)
     lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
     commands = [shlex.split(line)[1:] for line in lines if line.startswith("mnist-mlp ")]
