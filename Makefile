@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-fast setup setup-all browser postgres wrk clean
+.PHONY: run test test-fast setup setup-all browser postgres wrk notebook clean
 
 run: setup
 	$(BIN)/mnist-mlp data fetch
@@ -16,6 +16,9 @@ test: setup-all browser postgres wrk
 
 test-fast: setup-all  # the edit-test loop: offline, synthetic data, in process (~2.5 min on 2 cores)
 	$(BIN)/python -m pytest -m "not slow and not mnist" -q
+
+notebook: setup-all  # examples/walkthrough.ipynb from examples/walkthrough.py (the one source; a test compares them)
+	$(BIN)/jupytext --to ipynb --update --set-kernel python3 examples/walkthrough.py
 
 browser:  # Debian's Chromium for the browser test (Playwright drives it; no browser download)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
