@@ -89,6 +89,15 @@ def test_drawn_digit_is_read_with_ten_bars(page, strokes, digit):
     page.screenshot(path=str(ARTIFACTS / f"draw-{digit}.png"))
 
 
+def test_the_page_names_the_model_it_serves(page, trained):
+    """A class may be shown two models side by side: each page says which one reads the digits."""
+    import json
+
+    accuracy = json.loads((trained[1] / "metrics.json").read_text())["test_accuracy"]
+    page.wait_for_function("document.querySelector('#model').textContent !== ''")
+    assert page.locator("#model").text_content() == f"model: classic · {100 * accuracy:.2f}% on MNIST's test digits"
+
+
 def test_clear_resets_the_page(page):
     _draw(page, ONE)
     page.click("#clear")

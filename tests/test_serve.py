@@ -30,6 +30,7 @@ def test_page_health_model_and_docs(client, trained):
     assert client.get("/api/health").json() == {"status": "ok"}
     info = client.get("/api/model").json()
     assert info["backend"] == "jax" and 0.9 < info["test_accuracy"] < 1
+    assert info["config_name"] == "classic"  # trained without --config; the page shows it
     assert info["config"]["model"]["hidden_units"] == [512, 512]
     assert client.get("/docs").status_code == 200
     assert "/api/predict" in client.get("/openapi.json").json()["paths"]

@@ -168,3 +168,53 @@ def test_a_keras_json_floatx_or_epsilon_does_not_change_the_recipe(synthetic_dir
     finally:
         keras.config.set_floatx("float32")
         keras.config.set_epsilon(1e-7)
+
+
+def test_plot_weights_draws_each_first_layer_unit_as_a_28x28_tile(small_run, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "weights.png"
+    assert main(["plot", str(small_run), "--weights", "--out", str(out)]) == 0
+    assert f"Wrote {out}" in capsys.readouterr().out
+    image = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert image.shape == (16 * 60, 32 * 60, 3)  # 32 x 16 tiles, each 28x28 drawn 2x inside a white line
+    tiles = image.reshape(16, 60, 32, 60, 3).swapaxes(1, 2)[:, :, 2:58:2, 2:58:2]  # (16, 32, 28, 28, 3)
+    assert (tiles != 255).any(axis=(2, 3, 4)).sum() == 512  # one drawn tile per unit
+    kernel = runs.load_model(runs.load_run(small_run)).layers[0].get_weights()[0]
+    for unit in (0, 100, 511):  # red where the weight is positive, blue where it is negative
+        weights = kernel[:, unit].reshape(28, 28)
+        strong = np.abs(weights) > 0.3 * np.abs(weights).max()
+        tile = tiles[unit // 32, unit % 32]
+        redder = tile[..., 0] > tile[..., 2]
+        assert (redder[strong] == (weights[strong] > 0)).all()
+
+
+def test_plot_weights_goes_into_the_run_and_refuses_a_model_that_does_not_read_pixels(small_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    assert main(["plot", str(run), "--weights"]) == 0
+    assert (run / runs.WEIGHTS).is_file() and f"Wrote {run / runs.WEIGHTS}" in capsys.readouterr().out
+    other = keras.Sequential([keras.Input(shape=(100,)), keras.layers.Dense(10)])  # not 784 wide
+    other.save(run / runs.MODEL)
+    metrics = json.loads((run / runs.METRICS).read_text())
+    metrics["model_sha256"] = runs.file_sha256(run / runs.MODEL)  # as if the run had saved it
+    (run / runs.METRICS).write_text(json.dumps(metrics))
+    (run / runs.WEIGHTS).unlink()
+    assert main(["plot", str(run), "--weights"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "takes 100 inputs, not the 784 pixels" in err and "Traceback" not in err
+    assert not (run / runs.WEIGHTS).exists()
+    assert main(["plot", str(run), str(small_run), "--weights"]) == 2
+    assert "give one run folder" in capsys.readouterr().err
+
+
+def test_train_records_the_config_name_for_the_page(small_run, tmp_path):
+    from mnist_mlp.config import config_name
+
+    assert json.loads((small_run / runs.METRICS).read_text())["config_name"] == "classic"
+    assert config_name("handwriting") == "handwriting" and config_name(None) == "classic"
+    assert config_name(str(small_run)) == "small" and config_name(str(small_run / runs.CONFIG)) == "small"
+    (tmp_path / "lesson.toml").write_text("")
+    assert config_name(str(tmp_path / "lesson.toml")) == "lesson"

@@ -16,7 +16,7 @@ from pathlib import Path
 from mnist_mlp import __version__, cache, data, experiments, outputs, runs, sources
 from mnist_mlp.backend import use_backend
 from mnist_mlp.bench import VARIANTS
-from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, find_preset, load_config
+from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, config_name, find_preset, load_config
 from mnist_mlp.errors import Interrupted, UserError, interrupt
 from mnist_mlp.space import load_space
 
@@ -99,6 +99,8 @@ def _train(args, config, out: Path) -> None:
                    log=lambda text: print(text, flush=True))
     if args.config and not args.resume:
         print(f"Config: {find_preset(args.config)}")  # a file of that name, or the shipped preset
+    if not args.resume:
+        options["config_name"] = config_name(args.config)
     if args.resume and (out / runs.GROUP).is_file():
         print(advised(train.describe_seeds(train.resume_seeds(out, choice, **options)), args))
     elif args.seeds:
@@ -168,6 +170,16 @@ def cmd_serve(args) -> None:
 def cmd_plot(args) -> None:
     from mnist_mlp import plots
 
+    if args.weights:
+        if len(args.runs) > 1:
+            raise UserError("--weights draws one run's first layer; give one run folder")
+        run = runs.load_run(args.runs[0])
+        use_backend("auto")
+        from mnist_mlp.model import first_layer_weights
+
+        print(f"Wrote {plots.plot_run_weights(run.path, first_layer_weights(runs.load_model(run)), args.out)} "
+              "(each unit's 784 weights as a 28x28 image: red where ink raises it, blue where ink lowers it)")
+        return
     out, note = plots.plot_runs(args.runs, args.out)
     print(f"Wrote {out}" + (f" ({note})" if note else ""))
 
@@ -329,8 +341,10 @@ def build_parser() -> Parser:
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.set_defaults(func=cmd_serve)
 
-    p = command("plot", "training curves of one run, or several overlaid")
+    p = command("plot", "training curves of one run, or several overlaid; --weights: what the first layer learned")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, or one seed group")
+    p.add_argument("--weights", action="store_true", help="draw one run's first-layer weights as 28x28 images "
+                   "(default file: RUN/weights.png)")
     p.add_argument("--out", help="PNG to write, or .pdf, .svg, .jpg (default: RUN/curves.png for one run, "
                    "./curves.png for several, or curves-2.png, ... if a file has that name)")
     p.set_defaults(func=cmd_plot)

@@ -177,6 +177,17 @@ def presets() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.toml"))}
 
 
+def config_name(given: str | Path | None) -> str:
+    """What a run's config is called, for people: the preset or file's stem ("handwriting"), a run folder's name
+    for its config.toml; "classic" without --config."""
+    if not given:
+        return "classic"
+    path = find_preset(given)
+    if path.is_dir() or path.name == "config.toml":
+        return (path if path.is_dir() else path.parent).resolve().name
+    return path.stem
+
+
 def find_preset(name: str | Path) -> Path:
     """`name` as a path if that file is there, and a bare name also as NAME.toml in the working folder (a
     teacher's handout before a shipped preset of that name); else the shipped preset of that name (`fast`,

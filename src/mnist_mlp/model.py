@@ -6,8 +6,10 @@ from __future__ import annotations
 import functools
 
 import keras
+import numpy as np
 
 from mnist_mlp.config import ModelConfig
+from mnist_mlp.errors import UserError
 
 INPUT_DIM = 784  # 28 x 28 pixels, flattened
 NUM_CLASSES = 10  # digits 0..9
@@ -74,6 +76,15 @@ def _bf16_matmul():
 
     matmul.defvjp(forward, backward)
     return matmul
+
+
+def first_layer_weights(model: keras.Model) -> np.ndarray:
+    """The kernel (784, units) of the first layer that has weights: one column of pixel weights per unit."""
+    kernel = next(layer for layer in model.layers if layer.weights).get_weights()[0]
+    if kernel.ndim != 2 or kernel.shape[0] != INPUT_DIM:
+        raise UserError(f"the model's first layer takes {kernel.shape[0]} inputs, not the {INPUT_DIM} pixels of a "
+                        "28x28 digit, so its weights are not images; --weights draws the first layer of an MNIST MLP")
+    return kernel
 
 
 def model_summary(model: keras.Model) -> str:

@@ -1,9 +1,10 @@
-"""Figures from run data: training curves (one run or several overlaid), the confusion matrix and a
-gallery of digits. matplotlib's Agg backend; never Keras."""
+"""Figures from run data: training curves (one run or several overlaid), the confusion matrix, a gallery of
+digits and a first layer's weights as images. matplotlib's Agg backend; never Keras."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import matplotlib
@@ -23,16 +24,29 @@ FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")  # by the name's suffix (none: pn
 
 def _save(fig, path: str | Path) -> Path:
     """PNG, or the format the name asks for where matplotlib writes it (curves.pdf or .svg for a slide)."""
-    kind = Path(path).suffix.lower().lstrip(".") or "png"
-    if kind not in FORMATS:
+    try:
+        kind = _kind(path)
+    except UserError:
         plt.close(fig)
-        raise UserError(f"{path}: figures are written as {', '.join(FORMATS)}; give a name ending in one of them")
-    mark = ({"pil_kwargs": {"comment": outputs.MADE_BY}} if kind in ("jpg", "jpeg") else  # so --out knows it as ours
-            {"metadata": {"Software" if kind == "png" else "Creator": outputs.MADE_BY}})
+        raise
     with atomic(path) as tmp:
-        fig.savefig(tmp, format=kind, dpi=110, bbox_inches="tight", **mark)
+        fig.savefig(tmp, format=kind, dpi=110, bbox_inches="tight", **_mark(kind))
     plt.close(fig)
     return Path(path)
+
+
+def _kind(path: str | Path) -> str:
+    kind = Path(path).suffix.lower().lstrip(".") or "png"
+    if kind not in FORMATS:
+        raise UserError(f"{path}: figures are written as {', '.join(FORMATS)}; give a name ending in one of them")
+    return kind
+
+
+def _mark(kind: str) -> dict:
+    """savefig's arguments that put MADE_BY in the file, so that --out knows it as ours."""
+    if kind in ("jpg", "jpeg"):
+        return {"pil_kwargs": {"comment": outputs.MADE_BY}}
+    return {"metadata": {"Software" if kind == "png" else "Creator": outputs.MADE_BY}}
 
 
 def save_axes(axes, path: str | Path) -> Path:
@@ -116,6 +130,37 @@ def plot_gallery(images: np.ndarray, titles: list[str], path: str | Path, column
     return _save(fig, path)
 
 
+def weights_mosaic(kernel: np.ndarray, scale: int = 2) -> np.ndarray:
+    """A first layer's weights (784, units) as one image: a 28x28 tile per unit (each on its own scale, -1..1),
+    tiles in rows about twice as long as the columns are tall, NaN (drawn white) between tiles and after the last."""
+    units = kernel.shape[1]
+    columns = math.ceil(math.sqrt(2 * units))  # 512 units: 32 x 16
+    rows = math.ceil(units / columns)
+    peak = np.abs(kernel).max(axis=0)
+    tiles = np.full((rows * columns, 28, 28), np.nan)
+    tiles[:units] = (kernel / np.where(peak > 0, peak, 1)).T.reshape(units, 28, 28)
+    tiles = np.pad(tiles, ((0, 0), (1, 1), (1, 1)), constant_values=np.nan)  # a white line around each tile
+    mosaic = tiles.reshape(rows, columns, 30, 30).transpose(0, 2, 1, 3).reshape(rows * 30, columns * 30)
+    return mosaic.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def plot_weights(kernel: np.ndarray, path: str | Path) -> Path:
+    """What each first-layer unit looks for: red where ink raises its output, blue where ink lowers it."""
+    kind = _kind(path)
+    colours = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
+    with atomic(path) as tmp:
+        plt.imsave(tmp, weights_mosaic(kernel), cmap=colours, vmin=-1, vmax=1, format=kind, **_mark(kind))
+    return Path(path)
+
+
+def plot_run_weights(run: str | Path, kernel: np.ndarray, out: str | Path | None = None) -> Path:
+    """plot_weights into `out`, else RUN/weights.png."""
+    if out:
+        outputs.check_target(Path(out), "--out", runs.WEIGHTS)
+    with _elsewhere_if_unwritable(run, out, runs.WEIGHTS, " --weights"):
+        return plot_weights(kernel, out or Path(run) / runs.WEIGHTS)
+
+
 def plot_runs(paths: list[str | Path], out: str | Path | None = None) -> tuple[Path, str]:
     """Curves of one run, several overlaid (named in the legend), or a seed group's mean ± std band.
     Written to `out`, else RUN/curves.png for one run or group, else ./curves.png (curves-2.png, ... if a file
@@ -136,15 +181,15 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None) -> tuple[P
 
 
 @contextlib.contextmanager
-def _elsewhere_if_unwritable(run: str | Path, out):
-    """Curves that go into a run folder shared read-only (no --out given): the line says where else to write."""
+def _elsewhere_if_unwritable(run: str | Path, out, name: str = runs.CURVES, flags: str = ""):
+    """A figure that goes into a run folder shared read-only (no --out given): the line says where else to write."""
     try:
         yield
     except WriteFailed as e:
         if out or e.errno not in outputs.UNWRITABLE:
             raise
-        elsewhere = outputs.shell_path(outputs.free_name(outputs.writable_folder(avoid=Path(run)) / runs.CURVES, ".png"))
-        raise WriteFailed(f"{e}; write them elsewhere: `mnist-mlp plot {outputs.shell_path(run)} --out {elsewhere}`",
+        elsewhere = outputs.shell_path(outputs.free_name(outputs.writable_folder(avoid=Path(run)) / name, ".png"))
+        raise WriteFailed(f"{e}; write them elsewhere: `mnist-mlp plot {outputs.shell_path(run)}{flags} --out {elsewhere}`",
                           e.errno) from None
 
 

@@ -29,6 +29,7 @@ HISTORY = "history.csv"  # one row per epoch, Keras' CSVLogger
 METRICS = "metrics.json"  # test metrics, timing, versions, data hashes
 MODEL = "model.keras"  # loads with stock keras.saving.load_model
 CURVES = "curves.png"
+WEIGHTS = "weights.png"  # plot --weights: the first layer's weights as images
 CONFUSION = "confusion.png"  # written by evaluate
 MISCLASSIFIED = "misclassified.png"  # written by evaluate
 EVALUATION = "evaluation.json"  # written by evaluate
@@ -39,8 +40,8 @@ GROUP = "group.json"  # in a folder of seed runs (train --seeds): seeds and accu
 DIVERGED = "diverged.txt"  # a run whose loss became NaN: what to do instead of resuming
 MARKER = ".mnist-mlp-run"  # written when the tool creates a run folder; also the lock a training process holds
 REQUIRED = (CONFIG, HISTORY, METRICS, MODEL)
-OURS = (CONFIG, HISTORY, METRICS, MODEL, CURVES, CONFUSION, MISCLASSIFIED, EVALUATION, CHECKPOINT, PARTIAL_HISTORY,
-        GROUP, DIVERGED)  # what --overwrite may delete in a folder that carries MARKER (with their temporary names)
+OURS = (CONFIG, HISTORY, METRICS, MODEL, CURVES, WEIGHTS, CONFUSION, MISCLASSIFIED, EVALUATION, CHECKPOINT,
+        PARTIAL_HISTORY, GROUP, DIVERGED)  # what --overwrite may delete in a folder that carries MARKER (with their temporary names)
 LOCK_WAIT_S = 2.0  # how long the process that made a marker waits for its lock (another may hold it a moment)
 
 

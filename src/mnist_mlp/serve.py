@@ -83,6 +83,7 @@ class HealthOut(BaseModel):
 
 class ModelOut(BaseModel):
     run: str
+    config_name: str | None = None  # the preset or file it was trained from ("handwriting"), where recorded
     config: dict[str, Any]
     test_accuracy: float | None
     backend: str | None
@@ -110,7 +111,7 @@ def create_app(run_dir: str | Path, model=None, max_wait: float = MAX_WAIT) -> F
     decoders = ThreadPoolExecutor(1, thread_name_prefix="mnist-mlp-decode")
     photo_decoders = ThreadPoolExecutor(1, thread_name_prefix="mnist-mlp-decode-photo")
     page = HTMLResponse(resources.files("mnist_mlp").joinpath("static/index.html").read_text())
-    info = ModelOut(run=run.name, config=dataclasses.asdict(run.config),
+    info = ModelOut(run=run.name, config_name=run.metrics.get("config_name"), config=dataclasses.asdict(run.config),
                     test_accuracy=run.metrics.get("test_accuracy"), backend=run.metrics.get("backend")).model_dump()
     app = FastAPI(title="mnist-mlp", description="Draw a digit; the classic MNIST MLP reads it.")
     app.state.model, app.state.batcher = model, batcher

@@ -1,10 +1,13 @@
-"""Training: the shared set-up (recipe.py) -> fit (Keras, or the compiled engine on JAX) -> the test score
-once, written as a run directory (config, history, metrics, model, curves); seed groups of runs."""
+"""Training, as examples/walkthrough.py does it plus what a tool adds: `train` claims a run folder; `_train` builds
+the model and data (recipe.py), calls `fit` with the walk-through's arguments (Keras' own, or the compiled engine
+on JAX) and the tool's callbacks (history, checkpoints, Ctrl-C), then scores the test set once and writes the run
+directory (config, history, metrics, model, curves). Seed groups of runs come last."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import platform
@@ -37,6 +40,100 @@ class TrainResult:
     backend: str
 
 
+class Diverged(UserError):
+    """The loss became NaN or infinite: the run is not saved as a finished one."""
+
+
+def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwrite: bool = False,
+          resume: bool = False, data_dir: str | Path | None = None, verbose: int | str = "auto",
+          log: Callable[[str], None] = lambda text: None, callbacks: tuple = (),
+          score_test: bool = True, config_name: str | None = None) -> TrainResult:
+    """Train `config` on MNIST into a new run directory, or continue an interrupted one.
+
+    Args:
+        backend: the active Keras backend and why it was chosen (recorded in metrics.json).
+        overwrite: replace a run folder the tool made (only the files it wrote there are deleted).
+        resume: continue `run_dir` from its last checkpoint (its config.toml is `config`).
+        callbacks: more Keras callbacks (a sweep's pruning).
+        score_test: score the test set at the end; sweeps pass False, so selection never sees it.
+        verbose: Keras' progress display (1 bar, 2 one line per epoch).
+        log: receives the lines a user should see before training (backend, validation, summary).
+        config_name: the preset or file it came from ("handwriting"), recorded for the page that serves it.
+    """
+    started = time.perf_counter()
+    config = _resolved(config, backend, log)
+    _check_engine(config, backend)
+    data.ensure(data_dir)  # before the folder is claimed: no data, no run folder
+    with runs.claim(run_dir, overwrite=overwrite, resume=resume) as run_dir:
+        try:
+            run = _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks)
+            return _finish(run, backend, score_test, started, config_name)
+        except WriteFailed as e:
+            raise WriteFailed(f"{e}; {_after_write_error(e.errno, run_dir)}", e.errno) from None
+        except OSError as e:  # Keras' CSVLogger, or saving the model, on a full or read-only disk
+            raise write_failed(run_dir, e, _after_write_error(e.errno, run_dir)) from None
+
+
+def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks) -> Started:
+    run = _start(config, run_dir, backend, resume, data_dir, log, callbacks)  # the model, data and callbacks
+    model, tc = run.setup.model, config.train
+    fit = model.fit if run.engine == "fit" else _compiled_fit(model, config)  # the same arguments, the same callbacks
+    with CtrlC() as ctrl_c:
+        fit(run.setup.x_train, run.setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=verbose,
+            validation_data=run.setup.validation, callbacks=[*run.callbacks, ctrl_c], initial_epoch=run.initial_epoch)
+    _check_finite(run)
+    return run
+
+
+def _compiled_fit(model, config: Config) -> Callable:
+    """`model.fit` done by the compiled engine: each epoch one XLA program, the deformations inside it."""
+    from mnist_mlp.engine import fit_compiled
+
+    return functools.partial(fit_compiled, model, seed=config.train.seed, augment=config.augment)
+
+
+@dataclass
+class Started:
+    """A run set up to train: its model and data, callbacks, and where a resume starts."""
+    config: Config
+    run_dir: Path
+    setup: Setup
+    callbacks: list
+    timer: EpochTimer
+    initial_epoch: int
+    engine: str
+    side_by_side: int = 1  # the runs trained together with this one, itself included
+
+
+def _start(config, run_dir, backend, resume, data_dir, log, callbacks) -> Started:
+    tc = config.train
+    if resume:
+        done = runs.completed_epochs(run_dir)
+        if not (run_dir / runs.PARTIAL_HISTORY).exists() and (run_dir / runs.HISTORY).exists():
+            os.replace(run_dir / runs.HISTORY, run_dir / runs.PARTIAL_HISTORY)  # stopped while saving the end
+        runs.truncate_history(run_dir / runs.PARTIAL_HISTORY, done)
+        log(f"Resuming {run_dir} after epoch {done} of {tc.epochs}")
+    else:
+        outputs.write_text(run_dir / runs.CONFIG, config_to_toml(config))
+    log(f"Backend: {backend.name} (chosen by {backend.reason})")
+    engine = choose_engine(tc.engine, backend.name)
+    setup = prepare(config, backend.name, data_dir, engine)
+    log(f"{len(setup.x_train)} train samples, {len(setup.test[0])} test samples")
+    log(validation_note(tc))
+    log(model_summary(setup.model))
+    initial_epoch, rng = restore(setup.model, run_dir) if resume else (0, None)
+    log(engine_note(tc.engine, engine))
+    if not resume and tc.precision == "bfloat16" and (note := precision_note(tc, device_name(backend.name),
+                                                                             cpu_bfloat16())):
+        log(note)  # not on a resume (its config cannot change); float32 runs never read /proc/cpuinfo
+    timer = EpochTimer()
+    callbacks = [*callbacks, keras.callbacks.TerminateOnNaN(),
+                 keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume),
+                 Checkpoint(run_dir, rng, config_to_toml(config), tc.checkpoint_seconds),  # saves after the rest
+                 timer]  # an epoch's seconds include saving it
+    return Started(config, run_dir, setup, callbacks, timer, initial_epoch, engine)
+
+
 class EpochTimer(keras.callbacks.Callback):
     """Wall seconds of each epoch, validation and a checkpoint saved after it included (side by side: the group's
     epoch up to this run's checkpoint)."""
@@ -51,6 +148,124 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self.start)
 
 
+def _check_finite(run: Started) -> None:
+    """A run whose loss became NaN or infinite is marked diverged (what a later resume or evaluate says)."""
+    history = runs.read_history(run.run_dir / runs.PARTIAL_HISTORY)
+    if all(map(math.isfinite, history["loss"])):
+        return
+    epoch = next(i for i, v in enumerate(history["loss"]) if not math.isfinite(v)) + 1
+    rate = run.config.train.learning_rate
+    lower = 0.001 if rate > 0.001 else rate / 10
+    message = (f"training diverged: the loss became NaN or infinite in epoch {epoch}, so {run.run_dir} is not a "
+               f"finished run; try a lower learning rate: `mnist-mlp train --config "
+               f"{outputs.shell_path(run.run_dir / runs.CONFIG)} --set train.learning_rate={lower:g} --out "
+               f"{outputs.shell_path(run.run_dir)} --overwrite`")
+    outputs.write_text(run.run_dir / runs.DIVERGED, message + "\n")
+    raise Diverged(message)
+
+
+def _finish(run: Started, backend, score_test: bool, started: float, config_name: str | None = None) -> TrainResult:
+    """Score the test set once (unless not `score_test`) and write the model, history, curves and metrics."""
+    config, run_dir, model, timer, engine = run.config, run.run_dir, run.setup.model, run.timer, run.engine
+    train_samples, test = len(run.setup.x_train), run.setup.test if score_test else None
+    test_loss = test_accuracy = ci95 = None
+    if test is not None:
+        x_test, y_test = test
+        test_loss, test_accuracy = map(float, model.evaluate(x_test, y_test, batch_size=1024, verbose=0))
+        ci95 = stats.wilson_interval(round(test_accuracy * len(x_test)), len(x_test))
+    with outputs.atomic(run_dir / runs.MODEL) as model_tmp:
+        model.save(model_tmp)
+    os.replace(run_dir / runs.PARTIAL_HISTORY, run_dir / runs.HISTORY)
+    history = runs.read_history(run_dir / runs.HISTORY)
+    plots.plot_curves({run_dir.name: history}, run_dir / runs.CURVES)
+
+    seconds = timer.seconds or [0.0]
+    result = TrainResult(run_dir, test_loss, test_accuracy, ci95,
+                         float(np.median(seconds)), time.perf_counter() - started, backend.name)
+    tc = config.train
+    outputs.write_json(run_dir / runs.METRICS, {
+        "test_loss": result.test_loss, "test_accuracy": result.test_accuracy,
+        "test_accuracy_ci95": list(ci95) if ci95 else None, "test_samples": len(test[0]) if test is not None else 0,
+        "train_samples": train_samples, "final_val_accuracy": history.get("val_accuracy", [None])[-1],
+        "stopped_after_epochs": len(history["loss"]), "validation": tc.validation, "epochs": tc.epochs, "engine": engine,
+        "seconds_per_epoch": result.seconds_per_epoch, "epoch_seconds": timer.seconds,
+        "epochs_this_process": len(timer.seconds), "wall_seconds": result.wall_seconds,
+        "side_by_side": run.side_by_side,  # > 1: the times are the group's, trained together
+        "config_name": config_name,  # the preset or file it came from; None where not known (a resume)
+        "backend": backend.name, "backend_reason": backend.reason, "versions": versions(backend.name),
+        "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs",
+        "device": device_name(backend.name),
+        "threads": {"cpus_available": len(os.sched_getaffinity(0)), "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")},
+        "data_sha256": {key: sha for key, (_, sha) in cache.FILES.items()},
+        "config": dataclasses.asdict(config),  # what was trained: load_run refuses a config.toml edited since
+        "model_sha256": runs.file_sha256(run_dir / runs.MODEL),
+    })
+    (run_dir / runs.CHECKPOINT).unlink(missing_ok=True)  # finished: nothing left to resume
+    return result
+
+
+def describe(result: TrainResult) -> str:
+    """The end of `mnist-mlp train`: test loss and accuracy (the walk-through's two lines), time, where it went."""
+    low, high = result.ci95
+    speed = (f"{result.seconds_per_epoch:.2f} s per epoch (median)" if result.seconds_per_epoch else
+             "no epoch left to train")
+    return (f"Test loss: {result.test_loss:.4f}\n"
+            f"Test accuracy: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f})\n"
+            f"{speed}, {result.wall_seconds:.1f} s in all, on {result.backend}\n"
+            f"Run saved in {result.run_dir}/ (next: mnist-mlp evaluate {outputs.shell_path(result.run_dir)})")
+
+
+def _resolved(config: Config, backend: BackendChoice, log: Callable[[str], None]) -> Config:
+    config, note = resolve(config, backend.name)
+    if note:
+        log(note)
+    return config
+
+
+def _check_engine(config: Config, backend: BackendChoice) -> None:
+    """Settings the backend or engine cannot train, refused before anything is written."""
+    check_fits(config)
+    if config.augment.active and choose_engine(config.train.engine, backend.name) != "compiled":
+        raise UserError("augmentation runs inside the compiled engine, on JAX: add --backend jax --engine compiled, "
+                        "or drop the [augment] settings")
+    if config.train.precision == "bfloat16" and backend.name != "jax":
+        raise UserError(f"train.precision = bfloat16 runs on JAX (on {backend.name} the products would stay "
+                        f"float32): use --backend jax, or --set train.precision=float32")
+
+
+def _after_write_error(number: int | None, run_dir: Path) -> str:
+    """What to do after a failed write, by its cause."""
+    return outputs.after_failed_write(number, runs.continue_advice(run_dir))
+
+
+def choose_engine(requested: str, backend: str) -> str:
+    """compiled runs only on JAX; auto picks it there and Keras fit elsewhere."""
+    return "compiled" if backend == "jax" and requested in ("auto", "compiled") else "fit"
+
+
+def validation_note(config: TrainConfig) -> str:
+    if config.validation == "test":
+        return ("Validating on the 10,000 test images each epoch, as the classic example does "
+                "(--validation split holds out training images instead).")
+    return "Validating on the last 10,000 training images; the test set is scored once, at the end."
+
+
+def engine_note(requested: str, engine: str) -> str:
+    if engine == "compiled":
+        return "Engine: compiled (each epoch one jitted XLA scan over its batches; --set train.engine=fit for Keras fit)."
+    if requested == "compiled":
+        return "Engine: Keras fit (the compiled engine needs the JAX backend)."
+    return "Engine: Keras fit."
+
+
+def precision_note(config: TrainConfig, device: str, fast_bfloat16: bool | None) -> str:
+    """A line when bfloat16 products would train slower than float32: on a CPU without bfloat16 instructions."""
+    if config.precision != "bfloat16" or device != "cpu" or fast_bfloat16 is not False:
+        return ""
+    return ("Note: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16), so train.precision = bfloat16 "
+            "trains slower here than float32 (1.2–2.3x an epoch); for speed, add --set train.precision=float32.")
+
+
 def versions(backend: str) -> dict[str, str]:
     packages = ["mnist-mlp", "keras", "numpy", {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}[backend]]
     found = {"python": platform.python_version()}
@@ -60,13 +275,6 @@ def versions(backend: str) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[name] = metadata.version("tensorflow-cpu") if name == "tensorflow" else "unknown"
     return found
-
-
-def validation_note(config: TrainConfig) -> str:
-    if config.validation == "test":
-        return ("Validating on the 10,000 test images each epoch, as the classic example does "
-                "(--validation split holds out training images instead).")
-    return "Validating on the last 10,000 training images; the test set is scored once, at the end."
 
 
 @dataclass(frozen=True)
@@ -136,6 +344,40 @@ def resume_seeds(group_dir: str | Path, backend: BackendChoice, **kwargs) -> See
         return _finish_group(group_dir, chosen, False, results)
 
 
+def _side_by_side(configs, group_dir: Path, backend, data_dir=None, verbose="auto", log=lambda text: None,
+                  config_name=None):
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        run_dirs = [stack.enter_context(runs.claim(group_dir / f"seed-{c.train.seed}", overwrite=True)) for c in configs]
+        try:
+            return _train_side_by_side(configs, run_dirs, backend, data_dir, verbose, log, started, config_name)
+        except WriteFailed as e:
+            raise WriteFailed(f"{e}; {_after_write_error(e.errno, group_dir)}", e.errno) from None
+        except OSError as e:
+            raise write_failed(group_dir, e, _after_write_error(e.errno, group_dir)) from None
+
+
+def _train_side_by_side(configs, run_dirs, backend, data_dir, verbose, log, started, config_name) -> list[TrainResult]:
+    """The seeds' runs trained together by the compiled engine (engine.fit_side_by_side), then each finished
+    as a lone run is; none is finished if any diverged."""
+    from mnist_mlp.engine import fit_side_by_side
+
+    started_runs = [dataclasses.replace(_start(c, d, backend, False, data_dir, log if i == 0 else lambda text: None, ()),
+                                        side_by_side=len(configs)) for i, (c, d) in enumerate(zip(configs, run_dirs))]
+    log(f"{len(configs)} seeds side by side in one program (the progress bar is seed {configs[0].train.seed}'s; "
+        f"each seed's history goes to its run folder)")
+    first, tc = started_runs[0], configs[0].train
+    with CtrlC() as ctrl_c:
+        fit_side_by_side([r.setup.model for r in started_runs], first.setup.x_train, first.setup.y_train,
+                         batch_size=tc.batch_size, epochs=tc.epochs, verbose=verbose,
+                         validation_data=first.setup.validation, initial_epoch=first.initial_epoch,
+                         callbacks=[[*r.callbacks, ctrl_c] for r in started_runs],
+                         seeds=[c.train.seed for c in configs], augment=first.config.augment)
+    for run in started_runs:
+        _check_finite(run)
+    return [_finish(run, backend, True, started, config_name) for run in started_runs]
+
+
 def _finished(run: runs.Run) -> TrainResult:
     """A finished run's result, read back from its metrics.json."""
     m = run.metrics
@@ -155,243 +397,6 @@ def _finish_group(group_dir: Path, chosen: tuple[int, ...], side_by_side: bool, 
     return SeedsResult(group_dir, tuple(results), chosen, spread)
 
 
-def _side_by_side(configs, group_dir: Path, backend, data_dir=None, verbose="auto", log=lambda text: None):
-    started = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        run_dirs = [stack.enter_context(runs.claim(group_dir / f"seed-{c.train.seed}", overwrite=True)) for c in configs]
-        try:
-            return _train_side_by_side(configs, run_dirs, backend, data_dir, verbose, log, started)
-        except WriteFailed as e:
-            raise WriteFailed(f"{e}; {_after_write_error(e.errno, group_dir)}", e.errno) from None
-        except OSError as e:
-            raise write_failed(group_dir, e, _after_write_error(e.errno, group_dir)) from None
-
-
-def choose_engine(requested: str, backend: str) -> str:
-    """compiled runs only on JAX; auto picks it there and Keras fit elsewhere."""
-    return "compiled" if backend == "jax" and requested in ("auto", "compiled") else "fit"
-
-
-def precision_note(config: TrainConfig, device: str, fast_bfloat16: bool | None) -> str:
-    """A line when bfloat16 products would train slower than float32: on a CPU without bfloat16 instructions."""
-    if config.precision != "bfloat16" or device != "cpu" or fast_bfloat16 is not False:
-        return ""
-    return ("Note: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16), so train.precision = bfloat16 "
-            "trains slower here than float32 (1.2–2.3x an epoch); for speed, add --set train.precision=float32.")
-
-
-def engine_note(requested: str, engine: str) -> str:
-    if engine == "compiled":
-        return "Engine: compiled (each epoch one jitted XLA scan over its batches; --set train.engine=fit for Keras fit)."
-    if requested == "compiled":
-        return "Engine: Keras fit (the compiled engine needs the JAX backend)."
-    return "Engine: Keras fit."
-
-
-class Diverged(UserError):
-    """The loss became NaN or infinite: the run is not saved as a finished one."""
-
-
-def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwrite: bool = False,
-          resume: bool = False, data_dir: str | Path | None = None, verbose: int | str = "auto",
-          log: Callable[[str], None] = lambda text: None, callbacks: tuple = (),
-          score_test: bool = True) -> TrainResult:
-    """Train `config` on MNIST into a new run directory, or continue an interrupted one.
-
-    Args:
-        backend: the active Keras backend and why it was chosen (recorded in metrics.json).
-        overwrite: replace a run folder the tool made (only the files it wrote there are deleted).
-        resume: continue `run_dir` from its last checkpoint (its config.toml is `config`).
-        callbacks: more Keras callbacks (a sweep's pruning).
-        score_test: score the test set at the end; sweeps pass False, so selection never sees it.
-        verbose: Keras' progress display (1 bar, 2 one line per epoch).
-        log: receives the lines a user should see before training (backend, validation, summary).
-    """
-    started = time.perf_counter()
-    config = _resolved(config, backend, log)
-    _check_engine(config, backend)
-    data.ensure(data_dir)  # before the folder is claimed: no data, no run folder
-    with runs.claim(run_dir, overwrite=overwrite, resume=resume) as run_dir:
-        try:
-            return _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, score_test, started)
-        except WriteFailed as e:
-            raise WriteFailed(f"{e}; {_after_write_error(e.errno, run_dir)}", e.errno) from None
-        except OSError as e:  # Keras' CSVLogger, or saving the model, on a full or read-only disk
-            raise write_failed(run_dir, e, _after_write_error(e.errno, run_dir)) from None
-
-
-def _resolved(config: Config, backend: BackendChoice, log: Callable[[str], None]) -> Config:
-    config, note = resolve(config, backend.name)
-    if note:
-        log(note)
-    return config
-
-
-def _check_engine(config: Config, backend: BackendChoice) -> None:
-    """Settings the backend or engine cannot train, refused before anything is written."""
-    check_fits(config)
-    if config.augment.active and choose_engine(config.train.engine, backend.name) != "compiled":
-        raise UserError("augmentation runs inside the compiled engine, on JAX: add --backend jax --engine compiled, "
-                        "or drop the [augment] settings")
-    if config.train.precision == "bfloat16" and backend.name != "jax":
-        raise UserError(f"train.precision = bfloat16 runs on JAX (on {backend.name} the products would stay "
-                        f"float32): use --backend jax, or --set train.precision=float32")
-
-
-def _after_write_error(number: int | None, run_dir: Path) -> str:
-    """What to do after a failed write, by its cause."""
-    return outputs.after_failed_write(number, runs.continue_advice(run_dir))
-
-
-@dataclass
-class Started:
-    """A run set up to train: its model and data, callbacks, and where a resume starts."""
-    config: Config
-    run_dir: Path
-    setup: Setup
-    callbacks: list
-    timer: EpochTimer
-    initial_epoch: int
-    engine: str
-    side_by_side: int = 1  # the runs trained together with this one, itself included
-
-
-def _start(config, run_dir, backend, resume, data_dir, log, callbacks) -> Started:
-    tc = config.train
-    if resume:
-        done = runs.completed_epochs(run_dir)
-        if not (run_dir / runs.PARTIAL_HISTORY).exists() and (run_dir / runs.HISTORY).exists():
-            os.replace(run_dir / runs.HISTORY, run_dir / runs.PARTIAL_HISTORY)  # stopped while saving the end
-        runs.truncate_history(run_dir / runs.PARTIAL_HISTORY, done)
-        log(f"Resuming {run_dir} after epoch {done} of {tc.epochs}")
-    else:
-        outputs.write_text(run_dir / runs.CONFIG, config_to_toml(config))
-    log(f"Backend: {backend.name} (chosen by {backend.reason})")
-    engine = choose_engine(tc.engine, backend.name)
-    setup = prepare(config, backend.name, data_dir, engine)
-    log(f"{len(setup.x_train)} train samples, {len(setup.test[0])} test samples")
-    log(validation_note(tc))
-    log(model_summary(setup.model))
-    initial_epoch, rng = restore(setup.model, run_dir) if resume else (0, None)
-    log(engine_note(tc.engine, engine))
-    if not resume and tc.precision == "bfloat16" and (note := precision_note(tc, device_name(backend.name),
-                                                                             cpu_bfloat16())):
-        log(note)  # not on a resume (its config cannot change); float32 runs never read /proc/cpuinfo
-    timer = EpochTimer()
-    callbacks = [*callbacks, keras.callbacks.TerminateOnNaN(),
-                 keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume),
-                 Checkpoint(run_dir, rng, config_to_toml(config), tc.checkpoint_seconds),  # saves after the rest
-                 timer]  # an epoch's seconds include saving it
-    return Started(config, run_dir, setup, callbacks, timer, initial_epoch, engine)
-
-
-def _fit_options(run: Started, verbose) -> dict:
-    tc = run.config.train
-    return dict(batch_size=tc.batch_size, epochs=tc.epochs, validation_data=run.setup.validation, verbose=verbose,
-                initial_epoch=run.initial_epoch)
-
-
-def _check_finite(run: Started) -> None:
-    """A run whose loss became NaN or infinite is marked diverged (what a later resume or evaluate says)."""
-    history = runs.read_history(run.run_dir / runs.PARTIAL_HISTORY)
-    if all(map(math.isfinite, history["loss"])):
-        return
-    epoch = next(i for i, v in enumerate(history["loss"]) if not math.isfinite(v)) + 1
-    rate = run.config.train.learning_rate
-    lower = 0.001 if rate > 0.001 else rate / 10
-    message = (f"training diverged: the loss became NaN or infinite in epoch {epoch}, so {run.run_dir} is not a "
-               f"finished run; try a lower learning rate: `mnist-mlp train --config "
-               f"{outputs.shell_path(run.run_dir / runs.CONFIG)} --set train.learning_rate={lower:g} --out "
-               f"{outputs.shell_path(run.run_dir)} --overwrite`")
-    outputs.write_text(run.run_dir / runs.DIVERGED, message + "\n")
-    raise Diverged(message)
-
-
-def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks, score_test, started) -> TrainResult:
-    run = _start(config, run_dir, backend, resume, data_dir, log, callbacks)
-    setup = run.setup
-    with CtrlC() as ctrl_c:
-        callbacks = [*run.callbacks, ctrl_c]
-        if run.engine == "compiled":
-            from mnist_mlp.engine import fit_compiled
-
-            fit_compiled(setup.model, setup.x_train, setup.y_train, seed=config.train.seed, callbacks=callbacks,
-                         augment=config.augment, **_fit_options(run, verbose))
-        else:
-            setup.model.fit(setup.x_train, setup.y_train, callbacks=callbacks, **_fit_options(run, verbose))
-    _check_finite(run)
-    return _finish(run, backend, score_test, started)
-
-
-def _train_side_by_side(configs, run_dirs, backend, data_dir, verbose, log, started) -> list[TrainResult]:
-    """The seeds' runs trained together by the compiled engine (engine.fit_side_by_side), then each finished
-    as a lone run is; none is finished if any diverged."""
-    from mnist_mlp.engine import fit_side_by_side
-
-    started_runs = [dataclasses.replace(_start(c, d, backend, False, data_dir, log if i == 0 else lambda text: None, ()),
-                                        side_by_side=len(configs)) for i, (c, d) in enumerate(zip(configs, run_dirs))]
-    log(f"{len(configs)} seeds side by side in one program (the progress bar is seed {configs[0].train.seed}'s; "
-        f"each seed's history goes to its run folder)")
-    first = started_runs[0]
-    with CtrlC() as ctrl_c:
-        fit_side_by_side([r.setup.model for r in started_runs], first.setup.x_train, first.setup.y_train,
-                         seeds=[c.train.seed for c in configs], callbacks=[[*r.callbacks, ctrl_c] for r in started_runs],
-                         augment=first.config.augment, **_fit_options(first, verbose))
-    for run in started_runs:
-        _check_finite(run)
-    return [_finish(run, backend, True, started) for run in started_runs]
-
-
-def _finish(run: Started, backend, score_test: bool, started: float) -> TrainResult:
-    """Score the test set once (unless not `score_test`) and write the model, history, curves and metrics."""
-    config, run_dir, model, timer, engine = run.config, run.run_dir, run.setup.model, run.timer, run.engine
-    train_samples, test = len(run.setup.x_train), run.setup.test if score_test else None
-    test_loss = test_accuracy = ci95 = None
-    if test is not None:
-        x_test, y_test = test
-        test_loss, test_accuracy = map(float, model.evaluate(x_test, y_test, batch_size=1024, verbose=0))
-        ci95 = stats.wilson_interval(round(test_accuracy * len(x_test)), len(x_test))
-    with outputs.atomic(run_dir / runs.MODEL) as model_tmp:
-        model.save(model_tmp)
-    os.replace(run_dir / runs.PARTIAL_HISTORY, run_dir / runs.HISTORY)
-    history = runs.read_history(run_dir / runs.HISTORY)
-    plots.plot_curves({run_dir.name: history}, run_dir / runs.CURVES)
-
-    seconds = timer.seconds or [0.0]
-    result = TrainResult(run_dir, test_loss, test_accuracy, ci95,
-                         float(np.median(seconds)), time.perf_counter() - started, backend.name)
-    tc = config.train
-    outputs.write_json(run_dir / runs.METRICS, {
-        "test_loss": result.test_loss, "test_accuracy": result.test_accuracy,
-        "test_accuracy_ci95": list(ci95) if ci95 else None, "test_samples": len(test[0]) if test is not None else 0,
-        "train_samples": train_samples, "final_val_accuracy": history.get("val_accuracy", [None])[-1],
-        "stopped_after_epochs": len(history["loss"]), "validation": tc.validation, "epochs": tc.epochs, "engine": engine,
-        "seconds_per_epoch": result.seconds_per_epoch, "epoch_seconds": timer.seconds,
-        "epochs_this_process": len(timer.seconds), "wall_seconds": result.wall_seconds,
-        "side_by_side": run.side_by_side,  # > 1: the times are the group's, trained together
-        "backend": backend.name, "backend_reason": backend.reason, "versions": versions(backend.name),
-        "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs",
-        "device": device_name(backend.name),
-        "threads": {"cpus_available": len(os.sched_getaffinity(0)), "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")},
-        "data_sha256": {key: sha for key, (_, sha) in cache.FILES.items()},
-        "config": dataclasses.asdict(config),  # what was trained: load_run refuses a config.toml edited since
-        "model_sha256": runs.file_sha256(run_dir / runs.MODEL),
-    })
-    (run_dir / runs.CHECKPOINT).unlink(missing_ok=True)  # finished: nothing left to resume
-    return result
-
-
-def describe(result: TrainResult) -> str:
-    """The end of `mnist-mlp train`: test loss and accuracy (the walk-through's two lines), time, where it went."""
-    low, high = result.ci95
-    speed = (f"{result.seconds_per_epoch:.2f} s per epoch (median)" if result.seconds_per_epoch else
-             "no epoch left to train")
-    return (f"Test loss: {result.test_loss:.4f}\n"
-            f"Test accuracy: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f})\n"
-            f"{speed}, {result.wall_seconds:.1f} s in all, on {result.backend}\n"
-            f"Run saved in {result.run_dir}/ (next: mnist-mlp evaluate {outputs.shell_path(result.run_dir)})")
-
-
 def describe_seeds(group: SeedsResult) -> str:
     lines = [f"seed {seed}: test accuracy {r.test_accuracy:.4f}  ({r.run_dir})" for seed, r in zip(group.seeds, group.results)]
     a = group.accuracy
@@ -399,4 +404,3 @@ def describe_seeds(group: SeedsResult) -> str:
                  f"(mean ± std; min {a.low:.4f}, max {a.high:.4f})")
     lines.append(f"Runs saved in {group.group_dir}/ (next: mnist-mlp plot {outputs.shell_path(group.group_dir)})")
     return "\n".join(lines)
-
