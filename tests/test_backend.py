@@ -1,5 +1,4 @@
 import json
-
 import sys
 
 import pytest
@@ -17,8 +16,9 @@ def test_precedence_flag_env_keras_json_default(tmp_path):
     del env["KERAS_BACKEND"]
     choice = backend.choose_backend("auto", env)
     assert choice.name == "tensorflow" and "keras.json" in choice.reason
-    assert backend.choose_backend("auto", {"KERAS_HOME": str(tmp_path / "none")}) == \
-        backend.BackendChoice("jax", "default")
+    assert backend.choose_backend("auto", {"KERAS_HOME": str(tmp_path / "none")}) == backend.BackendChoice(
+        "jax", "default"
+    )
 
 
 def test_unknown_backend_from_env_is_a_user_error():

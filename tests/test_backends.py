@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -25,8 +24,19 @@ def backend_runs(mnist_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("backends")
     done = {}
     for name in ("jax", "torch", "tensorflow"):
-        result = run_cli("train", "--backend", name, "--epochs", "1", "--train-samples", "5000",
-                         "--out", str(root / name), "--cache-dir", str(mnist_dir))
+        result = run_cli(
+            "train",
+            "--backend",
+            name,
+            "--epochs",
+            "1",
+            "--train-samples",
+            "5000",
+            "--out",
+            str(root / name),
+            "--cache-dir",
+            str(mnist_dir),
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         done[name] = (root / name, result.stdout)
     return done
@@ -43,8 +53,18 @@ def test_one_epoch_on_each_backend(backend_runs, name):
 
 
 def test_backend_from_environment_variable(mnist_dir, tmp_path):
-    result = run_cli("train", "--epochs", "1", "--train-samples", "500", "--out", str(tmp_path / "r"),
-                     "--cache-dir", str(mnist_dir), env={"KERAS_BACKEND": "torch"})
+    result = run_cli(
+        "train",
+        "--epochs",
+        "1",
+        "--train-samples",
+        "500",
+        "--out",
+        str(tmp_path / "r"),
+        "--cache-dir",
+        str(mnist_dir),
+        env={"KERAS_BACKEND": "torch"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Backend: torch (chosen by KERAS_BACKEND environment variable)" in result.stdout
 
@@ -68,8 +88,13 @@ def run_cli_python(code, *args, env):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=600,
+    )
 
 
 INTERRUPT_AFTER_FIRST_EPOCH = """
@@ -91,13 +116,29 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.parametrize("name", ["torch", "tensorflow"])
 def test_an_interrupted_run_resumes_to_the_same_result_on_other_backends(name, mnist_dir, tmp_path):
     """The checkpoint (variables, optimizer, NumPy's RNG) round-trips on every backend's Keras fit."""
-    argv = ["train", "--backend", name, "--epochs", "3", "--train-samples", "1000", "--set",
-            "train.checkpoint_seconds=0", "--cache-dir", str(mnist_dir)]
+    argv = [
+        "train",
+        "--backend",
+        name,
+        "--epochs",
+        "3",
+        "--train-samples",
+        "1000",
+        "--set",
+        "train.checkpoint_seconds=0",
+        "--cache-dir",
+        str(mnist_dir),
+    ]
     whole = run_cli(*argv, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-2000:]
-    stopped = run_cli_python(INTERRUPT_AFTER_FIRST_EPOCH, *argv, "--out", tmp_path / "stopped",
-                             env={"KERAS_BACKEND": name})  # train imports Keras before main picks one
-    assert stopped.returncode == 130 and f"--resume {tmp_path / 'stopped'}" in stopped.stderr, stopped.stderr[-2000:]
+    stopped = run_cli_python(
+        INTERRUPT_AFTER_FIRST_EPOCH, *argv, "--out", tmp_path / "stopped", env={"KERAS_BACKEND": name}
+    )  # train imports Keras before main picks one
+    assert stopped.returncode == 130 and f"--resume {tmp_path / 'stopped'}" in stopped.stderr, stopped.stderr[
+        -2000:
+    ]
     resumed = run_cli("train", "--resume", str(tmp_path / "stopped"), "--cache-dir", str(mnist_dir))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert (tmp_path / "stopped" / "history.csv").read_text() == (tmp_path / "whole" / "history.csv").read_text()
+    assert (tmp_path / "stopped" / "history.csv").read_text() == (
+        tmp_path / "whole" / "history.csv"
+    ).read_text()

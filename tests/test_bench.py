@@ -21,12 +21,28 @@ def test_flop_count_by_hand():
 
 
 def test_markdown_ratios_against_ours():
-    row = dict(first_epoch_s=3.0, steady_epoch_s=1.5, test_accuracy=0.98, peak_memory_mb=900, gflops=100.0,
-               epoch_end_s=[], epoch_accuracy=[], note="")
-    report = {"machine": "test CPU", "peak_gflops": 200.0, "floor_epoch_s": 1.0, "matmul_epoch_s": 1.2, "epochs": 20,
-              "skipped": ["keras-torch"],
-              "results": [{**row, "variant": "ours", "total_s": 30.0},
-                          {**row, "variant": "torch", "total_s": 75.0, "steady_epoch_s": 3.3}]}
+    row = dict(
+        first_epoch_s=3.0,
+        steady_epoch_s=1.5,
+        test_accuracy=0.98,
+        peak_memory_mb=900,
+        gflops=100.0,
+        epoch_end_s=[],
+        epoch_accuracy=[],
+        note="",
+    )
+    report = {
+        "machine": "test CPU",
+        "peak_gflops": 200.0,
+        "floor_epoch_s": 1.0,
+        "matmul_epoch_s": 1.2,
+        "epochs": 20,
+        "skipped": ["keras-torch"],
+        "results": [
+            {**row, "variant": "ours", "total_s": 30.0},
+            {**row, "variant": "torch", "total_s": 75.0, "steady_epoch_s": 3.3},
+        ],
+    }
     table = bench.markdown(report)
     assert "| ours | 3.00 | 1.5 | 30.0 | 0.9800 | 900 | 100 | 50% | 1.00x | 1.00x |" in table
     assert "| torch | 3.00 | 3.3 | 75.0 | 0.9800 | 900 | 100 | 50% | 2.20x | 2.50x |" in table
@@ -34,17 +50,42 @@ def test_markdown_ratios_against_ours():
 
 
 def test_markdown_says_where_a_jax_variants_first_epoch_went():
-    row = dict(first_epoch_s=5.0, steady_epoch_s=1.5, total_s=30.0, test_accuracy=0.98, peak_memory_mb=900,
-               gflops=100.0, epoch_end_s=[], epoch_accuracy=[], note="", variant="ours", start_s=2.0,
-               compiling={"seconds": 2.5, "programs": 22, "from_cache": 0,
-                          "longest": [["run_chunk", 1.9, 2, [1.2, 0.5]], ["evaluate", 0.2, 1, [0.15]]]})
-    report = {"machine": "test CPU", "peak_gflops": 200.0, "floor_epoch_s": 1.0, "matmul_epoch_s": 1.2, "epochs": 2,
-              "skipped": [], "compile_cache": "cold",
-              "results": [row, {**row, "variant": "torch", "start_s": None, "compiling": None}]}
+    row = dict(
+        first_epoch_s=5.0,
+        steady_epoch_s=1.5,
+        total_s=30.0,
+        test_accuracy=0.98,
+        peak_memory_mb=900,
+        gflops=100.0,
+        epoch_end_s=[],
+        epoch_accuracy=[],
+        note="",
+        variant="ours",
+        start_s=2.0,
+        compiling={
+            "seconds": 2.5,
+            "programs": 22,
+            "from_cache": 0,
+            "longest": [["run_chunk", 1.9, 2, [1.2, 0.5]], ["evaluate", 0.2, 1, [0.15]]],
+        },
+    )
+    report = {
+        "machine": "test CPU",
+        "peak_gflops": 200.0,
+        "floor_epoch_s": 1.0,
+        "matmul_epoch_s": 1.2,
+        "epochs": 2,
+        "skipped": [],
+        "compile_cache": "cold",
+        "results": [row, {**row, "variant": "torch", "start_s": None, "compiling": None}],
+    }
     lines = bench.markdown(report).splitlines()
     assert "Where the first epoch went (JAX's compile cache: cold):" in lines
-    assert ("- ours: 2.00 s from process start to training, 3.00 s in epoch 1; compiling until its end 2.50 s (summed over threads), "
-            "22 programs (0 from the cache), longest: run_chunk 1.90 s (2; XLA 1.20, 0.50 s), evaluate 0.20 s (1)") in lines
+    assert (
+        "- ours: 2.00 s from process start to training, 3.00 s in epoch 1; compiling until its end 2.50 s "
+        "(summed over threads), "
+        "22 programs (0 from the cache), longest: run_chunk 1.90 s (2; XLA 1.20, 0.50 s), evaluate 0.20 s (1)"
+    ) in lines
     assert not any(line.startswith("- torch") for line in lines)
 
 
@@ -64,8 +105,12 @@ jax.clear_caches()  # in memory only: the program now comes from the cache folde
 jax.jit(twice_sum)(a).block_until_ready()
 print(json.dumps([first, log.summary(until=1e9), log.summary(until=-1)]))
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert done.returncode == 0, done.stderr
     first, both, none = json.loads(done.stdout.splitlines()[-1])
     assert (first["programs"], first["from_cache"]) == (1, 0) and first["seconds"] > 0
@@ -75,20 +120,23 @@ print(json.dumps([first, log.summary(until=1e9), log.summary(until=-1)]))
     assert none == {"seconds": 0, "programs": 0, "from_cache": 0, "longest": []}
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["bench", "--variants", "ours,caffe"], "unknown bench variant caffe"),
-    (["bench", "--epochs", "1"], "--epochs >= 2"),
-    (["bench", "--time-to", "98.2"], "an accuracy between 0 and 1"),
-    (["bench", "--serve", "runs/x", "--cold"], "--cold is for training"),
-    (["bench", "--epochs", "0"], "--epochs >= 2"),  # 0 ran the full 20-epoch bench of every variant
-    (["bench", "--variants="], "--variants is empty"),  # so did an empty list
-    (["bench", "--connections", "5"], "are for --serve"),  # and a load-test flag without --serve
-    (["bench", "--time-to", "0.9", "--duration", "3"], "are for --serve"),
-    (["bench", "--give-up", "60"], "--give-up is for --time-to"),
-    (["bench", "--time-to", "0.9", "--give-up", "0"], "--give-up 0.0: give more than 0 seconds"),
-    (["bench", "--time-to", "0.9", "--give-up", "nan"], "--give-up nan: give more than 0 seconds"),
-    (["bench", "--serve", "runs/x", "--give-up", "5"], "--give-up is for --time-to"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["bench", "--variants", "ours,caffe"], "unknown bench variant caffe"),
+        (["bench", "--epochs", "1"], "--epochs >= 2"),
+        (["bench", "--time-to", "98.2"], "an accuracy between 0 and 1"),
+        (["bench", "--serve", "runs/x", "--cold"], "--cold is for training"),
+        (["bench", "--epochs", "0"], "--epochs >= 2"),  # 0 ran the full 20-epoch bench of every variant
+        (["bench", "--variants="], "--variants is empty"),  # so did an empty list
+        (["bench", "--connections", "5"], "are for --serve"),  # and a load-test flag without --serve
+        (["bench", "--time-to", "0.9", "--duration", "3"], "are for --serve"),
+        (["bench", "--give-up", "60"], "--give-up is for --time-to"),
+        (["bench", "--time-to", "0.9", "--give-up", "0"], "--give-up 0.0: give more than 0 seconds"),
+        (["bench", "--time-to", "0.9", "--give-up", "nan"], "--give-up nan: give more than 0 seconds"),
+        (["bench", "--serve", "runs/x", "--give-up", "5"], "--give-up is for --time-to"),
+    ],
+)
 def test_bad_bench_arguments(argv, expected, capsys):
     assert main(argv) == 2
     assert expected in capsys.readouterr().err
@@ -119,7 +167,8 @@ def test_two_epoch_bench_of_ours_and_plain_torch(mnist_dir, tmp_path, capsys):
     ours, torch = report["results"]
     assert 0 < ours["start_s"] < ours["first_epoch_s"] and torch["start_s"] is None is torch["compiling"]
     compiling = ours["compiling"]  # --cold: every program compiled, none loaded, the epoch's scan among them
-    assert compiling["programs"] > 3 and compiling["from_cache"] == 0  # seconds summed over up to 3 threads at once:
+    # Seconds summed over up to 3 threads at once:
+    assert compiling["programs"] > 3 and compiling["from_cache"] == 0
     assert 0 < compiling["seconds"] < 3 * ours["first_epoch_s"]
     assert report["made_by"] == "mnist-mlp"  # so a second --json there may replace it
     assert "run_chunk" in [name for name, *_ in compiling["longest"]]
@@ -130,8 +179,16 @@ def test_the_pytorch_variant_is_built_from_the_config():
     from mnist_mlp.config import load_config
     from mnist_mlp.model import build_model
 
-    config = load_config(None, ["model.hidden_units=[64, 32]", "model.activation=tanh", "model.dropout=0",
-                                "train.optimizer=adam", "train.learning_rate=0.003"])
+    config = load_config(
+        None,
+        [
+            "model.hidden_units=[64, 32]",
+            "model.activation=tanh",
+            "model.dropout=0",
+            "train.optimizer=adam",
+            "train.learning_rate=0.003",
+        ],
+    )
     model, optimizer = bench._torch_recipe(config, torch)
     assert sum(p.numel() for p in model.parameters()) == build_model(config.model).count_params()
     assert [type(m).__name__ for m in model] == ["Linear", "Tanh", "Linear", "Tanh", "Linear"]
@@ -144,7 +201,8 @@ def test_the_pytorch_variant_is_built_from_the_config():
 
 
 def test_stock_variants_train_float32_where_ours_trains_the_presets_precision():
-    assert bench._config(2, "record-cpu").train.precision == "auto"  # the preset's (made concrete in the child)
+    # The preset's (made concrete in the child)
+    assert bench._config(2, "record-cpu").train.precision == "auto"
     for variant in ("keras-jax", "keras-torch", "torch"):
         config = bench._config(2, "record-cpu", variant)
         assert config.train.precision == "float32" and config.train.epochs == 2 and config.augment.active
@@ -165,17 +223,27 @@ def test_keras_augmentation_layers_deform_in_training_only():
     assert moved.shape == (8, 784) and moved.min() >= 0 and moved.max() <= 1
     assert np.abs(moved - images).sum(axis=1).min() > 1  # every image moved, each its own way
     assert len({row.tobytes() for row in np.round(moved, 3)}) == 8
-    assert np.array_equal(keras.ops.convert_to_numpy(stack(images, training=False)), images)  # off when scoring
+    # Off when scoring
+    assert np.array_equal(keras.ops.convert_to_numpy(stack(images, training=False)), images)
     assert [type(layer).__name__ for layer in stack.layers][1:-1] == [
-        "RandomRotation", "RandomZoom", "RandomShear", "RandomTranslation", "RandomElasticTransform"]
+        "RandomRotation",
+        "RandomZoom",
+        "RandomShear",
+        "RandomTranslation",
+        "RandomElasticTransform",
+    ]
 
 
-TINY_DEFORM = ('[model]\nhidden_units = [64]\n[train]\ntrain_samples = 3000\nepochs = 5\n'
-               '[augment]\nrotation = 10.0\nelastic_alpha = 34.0\n')
+TINY_DEFORM = (
+    "[model]\nhidden_units = [64]\n[train]\ntrain_samples = 3000\nepochs = 5\n"
+    "[augment]\nrotation = 10.0\nelastic_alpha = 34.0\n"
+)
 
 
 @pytest.mark.slow
-def test_time_to_runs_keras_fit_with_keras_layers_beside_ours_and_stops_when_reached(mnist_dir, tmp_path, capsys):
+def test_time_to_runs_keras_fit_with_keras_layers_beside_ours_and_stops_when_reached(
+    mnist_dir, tmp_path, capsys
+):
     preset = tmp_path / "tiny-deform.toml"
     preset.write_text(TINY_DEFORM)
     out = tmp_path / "bench.json"
@@ -189,11 +257,17 @@ def test_time_to_runs_keras_fit_with_keras_layers_beside_ours_and_stops_when_rea
 
 @pytest.mark.slow
 def test_time_to_gives_up_at_the_first_epoch_past_the_limit(mnist_dir, tmp_path, capsys):
-    """A target out of reach (Keras fit with its layers took 27 minutes short of 99% here) ends in bounded time."""
+    """A target out of reach (Keras fit with its layers took 27 minutes short of 99% here) ends in bounded
+    time."""
     preset = tmp_path / "tiny-deform.toml"
     preset.write_text(TINY_DEFORM)
     out = tmp_path / "bench.json"
-    assert main(["bench", "--time-to", "0.9999", "--give-up", "0.5", "--config", str(preset), "--json", str(out)]) == 0
+    assert (
+        main(
+            ["bench", "--time-to", "0.9999", "--give-up", "0.5", "--config", str(preset), "--json", str(out)]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["give_up"] == 0.5 and len(report["results"]) == 3
     for found in report["results"].values():  # each epoch ends past 0.5 s: one each, not 5 (or 20)

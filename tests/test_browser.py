@@ -33,8 +33,12 @@ def server(trained):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "mnist_mlp", "serve", str(run), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mnist_mlp", "serve", str(run), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -55,9 +59,17 @@ def page(server):
 
     assert Path(CHROMIUM).exists(), "Chromium missing: `make test` installs it (apt-get install chromium)"
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone-sized screen
         page.goto(server)
         yield page
@@ -95,7 +107,10 @@ def test_the_page_names_the_model_it_serves(page, trained):
 
     accuracy = json.loads((trained[1] / "metrics.json").read_text())["test_accuracy"]
     page.wait_for_function("document.querySelector('#model').textContent !== ''")
-    assert page.locator("#model").text_content() == f"model: classic · {100 * accuracy:.2f}% on MNIST's test digits"
+    assert (
+        page.locator("#model").text_content()
+        == f"model: classic · {100 * accuracy:.2f}% on MNIST's test digits"
+    )
 
 
 def test_clear_resets_the_page(page):
@@ -132,7 +147,9 @@ def test_a_photo_of_blank_paper_reads_no_digit(page, tmp_path):
     assert page.locator(".bar.best").count() == 0
 
 
-@pytest.mark.parametrize("font, digit, slant", [("futural", 4, 0.25), ("scripts", 2, 0.0), ("rowmant", 8, -0.25)])
+@pytest.mark.parametrize(
+    "font, digit, slant", [("futural", 4, 0.25), ("scripts", 2, 0.0), ("rowmant", 8, -0.25)]
+)
 def test_the_pen_set_is_what_the_page_draws(page, font, digit, slant):
     """`evaluate --on pen` claims its digits are the PNG the page would send: the same strokes drawn here with
     the mouse must leave the page's own canvas reading as the same 28x28 (its pen, its anti-aliasing)."""
@@ -154,7 +171,9 @@ def test_a_phone_sized_photo_is_shrunk_in_the_page_and_read(page, mnist, tmp_pat
 
     (_, _), (x_test, _) = mnist
     rng = np.random.default_rng(0)
-    paper = np.asarray(Image.fromarray(_render(x_test[0], canvas=300, size=180, top=60, left=60)).resize((2400, 2400)))
+    paper = np.asarray(
+        Image.fromarray(_render(x_test[0], canvas=300, size=180, top=60, left=60)).resize((2400, 2400))
+    )
     photo = tmp_path / "phone.png"
     Image.fromarray(np.clip(paper + rng.normal(0, 8, paper.shape), 0, 255).astype(np.uint8)).save(photo)
     assert photo.stat().st_size > 2 * 2**20
@@ -198,10 +217,17 @@ def test_an_answer_to_a_drawing_since_cleared_is_not_shown(page):
         page.unroute("**/api/predict")
 
 
-@pytest.mark.parametrize("failure, note", [
-    (lambda route: route.abort(), "cannot reach the server"),
-    (lambda route: route.fulfill(status=502, body="Bad Gateway", content_type="text/plain"), "the server answered 502")],
-    ids=["unreachable", "not JSON"])
+@pytest.mark.parametrize(
+    "failure, note",
+    [
+        (lambda route: route.abort(), "cannot reach the server"),
+        (
+            lambda route: route.fulfill(status=502, body="Bad Gateway", content_type="text/plain"),
+            "the server answered 502",
+        ),
+    ],
+    ids=["unreachable", "not JSON"],
+)
 def test_a_failed_request_says_so_and_clears_the_last_answer(page, failure, note):
     _draw(page, ONE)
     assert page.locator("#digit").text_content() == "1"
@@ -217,7 +243,9 @@ def test_a_failed_request_says_so_and_clears_the_last_answer(page, failure, note
 
 def test_a_second_finger_neither_draws_nor_asks(page, server):
     """One finger draws a bar across the top while a second rests on the pad's corner and lifts first."""
-    context = page.context.browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    context = page.context.browser.new_context(
+        viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True
+    )
     try:
         phone = context.new_page()
         phone.goto(server)
@@ -227,14 +255,20 @@ def test_a_second_finger_neither_draws_nor_asks(page, server):
         box = phone.locator("#pad").bounding_box()
 
         def touch(kind, *points):
-            cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [
-                {"x": box["x"] + x, "y": box["y"] + y, "id": i} for i, (x, y) in points]})
+            cdp.send(
+                "Input.dispatchTouchEvent",
+                {
+                    "type": kind,
+                    "touchPoints": [{"x": box["x"] + x, "y": box["y"] + y, "id": i} for i, (x, y) in points],
+                },
+            )
 
         touch("touchStart", (0, (60, 60)))
         touch("touchMove", (0, (100, 60)))
         touch("touchStart", (0, (100, 60)), (1, (250, 250)))
         touch("touchMove", (0, (160, 60)), (1, (250, 250)))
-        touch("touchEnd", (1, (250, 250)))  # the second finger lifts (CDP lists the points that end): no question
+        # The second finger lifts (CDP lists the points that end): no question
+        touch("touchEnd", (1, (250, 250)))
         phone.wait_for_timeout(300)
         assert asked == []
         with phone.expect_response("**/api/predict"):
@@ -243,7 +277,8 @@ def test_a_second_finger_neither_draws_nor_asks(page, server):
         ink = phone.evaluate("""() => { const d = document.getElementById('pad').getContext('2d')
             .getImageData(0, 0, 280, 280).data; return [d[4 * (60 * 280 + 200)], d[4 * (250 * 280 + 250)],
             d[4 * (155 * 280 + 175)]]; }""")
-        assert ink[0] == 255 and ink[1] == 0 and ink[2] == 0  # the bar drawn; no ink at the resting finger or between
+        # The bar drawn; no ink at the resting finger or between
+        assert ink[0] == 255 and ink[1] == 0 and ink[2] == 0
         assert len(asked) == 1
     finally:
         context.close()

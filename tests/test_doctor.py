@@ -1,8 +1,8 @@
 """`mnist-mlp doctor`: exit 0 when all is well, else one stderr line per problem with its fix."""
 
 import gzip
-import shutil
 import http.server
+import shutil
 import socket
 import threading
 
@@ -48,7 +48,8 @@ def test_problems_are_one_line_each_with_a_fix(tmp_path, monkeypatch, capsys):
 
 
 def test_the_fetch_advice_names_the_cache_doctor_looked_in(mnist_dir, tmp_path, capsys):
-    """`doctor --cache-dir X` advised a bare `mnist-mlp data fetch`, which fills the default cache: X stayed empty."""
+    """`doctor --cache-dir X` advised a bare `mnist-mlp data fetch`, which fills the default cache: X stayed
+    empty."""
     cache_dir = tmp_path / "class cache"
     assert main(["doctor", "--offline", "--cache-dir", str(cache_dir)]) == 1
     advice = capsys.readouterr().err
@@ -64,8 +65,10 @@ def test_a_file_where_the_compile_cache_goes_is_a_problem(mnist_dir, tmp_path, c
     (cache_dir / "xla").write_text("a user's file")
     assert main(["doctor", "--offline", "--cache-dir", str(cache_dir)]) == 1
     problems = capsys.readouterr().err.strip().splitlines()
-    assert problems == [f"mnist-mlp doctor: compile cache: {cache_dir / 'xla'} is a file, so every run compiles "
-                        "afresh; move that file elsewhere: JAX keeps its compiled programs in a folder of that name"]
+    assert problems == [
+        f"mnist-mlp doctor: compile cache: {cache_dir / 'xla'} is a file, so every run compiles "
+        "afresh; move that file elsewhere: JAX keeps its compiled programs in a folder of that name"
+    ]
     (cache_dir / "xla").rename(tmp_path / "moved")  # the advice, followed
     assert main(["doctor", "--offline", "--cache-dir", str(cache_dir)]) == 0
     assert (tmp_path / "moved").read_text() == "a user's file"

@@ -26,10 +26,15 @@ def _twin_models(config: ModelConfig, train: TrainConfig):
     return first, second
 
 
-@pytest.mark.parametrize("optimizer, dropout, chunks, unroll", [
-    ("rmsprop", 0.0, None, None), ("adam", 0.0, None, None), ("rmsprop", 0.2, None, None),
-    ("rmsprop", 0.2, 1, 4),  # the GPU's layout (one call per epoch, scan unrolled), run here on the CPU
-])
+@pytest.mark.parametrize(
+    "optimizer, dropout, chunks, unroll",
+    [
+        ("rmsprop", 0.0, None, None),
+        ("adam", 0.0, None, None),
+        ("rmsprop", 0.2, None, None),
+        ("rmsprop", 0.2, 1, 4),  # the GPU's layout (one call per epoch, scan unrolled), run here on the CPU
+    ],
+)
 def test_same_weights_same_batches_same_training_as_fit(mnist, optimizer, dropout, chunks, unroll):
     (x_train, y_train), _ = mnist
     x, y = data.preprocess(x_train[:700]), data.to_one_hot(y_train[:700])  # 5 full batches + one of 60
@@ -37,8 +42,19 @@ def test_same_weights_same_batches_same_training_as_fit(mnist, optimizer, dropou
     by_fit, by_engine = _twin_models(ModelConfig(hidden_units=(64, 32), dropout=dropout), train)
     fit_history = by_fit.fit(x, y, batch_size=128, epochs=2, shuffle=False, verbose=0).history
     logger = keras.callbacks.History()
-    engine.fit_compiled(by_engine, x, y, batch_size=128, epochs=2, seed=0, shuffle=False, verbose=0,
-                        callbacks=[logger], chunks=chunks, unroll=unroll)
+    engine.fit_compiled(
+        by_engine,
+        x,
+        y,
+        batch_size=128,
+        epochs=2,
+        seed=0,
+        shuffle=False,
+        verbose=0,
+        callbacks=[logger],
+        chunks=chunks,
+        unroll=unroll,
+    )
     np.testing.assert_allclose(logger.history["loss"], fit_history["loss"], atol=1e-5)
     np.testing.assert_allclose(logger.history["accuracy"], fit_history["accuracy"], atol=1e-6)
     for ours, theirs in zip(by_engine.get_weights(), by_fit.get_weights()):
@@ -52,8 +68,17 @@ def test_validation_metrics_match_keras_evaluate(mnist):
     x_val, y_val = data.preprocess(x_test[:2000]), data.to_one_hot(y_test[:2000])
     model = compile_model(build_model(ModelConfig(hidden_units=(32,))), TrainConfig())
     logger = keras.callbacks.History()
-    engine.fit_compiled(model, x, y, batch_size=100, epochs=1, seed=1, validation_data=(x_val, y_val),
-                        verbose=0, callbacks=[logger])
+    engine.fit_compiled(
+        model,
+        x,
+        y,
+        batch_size=100,
+        epochs=1,
+        seed=1,
+        validation_data=(x_val, y_val),
+        verbose=0,
+        callbacks=[logger],
+    )
     loss, accuracy = model.evaluate(x_val, y_val, verbose=0)
     assert logger.history["val_loss"][0] == pytest.approx(loss, abs=1e-5)
     assert logger.history["val_accuracy"][0] == pytest.approx(accuracy, abs=1e-6)
@@ -62,8 +87,9 @@ def test_validation_metrics_match_keras_evaluate(mnist):
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_side_by_side_deforms_and_trains_each_model_as_alone(mnist, precision):
     """Two seeds, deformed digits, dropout, Adam, a cosine schedule: trained together (vmapped) and each alone
-    give the same history and weights; model i keeps its own weights, shuffles, masks and deformations. On this
-    CPU they are bit for bit the same; the tolerance leaves room for XLA choosing other kernels elsewhere."""
+    give the same history and weights; model i keeps its own weights, shuffles, masks and deformations. On
+    this CPU they are bit for bit the same; the tolerance leaves room for XLA choosing other kernels
+    elsewhere."""
     (x_train, y_train), (x_test, y_test) = mnist
     x, y = data.preprocess(x_train[:600]), data.to_one_hot(y_train[:600])
     val = data.preprocess(x_test[:500]), data.to_one_hot(y_test[:500])
@@ -74,7 +100,11 @@ def test_side_by_side_deforms_and_trains_each_model_as_alone(mnist, precision):
         built = []
         for seed in (5, 6):
             keras.utils.set_random_seed(seed)
-            built.append(compile_model(build_model(ModelConfig(hidden_units=(64,), dropout=0.2), precision), train, 600))
+            built.append(
+                compile_model(
+                    build_model(ModelConfig(hidden_units=(64,), dropout=0.2), precision), train, 600
+                )
+            )
         return built
 
     options = dict(batch_size=128, epochs=2, validation_data=val, verbose=0, augment=augment)
@@ -104,7 +134,10 @@ def test_each_program_compiled_once_ahead_off_the_main_thread(mnist):
     from jax import monitoring
 
     (x_train, y_train), (x_test, y_test) = mnist
-    x, y = data.preprocess(x_train[:700]), data.to_one_hot(y_train[:700])  # chunks of 2, 2, 1 batches + one of 60
+    x, y = (
+        data.preprocess(x_train[:700]),
+        data.to_one_hot(y_train[:700]),
+    )  # chunks of 2, 2, 1 batches + one of 60
     val = data.preprocess(x_test[:300]), data.to_one_hot(y_test[:300])
     model = compile_model(build_model(ModelConfig(hidden_units=(48,))), TrainConfig())
     compiled = []
@@ -153,6 +186,10 @@ assert engine.unroll_threefry_on_cpu()
 after = jax.jit(lambda key: jax.random.bernoulli(key, 0.8, (64, 32)))
 print(bool((before == after(key)).all()), "while" in after.lower(key).as_text())
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert done.stdout.split() == ["True", "False"], done.stderr[-2000:]  # same bits, no loop left

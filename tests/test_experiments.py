@@ -17,14 +17,21 @@ QUICK = ["--train-samples", "1000", "--epochs", "2"]
 @pytest.fixture(scope="module")
 def group(mnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("experiments") / "group"
-    assert main(["train", *QUICK, "--seeds", "3", "--seed", "7", "--out", str(out), "--cache-dir", str(mnist_dir)]) == 0
+    assert (
+        main(
+            ["train", *QUICK, "--seeds", "3", "--seed", "7", "--out", str(out), "--cache-dir", str(mnist_dir)]
+        )
+        == 0
+    )
     return out
 
 
 def test_seed_statistics_match_the_runs_metrics(group, capsys):
     info = json.loads((group / runs.GROUP).read_text())
     assert info["seeds"] == [7, 8, 9] and info["complete"]
-    accuracies = [json.loads((group / f"seed-{s}" / runs.METRICS).read_text())["test_accuracy"] for s in (7, 8, 9)]
+    accuracies = [
+        json.loads((group / f"seed-{s}" / runs.METRICS).read_text())["test_accuracy"] for s in (7, 8, 9)
+    ]
     assert info["test_accuracy"] == accuracies
     assert info["mean"] == pytest.approx(sum(accuracies) / 3)
     by_hand = (sum((a - sum(accuracies) / 3) ** 2 for a in accuracies) / 2) ** 0.5  # sample std, n - 1
@@ -50,8 +57,24 @@ def test_runs_list_show_and_compare(group, tmp_path, capsys, monkeypatch):
     assert main(["runs", "show", str(group / "seed-8")]) == 0
     assert "train.seed             8" in capsys.readouterr().out
     other = tmp_path / "adam"
-    assert main(["train", "--train-samples", "1000", "--epochs", "2", "--set", "train.optimizer=adam",
-                 "--set", "train.checkpoint_seconds=5", "--out", str(other)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--train-samples",
+                "1000",
+                "--epochs",
+                "2",
+                "--set",
+                "train.optimizer=adam",
+                "--set",
+                "train.checkpoint_seconds=5",
+                "--out",
+                str(other),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     png = tmp_path / "cmp.png"
     assert main(["runs", "compare", str(group / "seed-7"), str(other), "--out", str(png)]) == 0
@@ -61,15 +84,16 @@ def test_runs_list_show_and_compare(group, tmp_path, capsys, monkeypatch):
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert experiments.config_differences([runs.load_run(group / "seed-7")] * 2) == {}
     shutil.copytree(group / "seed-7", tmp_path / "seed-7")
-    assert main(["runs", "list", "--root", str(tmp_path)]) == 0  # each run: where it leaves the classic recipe
+    # Each run: where it leaves the classic recipe
+    assert main(["runs", "list", "--root", str(tmp_path)]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert "optimizer=adam" in rows[str(other)] and "seed=" not in rows[str(other)]
     assert "seed=7" in rows[str(tmp_path / "seed-7")] and "optimizer=" not in rows[str(tmp_path / "seed-7")]
 
 
 def test_a_run_with_odd_metrics_or_history_is_skipped_by_list_and_refused_by_plot(group, tmp_path, capsys):
-    """metrics.json holding a JSON list was an AttributeError traceback in `runs list` (on any root holding one);
-    a history.csv without a loss column, a KeyError in plot and compare."""
+    """metrics.json holding a JSON list was an AttributeError traceback in `runs list` (on any root holding
+    one); a history.csv without a loss column, a KeyError in plot and compare."""
     for seed in (7, 8, 9):
         shutil.copytree(group / f"seed-{seed}", tmp_path / f"seed-{seed}")
     (tmp_path / "seed-7" / runs.METRICS).write_text("[1, 2]\n")
@@ -78,7 +102,9 @@ def test_a_run_with_odd_metrics_or_history_is_skipped_by_list_and_refused_by_plo
     out, err = capsys.readouterr()
     assert str(tmp_path / "seed-9") in out and "seed-7" not in out and "seed-8" not in out
     assert f"{tmp_path / 'seed-7' / runs.METRICS} is not a run's metrics (JSON of one object)" in err
-    assert f"{tmp_path / 'seed-8' / runs.HISTORY} is not a valid history (no loss and accuracy columns)" in err
+    assert (
+        f"{tmp_path / 'seed-8' / runs.HISTORY} is not a valid history (no loss and accuracy columns)" in err
+    )
     metrics = json.loads((tmp_path / "seed-9" / runs.METRICS).read_text())
     for seconds in (0.0, None):  # resumed after its last epoch (none timed), or an older run's metrics
         (tmp_path / "seed-9" / runs.METRICS).write_text(json.dumps({**metrics, "seconds_per_epoch": seconds}))
@@ -87,11 +113,15 @@ def test_a_run_with_odd_metrics_or_history_is_skipped_by_list_and_refused_by_plo
         assert " - " in row and "0.00" not in row, row
     (tmp_path / "seed-9" / runs.METRICS).write_text(json.dumps(metrics))
     (tmp_path / "link.png").symlink_to(tmp_path / "target.png")
-    assert main(["plot", str(tmp_path / "seed-9"), "--out", str(tmp_path / "link.png")]) == 2  # one run's plot too
+    # One run's plot too
+    assert main(["plot", str(tmp_path / "seed-9"), "--out", str(tmp_path / "link.png")]) == 2
     assert "is a symbolic link, which writing would replace" in capsys.readouterr().err
     assert (tmp_path / "link.png").is_symlink() and not (tmp_path / "target.png").exists()
-    for argv in (["plot", str(tmp_path / "seed-8")], ["runs", "compare", str(tmp_path / "seed-8"), str(tmp_path / "seed-9")],
-                 ["runs", "show", str(tmp_path / "seed-7")]):
+    for argv in (
+        ["plot", str(tmp_path / "seed-8")],
+        ["runs", "compare", str(tmp_path / "seed-8"), str(tmp_path / "seed-9")],
+        ["runs", "show", str(tmp_path / "seed-7")],
+    ):
         assert main(argv) == 2
         assert capsys.readouterr().err.count("\n") == 1
 
@@ -107,8 +137,24 @@ def test_runs_errors(tmp_path, capsys):
 @pytest.mark.skipif(__import__("keras").backend.backend() != "jax", reason="the compiled engine is JAX-only")
 def test_side_by_side_trains_each_seed_as_it_would_alone(group, mnist_dir, tmp_path, capsys):
     together = tmp_path / "together"
-    assert main(["train", *QUICK, "--seeds", "3", "--seed", "7", "--side-by-side", "--out", str(together),
-                 "--cache-dir", str(mnist_dir)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *QUICK,
+                "--seeds",
+                "3",
+                "--seed",
+                "7",
+                "--side-by-side",
+                "--out",
+                str(together),
+                "--cache-dir",
+                str(mnist_dir),
+            ]
+        )
+        == 0
+    )
     assert "3 seeds side by side" in capsys.readouterr().out
     info = json.loads((together / runs.GROUP).read_text())
     assert info["complete"] and info["side_by_side"] and info["seeds"] == [7, 8, 9]
@@ -123,15 +169,21 @@ def test_side_by_side_trains_each_seed_as_it_would_alone(group, mnist_dir, tmp_p
             np.testing.assert_allclose(beside.history[key], alone.history[key], atol=1e-5)
         assert abs(beside.metrics["test_accuracy"] - alone.metrics["test_accuracy"]) <= 0.001
     losses = [runs.load_run(group / f"seed-{s}").history["loss"][-1] for s in (7, 8, 9)]
-    assert min(abs(a - b) for a, b in [(losses[0], losses[1]), (losses[1], losses[2]), (losses[0], losses[2])]) > 2e-3
+    assert (
+        min(abs(a - b) for a, b in [(losses[0], losses[1]), (losses[1], losses[2]), (losses[0], losses[2])])
+        > 2e-3
+    )
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--side-by-side"], "add --seeds N (N >= 2)"),
-    (["--side-by-side", "--seeds", "1"], "add --seeds N (N >= 2)"),
-    (["--side-by-side", "--seeds", "2", "--engine", "fit"], "add --backend jax --engine compiled"),
-    (["--side-by-side", "--resume", "somewhere"], "--side-by-side would be ignored"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--side-by-side"], "add --seeds N (N >= 2)"),
+        (["--side-by-side", "--seeds", "1"], "add --seeds N (N >= 2)"),
+        (["--side-by-side", "--seeds", "2", "--engine", "fit"], "add --backend jax --engine compiled"),
+        (["--side-by-side", "--resume", "somewhere"], "--side-by-side would be ignored"),
+    ],
+)
 def test_side_by_side_refusals(argv, expected, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["train", *argv, "--out", "g"] if "--resume" not in argv else ["train", *argv]) == 2
@@ -144,9 +196,12 @@ def test_a_side_by_side_groups_fresh_start_keeps_the_flag(tmp_path):
     group = tmp_path / "g"
     group.mkdir()
     (group / runs.MARKER).write_text("made by mnist-mlp\n")
-    (group / runs.GROUP).write_text(json.dumps({"planned": [1, 2, 3], "side_by_side": True, "complete": False}))
+    (group / runs.GROUP).write_text(
+        json.dumps({"planned": [1, 2, 3], "side_by_side": True, "complete": False})
+    )
     assert "--seeds 3 --side-by-side --out" in runs.fresh_start(group)
-    (group / runs.GROUP).write_text(json.dumps({"planned": [1, 2, 3], "complete": False}))  # made before the flag
+    # Made before the flag
+    (group / runs.GROUP).write_text(json.dumps({"planned": [1, 2, 3], "complete": False}))
     assert "--seeds 3 --out" in runs.fresh_start(group)
 
 
@@ -158,4 +213,7 @@ def test_a_damaged_groups_fresh_start_counts_its_seed_folders(group, mnist_dir, 
     advice = capsys.readouterr().err.split("`")[1]
     assert advice.endswith(f"--seeds 3 --out {tmp_path / 'g'} --overwrite"), advice
     assert main(shlex.split(advice)[1:] + ["--cache-dir", str(mnist_dir)]) == 0  # followed: the group again
-    assert json.loads((tmp_path / "g" / runs.GROUP).read_text())["complete"] and main(["plot", str(tmp_path / "g")]) == 0
+    assert (
+        json.loads((tmp_path / "g" / runs.GROUP).read_text())["complete"]
+        and main(["plot", str(tmp_path / "g")]) == 0
+    )

@@ -13,7 +13,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-HIDE_EXTRAS = "import sys\nsys.modules['tensorflow'] = sys.modules['torch'] = None  # the base install has neither\n"
+HIDE_EXTRAS = (
+    "import sys\nsys.modules['tensorflow'] = sys.modules['torch'] = None  # the base install has neither\n"
+)
 SPACE = """
 [sweep]
 trials = 1
@@ -39,8 +41,12 @@ def shell(tmp_path_factory, mnist_dir):
     home = tmp_path_factory.mktemp("home")
     hide = tmp_path_factory.mktemp("base-install")
     (hide / "sitecustomize.py").write_text(HIDE_EXTRAS)
-    env = {"PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
-           "PYTHONPATH": str(hide)}
+    env = {
+        "PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(hide),
+    }
 
     def run(*argv, timeout=300):
         return subprocess.run(list(argv), capture_output=True, text=True, env=env, cwd=home, timeout=timeout)
@@ -81,15 +87,34 @@ def test_every_command_runs_in_a_fresh_shell(shell, tmp_path):
     space = tmp_path / "space.toml"
     space.write_text(SPACE)
     sweep = str(shell.home / "sweep")
-    _ok(shell(cli, "sweep", "--space", str(space), "--out", sweep, "--set", "train.train_samples=500",
-              "--set", "train.epochs=1", *cache))
+    _ok(
+        shell(
+            cli,
+            "sweep",
+            "--space",
+            str(space),
+            "--out",
+            sweep,
+            "--set",
+            "train.train_samples=500",
+            "--set",
+            "train.epochs=1",
+            *cache,
+        )
+    )
     assert "val_accuracy" in _ok(shell(cli, "sweep", "--out", sweep, "--report"))
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([cli, "serve", run, "--port", str(port)], env=shell.env, cwd=shell.home,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [cli, "serve", run, "--port", str(port)],
+        env=shell.env,
+        cwd=shell.home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:

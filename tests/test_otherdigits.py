@@ -1,5 +1,6 @@
-"""Digits that are not MNIST's: the printed and pen-drawn sets are what they say, UCI's handwriting loads, a folder of your
-own labelled digits is read the way predict reads files, and a model trained on MNIST reads them all."""
+"""Digits that are not MNIST's: the printed and pen-drawn sets are what they say, UCI's handwriting loads, a
+folder of your own labelled digits is read the way predict reads files, and a model trained on MNIST reads
+them all."""
 
 import os
 import sys
@@ -25,9 +26,11 @@ def test_the_printed_set_is_every_digit_in_every_font_centred_as_mnist(printed):
     assert np.bincount(labels).tolist() == [len(images) // 10] * 10
     stack = np.stack(images).astype(np.float64)
     assert stack.shape[1:] == (28, 28) and stack.max() == 255
-    assert np.all(stack.reshape(len(images), -1).max(axis=1) > 0)  # ink in every image: no font lacked a digit
+    # Ink in every image: no font lacked a digit
+    assert np.all(stack.reshape(len(images), -1).max(axis=1) > 0)
     rows, cols = stack.any(axis=2), stack.any(axis=1)
-    assert max(rows.sum(axis=1).max(), cols.sum(axis=1).max()) <= 21  # fitted to 20x20 as MNIST's (+1: smoothing)
+    # Fitted to 20x20 as MNIST's (+1: smoothing)
+    assert max(rows.sum(axis=1).max(), cols.sum(axis=1).max()) <= 21
     distinct = {image.tobytes() for image in images}
     assert len(distinct) == len(images)
 
@@ -39,13 +42,18 @@ def test_the_pen_set_is_every_digit_in_every_style_drawn_with_the_pages_pen():
     assert len({image.tobytes() for image in images}) == count  # no two fonts share a design of the digits
     stack = np.stack(images)
     assert stack.reshape(count, -1).max(axis=1).min() == 255
-    assert max(stack.any(axis=2).sum(axis=1).max(), stack.any(axis=1).sum(axis=1).max()) <= 21  # fitted to 20x20
+    # Fitted to 20x20
+    assert max(stack.any(axis=2).sum(axis=1).max(), stack.any(axis=1).sum(axis=1).max()) <= 21
     for font in otherdigits.PEN_FONTS:  # drawn inside the pad, however leaning
         for slant in otherdigits.PEN_SLANTS:
             points = np.concatenate(otherdigits.pen_strokes(font, 8, max(otherdigits.PEN_HEIGHTS), slant))
             assert points.min() > otherdigits.PEN / 2 and points.max() < otherdigits.PAD - otherdigits.PEN / 2
     tap = np.asarray(otherdigits.draw([[(140.0, 140.0)]]), np.float64) / 255  # one dab: a round pen's disc
-    assert tap[140, 140] == 1 and tap[0, 0] == 0 and tap.sum() == pytest.approx(np.pi * (otherdigits.PEN / 2) ** 2, rel=0.04)
+    assert (
+        tap[140, 140] == 1
+        and tap[0, 0] == 0
+        and tap.sum() == pytest.approx(np.pi * (otherdigits.PEN / 2) ** 2, rel=0.04)
+    )
 
 
 def test_an_install_without_hershey_fonts_says_what_to_install(monkeypatch):
@@ -66,7 +74,9 @@ def test_8x8_scans_that_fill_their_frame_are_read_as_digits(printed, monkeypatch
     """UCI's digits fill their 8x8 frame; read bare, predict's reader took them for blank paper (no margin
     to tell paper from ink), so they go on a margin of paper first. Stand-in scans: printed digits at 8x8."""
     images, labels = printed[0][::7], printed[1][::7]
-    scans = np.stack([np.asarray(Image.fromarray(image).resize((8, 8), Image.Resampling.BOX)) for image in images])
+    scans = np.stack(
+        [np.asarray(Image.fromarray(image).resize((8, 8), Image.Resampling.BOX)) for image in images]
+    )
     scans = scans * 16.0 / scans.max(axis=(1, 2), keepdims=True)  # UCI's 17 levels, the ink at 16
     datasets = types.SimpleNamespace(load_digits=lambda: types.SimpleNamespace(images=scans, target=labels))
     monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
@@ -74,10 +84,12 @@ def test_8x8_scans_that_fill_their_frame_are_read_as_digits(printed, monkeypatch
     read, read_labels, *_ = otherdigits.load("uci")
     assert read_labels.tolist() == labels.tolist()
     assert all(image.max() > 100 for image in read)  # every scan read as ink, none as blank paper
-    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # scikit-learn missing: one line, what to install
+    # Scikit-learn missing: one line, what to install
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(UserError, match=r"pip install 'mnist-mlp\[uci\]'") as error:
         otherdigits.load("uci")
-    assert "\n" not in str(error.value) and f"`{sys.executable} -m pip" in str(error.value)  # this Python's pip
+    # This Python's pip
+    assert "\n" not in str(error.value) and f"`{sys.executable} -m pip" in str(error.value)
 
 
 @pytest.mark.mnist
@@ -107,9 +119,14 @@ def test_a_wrong_source_is_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "iphone" / "3").mkdir(parents=True)
     (tmp_path / "iphone" / "3" / "IMG_0001.HEIC").write_bytes(b"not read")
-    for source, expected in ((tmp_path / "none", "nor a folder"), (tmp_path / "empty", "no subfolders 0 to 9"),
-                             (tmp_path / "iphone", "folders 0 to 9 hold no PNG, JPEG, BMP, GIF, TIFF or WebP images; "
-                                                   "save photos as JPEG")):
+    for source, expected in (
+        (tmp_path / "none", "nor a folder"),
+        (tmp_path / "empty", "no subfolders 0 to 9"),
+        (
+            tmp_path / "iphone",
+            "folders 0 to 9 hold no PNG, JPEG, BMP, GIF, TIFF or WebP images; save photos as JPEG",
+        ),
+    ):
         with pytest.raises(UserError) as error:
             otherdigits.load(str(source))
         assert expected in str(error.value) and "\n" not in str(error.value)
@@ -127,7 +144,8 @@ def test_a_folder_skips_hidden_files(tmp_path):
 
 
 def test_a_blank_photo_in_a_class_folder_is_named_not_scored(trained, printed, tmp_path, capsys):
-    """A blank photo in 5/ was scored as the model's guess at an empty 28x28: a wrong answer, or a lucky right one."""
+    """A blank photo in 5/ was scored as the model's guess at an empty 28x28: a wrong answer, or a lucky right
+    one."""
     images, labels = printed
     mine = tmp_path / "mine"
     for digit in (3, 5):
@@ -140,8 +158,10 @@ def test_a_blank_photo_in_a_class_folder_is_named_not_scored(trained, printed, t
     assert main(["evaluate", str(trained[1]), "--on", str(mine)]) == 0
     out, err = capsys.readouterr()
     assert "of 2 wrong; 2 more with no digit found were not scored" in out
-    assert err.splitlines() == [f"mnist-mlp: note: {mine / '3' / 'dust.png'}: {predict.SPECKS} (not scored)",
-                                f"mnist-mlp: note: {mine / '5' / 'blank.jpg'}: {predict.NO_DIGIT} (not scored)"]
+    assert err.splitlines() == [
+        f"mnist-mlp: note: {mine / '3' / 'dust.png'}: {predict.SPECKS} (not scored)",
+        f"mnist-mlp: note: {mine / '5' / 'blank.jpg'}: {predict.NO_DIGIT} (not scored)",
+    ]
     assert sum(int(line.split()[-1]) for line in out.splitlines()[4:14]) == 2  # the images column: 2 scored
     for digit in (3, 5):
         (mine / str(digit) / "good.png").unlink()
@@ -151,8 +171,8 @@ def test_a_blank_photo_in_a_class_folder_is_named_not_scored(trained, printed, t
 
 
 def test_a_class_folder_with_bad_files_scores_the_rest(trained, printed, tmp_path, capsys):
-    """One damaged photo stopped evaluate --on FOLDER for the whole class (naming only the first bad file), a pipe
-    made it wait forever, and a digit without images read as precision and recall 0."""
+    """One damaged photo stopped evaluate --on FOLDER for the whole class (naming only the first bad file), a
+    pipe made it wait forever, and a digit without images read as precision and recall 0."""
     images, labels = printed
     mine = tmp_path / "mine"
     for digit in (3, 4):
@@ -168,14 +188,26 @@ def test_a_class_folder_with_bad_files_scores_the_rest(trained, printed, tmp_pat
     assert err.count("\n") == 3 and "damaged.jpg is not a readable image" in err and "broken.png" in err
     assert f"note: {mine / '4'}: left out gone.png, pipe.png (not plain files)" in err
     assert "open it and save it again as PNG or JPEG" in err and "the other images were scored" in err
-    for path in (mine / "3" / "IMG_0001.HEIC", mine / "three" / "x.png", mine / "notes.txt", mine / "seven.png"):
+    for path in (
+        mine / "3" / "IMG_0001.HEIC",
+        mine / "three" / "x.png",
+        mine / "notes.txt",
+        mine / "seven.png",
+    ):
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"not read")
     (mine / "3" / "damaged.jpg").unlink()
     (mine / "4" / "broken.png").unlink()
     assert main(["evaluate", str(trained[1]), "--on", str(mine)]) == 0
     notes = capsys.readouterr().err.splitlines()
-    assert notes[:2] == [f"mnist-mlp: note: {mine}: left out three/ (only folders 0 to 9 are read); seven.png (move "
-                         f"each into {mine}/<digit>/); notes.txt (not PNG, JPEG, BMP, GIF, TIFF or WebP: save photos "
-                         f"as JPEG)", f"mnist-mlp: note: {mine / '3'}: left out IMG_0001.HEIC (not PNG, JPEG, BMP, "
-                         "GIF, TIFF or WebP: save photos as JPEG)"] and len(notes) == 3
+    assert (
+        notes[:2]
+        == [
+            f"mnist-mlp: note: {mine}: left out three/ (only folders 0 to 9 are read); seven.png (move "
+            f"each into {mine}/<digit>/); notes.txt (not PNG, JPEG, BMP, GIF, TIFF or WebP: save photos "
+            f"as JPEG)",
+            f"mnist-mlp: note: {mine / '3'}: left out IMG_0001.HEIC (not PNG, JPEG, BMP, "
+            "GIF, TIFF or WebP: save photos as JPEG)",
+        ]
+        and len(notes) == 3
+    )

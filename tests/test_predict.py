@@ -45,7 +45,8 @@ def _forms(digit):
     exif[0x0112] = 6  # stored turned 90° counter-clockwise; viewers rotate it back
     rotated = io.BytesIO()
     upright.rotate(90, expand=True).save(rotated, format="JPEG", exif=exif, quality=95)
-    page = Image.fromarray(_render(digit)).convert("RGBA")  # dark ink on an opaque page, and parts of it transparent:
+    # Dark ink on an opaque page, and parts of it transparent:
+    page = Image.fromarray(_render(digit)).convert("RGBA")
     margin = Image.new("RGBA", (240, 240), (0, 0, 0, 0))
     margin.paste(page, (20, 20))  # a transparent margin
     turned = page.rotate(10, expand=True, fillcolor=(0, 0, 0, 0))  # the corners a rotation leaves
@@ -54,7 +55,7 @@ def _forms(digit):
     cut_out = np.zeros((200, 200, 4), np.uint8)
     cut_out[...] = (30, 60, 200, 0)
     cut_out[..., 3] = _render(digit)  # a blue sheet with the digit cut out of it (its strokes transparent)
-    sixteen = (_render(digit).astype(np.uint16) * 257)
+    sixteen = _render(digit).astype(np.uint16) * 257
     animated = io.BytesIO()
     first, second = Image.fromarray(_render(digit)).convert("P"), Image.new("P", (200, 200), 0)
     first.save(animated, format="GIF", save_all=True, append_images=[second])  # the digit is frame 0
@@ -89,7 +90,8 @@ def test_every_form_comes_out_centred_by_mass_and_reads_the_same(trained, mnist)
             y, x = _centre_of_mass(image)
             assert abs(y - 14) <= 1 and abs(x - 14) <= 1, (form, y, x)  # where MNIST puts it
             rows, cols = np.flatnonzero(image.any(1)), np.flatnonzero(image.any(0))
-            assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 <= 22  # fits MNIST's 20x20 box (+ resampling)
+            # Fits MNIST's 20x20 box (+ resampling)
+            assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 <= 22
             results[form] = predict_image(model, blob, form).digit
         assert set(results.values()) == {int(y_test[index])}, results
 
@@ -110,8 +112,10 @@ def test_re_rendered_test_digits_keep_their_accuracy_and_plain_resize_does_not(t
     original = np.mean([p.digit for p in predict_arrays(model, list(x_test[:n]))] == y_test[:n])
     ours_accuracy = np.mean([p.digit for p in predict_arrays(model, ours)] == y_test[:n])
     plain_accuracy = np.mean([p.digit for p in predict_arrays(model, plain)] == y_test[:n])
-    print(f"accuracy on {n} test digits: original {original:.4f}, re-rendered + ours {ours_accuracy:.4f}, "
-          f"re-rendered + plain resize {plain_accuracy:.4f}")
+    print(
+        f"accuracy on {n} test digits: original {original:.4f}, re-rendered + ours {ours_accuracy:.4f}, "
+        f"re-rendered + plain resize {plain_accuracy:.4f}"
+    )
     assert ours_accuracy >= original - 0.01
     assert plain_accuracy < ours_accuracy - 0.2
 
@@ -129,13 +133,16 @@ def test_the_predict_command_prints_no_digit_for_blank_paper(trained, tmp_path, 
     """It printed the model's guess at an all-black 28x28 (`blank.png: 5   [5: 14.5%, ...]`), flagged."""
     (tmp_path / "blank.png").write_bytes(_png(np.full((50, 50), 255, np.uint8)))
     assert main(["predict", str(trained[1]), str(tmp_path / "blank.png")]) == 0
-    assert capsys.readouterr().out.strip() == f"{tmp_path / 'blank.png'}: no digit found: the image is blank or its " \
-                                              "marks are too faint"
+    assert (
+        capsys.readouterr().out.strip()
+        == f"{tmp_path / 'blank.png'}: no digit found: the image is blank or its "
+        "marks are too faint"
+    )
 
 
 def test_csv_replaces_only_a_csv_that_predict_wrote(trained, tmp_path, capsys, monkeypatch):
-    """--csv run/model.keras replaced the model with 162 bytes of CSV (rc 0), as it did any file of the user's;
-    now refused before Keras starts. A link is not replaced by a file either; an empty file is."""
+    """--csv run/model.keras replaced the model with 162 bytes of CSV (rc 0), as it did any file of the
+    user's; now refused before Keras starts. A link is not replaced by a file either; an empty file is."""
     from mnist_mlp import cli
 
     _, run = trained
@@ -153,14 +160,19 @@ def test_csv_replaces_only_a_csv_that_predict_wrote(trained, tmp_path, capsys, m
     assert (tmp_path / "link.csv").is_symlink()
     (tmp_path / "empty.csv").touch()
     assert main(["predict", str(run), str(image), "--csv", str(tmp_path / "empty.csv")]) == 0
-    assert (run / "model.keras").read_bytes() == model and (tmp_path / "marks.csv").read_text() == "name,mark\nada,19\n"
+    assert (run / "model.keras").read_bytes() == model and (
+        tmp_path / "marks.csv"
+    ).read_text() == "name,mark\nada,19\n"
     out = tmp_path / "out.csv"
     out.write_text("file,digit,unsure,p0,p1,p2,p3,p4,p5,p6,p7,p8,p9\nold.png,3,0\n")  # an older version's
     for _ in range(2):  # its own, and then this version's
         assert main(["predict", str(run), str(image), "--csv", str(out)]) == 0
         rows = out.read_text().splitlines()
-        assert rows[0].endswith(",p9,reason") and rows[1].endswith(",no digit found: the image is blank or its marks "
-                                                                   "are too faint") and len(rows) == 2
+        assert (
+            rows[0].endswith(",p9,reason")
+            and rows[1].endswith(",no digit found: the image is blank or its marks are too faint")
+            and len(rows) == 2
+        )
 
 
 def test_a_small_digit_is_said_to_be_too_small_not_faint(trained):
@@ -210,15 +222,22 @@ def test_predict_command(trained, mnist, tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"garbage")
     assert main(["predict", str(run), str(tmp_path / "bad.png")]) == 2
     assert "not a readable image" in capsys.readouterr().err
-    (folder / "broken.png").write_bytes(b"\x89PNG truncated")  # one bad file in the folder: the others still read
+    # One bad file in the folder: the others still read
+    (folder / "broken.png").write_bytes(b"\x89PNG truncated")
     assert main(["predict", str(run), str(folder), "--csv", str(tmp_path / "out.csv")]) == 2
     out, err = capsys.readouterr()
     rows = (tmp_path / "out.csv").read_text().splitlines()
-    assert "seven.png: 7" in out and "two.jpg: 2" in out and len(rows) == 4  # and a row for the file not read:
+    # And a row for the file not read:
+    assert "seven.png: 7" in out and "two.jpg: 2" in out and len(rows) == 4
     broken = next(csv.reader(rows[-1:]))
-    assert broken[:3] == [str(folder / "broken.png"), "", "1"] and broken[-1].endswith("save it again as PNG or JPEG")
+    assert broken[:3] == [str(folder / "broken.png"), "", "1"] and broken[-1].endswith(
+        "save it again as PNG or JPEG"
+    )
     assert err.count("\n") == 2 and "broken.png is not a readable image" in err and "skipped" in err
-    assert f"note: {folder}: left out notes.txt (not PNG, JPEG, BMP, GIF, TIFF or WebP: save photos as JPEG)" in err
+    assert (
+        f"note: {folder}: left out notes.txt (not PNG, JPEG, BMP, GIF, TIFF or WebP: save photos as JPEG)"
+        in err
+    )
     os.mkfifo(tmp_path / "pipe.png")  # opening it would wait for a writer forever
     assert main(["predict", str(run), str(tmp_path / "pipe.png")]) == 2
     assert "is not a file" in capsys.readouterr().err
@@ -239,12 +258,14 @@ def test_a_drawing_that_touches_the_pads_edge_is_read_as_a_canvas():
     paper = np.full((800, 600), 255.0)  # a scan whose white paper clips to 255, a shadow along its left edge
     paper[:, :100] -= np.linspace(65, 0, 100)[None, :]
     paper[200:260, 150:450] = paper[200:600, 380:440] = 30.0  # a dark 7
-    assert predict._ink(paper)[1] > 0  # the shadow is fainter than the ink: not a canvas, the lighting is fitted
+    # The shadow is fainter than the ink: not a canvas, the lighting is fitted
+    assert predict._ink(paper)[1] > 0
     assert to_mnist(paper)[0][:, :3].max() < 60  # and no shadow bar left of the 7
 
 
 def test_a_blank_page_has_no_digit_in_the_csv_or_json(trained, tmp_path, capsys):
-    """The terminal said "no digit found", but the CSV row read `blank.png,5,1,...`: a spreadsheet counted a 5."""
+    """The terminal said "no digit found", but the CSV row read `blank.png,5,1,...`: a spreadsheet counted a
+    5."""
     _, run = trained
     Image.new("L", (60, 60), 255).save(tmp_path / "blank.png")
     assert main(["predict", str(run), str(tmp_path / "blank.png"), "--csv", str(tmp_path / "out.csv")]) == 0

@@ -9,24 +9,47 @@ import sys
 import time
 
 import pytest
-
 from conftest import run_cli, terminal_signals
+
 from mnist_mlp import runs
 from mnist_mlp.cli import main
 from mnist_mlp.errors import UserError
 
 pytestmark = pytest.mark.slow
 
-ARGS = ["--train-samples", "12000", "--epochs", "12", "--backend", "jax",  # seconds of epochs left to kill in
-        "--set", "train.checkpoint_seconds=0"]  # a checkpoint each epoch
+ARGS = [
+    "--train-samples",
+    "12000",
+    "--epochs",
+    "12",
+    "--backend",
+    "jax",  # seconds of epochs left to kill in
+    "--set",
+    "train.checkpoint_seconds=0",
+]  # a checkpoint each epoch
 
 
 def _kill_after_epoch(out, mnist_dir, engine, sig, epoch=2):
     """Start a real training process and send it `sig` once `epoch` epochs are checkpointed; its stderr."""
     with terminal_signals():
-        process = subprocess.Popen([sys.executable, "-m", "mnist_mlp", "train", *ARGS, "--engine", engine,
-                                    "--out", str(out), "--cache-dir", str(mnist_dir)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mnist_mlp",
+                "train",
+                *ARGS,
+                "--engine",
+                engine,
+                "--out",
+                str(out),
+                "--cache-dir",
+                str(mnist_dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -44,16 +67,29 @@ def _kill_after_epoch(out, mnist_dir, engine, sig, epoch=2):
     return stderr
 
 
-@pytest.mark.parametrize("engine, sig", [("compiled", signal.SIGINT), ("fit", signal.SIGINT), ("fit", signal.SIGKILL),
-                                         ("compiled", signal.SIGTERM), ("fit", signal.SIGHUP)])
+@pytest.mark.parametrize(
+    "engine, sig",
+    [
+        ("compiled", signal.SIGINT),
+        ("fit", signal.SIGINT),
+        ("fit", signal.SIGKILL),
+        ("compiled", signal.SIGTERM),
+        ("fit", signal.SIGHUP),
+    ],
+)
 def test_killed_run_resumes_to_the_same_result(engine, sig, mnist_dir, tmp_path):
-    whole = run_cli("train", *ARGS, "--engine", engine, "--out", str(tmp_path / "whole"), "--cache-dir", str(mnist_dir))
+    whole = run_cli(
+        "train", *ARGS, "--engine", engine, "--out", str(tmp_path / "whole"), "--cache-dir", str(mnist_dir)
+    )
     assert whole.returncode == 0, whole.stderr[-2000:]
 
     killed = tmp_path / "killed"
     stderr = _kill_after_epoch(killed, mnist_dir, engine, sig)
     if sig != signal.SIGKILL:  # Ctrl-C, or `kill`: one line that says how to continue
-        assert f"interrupted; continue with `mnist-mlp train --cache-dir {mnist_dir} --resume {killed}`" in stderr
+        assert (
+            f"interrupted; continue with `mnist-mlp train --cache-dir {mnist_dir} --resume {killed}`"
+            in stderr
+        )
         assert "Traceback" not in stderr
     assert not (killed / "metrics.json").exists() and not (killed / "history.csv").exists()
     resumed = run_cli("train", "--resume", str(killed), "--cache-dir", str(mnist_dir))

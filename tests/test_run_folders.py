@@ -28,9 +28,13 @@ def test_overwrite_never_deletes_a_folder_the_tool_did_not_make(synthetic_dir, t
     (project / "src").mkdir(parents=True)
     (project / "config.toml").write_text("x = 1\n")  # looks like a run to a name check
     (project / "src" / "main.py").write_text("keep\n")
-    assert main(["train", *TINY, "--out", str(project), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 2
+    assert (
+        main(["train", *TINY, "--out", str(project), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 2
+    )
     _one_line(capsys, "did not write", "--overwrite included")
-    assert (project / "src" / "main.py").read_text() == "keep\n" and (project / "config.toml").read_text() == "x = 1\n"
+    assert (project / "src" / "main.py").read_text() == "keep\n" and (
+        project / "config.toml"
+    ).read_text() == "x = 1\n"
     assert not (project / runs.MARKER).exists()
 
 
@@ -66,7 +70,22 @@ def test_overwrite_replaces_only_what_the_tool_wrote(synthetic_dir, tmp_path, ca
     (run / "plots").mkdir()
     (run / "plots" / "mine.png").write_bytes(b"png")
     first = json.loads((run / runs.METRICS).read_text())
-    assert main(["train", *TINY, "--seed", "3", "--out", str(run), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                "--seed",
+                "3",
+                "--out",
+                str(run),
+                "--overwrite",
+                "--cache-dir",
+                str(synthetic_dir),
+            ]
+        )
+        == 0
+    )
     assert (run / "my-notes.md").read_text() == "why I ran this" and (run / "plots" / "mine.png").exists()
     second = runs.load_run(run)
     assert second.config.train.seed == 3 and second.metrics["model_sha256"] != first["model_sha256"]
@@ -76,7 +95,22 @@ def test_overwrite_of_a_seed_group_keeps_the_users_files(synthetic_dir, tmp_path
     group = tmp_path / "group"
     assert main(["train", *TINY, "--seeds", "2", "--out", str(group), "--cache-dir", str(synthetic_dir)]) == 0
     (group / "seed-20160715" / "note.txt").write_text("mine")
-    assert main(["train", *TINY, "--seeds", "1", "--out", str(group), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                "--seeds",
+                "1",
+                "--out",
+                str(group),
+                "--overwrite",
+                "--cache-dir",
+                str(synthetic_dir),
+            ]
+        )
+        == 0
+    )
     assert (group / "seed-20160715" / "note.txt").read_text() == "mine"
     assert not (group / "seed-20160716").exists()  # the tool's own seed run, gone with --overwrite
     info, loaded = runs.load_group(group)
@@ -103,10 +137,27 @@ def test_two_processes_released_together_never_mix_one_folder(overwrite, mnist_d
     if overwrite:  # the folder already holds a run of ours: both may replace it, only one may
         assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(mnist_dir)]) == 0
     start = time.time() + 25  # both are waiting at the line by then: released at the same instant
-    argv = ["train", "--train-samples", "2000", "--epochs", "3", "--out", str(out), "--cache-dir", str(mnist_dir),
-            *(["--overwrite"] if overwrite else [])]
-    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(start), *argv, "--seed", str(seed)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    argv = [
+        "train",
+        "--train-samples",
+        "2000",
+        "--epochs",
+        "3",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(mnist_dir),
+        *(["--overwrite"] if overwrite else []),
+    ]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(start), *argv, "--seed", str(seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
     done = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in racers]
     codes = sorted(code for code, _, _ in done)
     assert codes == [0, 2], done
@@ -125,11 +176,14 @@ def test_a_folder_being_trained_is_locked(synthetic_dir, tmp_path, capsys):
     out = tmp_path / "busy"
     with runs.claim(out):
         assert runs.in_use(out)
-        assert main(["train", *TINY, "--out", str(out), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 2
+        assert (
+            main(["train", *TINY, "--out", str(out), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 2
+        )
         _one_line(capsys, "in use")
         assert main(["evaluate", str(out)]) == 2
         _one_line(capsys, "still training in another process")
-        (out / runs.CONFIG).write_text("")  # its first epoch, before a checkpoint: it read as a run stopped early
+        # Its first epoch, before a checkpoint: it read as a run stopped early
+        (out / runs.CONFIG).write_text("")
         (out / runs.PARTIAL_HISTORY).write_text("epoch,loss\n0,1.0\n")
         assert main(["train", "--resume", str(out)]) == 2
         _one_line(capsys, "is in use: another mnist-mlp process is training into it; wait for it to finish")
@@ -157,7 +211,8 @@ def test_predict_csv_into_a_missing_folder_is_one_line(synthetic_dir, tmp_path, 
     capsys.readouterr()
     assert main(["predict", str(run), str(image), "--csv", str(tmp_path / "no" / "such" / "out.csv")]) == 2
     _one_line(capsys, "cannot write", "out.csv", "No such file or directory", "make its folder first")
-    assert main(["predict", str(run), str(image), "--csv", str(tmp_path)]) == 2  # a folder where a file should be
+    # A folder where a file should be
+    assert main(["predict", str(run), str(image), "--csv", str(tmp_path)]) == 2
     _one_line(capsys, "is not a CSV that predict wrote")
     assert sorted(os.listdir(tmp_path)) == ["digit.png", "run"]
 
@@ -214,8 +269,12 @@ def test_resume_refuses_flags_it_would_ignore(synthetic_dir, tmp_path, capsys):
 
 def test_a_path_too_long_to_read_is_one_line(tmp_path, capsys):
     long_name = str(tmp_path / ("x" * 300))
-    for argv in (["evaluate", long_name], ["runs", "show", long_name], ["train", "--config", long_name + ".toml"],
-                 ["train", "--resume", long_name]):
+    for argv in (
+        ["evaluate", long_name],
+        ["runs", "show", long_name],
+        ["train", "--config", long_name + ".toml"],
+        ["train", "--resume", long_name],
+    ):
         assert main(argv) == 2
         _one_line(capsys, "File name too long")
 
@@ -253,7 +312,9 @@ def test_default_outputs_never_replace_a_users_file(synthetic_dir, tmp_path, cap
     capsys.readouterr()
     assert main(["plot", "a", "b"]) == 0 and "Wrote curves-2.png" in capsys.readouterr().out
     assert main(["runs", "compare", "a", "b"]) == 0 and "Wrote compare-3.png" in capsys.readouterr().out
-    assert all((tmp_path / name).read_text() == "mine" for name in ("curves.png", "compare.png", "compare-2.png"))
+    assert all(
+        (tmp_path / name).read_text() == "mine" for name in ("curves.png", "compare.png", "compare-2.png")
+    )
     assert (tmp_path / "curves-2.png").read_bytes()[:4] == b"\x89PNG"
     assert str(outputs.free_name("bench.json", ".json")) == "bench.json"
 
@@ -261,7 +322,8 @@ def test_default_outputs_never_replace_a_users_file(synthetic_dir, tmp_path, cap
 @pytest.mark.parametrize("seeds, damaged", [([], False), (["--seeds", "2"], False), ([], True)])
 def test_a_train_that_cannot_get_the_data_leaves_no_run_folder(seeds, damaged, tmp_path, capsys, monkeypatch):
     """It made the folder (marker, config.toml) and then failed, so the same command was then refused as
-    'already holds a run'; the data is now fetched before the folder is made, also when a cached file is damaged."""
+    'already holds a run'; the data is now fetched before the folder is made, also when a cached file is
+    damaged."""
     from mnist_mlp import cache, sources
     from mnist_mlp.errors import UserError
 
@@ -294,9 +356,11 @@ def _taken_meanwhile(monkeypatch, make):
     monkeypatch.setattr(outputs, "free_name", free_name)
 
 
-def test_two_trains_without_out_in_one_second_take_a_folder_each(synthetic_dir, tmp_path, capsys, monkeypatch):
-    """Both took runs/classic-<second>, free when each looked, and the second was refused ('in use' or 'already
-    holds a run'); the name is now taken by making the folder, so the second takes -2."""
+def test_two_trains_without_out_in_one_second_take_a_folder_each(
+    synthetic_dir, tmp_path, capsys, monkeypatch
+):
+    """Both took runs/classic-<second>, free when each looked, and the second was refused ('in use' or
+    'already holds a run'); the name is now taken by making the folder, so the second takes -2."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(runs, "default_out", lambda config: runs.Path("runs") / "classic-20261129-120000")
 
@@ -324,8 +388,8 @@ def test_two_default_plots_at_once_keep_both(synthetic_dir, tmp_path, capsys, mo
 
 
 def test_a_default_output_that_fails_leaves_nothing(synthetic_dir, tmp_path, capsys, monkeypatch):
-    """A default name is made before it is written: a train stopped before its folder holds anything, or a plot
-    that cannot be written, removes what it made (runs/ too, if it made that)."""
+    """A default name is made before it is written: a train stopped before its folder holds anything, or a
+    plot that cannot be written, removes what it made (runs/ too, if it made that)."""
     from mnist_mlp import plots, train
 
     monkeypatch.chdir(tmp_path)
@@ -355,11 +419,14 @@ def test_a_folder_holding_only_the_marker_is_trained_into(synthetic_dir, tmp_pat
 
 
 def test_a_default_output_name_is_one_line_advice_with_the_commands_own_flag(tmp_path, monkeypatch):
-    """bench writes with --json, not --out; an empty --out or --json means the default, not the working folder."""
+    """bench writes with --json, not --out; an empty --out or --json means the default, not the working
+    folder."""
     (tmp_path / "file").write_text("a file where a folder would go")
-    with pytest.raises(runs.UserError, match="choose where to write with --json$"):
-        with outputs.output(None, tmp_path / "file" / "bench.json", ".json", flag="--json"):
-            pass
+    with (
+        pytest.raises(runs.UserError, match="choose where to write with --json$"),
+        outputs.output(None, tmp_path / "file" / "bench.json", ".json", flag="--json"),
+    ):
+        pass
     monkeypatch.chdir(tmp_path)
     with outputs.output("", "compare.png", ".png") as out:
         assert out == runs.Path("compare.png") and out.is_file()
@@ -367,8 +434,9 @@ def test_a_default_output_name_is_one_line_advice_with_the_commands_own_flag(tmp
     assert (tmp_path / "compare.png").read_bytes() == b"\x89PNG"
 
 
-def test_an_interrupt_before_a_run_is_replaced_says_to_run_the_same_command(synthetic_dir, tmp_path, capsys,
-                                                                            monkeypatch):
+def test_an_interrupt_before_a_run_is_replaced_says_to_run_the_same_command(
+    synthetic_dir, tmp_path, capsys, monkeypatch
+):
     """Ctrl-C while Keras loads, before `--overwrite` touched the old run: its config.toml is there, so the
     advice was about the old run ('has finished; nothing to resume')."""
     from mnist_mlp import cli
@@ -378,5 +446,8 @@ def test_an_interrupt_before_a_run_is_replaced_says_to_run_the_same_command(synt
     capsys.readouterr()
     monkeypatch.setattr(cli, "use_backend", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     assert main(["train", *TINY, "--out", str(out), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 130
-    assert capsys.readouterr().err == "mnist-mlp: interrupted before training began; the same command starts again\n"
+    assert (
+        capsys.readouterr().err
+        == "mnist-mlp: interrupted before training began; the same command starts again\n"
+    )
     assert (out / runs.METRICS).is_file()  # the old run, untouched

@@ -5,7 +5,6 @@ rejected). Driven through Hypothesis directly: schemathesis' pytest plugin does 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from mnist_mlp import serve
@@ -29,14 +28,22 @@ def test_every_operation_is_tested(api_schema):
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
 @pytest.mark.parametrize("label", OPERATIONS)
 def test_api_matches_its_openapi_document(api_schema, label, mode):
-    operation = next(op for op in (r.ok() for r in api_schema.get_all_operations())
-                     if f"{op.method.upper()} {op.path}" == label)
+    operation = next(
+        op
+        for op in (r.ok() for r in api_schema.get_all_operations())
+        if f"{op.method.upper()} {op.path}" == label
+    )
     if mode.is_negative and not operation.body:
         pytest.skip("no parameters or body to make invalid")
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     def check(case):
         # "string, format binary" cannot say "a decodable image": random bytes rightly get 400, so only
         # JSON pixels must be accepted whenever they match the schema; every other check runs on all

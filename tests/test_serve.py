@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from test_predict import _png, _render
 
 from mnist_mlp import serve
 from mnist_mlp.cli import main
-from test_predict import _png, _render
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,9 @@ def test_page_health_model_and_docs(client, trained):
 
 def test_predict_an_uploaded_image_and_a_pixel_array(client, mnist):
     (_, _), (x_test, _) = mnist
-    response = client.post("/api/predict", content=_png(_render(x_test[0])), headers={"Content-Type": "image/png"})
+    response = client.post(
+        "/api/predict", content=_png(_render(x_test[0])), headers={"Content-Type": "image/png"}
+    )
     assert response.status_code == 200
     result = response.json()
     assert result["digit"] == 7 and len(result["probabilities"]) == 10
@@ -50,13 +52,16 @@ def test_predict_an_uploaded_image_and_a_pixel_array(client, mnist):
     assert flat.json()["digit"] == 2
 
 
-@pytest.mark.parametrize("body, headers, status, message", [
-    (b"", {"Content-Type": "image/png"}, 400, "empty body"),
-    (b"not an image at all", {"Content-Type": "image/png"}, 400, "not a readable image"),
-    (b"x" * (2 * 1024 * 1024 + 1), {"Content-Type": "image/png"}, 413, "larger than 2 MB"),
-    (json.dumps({"pixels": [1, 2, 3]}).encode(), {"Content-Type": "application/json"}, 400, "784 values"),
-    (b"{not json", {"Content-Type": "application/json"}, 400, "JSON must be"),
-])
+@pytest.mark.parametrize(
+    "body, headers, status, message",
+    [
+        (b"", {"Content-Type": "image/png"}, 400, "empty body"),
+        (b"not an image at all", {"Content-Type": "image/png"}, 400, "not a readable image"),
+        (b"x" * (2 * 1024 * 1024 + 1), {"Content-Type": "image/png"}, 413, "larger than 2 MB"),
+        (json.dumps({"pixels": [1, 2, 3]}).encode(), {"Content-Type": "application/json"}, 400, "784 values"),
+        (b"{not json", {"Content-Type": "application/json"}, 400, "JSON must be"),
+    ],
+)
 def test_bad_requests_get_json_errors(client, body, headers, status, message):
     response = client.post("/api/predict", content=body, headers=headers)
     assert response.status_code == status
@@ -99,14 +104,21 @@ def test_the_model_is_loaded_once(trained, monkeypatch):
 
 def _png_header_only(width, height):
     """A PNG that declares width x height 8-bit gray pixels and holds none (a 'bomb' of a few bytes)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _blp_unsupported():
-    """A Blizzard BLP file (a format Pillow knows, not one we list) whose decoder raises NotImplementedError."""
+    """A Blizzard BLP file (a format Pillow knows, not one we list) whose decoder raises
+    NotImplementedError."""
     return b"BLP1" + struct.pack("<iIIIii", 7, 0, 8, 8, 5, 0) + bytes(16 * 4 * 2 + 64)
 
 
@@ -123,24 +135,31 @@ def test_multipart_upload_as_curl_and_forms_send_it(client, mnist):
         response = client.post("/api/predict", files={field: ("digit.png", png, "image/png")})
         assert response.status_code == 200, response.text
         assert response.json()["digit"] == 7
-    with_text = client.post("/api/predict", files={"file": ("digit.png", png, "image/png")}, data={"note": "hi"})
+    with_text = client.post(
+        "/api/predict", files={"file": ("digit.png", png, "image/png")}, data={"note": "hi"}
+    )
     assert with_text.status_code == 200 and with_text.json()["digit"] == 7
 
 
 def _multipart(*parts):
     """A multipart/form-data body from (name, filename or None, bytes) parts, and its Content-Type."""
-    body = b"".join(b"--xyz\r\nContent-Disposition: form-data; name=\"%s\"%s\r\n\r\n%s\r\n"
-                    % (name.encode(), b'; filename="%s"' % filename.encode() if filename else b"", data)
-                    for name, filename, data in parts)
+    body = b"".join(
+        b'--xyz\r\nContent-Disposition: form-data; name="%s"%s\r\n\r\n%s\r\n'
+        % (name.encode(), b'; filename="%s"' % filename.encode() if filename else b"", data)
+        for name, filename, data in parts
+    )
     return body + b"--xyz--\r\n", "multipart/form-data; boundary=xyz"
 
 
-@pytest.mark.parametrize("parts, message", [
-    ([("note", None, b"no file here")], "no file field"),
-    ([("a", "a.png", b"x"), ("b", "b.png", b"y")], "multipart upload"),
-    ([("file", "notes.txt", b"hello")], "not a readable image"),
-    ([("file", "digit.png", b"")], "the uploaded file is empty"),  # a form sent with no file chosen
-])
+@pytest.mark.parametrize(
+    "parts, message",
+    [
+        ([("note", None, b"no file here")], "no file field"),
+        ([("a", "a.png", b"x"), ("b", "b.png", b"y")], "multipart upload"),
+        ([("file", "notes.txt", b"hello")], "not a readable image"),
+        ([("file", "digit.png", b"")], "the uploaded file is empty"),  # a form sent with no file chosen
+    ],
+)
 def test_bad_multipart_uploads_get_400(client, parts, message):
     body, content_type = _multipart(*parts)
     response = client.post("/api/predict", content=body, headers={"Content-Type": content_type})
@@ -155,20 +174,48 @@ def test_a_content_type_it_does_not_take_gets_415_naming_those_it_does(client):
     assert "application/json" in response.headers["accept-post"]
 
 
-@pytest.mark.parametrize("body, headers, status, message", [
-    (b"[" * 5000 + b"]" * 5000, {"Content-Type": "application/json"}, 400, "JSON must be"),
-    (b'{"pixels": [' + b"1" * 400 + b"]}", {"Content-Type": "application/json"}, 400, "JSON must be"),
-    (json.dumps({"pixels": [float("nan")] * 784}).encode(), {"Content-Type": "application/json"}, 400, "NaN"),
-    (json.dumps({"pixels": [300] * 784}).encode(), {"Content-Type": "application/json"}, 400, "0..255"),
-    (json.dumps({"pixels": [None] * 784}).encode(), {"Content-Type": "application/json"}, 400, "must be numbers"),
-    (json.dumps({"pixels": ["255"] * 784}).encode(), {"Content-Type": "application/json"}, 400, "must be numbers"),
-    (json.dumps({"pixels": [True] * 784}).encode(), {"Content-Type": "application/json"}, 400, "must be numbers"),
-    (b"{}", {"Content-Type": "application/json"}, 400, "JSON must be"),
-    (_blp_unsupported(), {"Content-Type": "image/png"}, 400, "not a readable image"),
-    (_png(np.zeros((28, 28), np.uint8), format="PPM"), {"Content-Type": "image/png"}, 400, "not a readable image"),
-    (_tiff(np.full((40, 40), np.nan, np.float32)), {"Content-Type": "image/tiff"}, 400, "NaN"),
-    (_png_header_only(50_000, 50_000), {"Content-Type": "image/png"}, 413, "more than 25,000,000"),
-])
+@pytest.mark.parametrize(
+    "body, headers, status, message",
+    [
+        (b"[" * 5000 + b"]" * 5000, {"Content-Type": "application/json"}, 400, "JSON must be"),
+        (b'{"pixels": [' + b"1" * 400 + b"]}", {"Content-Type": "application/json"}, 400, "JSON must be"),
+        (
+            json.dumps({"pixels": [float("nan")] * 784}).encode(),
+            {"Content-Type": "application/json"},
+            400,
+            "NaN",
+        ),
+        (json.dumps({"pixels": [300] * 784}).encode(), {"Content-Type": "application/json"}, 400, "0..255"),
+        (
+            json.dumps({"pixels": [None] * 784}).encode(),
+            {"Content-Type": "application/json"},
+            400,
+            "must be numbers",
+        ),
+        (
+            json.dumps({"pixels": ["255"] * 784}).encode(),
+            {"Content-Type": "application/json"},
+            400,
+            "must be numbers",
+        ),
+        (
+            json.dumps({"pixels": [True] * 784}).encode(),
+            {"Content-Type": "application/json"},
+            400,
+            "must be numbers",
+        ),
+        (b"{}", {"Content-Type": "application/json"}, 400, "JSON must be"),
+        (_blp_unsupported(), {"Content-Type": "image/png"}, 400, "not a readable image"),
+        (
+            _png(np.zeros((28, 28), np.uint8), format="PPM"),
+            {"Content-Type": "image/png"},
+            400,
+            "not a readable image",
+        ),
+        (_tiff(np.full((40, 40), np.nan, np.float32)), {"Content-Type": "image/tiff"}, 400, "NaN"),
+        (_png_header_only(50_000, 50_000), {"Content-Type": "image/png"}, 413, "more than 25,000,000"),
+    ],
+)
 def test_hostile_bodies_get_json_4xx_never_500(client, body, headers, status, message):
     response = client.post("/api/predict", content=body, headers=headers)
     assert response.status_code == status, response.text
@@ -207,13 +254,16 @@ def test_concurrent_requests_share_batches_of_one_compiled_call(trained, mnist):
     async def send_all():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            return await asyncio.gather(*(http.post("/api/predict", json={"pixels": x_test[i].tolist()})
-                                          for i in range(48)))
+            return await asyncio.gather(
+                *(http.post("/api/predict", json={"pixels": x_test[i].tolist()}) for i in range(48))
+            )
 
     responses = asyncio.run(send_all())
     from mnist_mlp.predict import predict_arrays
 
-    assert [r.json()["digit"] for r in responses] == [p.digit for p in predict_arrays(model, list(x_test[:48]))]
+    assert [r.json()["digit"] for r in responses] == [
+        p.digit for p in predict_arrays(model, list(x_test[:48]))
+    ]
     assert app.state.batcher.images == 48 and app.state.batcher.batches < 48 / 4
     assert np.mean([r.json()["digit"] for r in responses] == y_test[:48]) > 0.9
 
@@ -267,7 +317,10 @@ def test_the_server_process_a_teacher_runs(trained, tmp_path):
         assert serving.startswith(f"Serving on http://127.0.0.1:{port}/"), serving
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as response:
             assert response.status == 200  # answered at once: the line came when the server was ready
-        upload = b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+        upload = (
+            b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 100000\r\n\r\n"
+        )
         with socket.create_connection(("127.0.0.1", port)) as gone:
             gone.sendall(upload + b"\x89PNG" * 250)  # a tab closed mid-upload
             time.sleep(0.5)
@@ -304,15 +357,23 @@ def test_a_closed_terminal_or_a_second_ctrl_c_stops_the_server_in_one_line(signa
     with terminal_signals():
         if signals[0] == "nohup":
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # restored by terminal_signals
-        server = subprocess.Popen([sys.executable, "-m", "mnist_mlp", "serve", str(trained[1]), "--port", str(port)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mnist_mlp", "serve", str(trained[1]), "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
-        assert server.stdout.readline().startswith("Loading") and server.stdout.readline().startswith("Serving")
+        assert server.stdout.readline().startswith("Loading") and server.stdout.readline().startswith(
+            "Serving"
+        )
         with socket.create_connection(("127.0.0.1", port)) as hanging:  # an upload that never ends
-            hanging.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                            b"Content-Length: 1000\r\n\r\n\x89PNG")
+            hanging.sendall(
+                b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                b"Content-Length: 1000\r\n\r\n\x89PNG"
+            )
             time.sleep(0.3)  # taken in
-            for name in signals[signals[0] == "nohup":]:
+            for name in signals[signals[0] == "nohup" :]:
                 if name == "SIGINT" and signals[0] == "nohup":  # the terminal closed: still serving
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as response:
                         assert response.status == 200 and server.poll() is None
@@ -348,12 +409,15 @@ def test_for_every_interface_the_addresses_printed_are_ones_a_browser_can_use():
     assert serve.urls("::1", 8000) == ["http://[::1]:8000/"]
     for host in ("0.0.0.0", "::"):
         here, *others = serve.urls(host, 8000)
-        assert here == "http://127.0.0.1:8000/" and all("0.0.0.0" not in u and "[::]" not in u for u in others)
+        assert here == "http://127.0.0.1:8000/" and all(
+            "0.0.0.0" not in u and "[::]" not in u for u in others
+        )
 
 
 def test_a_small_file_of_many_pixels_is_decoded_on_the_photos_thread(trained):
     """The drawings' thread takes small bodies, but a 35 KB PNG can hold 25 megapixels (1.5 s to decode):
     its header sends it to the photos' thread, so drawings never wait behind it."""
+
     class Pool:
         def __init__(self):
             self.jobs = []
@@ -374,7 +438,11 @@ def test_a_small_file_of_many_pixels_is_decoded_on_the_photos_thread(trained):
 
 
 def test_a_wrong_path_or_method_is_a_json_error_too(client):
-    for method, path, status in (("GET", "/api/nothing", 404), ("GET", "/api/predict", 405), ("DELETE", "/", 405)):
+    for method, path, status in (
+        ("GET", "/api/nothing", 404),
+        ("GET", "/api/predict", 405),
+        ("DELETE", "/", 405),
+    ):
         response = client.request(method, path)
         assert response.status_code == status and path in response.json()["error"], response.text
     assert client.head("/").status_code == 200  # link checkers and `curl -I` ask so
@@ -390,7 +458,9 @@ def test_serve_stopped_in_process_leaves_the_callers_handlers_in_charge(trained,
     from mnist_mlp import errors
 
     monkeypatch.setattr(errors.interrupt, "received", 0)
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: setattr(self, "stopped_by", signal.SIGINT))
+    monkeypatch.setattr(
+        uvicorn.Server, "run", lambda self, sockets=None: setattr(self, "stopped_by", signal.SIGINT)
+    )
     with socket.create_server(("127.0.0.1", 0)) as sock, pytest.raises(KeyboardInterrupt):
         serve.serve(trained[1], sock=sock)  # Python's own Ctrl-C handler raises it here
     assert errors.interrupt.received == 0

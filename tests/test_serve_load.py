@@ -44,8 +44,10 @@ def test_a_1_gb_chunked_upload_is_cut_off_at_the_cap_and_memory_stays_flat(serve
     finally:
         done.set()
         sampler.join()
-    print(f"1 GB chunked upload: {status} after {sent / 2**20:.0f} MB; server RSS {before:.0f} MB, "
-          f"peak {max(samples):.0f} MB")
+    print(
+        f"1 GB chunked upload: {status} after {sent / 2**20:.0f} MB; server RSS {before:.0f} MB, "
+        f"peak {max(samples):.0f} MB"
+    )
     assert status in (413, None)  # None: the connection was cut before the answer could be read
     assert sent < 64 * 2**20  # the server stopped reading at 2 MB (the rest: socket buffers)
     assert max(samples) - before < 32  # MB
@@ -65,7 +67,9 @@ def test_large_uploads_decode_off_the_event_loop(server):
     body, finished, health_at = _big_png(), [], []
 
     def upload():
-        request = urllib.request.Request(url + "/api/predict", data=body, headers={"Content-Type": "image/png"})
+        request = urllib.request.Request(
+            url + "/api/predict", data=body, headers={"Content-Type": "image/png"}
+        )
         with urllib.request.urlopen(request, timeout=120) as response:
             finished.append((time.monotonic(), json.loads(response.read())["digit"]))
 
@@ -87,8 +91,13 @@ def test_bench_serve_reports_the_load(trained, tmp_path, capsys):
     assert shutil.which("wrk"), "wrk missing: `make test` installs it (apt-get install wrk)"
     _, run = trained
     out = tmp_path / "serve.json"
-    assert main(["bench", "--serve", str(run), "--connections", "16", "--duration", "2", "--json", str(out)]) == 0
+    assert (
+        main(["bench", "--serve", str(run), "--connections", "16", "--duration", "2", "--json", str(out)])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "predictions/s" in text and "health p50 / p99" in text and "1 GB chunked upload" in text
     result = json.loads(out.read_text())
-    assert result["errors"] == 0 and result["predictions_per_s"] > 0 and result["upload_status"] in (413, None)
+    assert (
+        result["errors"] == 0 and result["predictions_per_s"] > 0 and result["upload_status"] in (413, None)
+    )

@@ -30,14 +30,24 @@ def test_parameter_count_is_the_classic_one():
 def test_train_prints_the_walk_through(mnist_dir, tmp_path, capsys):
     assert main(["train", *SMALL, "--out", str(tmp_path / "r"), "--cache-dir", str(mnist_dir)]) == 0
     out = capsys.readouterr().out
-    for expected in ("Backend: jax", "Total params: 669,706", "Epoch 1/2", "Epoch 2/2", "val_accuracy",
-                     "Validating on the 10,000 test images", "Test loss: ", "Test accuracy: ", "95% interval"):
+    for expected in (
+        "Backend: jax",
+        "Total params: 669,706",
+        "Epoch 1/2",
+        "Epoch 2/2",
+        "val_accuracy",
+        "Validating on the 10,000 test images",
+        "Test loss: ",
+        "Test accuracy: ",
+        "95% interval",
+    ):
         assert expected in out
 
 
 def test_run_directory_holds_every_file(small_run):
     assert sorted(p.name for p in small_run.iterdir()) == sorted(
-        [runs.MARKER, runs.CONFIG, runs.HISTORY, runs.METRICS, runs.MODEL, runs.CURVES])  # no temporary files left
+        [runs.MARKER, runs.CONFIG, runs.HISTORY, runs.METRICS, runs.MODEL, runs.CURVES]
+    )  # no temporary files left
     run = runs.load_run(small_run)
     assert run.config.train.epochs == 2
     assert list(run.history) == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
@@ -63,14 +73,35 @@ def test_saved_model_loads_in_stock_keras_and_scores_as_recorded(small_run, mnis
 def test_same_seed_same_history_other_seed_other_history(small_run, mnist_dir, tmp_path):
     assert main(["train", *SMALL, "--out", str(tmp_path / "again"), "--cache-dir", str(mnist_dir)]) == 0
     assert (tmp_path / "again" / runs.HISTORY).read_text() == (small_run / runs.HISTORY).read_text()
-    assert main(["train", *SMALL, "--seed", "1", "--out", str(tmp_path / "other"), "--cache-dir", str(mnist_dir)]) == 0
+    assert (
+        main(
+            ["train", *SMALL, "--seed", "1", "--out", str(tmp_path / "other"), "--cache-dir", str(mnist_dir)]
+        )
+        == 0
+    )
     assert (tmp_path / "other" / runs.HISTORY).read_text() != (small_run / runs.HISTORY).read_text()
 
 
 def test_validation_split_keeps_the_test_set_out(mnist_dir, tmp_path, capsys):
     out = tmp_path / "split"
-    assert main(["train", "--train-samples", "1000", "--epochs", "1", "--validation", "split",
-                 "--out", str(out), "--cache-dir", str(mnist_dir)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--train-samples",
+                "1000",
+                "--epochs",
+                "1",
+                "--validation",
+                "split",
+                "--out",
+                str(out),
+                "--cache-dir",
+                str(mnist_dir),
+            ]
+        )
+        == 0
+    )
     assert "last 10,000 training images" in capsys.readouterr().out
     run = runs.load_run(out)
     assert run.metrics["validation"] == "split"
@@ -145,10 +176,9 @@ def test_plot_overlays_runs_with_their_names(small_run, mnist_dir, tmp_path, cap
 
 def test_atomic_write_leaves_nothing_when_interrupted(tmp_path):
     target = tmp_path / "history.csv"
-    with pytest.raises(KeyboardInterrupt):
-        with outputs.atomic(target) as tmp:
-            tmp.write_text("epoch,loss\n0,")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), outputs.atomic(target) as tmp:
+        tmp.write_text("epoch,loss\n0,")
+        raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
 
 
@@ -189,7 +219,9 @@ def test_plot_weights_draws_each_first_layer_unit_as_a_28x28_tile(small_run, tmp
         assert (redder[strong] == (weights[strong] > 0)).all()
 
 
-def test_plot_weights_goes_into_the_run_and_refuses_a_model_that_does_not_read_pixels(small_run, tmp_path, capsys):
+def test_plot_weights_goes_into_the_run_and_refuses_a_model_that_does_not_read_pixels(
+    small_run, tmp_path, capsys
+):
     import shutil
 
     run = tmp_path / "run"

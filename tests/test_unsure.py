@@ -68,7 +68,9 @@ def digit_photos(x_test, y_test, seed=1):
         top, left = int(rng.integers(0, height - size)), int(rng.integers(0, width - size))
         ink[top : top + size, left : left + size] = np.asarray(digit) / 255
         paper = _paper(rng, height, width)
-        photos.append((_photo(rng, paper - ink * rng.uniform(0.3, 0.8) * np.median(paper)), int(y_test[index]), stroke))
+        photos.append(
+            (_photo(rng, paper - ink * rng.uniform(0.3, 0.8) * np.median(paper)), int(y_test[index]), stroke)
+        )
     return photos
 
 
@@ -101,8 +103,10 @@ def test_blank_paper_is_no_digit_and_thin_strokes_are_not_flagged(trained, mnist
     model, _ = trained
     (_, _), (x_test, y_test) = mnist
     blanks = [predict_image(model, blob, "blank") for blob in blank_photos()]
-    digits = [(predict_image(model, blob, "digit"), label, stroke)
-              for blob, label, stroke in digit_photos(x_test, y_test)]
+    digits = [
+        (predict_image(model, blob, "digit"), label, stroke)
+        for blob, label, stroke in digit_photos(x_test, y_test)
+    ]
     ones = [predict_image(model, blob, "one") for blob in straight_ones()]
     blank_flagged = sum(p.reason.startswith(NO_DIGIT) for p in blanks)
     digit_no_digit = sum(p.reason.startswith(NO_DIGIT) for p, _, _ in digits)
@@ -110,13 +114,18 @@ def test_blank_paper_is_no_digit_and_thin_strokes_are_not_flagged(trained, mnist
     digit_flagged = sum(p.unsure for p, _, _ in digits)
     ones_flagged = sum(p.unsure for p in ones)
     ones_read = sum(p.digit == 1 for p in ones)
-    print(f"blank paper flagged 'no digit': {blank_flagged}/{N_BLANK}; digits on paper called 'no digit': "
-          f"{digit_no_digit}/{N_DIGITS}, read right {digit_read}/{N_DIGITS}, flagged unsure for any reason "
-          f"{digit_flagged}/{N_DIGITS}; straight 1s flagged {ones_flagged}/{N_ONES}, read as 1 {ones_read}/{N_ONES}")
+    print(
+        f"blank paper flagged 'no digit': {blank_flagged}/{N_BLANK}; digits on paper called 'no digit': "
+        f"{digit_no_digit}/{N_DIGITS}, read right {digit_read}/{N_DIGITS}, flagged unsure for any reason "
+        f"{digit_flagged}/{N_DIGITS}; straight 1s flagged {ones_flagged}/{N_ONES}, read as 1 "
+        f"{ones_read}/{N_ONES}"
+    )
     for stroke in ("thin", "plain", "thick"):
         group = [(p, label) for p, label, s in digits if s == stroke]
-        print(f"  {stroke}: read right {sum(p.digit == label for p, label in group)}/{len(group)}, "
-              f"'no digit' {sum(p.reason.startswith(NO_DIGIT) for p, _ in group)}/{len(group)}")
+        print(
+            f"  {stroke}: read right {sum(p.digit == label for p, label in group)}/{len(group)}, "
+            f"'no digit' {sum(p.reason.startswith(NO_DIGIT) for p, _ in group)}/{len(group)}"
+        )
     assert blank_flagged == N_BLANK
     assert digit_no_digit <= 2  # faint thinned strokes on noisy paper; see the rates printed
     assert digit_read >= 0.9 * N_DIGITS
@@ -124,9 +133,10 @@ def test_blank_paper_is_no_digit_and_thin_strokes_are_not_flagged(trained, mnist
 
 
 def blots(seed=3):
-    """A disc, oval or square of ink, 5 to 120 px across, drawn on the page (white on black) or on a clean sheet:
-    no digit, yet a disc was read as a confident 8 (67%, not flagged). (On a photo of paper its edges fade into the
-    lighting fit and it fills less of its box, ~0.6-0.75, as a heavy MNIST digit can: those are not flagged.)"""
+    """A disc, oval or square of ink, 5 to 120 px across, drawn on the page (white on black) or on a clean
+    sheet: no digit, yet a disc was read as a confident 8 (67%, not flagged). (On a photo of paper its edges
+    fade into the lighting fit and it fills less of its box, ~0.6-0.75, as a heavy MNIST digit can: those are
+    not flagged.)"""
     rng = np.random.default_rng(seed)
     found = []
     for i in range(24):

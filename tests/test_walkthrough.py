@@ -28,7 +28,9 @@ def test_the_notebook_holds_the_scripts_cells():
         return [(cell.cell_type, cell.source.strip()) for cell in notebook.cells]
 
     script, notebook = jupytext.read(SCRIPT), nbformat.read(NOTEBOOK, as_version=4)
-    assert cells(notebook) == cells(script), "examples/walkthrough.ipynb differs from the .py: run `make notebook`"
+    assert cells(notebook) == cells(script), (
+        "examples/walkthrough.ipynb differs from the .py: run `make notebook`"
+    )
     assert all(not cell.get("outputs") for cell in notebook.cells)  # shipped without outputs
     assert notebook.metadata["kernelspec"]["name"] == "python3"
 
@@ -54,9 +56,18 @@ def learner(tmp_path_factory, mnist_dir):
 
     def run(backend=None):
         folder = tmp_path_factory.mktemp(f"learner-{backend or 'default'}")
-        done = subprocess.run([str(BIN / "python"), str(SCRIPT)], capture_output=True, text=True, cwd=folder,
-                              env={**env, **({"KERAS_BACKEND": backend} if backend else {})}, timeout=600)
-        assert done.returncode == 0 and "Traceback" not in done.stderr, (done.stdout[-2000:], done.stderr[-3000:])
+        done = subprocess.run(
+            [str(BIN / "python"), str(SCRIPT)],
+            capture_output=True,
+            text=True,
+            cwd=folder,
+            env={**env, **({"KERAS_BACKEND": backend} if backend else {})},
+            timeout=600,
+        )
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (
+            done.stdout[-2000:],
+            done.stderr[-3000:],
+        )
         return done, folder
 
     run.env = env
@@ -70,17 +81,23 @@ def _test_accuracy(out: str) -> float:
 @pytest.mark.slow
 def test_the_script_runs_on_jax_in_a_new_users_shell_and_prints_what_inspect_prints(learner):
     done, folder = learner()
-    inspect = subprocess.run([str(BIN / "mnist-mlp"), "inspect"], capture_output=True, text=True, env=learner.env,
-                             timeout=120)
+    inspect = subprocess.run(
+        [str(BIN / "mnist-mlp"), "inspect"], capture_output=True, text=True, env=learner.env, timeout=120
+    )
     assert inspect.returncode == 0 and inspect.stdout.count("\n") == 30
-    assert inspect.stdout in done.stdout  # the 28 rows, "first sample is 5" and the one-hot vector, as printed
-    assert "on jax" in done.stdout and "Total params: 669,706" in done.stdout and "val_accuracy" in done.stdout
+    # The 28 rows, "first sample is 5" and the one-hot vector, as printed
+    assert inspect.stdout in done.stdout
+    assert (
+        "on jax" in done.stdout and "Total params: 669,706" in done.stdout and "val_accuracy" in done.stdout
+    )
     assert 0.9 < _test_accuracy(done.stdout) < 1
     assert all((folder / name).stat().st_size > 10_000 for name in PICTURES)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is an extra (make test installs it)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None, reason="PyTorch is an extra (make test installs it)"
+)
 def test_the_script_runs_on_the_backend_keras_backend_names(learner):
     done, folder = learner("torch")
     assert "on torch" in done.stdout and "Total params: 669,706" in done.stdout
@@ -94,10 +111,13 @@ def test_the_notebook_runs_in_a_jupyter_kernel(learner, tmp_path):
     import nbformat
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute(env=learner.env)
+    nbclient.NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute(env=learner.env)
     outputs = [output for cell in notebook.cells for output in cell.get("outputs", ())]
-    printed = "".join(output.get("text", "") + output.get("data", {}).get("text/plain", "") for output in outputs)
+    printed = "".join(
+        output.get("text", "") + output.get("data", {}).get("text/plain", "") for output in outputs
+    )
     printed = re.sub(r"\x1b\[[0-9;]*m", "", printed)  # the summary's colours
     assert "first sample is 5" in printed and "Total params: 669,706" in printed
     assert 0.9 < _test_accuracy(printed) < 1

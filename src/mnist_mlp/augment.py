@@ -37,8 +37,11 @@ def deform(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Arra
     a = jnp.stack([jnp.stack([cos, -sin + tan * cos], -1), jnp.stack([sin, cos + tan * sin], -1)], -2)
     a = a / scale[:, :, None]
     centre = (SIDE - 1) / 2
-    ys, xs = jnp.meshgrid(jnp.arange(SIDE, dtype=jnp.float32) - centre, jnp.arange(SIDE, dtype=jnp.float32) - centre,
-                          indexing="ij")
+    ys, xs = jnp.meshgrid(
+        jnp.arange(SIDE, dtype=jnp.float32) - centre,
+        jnp.arange(SIDE, dtype=jnp.float32) - centre,
+        indexing="ij",
+    )
     grid = jnp.stack([ys, xs])  # (2, 28, 28)
     where = jnp.einsum("nij,jhw->nihw", a, grid) + centre - shift[:, :, None, None]
     if config.elastic_alpha > 0:
@@ -47,20 +50,31 @@ def deform(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Arra
         # Simard's convention: uniform(-1, 1) fields smoothed by a unit-mass Gaussian, times alpha (pixels);
         # sigma 5, alpha 36 moves a pixel by about 1.2 px (RMS), smoothly.
         where = where + config.elastic_alpha * jnp.einsum("ij,ncjk,lk->ncil", smooth, field, smooth)
-    sample = jax.vmap(lambda image, at: jax.scipy.ndimage.map_coordinates(image, [at[0], at[1]], order=1,
-                                                                          mode="constant", cval=0.0))
+    sample = jax.vmap(
+        lambda image, at: jax.scipy.ndimage.map_coordinates(
+            image, [at[0], at[1]], order=1, mode="constant", cval=0.0
+        )
+    )
     return sample(images.reshape(n, SIDE, SIDE), where).reshape(n, SIDE * SIDE)
 
 
-def preview(config: AugmentConfig, out: str | Path, data_dir: str | Path | None = None, digits: int = 6,
-            versions: int = 7, seed: int = 0) -> Path:
+def preview(
+    config: AugmentConfig,
+    out: str | Path,
+    data_dir: str | Path | None = None,
+    digits: int = 6,
+    versions: int = 7,
+    seed: int = 0,
+) -> Path:
     """A PNG grid: `digits` training images (rows), as stored and then as `versions` deformations each, as
     the model sees them while training with `config`."""
     from mnist_mlp import data, plots
 
     if not config.active:
-        raise UserError("the config deforms nothing (every [augment] value is 0); add e.g. "
-                        "--set augment.elastic_alpha=36 --set augment.rotation=10")
+        raise UserError(
+            "the config deforms nothing (every [augment] value is 0); add e.g. "
+            "--set augment.elastic_alpha=36 --set augment.rotation=10"
+        )
     images, labels = data.load_split("train", data_dir)
     x = jnp.asarray(data.preprocess(images[:digits]))
     keys = jax.random.split(jax.random.key(seed), versions)

@@ -23,19 +23,27 @@ INSTALL_HINTS = {
 REASON_VARIABLE = "MNIST_MLP_BACKEND_REASON"  # "name:why" when default_on_import set KERAS_BACKEND
 
 # The keras.json that Keras writes by itself on first import (whatever backend is running) is no choice.
-KERAS_AUTO_JSON = json.dumps({"floatx": "float32", "epsilon": 1e-07, "backend": "tensorflow",
-                              "image_data_format": "channels_last"}, indent=4)
+KERAS_AUTO_JSON = json.dumps(
+    {"floatx": "float32", "epsilon": 1e-07, "backend": "tensorflow", "image_data_format": "channels_last"},
+    indent=4,
+)
 
 BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions for bfloat16 products with float32 sums
 
 
 def cpu_bfloat16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
     """Whether this CPU has bfloat16 product instructions (XLA's CPU backend runs train.precision = "bfloat16"
-    ~1.4x faster than float32 with them, 1.2–2.3x slower without: docs/benchmarks.md); None where /proc/cpuinfo
-    does not say (not Linux, or not x86)."""
+    ~1.4x faster than float32 with them, 1.2–2.3x slower without: docs/benchmarks.md); None where
+    /proc/cpuinfo does not say (not Linux, or not x86)."""
     try:
-        flags = next((line.split(":", 1)[1].split() for line in Path(cpuinfo).read_text().splitlines()
-                      if line.startswith("flags")), None)
+        flags = next(
+            (
+                line.split(":", 1)[1].split()
+                for line in Path(cpuinfo).read_text().splitlines()
+                if line.startswith("flags")
+            ),
+            None,
+        )
     except OSError:
         return None
     return None if flags is None else any(flag in flags for flag in BFLOAT16_FLAGS)
@@ -52,8 +60,16 @@ def choose_precision(requested: str, backend: str) -> tuple[str, str]:
     device = jax_device()
     if device.platform == "cpu":
         fast = cpu_bfloat16()
-        return ("bfloat16", "this CPU has bfloat16 instructions") if fast else (
-            "float32", "this CPU has no bfloat16 instructions" if fast is False else "this CPU's instructions are unknown")
+        return (
+            ("bfloat16", "this CPU has bfloat16 instructions")
+            if fast
+            else (
+                "float32",
+                "this CPU has no bfloat16 instructions"
+                if fast is False
+                else "this CPU's instructions are unknown",
+            )
+        )
     capability = getattr(device, "compute_capability", None)  # CUDA's, e.g. "9.0"; none on a TPU
     if capability is not None and float(capability) < 8:
         return "float32", f"this {device.device_kind} (compute capability {capability}) has no fast bfloat16"
@@ -117,11 +133,15 @@ def _known(name: str, source: str) -> str:
 def activate(choice: BackendChoice) -> BackendChoice:
     """Make Keras use `choice` when it is imported; fail with an install hint if its package is missing."""
     if importlib.util.find_spec(PACKAGES[choice.name]) is None:
-        raise UserError(f"backend {choice.name} is not installed; install it with: {INSTALL_HINTS[choice.name]}")
+        raise UserError(
+            f"backend {choice.name} is not installed; install it with: {INSTALL_HINTS[choice.name]}"
+        )
     if "keras" in sys.modules:
         current = sys.modules["keras"].backend.backend()
         if current != choice.name:
-            raise UserError(f"Keras is already running on {current} in this process; start a new one for {choice.name}")
+            raise UserError(
+                f"Keras is already running on {current} in this process; start a new one for {choice.name}"
+            )
     os.environ["KERAS_BACKEND"] = choice.name
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notices, when it is installed
     return choice

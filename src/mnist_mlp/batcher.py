@@ -4,6 +4,7 @@ requests' images into one call of it on its own thread, answering each request w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -13,7 +14,16 @@ import numpy as np
 
 from mnist_mlp.data import preprocess
 
-BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)  # batches are padded up to one of these: one compiled program each
+BATCH_SIZES = (
+    1,
+    2,
+    4,
+    8,
+    16,
+    32,
+    64,
+    128,
+)  # batches are padded up to one of these: one compiled program each
 MAX_WAIT = 0.001  # s; the longest a request waits for others to join its batch
 
 
@@ -45,8 +55,12 @@ def forward_pass(model) -> Callable[[np.ndarray], np.ndarray]:
 class Batcher:
     """`await batcher.probabilities(image)` from any event loop; one daemon thread runs the batches."""
 
-    def __init__(self, forward: Callable[[np.ndarray], np.ndarray], max_batch: int = BATCH_SIZES[-1],
-                 max_wait: float = MAX_WAIT):
+    def __init__(
+        self,
+        forward: Callable[[np.ndarray], np.ndarray],
+        max_batch: int = BATCH_SIZES[-1],
+        max_wait: float = MAX_WAIT,
+    ):
         self.forward, self.max_batch, self.max_wait = forward, max_batch, max_wait
         self.batches = self.images = 0  # counters, for tests and the load report
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -60,8 +74,13 @@ class Batcher:
         self.submit(image, future, loop)
         return await future
 
-    def submit(self, image: np.ndarray, future: asyncio.Future, loop: asyncio.AbstractEventLoop,
-               finish: Callable[[np.ndarray], object] | None = None) -> None:
+    def submit(
+        self,
+        image: np.ndarray,
+        future: asyncio.Future,
+        loop: asyncio.AbstractEventLoop,
+        finish: Callable[[np.ndarray], object] | None = None,
+    ) -> None:
         """From any thread: `future` (of `loop`) gets finish(probabilities) (on the batch thread), or them."""
         self._queue.put((image, future, loop, finish))
 
@@ -82,10 +101,10 @@ class Batcher:
             self.batches += 1
             self.images += len(batch)
             for loop, group in _by_loop(outcome).items():
-                try:
+                with contextlib.suppress(
+                    RuntimeError
+                ):  # that loop has closed (a test client gone): nobody waits
                     loop.call_soon_threadsafe(_settle, group)
-                except RuntimeError:  # that loop has closed (a test client gone): nobody is waiting
-                    pass
 
 
 def _finish(item: tuple, row: np.ndarray) -> tuple:

@@ -22,8 +22,14 @@ from mnist_mlp.backend import cpu_bfloat16
 from mnist_mlp.errors import UserError, pip_install
 
 VARIANTS = ("ours", "keras-jax", "keras-tensorflow", "keras-torch", "torch", "torch-1thread")
-NEEDS = {"ours": "jax", "keras-jax": "jax", "keras-tensorflow": "tensorflow", "keras-torch": "torch",
-         "torch": "torch", "torch-1thread": "torch"}
+NEEDS = {
+    "ours": "jax",
+    "keras-jax": "jax",
+    "keras-tensorflow": "tensorflow",
+    "keras-torch": "torch",
+    "torch": "torch",
+    "torch-1thread": "torch",
+}
 LAYERS = ((784, 512), (512, 512), (512, 10))
 # FLOPs per training sample: forward and weight gradients 2*m*n each; input gradients for layers 2 and 3
 TRAIN_FLOP = sum(4 * m * n for m, n in LAYERS) + sum(2 * m * n for m, n in LAYERS[1:])
@@ -66,8 +72,12 @@ def _config(epochs: int | None, config_path: str | None, variant: str = "ours"):
 class CompileLog:
     """JAX's own compile events in this process (jax.monitoring): tracing, lowering and compiling each program
     (or loading it from the persistent cache), by the function's name, with the time each ended."""
-    EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-              "/jax/core/compile/backend_compile_duration")
+
+    EVENTS = (
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    )
 
     def __init__(self, t0: float):
         from jax import monitoring
@@ -78,7 +88,8 @@ class CompileLog:
 
     def _on_duration(self, event, seconds, **details):
         if event in self.EVENTS:
-            name = details.get("fun_name", "?").removeprefix("jit(").removesuffix(")")  # the compile's "jit(f)"
+            # The compile's "jit(f)"
+            name = details.get("fun_name", "?").removeprefix("jit(").removesuffix(")")
             self.events.append((time.time() - self.t0, event, name, seconds))
 
     def _on_event(self, event, **details):
@@ -88,20 +99,30 @@ class CompileLog:
     def summary(self, until: float) -> dict:
         """Seconds spent compiling up to `until` (seconds from t0), programs compiled or loaded, how many came
         from the cache, and the five functions that took longest ([name, seconds, programs, XLA's seconds for
-        each program]: a second program is the same function at other shapes, such as an epoch's last batch)."""
+        each program]: a second program is the same function at other shapes, such as an epoch's last
+        batch)."""
         by_name: dict = {}
         for _, event, name, seconds in (e for e in self.events if e[0] <= until):
             total, backend = by_name.get(name, (0.0, []))
             by_name[name] = (total + seconds, backend + [seconds] * (event == self.EVENTS[2]))
         longest = sorted(by_name.items(), key=lambda item: -item[1][0])[:5]
-        return {"seconds": sum(total for total, _ in by_name.values()),
-                "programs": sum(len(backend) for _, backend in by_name.values()),
-                "from_cache": sum(hit <= until for hit in self.hits),
-                "longest": [[name, total, len(backend), backend] for name, (total, backend) in longest]}
+        return {
+            "seconds": sum(total for total, _ in by_name.values()),
+            "programs": sum(len(backend) for _, backend in by_name.values()),
+            "from_cache": sum(hit <= until for hit in self.hits),
+            "longest": [[name, total, len(backend), backend] for name, (total, backend) in longest],
+        }
 
 
-def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: float,
-                 stop_at: float | None = None, compile_cache: str | None = None, give_up: float | None = None) -> dict:
+def _keras_child(
+    variant: str,
+    epochs: int | None,
+    config_path: str | None,
+    t0: float,
+    stop_at: float | None = None,
+    compile_cache: str | None = None,
+    give_up: float | None = None,
+) -> dict:
     from mnist_mlp.backend import device_name, use_backend
 
     config = _config(epochs, config_path, variant)
@@ -112,8 +133,12 @@ def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: 
     from mnist_mlp.recipe import compile_model, prepare, resolve
 
     config = resolve(config, backend)[0]  # precision "auto" made concrete, as train makes it
-    setup = prepare(config, backend, engine="compiled" if variant == "ours" else "fit",  # what train does
-                    compile_cache=compile_cache)
+    setup = prepare(
+        config,
+        backend,
+        engine="compiled" if variant == "ours" else "fit",  # what train does
+        compile_cache=compile_cache,
+    )
     ends, accuracy, start = [], [], []
 
     def on_epoch_end(epoch, logs):
@@ -123,30 +148,56 @@ def _keras_child(variant: str, epochs: int | None, config_path: str | None, t0: 
         if reached or (give_up is not None and ends[-1] >= give_up):  # --time-to: reached, or out of time
             setup.model.stop_training = model.stop_training = True
 
-    record = keras.callbacks.LambdaCallback(on_train_begin=lambda logs: start.append(time.time() - t0),
-                                            on_epoch_end=on_epoch_end)
+    record = keras.callbacks.LambdaCallback(
+        on_train_begin=lambda logs: start.append(time.time() - t0), on_epoch_end=on_epoch_end
+    )
     tc = config.train
     model = setup.model
     if variant == "ours":
         from mnist_mlp.engine import fit_compiled
 
-        fit_compiled(setup.model, setup.x_train, setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs,
-                     seed=tc.seed, validation_data=setup.validation, callbacks=[record], verbose=0,
-                     augment=config.augment)
+        fit_compiled(
+            setup.model,
+            setup.x_train,
+            setup.y_train,
+            batch_size=tc.batch_size,
+            epochs=tc.epochs,
+            seed=tc.seed,
+            validation_data=setup.validation,
+            callbacks=[record],
+            verbose=0,
+            augment=config.augment,
+        )
     else:  # as the classic script: model.fit with the test set as validation
         if config.augment.active:  # Keras' own image layers in front, active in fit only
-            model = compile_model(keras.Sequential([keras.Input((784,)), *keras_augmentation(config.augment), model]),
-                                  tc, len(setup.x_train))
-        model.fit(setup.x_train, setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=0,
-                  validation_data=setup.validation, callbacks=[record])
-    return {"epoch_end_s": ends, "epoch_accuracy": accuracy, "device": device_name(backend), "start_s": start[0],
-            "compiling": compiles and compiles.summary(until=ends[0])}
+            model = compile_model(
+                keras.Sequential([keras.Input((784,)), *keras_augmentation(config.augment), model]),
+                tc,
+                len(setup.x_train),
+            )
+        model.fit(
+            setup.x_train,
+            setup.y_train,
+            batch_size=tc.batch_size,
+            epochs=tc.epochs,
+            verbose=0,
+            validation_data=setup.validation,
+            callbacks=[record],
+        )
+    return {
+        "epoch_end_s": ends,
+        "epoch_accuracy": accuracy,
+        "device": device_name(backend),
+        "start_s": start[0],
+        "compiling": compiles and compiles.summary(until=ends[0]),
+    }
 
 
 def keras_augmentation(augment) -> list:
-    """Keras' own image layers, set as close to `augment` as they go, for Keras fit beside our engine: the same
-    ranges of rotation, scale (each axis), shear and shift; and RandomElasticTransform at its largest (scale 1:
-    sigma 1.4 px, alpha 2.8 px, a finer-grained field than Simard's sigma 5, which it does not allow)."""
+    """Keras' own image layers, set as close to `augment` as they go, for Keras fit beside our engine: the
+    same ranges of rotation, scale (each axis), shear and shift; and RandomElasticTransform at its largest
+    (scale 1: sigma 1.4 px, alpha 2.8 px, a finer-grained field than Simard's sigma 5, which it does not
+    allow)."""
     import keras
 
     fill = {"fill_mode": "constant", "fill_value": 0.0}
@@ -165,8 +216,17 @@ def keras_augmentation(augment) -> list:
     return [*layers, keras.layers.Reshape((784,))]
 
 
-TORCH_ACTIVATIONS = {"relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "gelu": "GELU", "elu": "ELU",
-                     "selu": "SELU", "silu": "SiLU", "softplus": "Softplus", "linear": "Identity"}
+TORCH_ACTIVATIONS = {
+    "relu": "ReLU",
+    "tanh": "Tanh",
+    "sigmoid": "Sigmoid",
+    "gelu": "GELU",
+    "elu": "ELU",
+    "selu": "SELU",
+    "silu": "SiLU",
+    "softplus": "Softplus",
+    "linear": "Identity",
+}
 
 
 def _torch_recipe(config, torch):
@@ -180,12 +240,16 @@ def _torch_recipe(config, torch):
         layers += [nn.Dropout(mc.dropout)] if mc.dropout else []
         width = units
     model = nn.Sequential(*layers, nn.Linear(width, 10))
-    optimizers = {"rmsprop": lambda p: torch.optim.RMSprop(p, lr=tc.learning_rate, alpha=0.9, eps=1e-7),
-                  "adam": lambda p: torch.optim.Adam(p, lr=tc.learning_rate, eps=1e-7),
-                  "sgd": lambda p: torch.optim.SGD(p, lr=tc.learning_rate)}
+    optimizers = {
+        "rmsprop": lambda p: torch.optim.RMSprop(p, lr=tc.learning_rate, alpha=0.9, eps=1e-7),
+        "adam": lambda p: torch.optim.Adam(p, lr=tc.learning_rate, eps=1e-7),
+        "sgd": lambda p: torch.optim.SGD(p, lr=tc.learning_rate),
+    }
     if tc.optimizer not in optimizers or tc.lr_schedule != "constant":
-        raise UserError(f"bench's PyTorch variants know rmsprop, adam and sgd at a constant rate; this config has "
-                        f"{tc.optimizer} ({tc.lr_schedule}): leave torch out with --variants")
+        raise UserError(
+            f"bench's PyTorch variants know rmsprop, adam and sgd at a constant rate; this config has "
+            f"{tc.optimizer} ({tc.lr_schedule}): leave torch out with --variants"
+        )
     return model, optimizers[tc.optimizer](model.parameters())
 
 
@@ -199,7 +263,9 @@ def _torch_child(variant: str, epochs: int | None, config_path: str | None, t0: 
     config = _config(epochs, config_path, variant)
     if variant == "torch-1thread":
         torch.set_num_threads(1)
-    device = torch.device("cuda" if os.environ.get("MNIST_MLP_BENCH_GPU") and torch.cuda.is_available() else "cpu")
+    device = torch.device(
+        "cuda" if os.environ.get("MNIST_MLP_BENCH_GPU") and torch.cuda.is_available() else "cpu"
+    )
     torch.manual_seed(config.train.seed)
     (x_train, y_train), (x_test, y_test) = data.load_data()
     x_train, x_test = torch.from_numpy(data.preprocess(x_train)), torch.from_numpy(data.preprocess(x_test))
@@ -221,12 +287,24 @@ def _torch_child(variant: str, epochs: int | None, config_path: str | None, t0: 
         with torch.no_grad():
             accuracy.append(float((model(x_test).argmax(1) == y_test).float().mean()))  # waits for the GPU
         ends.append(time.time() - t0)
-    return {"epoch_end_s": ends, "epoch_accuracy": accuracy, "threads": torch.get_num_threads(),
-            "device": f"cuda {torch.cuda.get_device_name()}" if device.type == "cuda" else "cpu"}
+    return {
+        "epoch_end_s": ends,
+        "epoch_accuracy": accuracy,
+        "threads": torch.get_num_threads(),
+        "device": f"cuda {torch.cuda.get_device_name()}" if device.type == "cuda" else "cpu",
+    }
 
 
-def child(variant: str, epochs: int | None, config_path: str | None, t0: float, out: str,
-          stop_at: float | None = None, compile_cache: str | None = None, give_up: float | None = None) -> None:
+def child(
+    variant: str,
+    epochs: int | None,
+    config_path: str | None,
+    t0: float,
+    out: str,
+    stop_at: float | None = None,
+    compile_cache: str | None = None,
+    give_up: float | None = None,
+) -> None:
     """Run one variant in this (fresh) process and write its raw timings as JSON to `out`; Keras variants stop
     after the first epoch whose test accuracy reaches `stop_at`, or that ends `give_up` seconds or more after
     t0; JAX variants keep compiled programs in `compile_cache` (default: train's)."""
@@ -267,7 +345,8 @@ import time, numpy as np, jax, jax.numpy as jnp
 key = jax.random.key(0)
 x, x_val = jax.random.normal(key, (60000, 784)), jax.random.normal(key, (10000, 784))
 ws = tuple(jax.random.normal(key, s) * 0.03 for s in {LAYERS!r})
-index = jnp.asarray(np.random.default_rng(0).permutation(60000)[:468 * 128].reshape(468, 128).astype(np.int32))
+order = np.random.default_rng(0).permutation(60000)[:468 * 128]
+index = jnp.asarray(order.reshape(468, 128).astype(np.int32))
 def step(w, i):
     a0 = x[i]; a1 = a0 @ w[0]; a2 = a1 @ w[1]; a3 = a2 @ w[2]
     g2 = a3 @ w[2].T; g1 = g2 @ w[1].T
@@ -279,7 +358,9 @@ def epoch(w, index):
 jax.block_until_ready(epoch(ws, index))
 times = []
 for _ in range({repeats}):
-    start = time.perf_counter(); jax.block_until_ready(epoch(ws, index)); times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    jax.block_until_ready(epoch(ws, index))
+    times.append(time.perf_counter() - start)
 print(sorted(times)[len(times) // 2])
 """
     return float(_python(code, gpu))
@@ -308,15 +389,27 @@ def _child_env(gpu: bool = False) -> dict:
     return env
 
 
-def run_variant(variant: str, epochs: int | None, config_path: str | None = None, gpu: bool = False,
-                stop_at: float | None = None, cold: bool = False, give_up: float | None = None) -> VariantResult:
-    """One variant in a fresh process; `cold`: JAX compiles every program (an empty compile cache of its own)."""
+def run_variant(
+    variant: str,
+    epochs: int | None,
+    config_path: str | None = None,
+    gpu: bool = False,
+    stop_at: float | None = None,
+    cold: bool = False,
+    give_up: float | None = None,
+) -> VariantResult:
+    """One variant in a fresh process; `cold`: JAX compiles every program (an empty compile cache of its
+    own)."""
     with tempfile.TemporaryDirectory() as tmp:
         out, compile_cache = Path(tmp) / "result.json", str(Path(tmp) / "xla") if cold else None
         t0 = time.time()
-        code = (f"from mnist_mlp.bench import child; child({variant!r}, {epochs}, {config_path!r}, {t0!r}, "
-                f"{str(out)!r}, {stop_at!r}, {compile_cache!r}, {give_up!r})")
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_child_env(gpu))
+        code = (
+            f"from mnist_mlp.bench import child; child({variant!r}, {epochs}, {config_path!r}, {t0!r}, "
+            f"{str(out)!r}, {stop_at!r}, {compile_cache!r}, {give_up!r})"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=_child_env(gpu)
+        )
         if done.returncode != 0:
             raise RuntimeError(f"{variant} failed: {done.stderr[-3000:]}")
         raw = json.loads(out.read_text())
@@ -325,17 +418,33 @@ def run_variant(variant: str, epochs: int | None, config_path: str | None = None
     steady = statistics.median(durations) if durations else ends[0]
     threads = raw.get("threads")
     note = ", ".join(([f"{threads} thread{'s' * (threads != 1)}"] if threads else []) + [raw["device"]])
-    return VariantResult(variant, ends[0], steady, ends[-1], raw["epoch_accuracy"][-1], raw["peak_memory_mb"],
-                         epoch_flop() / steady / 1e9, ends, raw["epoch_accuracy"], note, raw.get("start_s"),
-                         raw.get("compiling"))
+    return VariantResult(
+        variant,
+        ends[0],
+        steady,
+        ends[-1],
+        raw["epoch_accuracy"][-1],
+        raw["peak_memory_mb"],
+        epoch_flop() / steady / 1e9,
+        ends,
+        raw["epoch_accuracy"],
+        note,
+        raw.get("start_s"),
+        raw.get("compiling"),
+    )
 
 
 def installed(variant: str) -> bool:
     return importlib.util.find_spec(NEEDS[variant]) is not None
 
 
-def bench(variants: tuple[str, ...] = VARIANTS, epochs: int = 20, gpu: bool = False,
-          config_path: str | None = None, cold: bool = False) -> dict:
+def bench(
+    variants: tuple[str, ...] = VARIANTS,
+    epochs: int = 20,
+    gpu: bool = False,
+    config_path: str | None = None,
+    cold: bool = False,
+) -> dict:
     """Run each installed variant in its own process (`cold`: JAX variants with an empty compile cache each);
     returns the peak and the per-variant results."""
     unknown = [v for v in variants if v not in VARIANTS]
@@ -344,9 +453,11 @@ def bench(variants: tuple[str, ...] = VARIANTS, epochs: int = 20, gpu: bool = Fa
     if epochs < 2:
         raise UserError("bench needs --epochs >= 2 (the first epoch includes compiling)")
     if gpu and _jax_platform(gpu) == "cpu":
-        raise UserError("bench --gpu: JAX finds no GPU here (a GPU needs a CUDA build: "
-                        f"{pip_install('jax[cuda12]')}); "
-                        "run bench without --gpu")
+        raise UserError(
+            "bench --gpu: JAX finds no GPU here (a GPU needs a CUDA build: "
+            f"{pip_install('jax[cuda12]')}); "
+            "run bench without --gpu"
+        )
     peak, matmuls = matmul_peak(gpu=gpu), matmul_epoch(gpu=gpu)
     results, skipped = [], []
     for variant in variants:
@@ -354,23 +465,36 @@ def bench(variants: tuple[str, ...] = VARIANTS, epochs: int = 20, gpu: bool = Fa
             results.append(run_variant(variant, epochs, config_path, gpu, cold=cold))
         else:
             skipped.append(variant)
-    return {"peak_gflops": peak, "floor_epoch_s": epoch_flop() / peak / 1e9, "matmul_epoch_s": matmuls,
-            "epochs": epochs, "compile_cache": "cold" if cold else "shared",
-            "results": [asdict(r) for r in results], "skipped": skipped, "machine": machine()}
+    return {
+        "peak_gflops": peak,
+        "floor_epoch_s": epoch_flop() / peak / 1e9,
+        "matmul_epoch_s": matmuls,
+        "epochs": epochs,
+        "compile_cache": "cold" if cold else "shared",
+        "results": [asdict(r) for r in results],
+        "skipped": skipped,
+        "machine": machine(),
+    }
 
 
-def time_to(accuracy: float, presets: list[str] | None = None, gpu: bool = False, cold: bool = False,
-            give_up: float | None = None) -> dict:
+def time_to(
+    accuracy: float,
+    presets: list[str] | None = None,
+    gpu: bool = False,
+    cold: bool = False,
+    give_up: float | None = None,
+) -> dict:
     """Seconds from process start to the first epoch whose test accuracy reaches `accuracy`: the classic
     recipe and each preset (by name or path), each trained by our engine for up to its own number of epochs
     (or until the first epoch that ends `give_up` seconds or more after its process started);
-    a preset that deforms its digits also by stock Keras fit with Keras' own image layers (keras_augmentation);
-    `cold`: JAX compiles every program in each (an empty compile cache of its own)."""
+    a preset that deforms its digits also by stock Keras fit with Keras' own image layers
+    (keras_augmentation); `cold`: JAX compiles every program in each (an empty compile cache of its own)."""
     if not 0 < accuracy < 1:
         raise UserError(f"--time-to {accuracy} is an accuracy between 0 and 1, e.g. 0.982")
     if give_up is not None and not 0 < give_up < math.inf:
-        raise UserError(f"--give-up {give_up}: give more than 0 seconds (each variant's limit from its start), "
-                        "e.g. 300")
+        raise UserError(
+            f"--give-up {give_up}: give more than 0 seconds (each variant's limit from its start), e.g. 300"
+        )
     for preset in presets or ():
         _config(None, preset)  # a missing or bad preset fails here, not after the classic run
     found = {}
@@ -382,55 +506,91 @@ def time_to(accuracy: float, presets: list[str] | None = None, gpu: bool = False
     for name, variant, path in runs:
         result = run_variant(variant, None, path, gpu, stop_at=accuracy, cold=cold, give_up=give_up)
         first = next((i for i, a in enumerate(result.epoch_accuracy) if a >= accuracy), None)
-        found[name] = {"seconds": None if first is None else result.epoch_end_s[first],
-                       "epochs": None if first is None else first + 1, "best_accuracy": max(result.epoch_accuracy),
-                       "device": result.note, "ran": [len(result.epoch_end_s), result.epoch_end_s[-1]]}
-    return {"time_to": accuracy, "results": found, "machine": machine(), "compile_cache": "cold" if cold else "shared",
-            "give_up": give_up}
+        found[name] = {
+            "seconds": None if first is None else result.epoch_end_s[first],
+            "epochs": None if first is None else first + 1,
+            "best_accuracy": max(result.epoch_accuracy),
+            "device": result.note,
+            "ran": [len(result.epoch_end_s), result.epoch_end_s[-1]],
+        }
+    return {
+        "time_to": accuracy,
+        "results": found,
+        "machine": machine(),
+        "compile_cache": "cold" if cold else "shared",
+        "give_up": give_up,
+    }
 
 
 def describe_time_to(report: dict) -> str:
     limit = f"; --give-up {report['give_up']:g} s" if report.get("give_up") else ""
-    lines = [f"Seconds from process start to the first epoch with test accuracy >= {report['time_to']} "
-             f"(JAX's compile cache: {report.get('compile_cache', 'shared')}{limit}):"]
+    lines = [
+        f"Seconds from process start to the first epoch with test accuracy >= {report['time_to']} "
+        f"(JAX's compile cache: {report.get('compile_cache', 'shared')}{limit}):"
+    ]
     for name, found in report["results"].items():
         epochs, ran_s = found.get("ran", (None, None))
-        seconds = (f"{found['seconds']:.1f} s (epoch {found['epochs']})" if found["seconds"] else
-                   f"not reached in {epochs} epoch{'s' * (epochs != 1)}, {ran_s:.1f} s" if epochs else "not reached")
+        seconds = (
+            f"{found['seconds']:.1f} s (epoch {found['epochs']})"
+            if found["seconds"]
+            else f"not reached in {epochs} epoch{'s' * (epochs != 1)}, {ran_s:.1f} s"
+            if epochs
+            else "not reached"
+        )
         lines.append(f"  {name:<12} {seconds}; best {found['best_accuracy']:.4f} ({found['device']})")
     return "\n".join(lines)
 
 
-def run(variants: str | None = None, epochs: int | None = None, gpu: bool = False, time_to_accuracy: float | None = None,
-        presets: list[str] | None = None, serve: str | None = None, connections: int | None = None,
-        duration: float | None = None, image: str | None = None, cold: bool = False,
-        give_up: float | None = None) -> tuple[dict, str]:
+def run(
+    variants: str | None = None,
+    epochs: int | None = None,
+    gpu: bool = False,
+    time_to_accuracy: float | None = None,
+    presets: list[str] | None = None,
+    serve: str | None = None,
+    connections: int | None = None,
+    duration: float | None = None,
+    image: str | None = None,
+    cold: bool = False,
+    give_up: float | None = None,
+) -> tuple[dict, str]:
     """`mnist-mlp bench`: the side-by-side bench, or --time-to, or --serve; (the report, its text)."""
     if serve and cold:
-        raise UserError("--cold is for training (the side-by-side bench or --time-to); --serve loads a trained run")
+        raise UserError(
+            "--cold is for training (the side-by-side bench or --time-to); --serve loads a trained run"
+        )
     if not serve and (connections, duration, image) != (None, None, None):
         raise UserError("--connections, --duration and --image are for --serve RUN (the server under load)")
     if (time_to_accuracy is not None or serve) and (epochs is not None or variants is not None):
-        raise UserError("--epochs and --variants are for the side-by-side bench; --time-to trains each preset for "
-                        "its own epochs with our engine, --serve loads a server")
+        raise UserError(
+            "--epochs and --variants are for the side-by-side bench; --time-to trains each preset for "
+            "its own epochs with our engine, --serve loads a server"
+        )
     if variants is not None and not [name for name in variants.split(",") if name.strip()]:
         raise UserError(f"--variants is empty; give some of {','.join(VARIANTS)}, or leave it out for all")
     if give_up is not None and time_to_accuracy is None:
-        raise UserError("--give-up is for --time-to (each variant's time limit); add --time-to ACCURACY, or drop it")
+        raise UserError(
+            "--give-up is for --time-to (each variant's time limit); add --time-to ACCURACY, or drop it"
+        )
     if presets and time_to_accuracy is None:
-        raise UserError("--config names presets for --time-to; the side-by-side bench trains the classic config: "
-                        "add --time-to ACCURACY, or leave --config out")
+        raise UserError(
+            "--config names presets for --time-to; the side-by-side bench trains the classic config: "
+            "add --time-to ACCURACY, or leave --config out"
+        )
     if serve:
         from mnist_mlp import loadtest, runs
 
         runs.load_run(serve)
-        result = loadtest.load(serve, 200 if connections is None else connections, 15 if duration is None else duration,
-                               image)
+        result = loadtest.load(
+            serve, 200 if connections is None else connections, 15 if duration is None else duration, image
+        )
         return asdict(result), loadtest.markdown(result)
     if time_to_accuracy is not None:
         report = time_to(time_to_accuracy, presets, gpu, cold, give_up)
         return report, describe_time_to(report)
-    report = bench(tuple((variants or ",".join(VARIANTS)).split(",")), 20 if epochs is None else epochs, gpu, cold=cold)
+    report = bench(
+        tuple((variants or ",".join(VARIANTS)).split(",")), 20 if epochs is None else epochs, gpu, cold=cold
+    )
     return report, markdown(report)
 
 
@@ -443,36 +603,52 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    bfloat16 = {True: ", bfloat16 instructions", False: ", no bfloat16 instructions", None: ""}[cpu_bfloat16()]
+    bfloat16 = {True: ", bfloat16 instructions", False: ", no bfloat16 instructions", None: ""}[
+        cpu_bfloat16()
+    ]
     return f"{model}, {os.cpu_count()} CPUs{bfloat16}"
 
 
 def markdown(report: dict) -> str:
     """The report as a Markdown table, ratios against ours (steady epochs and totals)."""
     ours = next((r for r in report["results"] if r["variant"] == "ours"), None)
-    lines = [f"Machine: {report['machine']}; float32 matmul peak {report['peak_gflops']:.0f} GFLOP/s; "
-             f"epoch floor {report['floor_epoch_s']:.3g} s; the epoch's matmuls alone at their shapes "
-             f"{report['matmul_epoch_s']:.3g} s; {report['epochs']} epochs", "",
-             "| variant | first epoch s | steady epoch s | total s | test acc | peak MB | GFLOP/s | % of peak "
-             "| steady vs ours | total vs ours |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {report['machine']}; float32 matmul peak {report['peak_gflops']:.0f} GFLOP/s; "
+        f"epoch floor {report['floor_epoch_s']:.3g} s; the epoch's matmuls alone at their shapes "
+        f"{report['matmul_epoch_s']:.3g} s; {report['epochs']} epochs",
+        "",
+        "| variant | first epoch s | steady epoch s | total s | test acc | peak MB | GFLOP/s | % of peak "
+        "| steady vs ours | total vs ours |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["results"]:
         steady = f"{r['steady_epoch_s'] / ours['steady_epoch_s']:.2f}x" if ours else "-"
         total = f"{r['total_s'] / ours['total_s']:.2f}x" if ours else "-"
         name = r["variant"] + (f" ({r['note']})" if r["note"] else "")
-        lines.append(f"| {name} | {r['first_epoch_s']:.2f} | {r['steady_epoch_s']:.3g} | {r['total_s']:.1f} | "
-                     f"{r['test_accuracy']:.4f} | {r['peak_memory_mb']:.0f} | {r['gflops']:.0f} | "
-                     f"{100 * r['gflops'] / report['peak_gflops']:.0f}% | {steady} | {total} |")
+        lines.append(
+            f"| {name} | {r['first_epoch_s']:.2f} | {r['steady_epoch_s']:.3g} | {r['total_s']:.1f} | "
+            f"{r['test_accuracy']:.4f} | {r['peak_memory_mb']:.0f} | {r['gflops']:.0f} | "
+            f"{100 * r['gflops'] / report['peak_gflops']:.0f}% | {steady} | {total} |"
+        )
     if report["skipped"]:
         lines.append(f"\nSkipped (package not installed): {', '.join(report['skipped'])}")
     compiled = [r for r in report["results"] if r.get("compiling")]
     if compiled:
-        lines.append(f"\nWhere the first epoch went (JAX's compile cache: {report.get('compile_cache', 'shared')}):")
+        lines.append(
+            f"\nWhere the first epoch went (JAX's compile cache: {report.get('compile_cache', 'shared')}):"
+        )
     for r in compiled:
         c = r["compiling"]
-        longest = ", ".join(f"{name} {seconds:.2f} s ({programs}" + (f"; XLA {', '.join(f'{b:.2f}' for b in each)} s)"
-                                                                    if programs > 1 else ")")
-                            for name, seconds, programs, each in c["longest"])
-        lines.append(f"- {r['variant']}: {r['start_s']:.2f} s from process start to training, "
-                     f"{r['first_epoch_s'] - r['start_s']:.2f} s in epoch 1; compiling until its end {c['seconds']:.2f} s "
-                     f"(summed over threads), {c['programs']} programs ({c['from_cache']} from the cache), longest: {longest}")
+        longest = ", ".join(
+            f"{name} {seconds:.2f} s ({programs}"
+            + (f"; XLA {', '.join(f'{b:.2f}' for b in each)} s)" if programs > 1 else ")")
+            for name, seconds, programs, each in c["longest"]
+        )
+        lines.append(
+            f"- {r['variant']}: {r['start_s']:.2f} s from process start to training, "
+            f"{r['first_epoch_s'] - r['start_s']:.2f} s in epoch 1; compiling until its end "
+            f"{c['seconds']:.2f} s "
+            f"(summed over threads), {c['programs']} programs ({c['from_cache']} from the cache), longest: "
+            f"{longest}"
+        )
     return "\n".join(lines)

@@ -21,12 +21,29 @@ from mnist_mlp.errors import UserError, WriteFailed, write_failed
 from mnist_mlp.outputs import atomic
 
 FILES = {  # key -> (canonical file name, SHA-256 of the uncompressed IDX content)
-    "train-images": ("train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-    "train-labels": ("train-labels-idx1-ubyte", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-    "test-images": ("t10k-images-idx3-ubyte", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-    "test-labels": ("t10k-labels-idx1-ubyte", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+    "train-images": (
+        "train-images-idx3-ubyte",
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    ),
+    "train-labels": (
+        "train-labels-idx1-ubyte",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ),
+    "test-images": (
+        "t10k-images-idx3-ubyte",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    ),
+    "test-labels": (
+        "t10k-labels-idx1-ubyte",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ),
 }
-NPZ_KEYS = {"x_train": "train-images", "y_train": "train-labels", "x_test": "test-images", "y_test": "test-labels"}
+NPZ_KEYS = {
+    "x_train": "train-images",
+    "y_train": "train-labels",
+    "x_test": "test-images",
+    "y_test": "test-labels",
+}
 SOURCE_FILE = "source.json"  # records where each cached file came from
 
 
@@ -50,7 +67,8 @@ class DataInfo:
 
 
 def cache_dir(path: str | Path | None = None) -> Path:
-    """The cache folder: `path`, else $MNIST_MLP_CACHE, else $XDG_CACHE_HOME/mnist-mlp, else ~/.cache/mnist-mlp."""
+    """The cache folder: `path`, else $MNIST_MLP_CACHE, else $XDG_CACHE_HOME/mnist-mlp, else
+    ~/.cache/mnist-mlp."""
     if path:
         return Path(path).expanduser()
     if os.environ.get("MNIST_MLP_CACHE"):
@@ -84,8 +102,10 @@ def verify(key: str, content: bytes, origin: str) -> bytes:
     want = FILES[key][1]
     got = sha256(content)
     if got != want:
-        raise UserError(f"{origin}: SHA-256 {got[:12]}... is not that of MNIST {key} ({want[:12]}...); "
-                        "the file is corrupt or not MNIST, get it again")
+        raise UserError(
+            f"{origin}: SHA-256 {got[:12]}... is not that of MNIST {key} ({want[:12]}...); "
+            "the file is corrupt or not MNIST, get it again"
+        )
     return content
 
 
@@ -121,7 +141,8 @@ def check_writable(directory: Path) -> None:
 
 
 def _cache_advice(number: int | None) -> str:
-    """What to do when the cache cannot be written, by the cause (a file where its folder goes is no full disk)."""
+    """What to do when the cache cannot be written, by the cause (a file where its folder goes is no full
+    disk)."""
     where = "give a writable folder with --cache-dir (or MNIST_MLP_CACHE)"
     if number in (errno.EEXIST, errno.ENOTDIR):
         return f"a file stands where the cache folder goes; {where}"
@@ -137,7 +158,9 @@ def _write_atomic(path: Path, content: bytes) -> None:
     except WriteFailed as e:  # the cache's own advice, in place of any general one
         if e.errno is None:
             raise
-        raise WriteFailed(f"cannot write {path} ({os.strerror(e.errno)}); {_cache_advice(e.errno)}", e.errno) from None
+        raise WriteFailed(
+            f"cannot write {path} ({os.strerror(e.errno)}); {_cache_advice(e.errno)}", e.errno
+        ) from None
 
 
 def _read_sources(directory: Path) -> dict:
@@ -147,17 +170,21 @@ def _read_sources(directory: Path) -> dict:
         return {}
 
 
-_VERIFIED: set[tuple] = set()  # (path, size, mtime, SHA-256) of files this process has checked: not hashed again
+# (path, size, mtime, SHA-256) of files this process has checked: not hashed again
+_VERIFIED: set[tuple] = set()
 
 
 def is_verified(directory: Path, key: str) -> bool:
-    """Whether the cached file of `key` is present and intact; no reading when this process checked it as it is."""
+    """Whether the cached file of `key` is present and intact; no reading when this process checked it as it
+    is."""
     return _identity(directory, key) in _VERIFIED or read_verified(directory, key) is not None
 
 
 def read_verified(directory: Path, key: str) -> bytes | None:
-    """The cached content of `key` if present and intact, else None (hashed once per process while unchanged)."""
-    identity = _identity(directory, key)  # before reading: a file replaced meanwhile is checked again next time
+    """The cached content of `key` if present and intact, else None (hashed once per process while
+    unchanged)."""
+    # Before reading: a file replaced meanwhile is checked again next time
+    identity = _identity(directory, key)
     try:
         content = (directory / FILES[key][0]).read_bytes()
     except OSError:
@@ -184,8 +211,11 @@ def data_info(directory: str | Path | None = None) -> DataInfo:
     files = []
     for key, (name, _) in FILES.items():
         path = directory / name
-        files.append(FileInfo(key, path, path.exists(), read_verified(directory, key) is not None,
-                              sources.get(key, "")))
+        files.append(
+            FileInfo(
+                key, path, path.exists(), read_verified(directory, key) is not None, sources.get(key, "")
+            )
+        )
     return DataInfo(directory, tuple(files))
 
 
@@ -195,29 +225,37 @@ def npz_contents(path: str | Path) -> dict[str, bytes]:
         with np.load(path, allow_pickle=False) as npz:
             missing = [name for name in NPZ_KEYS if name not in npz.files]
             if missing:
-                raise UserError(f"{path} is missing arrays {', '.join(missing)}; expected x_train, y_train, "
-                                "x_test, y_test as in Keras' mnist.npz")
+                raise UserError(
+                    f"{path} is missing arrays {', '.join(missing)}; expected x_train, y_train, "
+                    "x_test, y_test as in Keras' mnist.npz"
+                )
             arrays = {name: npz[name] for name in NPZ_KEYS}
     except UserError:
         raise
     except ValueError:  # numpy's "pickled (object) data" for anything that is not an archive of arrays
         raise UserError(f"{path} is not a NumPy .npz archive of arrays; give Keras' mnist.npz") from None
     except (OSError, zlib.error, EOFError) as e:
-        raise UserError(f"{path} is not a readable .npz ({getattr(e, 'strerror', None) or e}); give Keras' "
-                        "mnist.npz") from None
+        raise UserError(
+            f"{path} is not a readable .npz ({getattr(e, 'strerror', None) or e}); give Keras' mnist.npz"
+        ) from None
     for name, array in arrays.items():  # a preprocessed copy (floats in 0..1) would only fail the hash
         if array.dtype != np.uint8:
-            raise UserError(f"{path}[{name}] is {array.dtype}, not uint8 as in Keras' mnist.npz (a preprocessed "
-                            "copy?); give the original")
+            raise UserError(
+                f"{path}[{name}] is {array.dtype}, not uint8 as in Keras' mnist.npz (a preprocessed "
+                "copy?); give the original"
+            )
     return {key: verify(key, to_idx(arrays[name]), f"{path}[{name}]") for name, key in NPZ_KEYS.items()}
 
 
 def describe(info: DataInfo) -> str:
-    """The cache as `mnist-mlp data` prints it: where, each file's state and source, what to do if incomplete."""
+    """The cache as `mnist-mlp data` prints it: where, each file's state and source, what to do if
+    incomplete."""
     lines = [f"MNIST cache: {info.cache_dir}"]
     for f in info.files:
         state = "ok (SHA-256 verified)" if f.verified else ("BAD SHA-256" if f.present else "missing")
         lines.append(f"  {f.key:<13} {f.path.name:<24} {state:<22} {f.source or '-'}")
     if not info.complete:
-        lines.append("Some files are missing or bad: run `mnist-mlp data fetch` or `mnist-mlp data import PATH`.")
+        lines.append(
+            "Some files are missing or bad: run `mnist-mlp data fetch` or `mnist-mlp data import PATH`."
+        )
     return "\n".join(lines)

@@ -28,7 +28,11 @@ class Checkpoint(keras.callbacks.Callback):
 
     def __init__(self, run_dir: Path, rng_state: dict | None, config_toml: str, every_seconds: float = 0.0):
         super().__init__()
-        self.run_dir, self.rng_state, self.config_toml = run_dir, rng_state, config_toml  # resume checks the config
+        self.run_dir, self.rng_state, self.config_toml = (
+            run_dir,
+            rng_state,
+            config_toml,
+        )  # resume checks the config
         self.every_seconds = every_seconds
 
     def on_train_begin(self, logs=None):
@@ -42,24 +46,30 @@ class Checkpoint(keras.callbacks.Callback):
         last = epoch + 1 >= (self.params or {}).get("epochs", math.inf)
         if not last and monotonic() - self.saved_at < self.every_seconds:
             return
-        arrays = {f"model/{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(self.model.variables)}
-        arrays.update({f"optimizer/{i}": keras.ops.convert_to_numpy(v.value)
-                       for i, v in enumerate(self.model.optimizer.variables)})
+        arrays = {
+            f"model/{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(self.model.variables)
+        }
+        arrays.update(
+            {
+                f"optimizer/{i}": keras.ops.convert_to_numpy(v.value)
+                for i, v in enumerate(self.model.optimizer.variables)
+            }
+        )
         arrays["config_toml"] = np.array(self.config_toml)  # what the run was started with
         runs.save_checkpoint(self.run_dir, epoch + 1, {**arrays, **rng_state()})
         self.saved_at = monotonic()  # from the end of a save: saving takes at most its share of the time
 
 
 class CtrlC(keras.callbacks.Callback):
-    """Ctrl-C while training, made sure of: within `with CtrlC() as ctrl_c:` the signal raises KeyboardInterrupt
-    where it lands, as Python's own handler does, and also sets a flag that the end of each training batch and
-    epoch checks (and the end of the block). Where it lands in Keras' pythonify_logs, which catches every
-    exception, the flag stops training at the next batch (before, `--engine fit` trained on to the end after
-    Ctrl-C 8 times in 8 here). SIGTERM and SIGHUP too, where the command made them a Ctrl-C (errors.interrupt,
-    which also remembers a signal dropped before training). Only where the signal has Python's own handler or
-    that one, in the main thread: an ignored SIGINT (a background job) or another handler is left alone.
-    Validation batches are not checked: a callback with
-    on_test_batch_end makes Keras run them in the foreground, and the epoch's end comes soon after."""
+    """Ctrl-C while training, made sure of: within `with CtrlC() as ctrl_c:` the signal raises
+    KeyboardInterrupt where it lands, as Python's own handler does, and also sets a flag that the end of each
+    training batch and epoch checks (and the end of the block). Where it lands in Keras' pythonify_logs, which
+    catches every exception, the flag stops training at the next batch (before, `--engine fit` trained on to
+    the end after Ctrl-C 8 times in 8 here). SIGTERM and SIGHUP too, where the command made them a Ctrl-C
+    (errors.interrupt, which also remembers a signal dropped before training). Only where the signal has
+    Python's own handler or that one, in the main thread: an ignored SIGINT (a background job) or another
+    handler is left alone. Validation batches are not checked: a callback with on_test_batch_end makes Keras
+    run them in the foreground, and the epoch's end comes soon after."""
 
     def __init__(self):
         super().__init__()
@@ -69,7 +79,11 @@ class CtrlC(keras.callbacks.Callback):
         if interrupt.received:  # came before training, where it was dropped
             raise KeyboardInterrupt
         if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the last two where the command set
+            for number in (
+                signal.SIGINT,
+                signal.SIGTERM,
+                signal.SIGHUP,
+            ):  # the last two where the command set
                 if signal.getsignal(number) in (signal.default_int_handler, interrupt):  # errors.interrupt
                     self.previous[number] = signal.signal(number, self._press)
         return self
@@ -120,7 +134,12 @@ def restore(model: keras.Model, run_dir: Path) -> tuple[int, dict]:
         for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
             for i, variable in enumerate(variables):
                 variable.assign(arrays[f"{prefix}/{i}"])
-    except (ValueError, KeyError):  # a config.toml changed since the checkpoint (runs made before it was recorded)
-        raise UserError(f"{run_dir / runs.CHECKPOINT} does not fit the model in {run_dir / runs.CONFIG} (was it "
-                        f"edited?); undo the edit, or start again with {runs.fresh_start(run_dir)}") from None
+    except (
+        ValueError,
+        KeyError,
+    ):  # a config.toml changed since the checkpoint (runs made before it was recorded)
+        raise UserError(
+            f"{run_dir / runs.CHECKPOINT} does not fit the model in {run_dir / runs.CONFIG} (was it "
+            f"edited?); undo the edit, or start again with {runs.fresh_start(run_dir)}"
+        ) from None
     return epoch, {key: value for key, value in arrays.items() if key.startswith("rng/")}

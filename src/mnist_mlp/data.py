@@ -11,8 +11,19 @@ from pathlib import Path
 import numpy as np
 
 from mnist_mlp import sources
-from mnist_mlp.cache import (FILES, DataInfo, cache_dir, data_info, decompress, identify, is_verified, npz_contents,
-                             read_verified, store, verify)
+from mnist_mlp.cache import (
+    FILES,
+    DataInfo,
+    cache_dir,
+    data_info,
+    decompress,
+    identify,
+    is_verified,
+    npz_contents,
+    read_verified,
+    store,
+    verify,
+)
 from mnist_mlp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -31,8 +42,10 @@ def parse_idx(content: bytes, origin: str = "IDX data") -> np.ndarray:
     offset = 4 + 4 * ndim
     size = int(np.prod(shape))
     if len(content) != offset + size:
-        raise UserError(f"{origin} is truncated or padded ({len(content) - offset} bytes of data, "
-                        f"{size} expected); download it again")
+        raise UserError(
+            f"{origin} is truncated or padded ({len(content) - offset} bytes of data, "
+            f"{size} expected); download it again"
+        )
     return np.frombuffer(content, dtype=np.uint8, offset=offset).reshape(shape).copy()
 
 
@@ -43,7 +56,9 @@ def import_data(paths: list[str | Path], directory: str | Path | None = None) ->
     passed = []  # a folder's .npz files that are not MNIST (a Downloads folder holds other people's)
     for path in map(Path, paths):
         if not path.exists():
-            raise UserError(f"{path} does not exist; give MNIST IDX/.gz files, a folder of them, or mnist.npz")
+            raise UserError(
+                f"{path} does not exist; give MNIST IDX/.gz files, a folder of them, or mnist.npz"
+            )
         candidates = sorted(path.iterdir()) if path.is_dir() else [path]
         for file in candidates:
             if file.suffix == ".npz":
@@ -58,12 +73,16 @@ def import_data(paths: list[str | Path], directory: str | Path | None = None) ->
                 content = verify(key, decompress(file.read_bytes(), origin), origin)
                 found[key] = (content, f"import: {file.resolve()}")
             elif not path.is_dir():
-                raise UserError(f"{file} is not an MNIST file name (e.g. train-images-idx3-ubyte[.gz] or "
-                                "mnist.npz); rename it or give the folder")
+                raise UserError(
+                    f"{file} is not an MNIST file name (e.g. train-images-idx3-ubyte[.gz] or "
+                    "mnist.npz); rename it or give the folder"
+                )
     if not found:
-        raise UserError(f"no MNIST files found in {', '.join(map(str, paths))}; expected "
-                        "train-images-idx3-ubyte[.gz] and the other three, or mnist.npz"
-                        + (f" (passed over: {'; '.join(passed)})" if passed else ""))
+        raise UserError(
+            f"no MNIST files found in {', '.join(map(str, paths))}; expected "
+            "train-images-idx3-ubyte[.gz] and the other three, or mnist.npz"
+            + (f" (passed over: {'; '.join(passed)})" if passed else "")
+        )
     for reason in passed if len(found) < len(FILES) else []:  # half of MNIST imported: say what was not
         log.info(f"passed over {reason}")
     for key, (content, source) in found.items():
@@ -134,7 +153,8 @@ def split_validation(x: np.ndarray, y: np.ndarray, size: int = VALIDATION_SIZE):
 
 
 def format_digit(image: np.ndarray) -> str:
-    """An image as the walk-through prints it: 28 rows of zero-padded 3-digit values, each followed by a space."""
+    """An image as the walk-through prints it: 28 rows of zero-padded 3-digit values, each followed by a
+    space."""
     return "".join("".join(f"{v:03d} " for v in row) + "\n" for row in image)
 
 
@@ -144,11 +164,15 @@ def format_one_hot(vector: np.ndarray) -> str:
 
 
 def show_sample(split: str = "train", index: int = 0, directory: str | Path | None = None) -> str:
-    """Image `index` of `split` as the walk-through prints it: 28 rows of numbers, "first sample is 5", one-hot."""
+    """Image `index` of `split` as the walk-through prints it: 28 rows of numbers, "first sample is 5",
+    one-hot."""
     images, labels = load_split(split, directory)
     if not 0 <= index < len(images):
         raise UserError(f"--index {index} is out of range; the {split} split has 0..{len(images) - 1}")
     label = int(labels[index])
     which = "first" if index == 0 else f"#{index}"
-    return (format_digit(images[index]) + f"{which} {'' if split == 'train' else 'test '}sample is {label}\n"
-            + format_one_hot(to_one_hot([label])[0]))
+    return (
+        format_digit(images[index])
+        + f"{which} {'' if split == 'train' else 'test '}sample is {label}\n"
+        + format_one_hot(to_one_hot([label])[0])
+    )

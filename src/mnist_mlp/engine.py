@@ -10,6 +10,7 @@ import functools
 import importlib
 import inspect
 import math
+import operator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import jax
@@ -67,11 +68,13 @@ def _loss_fn(model, loss):
         y_pred, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
         value = jnp.mean(loss(y, y_pred))
         return value, (y_pred, non_trainable)
+
     return compute
 
 
-def _make_programs(model, optimizer, loss, unroll: int = 1, augment: AugmentConfig | None = None,
-                   side_by_side: bool = False):
+def _make_programs(
+    model, optimizer, loss, unroll: int = 1, augment: AugmentConfig | None = None, side_by_side: bool = False
+):
     """The jitted chunk and validation programs; `side_by_side`: vmapped over a leading axis of models (their
     variables, indices and keys stacked), the data shared."""
     grad_fn = jax.value_and_grad(_loss_fn(model, loss), has_aux=True)
@@ -87,6 +90,7 @@ def _make_programs(model, optimizer, loss, unroll: int = 1, augment: AugmentConf
     def run_chunk(state, x, y, index, key, first_step):
         """index: int32 (steps, batch_size) rows of x/y for each step of this chunk; with `augment`, step s of
         the epoch deforms its batch with the key fold_in(key, s): fresh every step, the same on a resume."""
+
         def body(s, item):
             i, number = item
             batch = x[i] if augment is None else deform(jax.random.fold_in(key, number), x[i], augment)
@@ -107,7 +111,9 @@ def _make_programs(model, optimizer, loss, unroll: int = 1, augment: AugmentConf
     return jax.jit(run_chunk, donate_argnums=0), jax.jit(evaluate)
 
 
-def epoch_index(n: int, batch_size: int, rng: np.random.Generator | None, chunks: int = CHUNKS) -> list[np.ndarray]:
+def epoch_index(
+    n: int, batch_size: int, rng: np.random.Generator | None, chunks: int = CHUNKS
+) -> list[np.ndarray]:
     """An epoch as index arrays, shuffled by `rng` (None: in order): up to `chunks` blocks of full batches,
     then the last partial batch (as `fit` does), each of shape (steps, batch_size_or_rest). Blocks are of
     one length where a count up to `chunks` divides the batches, so that one program is traced, not two."""
@@ -130,18 +136,34 @@ def fit_compiled(model: keras.Model, x, y, *, seed: int, callbacks=(), **options
     fit_side_by_side([model], x, y, seeds=[seed], callbacks=[callbacks], **options)
 
 
-def fit_side_by_side(models: list[keras.Model], x, y, *, batch_size: int, epochs: int, seeds: list[int],
-                     validation_data=None, callbacks: list = (), verbose=1, initial_epoch: int = 0,
-                     shuffle: bool = True, chunks: int | None = None, unroll: int | None = None,
-                     augment: AugmentConfig | None = None) -> None:
-    """fit_compiled for models of one architecture and optimizer (a group's seeds), all trained in one program:
-    their variables stacked on a leading axis and every step vmapped over it. Model i shuffles by seeds[i] and
-    reports to callbacks[i] as it would alone (the progress bar is the first's); its products are computed in
-    other kernels, so its numbers can differ from a lone run's by rounding. Stops when any model stops."""
+def fit_side_by_side(
+    models: list[keras.Model],
+    x,
+    y,
+    *,
+    batch_size: int,
+    epochs: int,
+    seeds: list[int],
+    validation_data=None,
+    callbacks: list = (),
+    verbose=1,
+    initial_epoch: int = 0,
+    shuffle: bool = True,
+    chunks: int | None = None,
+    unroll: int | None = None,
+    augment: AugmentConfig | None = None,
+) -> None:
+    """fit_compiled for models of one architecture and optimizer (a group's seeds), all trained in one
+    program: their variables stacked on a leading axis and every step vmapped over it. Model i shuffles by
+    seeds[i] and reports to callbacks[i] as it would alone (the progress bar is the first's); its products are
+    computed in other kernels, so its numbers can differ from a lone run's by rounding. Stops when any model
+    stops."""
     together = len(models) > 1
     model, callbacks = models[0], list(callbacks) or [()] * len(models)
     if not len(seeds) == len(callbacks) == len(models):
-        raise ValueError(f"{len(models)} models need as many seeds and callback lists ({len(seeds)}, {len(callbacks)})")
+        raise ValueError(
+            f"{len(models)} models need as many seeds and callback lists ({len(seeds)}, {len(callbacks)})"
+        )
     optimizer, loss = model.optimizer, model.loss
     loss = keras.losses.get(loss) if isinstance(loss, str) else loss
     for m in models:
@@ -150,35 +172,61 @@ def fit_side_by_side(models: list[keras.Model], x, y, *, batch_size: int, epochs
     on_cpu = jax.devices()[0].platform == "cpu"
     chunks = chunks or (CHUNKS if on_cpu else GPU_CHUNKS)
     augment = augment if augment is not None and augment.active else None
-    run_chunk, evaluate = _make_programs(model, optimizer, loss, unroll or (1 if on_cpu else GPU_UNROLL), augment,
-                                         side_by_side=together)
+    run_chunk, evaluate = _make_programs(
+        model, optimizer, loss, unroll or (1 if on_cpu else GPU_UNROLL), augment, side_by_side=together
+    )
     deform_keys = [jax.random.fold_in(jax.random.key(seed), AUGMENT_STREAM) for seed in seeds]
     x, y = jax.device_put(x), jax.device_put(y)  # one copy; jnp.asarray holds two at its peak
     if validation_data is not None:
         x_val, y_val = map(jax.device_put, validation_data)
     n = x.shape[0]
     steps = math.ceil(n / batch_size)
-    callback_lists = [keras.callbacks.CallbackList(list(c), add_history=True, add_progbar=verbose != 0 and i == 0,
-                                                   model=m, verbose=verbose, epochs=epochs, steps=steps)
-                      for i, (m, c) in enumerate(zip(models, callbacks))]
+    callback_lists = [
+        keras.callbacks.CallbackList(
+            list(c),
+            add_history=True,
+            add_progbar=verbose != 0 and i == 0,
+            model=m,
+            verbose=verbose,
+            epochs=epochs,
+            steps=steps,
+        )
+        for i, (m, c) in enumerate(zip(models, callbacks))
+    ]
     for m, c in zip(models, callback_lists):
         m.stop_training = False
         c.on_train_begin()
     rngs = [np.random.default_rng(seed) if shuffle else None for seed in seeds]
     for rng in rngs:
-        for _ in range(initial_epoch if shuffle else 0):  # a resumed run sees the same shuffles as an uninterrupted one
+        for _ in range(
+            initial_epoch if shuffle else 0
+        ):  # a resumed run sees the same shuffles as an uninterrupted one
             rng.permutation(n)
-    variables = [([v.value for v in m.trainable_variables], [v.value for v in m.non_trainable_variables],
-                  [v.value for v in m.optimizer.variables]) for m in models]
+    variables = [
+        (
+            [v.value for v in m.trainable_variables],
+            [v.value for v in m.non_trainable_variables],
+            [v.value for v in m.optimizer.variables],
+        )
+        for m in models
+    ]
     stacked = _stack(variables) if together else None
     logs = [{} for _ in models]
     programs = {}
     if initial_epoch < epochs:
         stack = (len(models),) if together else ()
         shapes = dict.fromkeys(stack + part.shape for part in epoch_index(n, batch_size, None, chunks))
-        programs = _compile_ahead(run_chunk, evaluate, _epoch_state(stacked if together else variables[0], len(models)),
-                                  x, y, list(shapes), jnp.stack(deform_keys) if together else deform_keys[0],
-                                  (x_val, y_val) if validation_data is not None else None, at_once=on_cpu)
+        programs = _compile_ahead(
+            run_chunk,
+            evaluate,
+            _epoch_state(stacked if together else variables[0], len(models)),
+            x,
+            y,
+            list(shapes),
+            jnp.stack(deform_keys) if together else deform_keys[0],
+            (x_val, y_val) if validation_data is not None else None,
+            at_once=on_cpu,
+        )
     try:
         for epoch in range(initial_epoch, epochs):
             for c in callback_lists:
@@ -191,18 +239,27 @@ def fit_side_by_side(models: list[keras.Model], x, y, *, batch_size: int, epochs
             done_steps = done_samples = 0
             for parts in zip(*(epoch_index(n, batch_size, rng, chunks) for rng in rngs)):
                 index = np.stack(parts) if together else parts[0]
-                state = programs[index.shape].result()(state, x, y, jnp.asarray(index), key, jnp.int32(done_steps))
+                state = programs[index.shape].result()(
+                    state, x, y, jnp.asarray(index), key, jnp.int32(done_steps)
+                )
                 done_steps += parts[0].shape[0]
                 done_samples += parts[0].size
                 losses, hits = np.atleast_1d(np.asarray(state[3])), np.atleast_1d(np.asarray(state[4]))
                 for i, c in enumerate(callback_lists):
-                    logs[i] = {"loss": float(losses[i]) / done_samples, "accuracy": int(hits[i]) / done_samples}
+                    logs[i] = {
+                        "loss": float(losses[i]) / done_samples,
+                        "accuracy": int(hits[i]) / done_samples,
+                    }
                     c.on_train_batch_end(done_steps - 1, logs[i])
             if validation_data is not None:
-                val_loss, val_accuracy = (np.atleast_1d(np.asarray(v))
-                                          for v in programs["evaluate"].result()(state[0], state[1], x_val, y_val))
-                logs = [{**log, "val_loss": float(val_loss[i]), "val_accuracy": float(val_accuracy[i])}
-                        for i, log in enumerate(logs)]
+                val_loss, val_accuracy = (
+                    np.atleast_1d(np.asarray(v))
+                    for v in programs["evaluate"].result()(state[0], state[1], x_val, y_val)
+                )
+                logs = [
+                    {**log, "val_loss": float(val_loss[i]), "val_accuracy": float(val_accuracy[i])}
+                    for i, log in enumerate(logs)
+                ]
             stacked = state[:3]
             variables = _unstack(stacked, len(models)) if together else [stacked]
             for m, c, values, log in zip(models, callback_lists, variables, logs):
@@ -223,13 +280,14 @@ def _epoch_state(variables, count: int):
     return (*variables, zero, zero.astype(jnp.int32))
 
 
-def _compile_ahead(run_chunk, evaluate, state, x, y, index_shapes, key, validation,
-                   at_once: bool) -> dict[object, Future]:
-    """Every program the epochs will call, by the index's shape, and "evaluate": traced here one after another,
-    then compiled by XLA in threads (outside Python's lock). `at_once` (the CPU): all together, so that the
-    epoch's last partial batch and the validation program compile while the first chunk does. Otherwise one
-    after another in a thread: a GPU compile times kernels on the device to choose them (autotuning), and
-    compiles side by side would time each other's (not measured yet on a GPU)."""
+def _compile_ahead(
+    run_chunk, evaluate, state, x, y, index_shapes, key, validation, at_once: bool
+) -> dict[object, Future]:
+    """Every program the epochs will call, by the index's shape, and "evaluate": traced here one after
+    another, then compiled by XLA in threads (outside Python's lock). `at_once` (the CPU): all together, so
+    that the epoch's last partial batch and the validation program compile while the first chunk does.
+    Otherwise one after another in a thread: a GPU compile times kernels on the device to choose them
+    (autotuning), and compiles side by side would time each other's (not measured yet on a GPU)."""
     pool = ThreadPoolExecutor(max_workers=len(index_shapes) + 1 if at_once else 1)
     programs = {}
     for shape in index_shapes:
@@ -255,7 +313,7 @@ def _stack(trees):
 @functools.partial(jax.jit, static_argnums=1)
 def _unstack(tree, count: int):
     """Model i's variables out of the stack, as fresh buffers, in one program."""
-    return [jax.tree.map(lambda leaf: leaf[i], tree) for i in range(count)]
+    return [jax.tree.map(operator.itemgetter(i), tree) for i in range(count)]
 
 
 def _write_back(model, optimizer, trainable, non_trainable, opt_vars) -> None:

@@ -39,8 +39,10 @@ interrupt.received = 0  # the signal, once one came
 def write_failed(path: str | Path, error: OSError, advice: str = "") -> WriteFailed:
     """The one line for an OSError while writing `path`: the path, the cause, and `advice` if any."""
     cause = error.strerror or type(error).__name__
-    advice = advice or {errno.ENOENT: "its folder does not exist: make it first, or give another path",
-                        errno.EISDIR: "a folder has that name: give a file name"}.get(error.errno, "")
+    advice = advice or {
+        errno.ENOENT: "its folder does not exist: make it first, or give another path",
+        errno.EISDIR: "a folder has that name: give a file name",
+    }.get(error.errno, "")
     return WriteFailed(f"cannot write {path} ({cause})" + (f"; {advice}" if advice else ""), error.errno)
 
 

@@ -27,9 +27,13 @@ class EvalResult:
     recall: tuple[float, ...]  # per true digit: the class's accuracy
     support: tuple[int, ...]  # test images per true digit
     wrong: int
-    source: str = "mnist"  # the images scored: MNIST's test set, or otherdigits' source (then no files written)
+    source: str = (
+        "mnist"  # the images scored: MNIST's test set, or otherdigits' source (then no files written)
+    )
     unread: tuple[str, ...] = ()  # an error line for each of a folder's images that could not be read
-    no_digit: tuple[str, ...] = ()  # a line for each of a folder's images in which no digit was found (not scored)
+    no_digit: tuple[
+        str, ...
+    ] = ()  # a line for each of a folder's images in which no digit was found (not scored)
     not_written: str = ""  # why the figures and evaluation.json could not be written (the scores stand)
 
 
@@ -39,8 +43,9 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 
     return matrix
 
 
-def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gallery_size: int = 25,
-             on: str = "mnist") -> EvalResult:
+def evaluate(
+    run: runs.Run | str | Path, data_dir: str | Path | None = None, gallery_size: int = 25, on: str = "mnist"
+) -> EvalResult:
     """Score a run's model (a loaded Run, or its folder) on the 10,000 test images, writing confusion.png,
     misclassified.png and evaluation.json into the run directory; or, `on` another source of digits (see
     otherdigits), only score it."""
@@ -62,26 +67,53 @@ def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gal
     precision = correct / np.maximum(matrix.sum(axis=0), 1)
     recall = correct / np.maximum(matrix.sum(axis=1), 1)
     wrong = np.flatnonzero(predicted != labels)
-    result = EvalResult(run.path, loss, accuracy, stats.wilson_interval(int(correct.sum()), len(labels)),
-                        matrix, tuple(precision.tolist()), tuple(recall.tolist()),
-                        tuple(matrix.sum(axis=1).tolist()), len(wrong), on, tuple(unread), tuple(no_digit))
+    result = EvalResult(
+        run.path,
+        loss,
+        accuracy,
+        stats.wilson_interval(int(correct.sum()), len(labels)),
+        matrix,
+        tuple(precision.tolist()),
+        tuple(recall.tolist()),
+        tuple(matrix.sum(axis=1).tolist()),
+        len(wrong),
+        on,
+        tuple(unread),
+        tuple(no_digit),
+    )
     if on != "mnist":
         return result
 
-    if runs.stamp(run.model_path) != loaded:  # `train --out RUN --overwrite` meanwhile: these are not its results
-        raise UserError(f"{run.path} was trained again while it was being evaluated, so nothing was written; "
-                        f"evaluate it again once it has finished: `mnist-mlp evaluate {outputs.shell_path(run.path)}`")
+    if (
+        runs.stamp(run.model_path) != loaded
+    ):  # `train --out RUN --overwrite` meanwhile: these are not its results
+        raise UserError(
+            f"{run.path} was trained again while it was being evaluated, so nothing was written; "
+            f"evaluate it again once it has finished: `mnist-mlp evaluate {outputs.shell_path(run.path)}`"
+        )
     confidence = probabilities[wrong, predicted[wrong]]
     worst = wrong[np.argsort(-confidence)][:gallery_size]
-    titles = [f"true {labels[i]}, said {predicted[i]}\n{probabilities[i, predicted[i]]:.1%}, test #{i}" for i in worst]
+    titles = [
+        f"true {labels[i]}, said {predicted[i]}\n{probabilities[i, predicted[i]]:.1%}, test #{i}"
+        for i in worst
+    ]
     try:
         plots.plot_confusion(matrix, run.path / runs.CONFUSION)
         plots.plot_gallery(images[worst], titles, run.path / runs.MISCLASSIFIED)
-        outputs.write_json(run.path / runs.EVALUATION, {
-            "test_loss": loss, "test_accuracy": accuracy, "test_accuracy_ci95": list(result.ci95),
-            "confusion": matrix.tolist(), "precision": list(result.precision), "recall": list(result.recall),
-            "support": list(result.support), "misclassified": worst.tolist(), "backend": keras.backend.backend(),
-        })
+        outputs.write_json(
+            run.path / runs.EVALUATION,
+            {
+                "test_loss": loss,
+                "test_accuracy": accuracy,
+                "test_accuracy_ci95": list(result.ci95),
+                "confusion": matrix.tolist(),
+                "precision": list(result.precision),
+                "recall": list(result.recall),
+                "support": list(result.support),
+                "misclassified": worst.tolist(),
+                "backend": keras.backend.backend(),
+            },
+        )
     except WriteFailed as e:  # a run folder shared read-only, a full disk: the scores are still worth showing
         return dataclasses.replace(result, not_written=f"{e}; {_after_write_error(e.errno, run.path)}")
     return result
@@ -90,13 +122,17 @@ def evaluate(run: runs.Run | str | Path, data_dir: str | Path | None = None, gal
 def _after_write_error(number: int | None, path: Path) -> str:
     if number in outputs.UNWRITABLE:
         command, copy = runs.writable_copy(path)
-        return f"the scores above are not saved; evaluate a copy of the run: `{command} && mnist-mlp evaluate {copy}`"
+        return (
+            f"the scores above are not saved; evaluate a copy of the run: `{command} && mnist-mlp evaluate "
+            f"{copy}`"
+        )
     again = f"run `mnist-mlp evaluate {outputs.shell_path(path)}`"
     return f"the scores above are not saved; {outputs.after_failed_write(number, again)}"
 
 
 def _loss_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Categorical cross-entropy as Keras computes it (probabilities clipped to [1e-7, 1 - 1e-7]) and accuracy."""
+    """Categorical cross-entropy as Keras computes it (probabilities clipped to [1e-7, 1 - 1e-7]) and
+    accuracy."""
     p = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1 - 1e-7)
     return float(-np.log(p).mean()), float((probabilities.argmax(axis=1) == labels).mean())
 
@@ -104,17 +140,29 @@ def _loss_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> tuple[f
 def describe(result: EvalResult) -> str:
     """`mnist-mlp evaluate`'s report: score, per-digit precision and recall, the confusion matrix."""
     low, high = result.ci95
-    loss, accuracy = (("Test loss", "Test accuracy") if result.source == "mnist" else
-                      (f"Loss on {result.source}", f"Accuracy on {result.source}"))
-    lines = [f"{loss}: {result.test_loss:.4f}",
-             f"{accuracy}: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f}), "
-             f"{result.wrong} of {sum(result.support)} wrong" + (f"; {len(result.no_digit)} more with no digit found "
-                                                                 "were not scored" if result.no_digit else ""),
-             "", "digit  precision  recall(accuracy)  images"]
+    loss, accuracy = (
+        ("Test loss", "Test accuracy")
+        if result.source == "mnist"
+        else (f"Loss on {result.source}", f"Accuracy on {result.source}")
+    )
+    lines = [
+        f"{loss}: {result.test_loss:.4f}",
+        f"{accuracy}: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f}), "
+        f"{result.wrong} of {sum(result.support)} wrong"
+        + (f"; {len(result.no_digit)} more with no digit found were not scored" if result.no_digit else ""),
+        "",
+        "digit  precision  recall(accuracy)  images",
+    ]
     said = result.confusion.sum(axis=0)  # a digit never said, or with no images, has no precision or recall
-    lines += [f"{d:>5}  {f'{p:.4f}' if said[d] else '-':>9}  {f'{r:.4f}' if n else '-':>16}  {n:>6}"
-              for d, (p, r, n) in enumerate(zip(result.precision, result.recall, result.support))]
-    lines += ["", "confusion matrix (rows: true digit, columns: predicted)", "      " + "".join(f"{d:>6}" for d in range(10))]
+    lines += [
+        f"{d:>5}  {f'{p:.4f}' if said[d] else '-':>9}  {f'{r:.4f}' if n else '-':>16}  {n:>6}"
+        for d, (p, r, n) in enumerate(zip(result.precision, result.recall, result.support))
+    ]
+    lines += [
+        "",
+        "confusion matrix (rows: true digit, columns: predicted)",
+        "      " + "".join(f"{d:>6}" for d in range(10)),
+    ]
     lines += [f"{d:>6}" + "".join(f"{n:>6}" for n in row) for d, row in enumerate(result.confusion)]
     if result.source == "mnist" and not result.not_written:
         lines += ["", f"Wrote confusion.png, misclassified.png and evaluation.json in {result.run_dir}/"]

@@ -55,14 +55,21 @@ class LoadResult:
     machine: str
 
 
-def start_server(run: str | Path, port: int | None = None, timeout: float = 180) -> tuple[subprocess.Popen, str]:
-    """`python -m mnist_mlp serve RUN` on a free loopback port, once /api/health answers: (process, base URL)."""
+def start_server(
+    run: str | Path, port: int | None = None, timeout: float = 180
+) -> tuple[subprocess.Popen, str]:
+    """`python -m mnist_mlp serve RUN` on a free loopback port, once /api/health answers: (process, base
+    URL)."""
     if port is None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "mnist_mlp", "serve", str(run), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mnist_mlp", "serve", str(run), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -79,7 +86,9 @@ def start_server(run: str | Path, port: int | None = None, timeout: float = 180)
 
 def rss_mb(pid: int) -> tuple[float, float]:
     """(current, peak) resident memory of a process, MB (Linux /proc)."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
@@ -89,6 +98,7 @@ def chunked_upload(url: str, total: int, chunk: int = 1 << 20) -> tuple[int | No
     host, port = url.removeprefix("http://").split(":")
     answer = bytearray()
     with socket.create_connection((host, int(port)), timeout=10) as sock:
+
         def read():
             try:
                 while data := sock.recv(65536):
@@ -100,8 +110,10 @@ def chunked_upload(url: str, total: int, chunk: int = 1 << 20) -> tuple[int | No
         reader.start()
         sent = 0
         try:
-            sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: %s\r\nContent-Type: image/png\r\n"
-                         b"Transfer-Encoding: chunked\r\n\r\n" % host.encode())
+            sock.sendall(
+                b"POST /api/predict HTTP/1.1\r\nHost: %s\r\nContent-Type: image/png\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n" % host.encode()
+            )
             frame = b"%x\r\n" % chunk + bytes(chunk) + b"\r\n"
             while sent < total and not answer:
                 sock.sendall(frame)
@@ -119,9 +131,23 @@ def _wrk(url: str, body: Path, connections: int, duration: float, threads: int) 
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT)
     try:
-        out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s",
-                              "-s", script.name, url + "/api/predict"], capture_output=True, text=True,
-                             env={**os.environ, "MNIST_MLP_BODY": str(body)}, timeout=duration + 60)
+        out = subprocess.run(
+            [
+                "wrk",
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{duration:g}s",
+                "--timeout",
+                "10s",
+                "-s",
+                script.name,
+                url + "/api/predict",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MNIST_MLP_BODY": str(body)},
+            timeout=duration + 60,
+        )
     finally:
         os.unlink(script.name)
     line = next((line for line in out.stdout.splitlines() if line.startswith("WRKJSON ")), None)
@@ -154,26 +180,38 @@ def digit_png(cache_dir: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def load(run: str | Path, connections: int = 200, duration: float = 15, image: str | Path | None = None,
-         threads: int = 2, cache_dir: str | None = None, upload_bytes: int = 1 << 30) -> LoadResult:
+def load(
+    run: str | Path,
+    connections: int = 200,
+    duration: float = 15,
+    image: str | Path | None = None,
+    threads: int = 2,
+    cache_dir: str | None = None,
+    upload_bytes: int = 1 << 30,
+) -> LoadResult:
     """Start a server for `run`, warm it up, load it with wrk for `duration` s while probing health, then
     one chunked upload of `upload_bytes`."""
     from mnist_mlp.bench import machine
 
     if connections < 1 or not duration > 0:
-        raise UserError(f"--connections must be >= 1 and --duration > 0 seconds; got {connections} and {duration}")
+        raise UserError(
+            f"--connections must be >= 1 and --duration > 0 seconds; got {connections} and {duration}"
+        )
     if image and not Path(image).is_file():
         raise UserError(f"--image {image} not found; give a PNG file")
     if shutil.which("wrk") is None:
-        raise UserError("wrk (the load generator) not found; install it: apt-get install wrk (Debian, Ubuntu) "
-                        "or brew install wrk (macOS)")
+        raise UserError(
+            "wrk (the load generator) not found; install it: apt-get install wrk (Debian, Ubuntu) "
+            "or brew install wrk (macOS)"
+        )
     body = Path(image).read_bytes() if image else digit_png(cache_dir)
     process, url = start_server(run)
     try:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "digit.png"
             path.write_bytes(body)
-            _wrk(url, path, connections, min(3.0, duration), threads)  # warm-up: connections, caches, allocator
+            # Warm-up: connections, caches, allocator
+            _wrk(url, path, connections, min(3.0, duration), threads)
             rss_idle = rss_mb(process.pid)[0]
             latencies: list = []
             stop = threading.Event()
@@ -193,11 +231,24 @@ def load(run: str | Path, connections: int = 200, duration: float = 15, image: s
         process.terminate()
         process.wait(timeout=30)
     ms = sorted(1000 * t for t in latencies)
-    return LoadResult(connections, found["duration_us"] / 1e6, len(body),
-                      found["requests"] / (found["duration_us"] / 1e6), found["p50_us"] / 1000,
-                      found["p99_us"] / 1000, found["non2xx"] + found["socket_errors"],
-                      statistics.median(ms) if ms else float("nan"), _percentile(ms, 99), len(ms),
-                      rss_idle, rss_loaded, max(samples, default=before) - before, status, sent / 2**20, machine())
+    return LoadResult(
+        connections,
+        found["duration_us"] / 1e6,
+        len(body),
+        found["requests"] / (found["duration_us"] / 1e6),
+        found["p50_us"] / 1000,
+        found["p99_us"] / 1000,
+        found["non2xx"] + found["socket_errors"],
+        statistics.median(ms) if ms else float("nan"),
+        _percentile(ms, 99),
+        len(ms),
+        rss_idle,
+        rss_loaded,
+        max(samples, default=before) - before,
+        status,
+        sent / 2**20,
+        machine(),
+    )
 
 
 def _sample_rss(pid: int, done: threading.Event, samples: list) -> None:
@@ -215,14 +266,23 @@ def _percentile(sorted_values: list, q: float) -> float:
 
 def markdown(result: LoadResult) -> str:
     """The result as a Markdown table."""
-    rows = [("predictions/s", f"{result.predictions_per_s:,.0f}"),
-            ("latency p50 / p99", f"{result.latency_p50_ms:.0f} / {result.latency_p99_ms:.0f} ms"),
-            ("errors (non-2xx, socket)", f"{result.errors}"),
-            ("health p50 / p99 while loaded", f"{result.health_p50_ms:.1f} / {result.health_p99_ms:.1f} ms "
-                                              f"({result.health_probes} probes)"),
-            ("server RSS idle / peak under load", f"{result.rss_idle_mb:.0f} / {result.rss_loaded_mb:.0f} MB"),
-            ("1 GB chunked upload", f"{result.upload_status or 'cut off'} after {result.upload_sent_mb:.0f} MB sent; "
-                                    f"server RSS +{result.upload_rss_growth_mb:.1f} MB")]
-    head = (f"wrk, {result.connections} connections, {result.duration_s:.0f} s, POST /api/predict with a "
-            f"{result.image_bytes:,}-byte PNG; machine: {result.machine} (wrk and the server share it)")
+    rows = [
+        ("predictions/s", f"{result.predictions_per_s:,.0f}"),
+        ("latency p50 / p99", f"{result.latency_p50_ms:.0f} / {result.latency_p99_ms:.0f} ms"),
+        ("errors (non-2xx, socket)", f"{result.errors}"),
+        (
+            "health p50 / p99 while loaded",
+            f"{result.health_p50_ms:.1f} / {result.health_p99_ms:.1f} ms ({result.health_probes} probes)",
+        ),
+        ("server RSS idle / peak under load", f"{result.rss_idle_mb:.0f} / {result.rss_loaded_mb:.0f} MB"),
+        (
+            "1 GB chunked upload",
+            f"{result.upload_status or 'cut off'} after {result.upload_sent_mb:.0f} MB sent; "
+            f"server RSS +{result.upload_rss_growth_mb:.1f} MB",
+        ),
+    ]
+    head = (
+        f"wrk, {result.connections} connections, {result.duration_s:.0f} s, POST /api/predict with a "
+        f"{result.image_bytes:,}-byte PNG; machine: {result.machine} (wrk and the server share it)"
+    )
     return "\n".join([head, "", "| measure | value |", "| --- | --- |", *(f"| {a} | {b} |" for a, b in rows)])

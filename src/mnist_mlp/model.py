@@ -34,7 +34,8 @@ def build_model(config: ModelConfig = ModelConfig(), precision: str = "float32")
 class BFloat16Dense(keras.layers.Dense):
     """keras.layers.Dense whose product rounds its inputs to bfloat16 and sums in float32 (train.precision =
     "bfloat16"): weights, bias and outputs stay float32, and so does every other step. Keras' mixed_bfloat16
-    policy rounds the outputs too, which this CPU runs no faster than float32. On JAX only; float32 elsewhere."""
+    policy rounds the outputs too, which this CPU runs no faster than float32. On JAX only; float32
+    elsewhere."""
 
     def call(self, inputs, training=None):
         if keras.backend.backend() != "jax":
@@ -82,8 +83,10 @@ def first_layer_weights(model: keras.Model) -> np.ndarray:
     """The kernel (784, units) of the first layer that has weights: one column of pixel weights per unit."""
     kernel = next(layer for layer in model.layers if layer.weights).get_weights()[0]
     if kernel.ndim != 2 or kernel.shape[0] != INPUT_DIM:
-        raise UserError(f"the model's first layer takes {kernel.shape[0]} inputs, not the {INPUT_DIM} pixels of a "
-                        "28x28 digit, so its weights are not images; --weights draws the first layer of an MNIST MLP")
+        raise UserError(
+            f"the model's first layer takes {kernel.shape[0]} inputs, not the {INPUT_DIM} pixels of a "
+            "28x28 digit, so its weights are not images; --weights draws the first layer of an MNIST MLP"
+        )
     return kernel
 
 

@@ -1,8 +1,9 @@
 """Digits that are not MNIST's, to see how a model reads what users give it: digits printed in the fonts
 matplotlib ships ("fonts"), digits drawn with the draw-a-digit page's pen along the strokes of Hershey's
-single-stroke fonts ("pen"), real handwriting from UCI's optdigits test set, 13 writers scanned at 8x8 ("uci", via
-scikit-learn if installed), or a folder of your own labelled images (FOLDER/0/*.png ... FOLDER/9/*.png). Each
-image is read as `predict` reads a file (to_mnist), so the score is the one a user's own digits would get."""
+single-stroke fonts ("pen"), real handwriting from UCI's optdigits test set, 13 writers scanned at 8x8 ("uci",
+via scikit-learn if installed), or a folder of your own labelled images (FOLDER/0/*.png ... FOLDER/9/*.png).
+Each image is read as `predict` reads a file (to_mnist), so the score is the one a user's own digits would
+get."""
 
 from __future__ import annotations
 
@@ -16,15 +17,34 @@ from mnist_mlp.errors import UserError, pip_install
 from mnist_mlp.predict import FORMAT_NAMES, NO_DIGIT, SPECKS, folder_images, left_out, read_files, to_mnist
 
 SOURCES = ("fonts", "pen", "uci")  # or a folder
-# Upright and italic, serif, sans and monospaced; not cmmi10, whose digits are old-style (they drop below the line).
-FONTS = ("DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique", "DejaVuSans-BoldOblique", "DejaVuSerif",
-         "DejaVuSerif-Bold", "DejaVuSerif-Italic", "DejaVuSerif-BoldItalic", "DejaVuSansMono", "DejaVuSansMono-Bold",
-         "STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta", "cmr10", "cmb10", "cmss10",
-         "cmtt10", "cmti10")
+# Upright and italic, serif, sans and monospaced; not cmmi10, whose digits are old-style (they drop below the
+# line).
+FONTS = (
+    "DejaVuSans",
+    "DejaVuSans-Bold",
+    "DejaVuSans-Oblique",
+    "DejaVuSans-BoldOblique",
+    "DejaVuSerif",
+    "DejaVuSerif-Bold",
+    "DejaVuSerif-Italic",
+    "DejaVuSerif-BoldItalic",
+    "DejaVuSansMono",
+    "DejaVuSansMono-Bold",
+    "STIXGeneral",
+    "STIXGeneralBol",
+    "STIXGeneralItalic",
+    "STIXGeneralBolIta",
+    "cmr10",
+    "cmb10",
+    "cmss10",
+    "cmtt10",
+    "cmti10",
+)
 ANGLES = (-8, 0, 8)  # degrees: a printed digit photographed a little askew
-# Hershey's pen-plotter fonts hold six designs of the digits besides the gothic one (which no one writes): simplex,
-# duplex and triplex roman, complex roman, complex and triplex italic. Their digits are strokes, as a hand draws
-# them on the page, not filled outlines; duplex and triplex draw parallel strokes, as a pen pressed harder.
+# Hershey's pen-plotter fonts hold six designs of the digits besides the gothic one (which no one writes):
+# simplex, duplex and triplex roman, complex roman, complex and triplex italic. Their digits are strokes, as a
+# hand draws them on the page, not filled outlines; duplex and triplex draw parallel strokes, as a pen pressed
+# harder.
 PEN_FONTS = ("futural", "futuram", "rowmant", "timesr", "scripts", "timesib")
 PEN_HEIGHTS = (0.7, 0.4)  # the digit's height as a share of the pad: drawn to fill it, and drawn small
 PEN_SLANTS = (-0.25, 0.0, 0.25)  # horizontal shear: leaning left, upright, leaning right
@@ -34,7 +54,8 @@ SUPERSAMPLE = 4  # drawn 4x larger and averaged down: anti-aliased edges, as the
 
 def load(source: str) -> tuple[list[np.ndarray], np.ndarray, list[str], list[str]]:
     """MNIST-style uint8 (28, 28) images and their int labels from a source name or a folder; for a folder, an
-    error line for each image that could not be read and a line for each with no digit found (neither scored)."""
+    error line for each image that could not be read and a line for each with no digit found (neither
+    scored)."""
     if source in ("fonts", "pen", "uci"):
         check(source)
         return *{"fonts": fonts, "pen": pen, "uci": uci}[source](), [], []
@@ -49,20 +70,28 @@ def check(source: str) -> list[str]:
         try:
             import sklearn.datasets  # noqa: F401
         except ImportError:
-            raise UserError("--on uci reads UCI's handwritten digits from scikit-learn; install it with "
-                            f"{pip_install('mnist-mlp[uci]')}, or use --on fonts, pen or FOLDER") from None
+            raise UserError(
+                "--on uci reads UCI's handwritten digits from scikit-learn; install it with "
+                f"{pip_install('mnist-mlp[uci]')}, or use --on fonts, pen or FOLDER"
+            ) from None
     elif source == "pen":
         try:
             import HersheyFonts  # noqa: F401
         except ImportError:
-            raise UserError("--on pen draws the strokes of Hershey's fonts, and this install lacks them: "
-                            f"{pip_install('Hershey-Fonts')} (a dependency of mnist-mlp)") from None
+            raise UserError(
+                "--on pen draws the strokes of Hershey's fonts, and this install lacks them: "
+                f"{pip_install('Hershey-Fonts')} (a dependency of mnist-mlp)"
+            ) from None
     elif source != "fonts":
         path = Path(source)
         _labelled(path)
         digits = [path / str(d) for d in range(10) if (path / str(d)).is_dir()]
-        top = left_out(path, digits, folders="only folders 0 to 9 are read", images=f"move each into {path}/<digit>/")
-        inside = (left_out(digit, folders="folders are not searched: move their images up") for digit in digits)
+        top = left_out(
+            path, digits, folders="only folders 0 to 9 are read", images=f"move each into {path}/<digit>/"
+        )
+        inside = (
+            left_out(digit, folders="folders are not searched: move their images up") for digit in digits
+        )
         return [note for note in (top, *inside) if note]
     return []
 
@@ -86,8 +115,9 @@ def fonts() -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def pen() -> tuple[list[np.ndarray], np.ndarray]:
-    """Each digit in each Hershey style, drawn large and small, upright and leaning either way, 360 in all: the
-    PNG the page would send had it been drawn there (white on black, the page's pen), read as the server reads it."""
+    """Each digit in each Hershey style, drawn large and small, upright and leaning either way, 360 in all:
+    the PNG the page would send had it been drawn there (white on black, the page's pen), read as the server
+    reads it."""
     images, labels = [], []
     for font in PEN_FONTS:
         for digit in range(10):
@@ -102,7 +132,9 @@ def pen() -> tuple[list[np.ndarray], np.ndarray]:
 def pen_strokes(font: str, digit: int, height: float, slant: float) -> list[list[tuple[float, float]]]:
     """The digit's strokes in a Hershey font as points in the page's pad, `height` of it tall, sheared by
     `slant` (x moves by slant times the height above the digit's middle), centred."""
-    strokes = [np.array(stroke, np.float64) for stroke in _hershey(font).strokes_for_text(str(digit)) if len(stroke)]
+    strokes = [
+        np.array(stroke, np.float64) for stroke in _hershey(font).strokes_for_text(str(digit)) if len(stroke)
+    ]
     points = np.concatenate(strokes)
     low, high = points.min(axis=0), points.max(axis=0)
     scale = height * PAD / (high[1] - low[1])  # Hershey's y grows downward, as the pad's does
@@ -139,14 +171,17 @@ def draw(strokes: list[list[tuple[float, float]]]) -> Image.Image:
 
 
 def uci() -> tuple[list[np.ndarray], np.ndarray]:
-    """The 1,797 handwritten digits of UCI's optdigits test set (13 writers) as scikit-learn bundles them (8x8,
-    17 gray levels), dark on light, smoothly enlarged and on a margin of paper, as a scan of them would be."""
+    """The 1,797 handwritten digits of UCI's optdigits test set (13 writers) as scikit-learn bundles them
+    (8x8, 17 gray levels), dark on light, smoothly enlarged and on a margin of paper, as a scan of them would
+    be."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = []
     for image in digits.images:
-        scan = Image.fromarray((255 - image * 255 / 16).astype(np.uint8)).resize((32, 32), Image.Resampling.BILINEAR)
+        scan = Image.fromarray((255 - image * 255 / 16).astype(np.uint8)).resize(
+            (32, 32), Image.Resampling.BILINEAR
+        )
         page = Image.new("L", (56, 56), 255)
         page.paste(scan, (12, 12))
         images.append(to_mnist(np.asarray(page, np.float32))[0])
@@ -162,22 +197,36 @@ def folder(path: Path) -> tuple[list[np.ndarray], np.ndarray, list[str], list[st
     found = [(file, image) for file, (image, note) in zip(files, prepared) if note not in (NO_DIGIT, SPECKS)]
     blank = [(file, note) for file, (_, note) in zip(files, prepared) if note in (NO_DIGIT, SPECKS)]
     if not found:
-        raise UserError(f"no digit found in any of {path}'s {len(files)} readable images ({blank[0][0]}: "
-                        f"{blank[0][1].removeprefix('no digit found: ')}); photograph each digit written dark, "
-                        "filling most of the picture")
-    return ([image for _, image in found], np.array([labelled[file] for file, _ in found]), errors,
-            [f"{file}: {note}" for file, note in blank])
+        raise UserError(
+            f"no digit found in any of {path}'s {len(files)} readable images ({blank[0][0]}: "
+            f"{blank[0][1].removeprefix('no digit found: ')}); photograph each digit written dark, "
+            "filling most of the picture"
+        )
+    return (
+        [image for _, image in found],
+        np.array([labelled[file] for file, _ in found]),
+        errors,
+        [f"{file}: {note}" for file, note in blank],
+    )
 
 
 def _labelled(path: Path) -> list[tuple[int, Path]]:
     """(digit, file) for each image in path/0/ ... path/9/ (predict.folder_images)."""
     if not path.is_dir():
-        raise UserError(f"--on {path}: not mnist, {', '.join(SOURCES)} nor a folder; give a folder holding "
-                        "subfolders 0 to 9 of your digit images")
-    labelled = [(digit, file) for digit in range(10) if (path / str(digit)).is_dir()
-                for file in folder_images(path / str(digit))]
+        raise UserError(
+            f"--on {path}: not mnist, {', '.join(SOURCES)} nor a folder; give a folder holding "
+            "subfolders 0 to 9 of your digit images"
+        )
+    labelled = [
+        (digit, file)
+        for digit in range(10)
+        if (path / str(digit)).is_dir()
+        for file in folder_images(path / str(digit))
+    ]
     if not labelled and any((path / str(digit)).is_dir() for digit in range(10)):
         raise UserError(f"{path}'s folders 0 to 9 hold no {FORMAT_NAMES} images; save photos as JPEG")
     if not labelled:
-        raise UserError(f"{path} has no subfolders 0 to 9 of images; put each digit's images in {path}/<digit>/")
+        raise UserError(
+            f"{path} has no subfolders 0 to 9 of images; put each digit's images in {path}/<digit>/"
+        )
     return labelled

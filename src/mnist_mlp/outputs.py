@@ -19,13 +19,23 @@ from mnist_mlp.errors import UserError, write_failed
 MADE_BY = "mnist-mlp"  # in the metadata of the figures we write and in bench's JSON: a file --out may replace
 # Where our figures and JSON reports carry MADE_BY: the PNG's Software text, the JPEG's comment, the SVG's
 # creator, the PDF's Creator (near its end), bench's made_by key.
-MARKS = (b"tEXtSoftware\x00mnist-mlp", b"\xff\xfe\x00\x0bmnist-mlp", b"<dc:title>mnist-mlp</dc:title>",
-         b"/Creator (mnist-mlp)", b'"made_by": "mnist-mlp"')
+MARKS = (
+    b"tEXtSoftware\x00mnist-mlp",
+    b"\xff\xfe\x00\x0bmnist-mlp",
+    b"<dc:title>mnist-mlp</dc:title>",
+    b"/Creator (mnist-mlp)",
+    b'"made_by": "mnist-mlp"',
+)
 
 
 UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)  # a read-only disk or a folder of someone else's
-FIXES = {errno.EROFS: "make the disk writable", errno.EACCES: "make the folder writable", errno.EPERM:
-         "make the folder writable", errno.ENOSPC: "free some space", errno.EDQUOT: "free some of your quota"}
+FIXES = {
+    errno.EROFS: "make the disk writable",
+    errno.EACCES: "make the folder writable",
+    errno.EPERM: "make the folder writable",
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some of your quota",
+}
 
 
 def after_failed_write(number: int | None, next_step: str) -> str:
@@ -39,7 +49,8 @@ def temporary(path: Path) -> Path:
     """A temporary name beside `path`, unique to this call: two processes never share one. (runs._is_ours
     knows this form: --overwrite clears what a killed write left.)"""
     tag = f".tmp-{os.getpid()}-{secrets.token_hex(3)}{path.suffix}"
-    stem = path.stem.encode()[:255 - 1 - len(tag.encode())].decode(errors="ignore")  # a name fits in 255 bytes
+    # A name fits in 255 bytes
+    stem = path.stem.encode()[: 255 - 1 - len(tag.encode())].decode(errors="ignore")
     return path.with_name(f".{stem}{tag}")
 
 
@@ -77,7 +88,8 @@ def shell_path(path: str | Path) -> str:
 
 def free_name(path: str | Path, suffix: str = "", flag: str = "--out") -> Path:
     """`path` itself if nothing is there, else the first of path-2, path-3, ... that does not exist; a file
-    name keeps its `suffix` last (curves.png, curves-2.png, ...), so a default output never replaces a file."""
+    name keeps its `suffix` last (curves.png, curves-2.png, ...), so a default output never replaces a
+    file."""
     path = Path(path)
     if not path.name:  # "." names no folder: the folder it stands for; "/" none at all: one inside it
         path = path.resolve() if path.resolve().name else path / "run"
@@ -90,12 +102,20 @@ def free_name(path: str | Path, suffix: str = "", flag: str = "--out") -> Path:
 
 
 @contextlib.contextmanager
-def output(given: str | Path | None, default: str | Path, suffix: str = "", *, folder: bool = False,
-           flag: str = "--out", remove_unused=None):
+def output(
+    given: str | Path | None,
+    default: str | Path,
+    suffix: str = "",
+    *,
+    folder: bool = False,
+    flag: str = "--out",
+    remove_unused=None,
+):
     """Where a command writes: `given` (the user's `flag`) as it is; else the first free name of `default`
     (see free_name), made now, empty (a file, or a folder with `folder`), so that two commands at once never
     take one name (the second takes default-2). Yields it for the block to fill; a default name still empty
-    after the block (it failed) is removed: a file of no bytes, a folder by `remove_unused` (else if empty)."""
+    after the block (it failed) is removed: a file of no bytes, a folder by `remove_unused` (else if
+    empty)."""
     if given:
         if not folder:
             check_target(Path(given), flag, Path(default).name)
@@ -135,8 +155,8 @@ def output(given: str | Path | None, default: str | Path, suffix: str = "", *, f
 
 def check_target(path: Path, flag: str, example: str) -> None:
     """A UserError if `path` is there and not a plain file: the rename that writes it would replace a folder's
-    name, a symbolic link (not what it points to) or a device (root's `--out /dev/null` became a PNG); or if it
-    is a file of the user's (not empty, without our mark)."""
+    name, a symbolic link (not what it points to) or a device (root's `--out /dev/null` became a PNG); or if
+    it is a file of the user's (not empty, without our mark)."""
     try:
         status = os.lstat(path)
     except OSError:
@@ -150,8 +170,10 @@ def check_target(path: Path, flag: str, example: str) -> None:
         raise UserError(f"{flag} {path} is {kind}, which writing would replace; give the name of a file")
     if status.st_size and not made_by_us(path):
         other = shell_path(free_name(path, path.suffix, flag))
-        raise UserError(f"{flag} {path} is a file that mnist-mlp did not write, so it is not replaced; give another "
-                        f"name, e.g. {flag} {other} (or move it away first)")
+        raise UserError(
+            f"{flag} {path} is a file that mnist-mlp did not write, so it is not replaced; give another "
+            f"name, e.g. {flag} {other} (or move it away first)"
+        )
 
 
 def made_by_us(path: Path) -> bool:

@@ -18,7 +18,6 @@ from mnist_mlp import outputs, runs  # noqa: E402
 from mnist_mlp.errors import UserError, WriteFailed  # noqa: E402
 from mnist_mlp.outputs import atomic  # noqa: E402
 
-
 FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")  # by the name's suffix (none: png)
 
 
@@ -38,7 +37,9 @@ def _save(fig, path: str | Path) -> Path:
 def _kind(path: str | Path) -> str:
     kind = Path(path).suffix.lower().lstrip(".") or "png"
     if kind not in FORMATS:
-        raise UserError(f"{path}: figures are written as {', '.join(FORMATS)}; give a name ending in one of them")
+        raise UserError(
+            f"{path}: figures are written as {', '.join(FORMATS)}; give a name ending in one of them"
+        )
     return kind
 
 
@@ -68,8 +69,14 @@ def curves_figure(histories: dict[str, dict[str, list[float]]]):
         for ax, metric in zip(axes, ("loss", "accuracy")):
             ax.plot(epochs, history[metric], color=color, marker=".", label=f"{prefix}training")
             if f"val_{metric}" in history:
-                ax.plot(epochs, history[f"val_{metric}"], color=color, linestyle="--", marker=".",
-                        label=f"{prefix}validation")
+                ax.plot(
+                    epochs,
+                    history[f"val_{metric}"],
+                    color=color,
+                    linestyle="--",
+                    marker=".",
+                    label=f"{prefix}validation",
+                )
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -108,8 +115,15 @@ def plot_confusion(confusion: np.ndarray, path: str | Path) -> Path:
     shown = np.log1p(confusion)  # log scale so the few mistakes stay visible beside ~1000 correct
     ax.imshow(shown, cmap="Blues")
     for (t, p), count in np.ndenumerate(confusion):
-        ax.text(p, t, str(count), ha="center", va="center", fontsize=8,
-                color="white" if shown[t, p] > shown.max() / 2 else "black")
+        ax.text(
+            p,
+            t,
+            str(count),
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if shown[t, p] > shown.max() / 2 else "black",
+        )
     ax.set_xticks(range(len(confusion)))
     ax.set_yticks(range(len(confusion)))
     ax.set_xlabel("predicted digit")
@@ -131,8 +145,9 @@ def plot_gallery(images: np.ndarray, titles: list[str], path: str | Path, column
 
 
 def weights_mosaic(kernel: np.ndarray, scale: int = 2) -> np.ndarray:
-    """A first layer's weights (784, units) as one image: a 28x28 tile per unit (each on its own scale, -1..1),
-    tiles in rows about twice as long as the columns are tall, NaN (drawn white) between tiles and after the last."""
+    """A first layer's weights (784, units) as one image: a 28x28 tile per unit (each on its own scale,
+    -1..1), tiles in rows about twice as long as the columns are tall, NaN (drawn white) between tiles and
+    after the last."""
     units = kernel.shape[1]
     columns = math.ceil(math.sqrt(2 * units))  # 512 units: 32 x 16
     rows = math.ceil(units / columns)
@@ -182,19 +197,23 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None) -> tuple[P
 
 @contextlib.contextmanager
 def _elsewhere_if_unwritable(run: str | Path, out, name: str = runs.CURVES, flags: str = ""):
-    """A figure that goes into a run folder shared read-only (no --out given): the line says where else to write."""
+    """A figure that goes into a run folder shared read-only (no --out given): the line says where else to
+    write."""
     try:
         yield
     except WriteFailed as e:
         if out or e.errno not in outputs.UNWRITABLE:
             raise
-        elsewhere = outputs.shell_path(outputs.free_name(outputs.writable_folder(avoid=Path(run)) / name, ".png"))
-        raise WriteFailed(f"{e}; write them elsewhere: `mnist-mlp plot {outputs.shell_path(run)}{flags} --out {elsewhere}`",
-                          e.errno) from None
+        elsewhere = outputs.shell_path(
+            outputs.free_name(outputs.writable_folder(avoid=Path(run)) / name, ".png")
+        )
+        raise WriteFailed(
+            f"{e}; write them elsewhere: `mnist-mlp plot {outputs.shell_path(run)}{flags} --out {elsewhere}`",
+            e.errno,
+        ) from None
 
 
 def named_histories(loaded: list[runs.Run]) -> dict[str, dict[str, list[float]]]:
     """Run histories by name; the full path where two runs share a name."""
     names = [run.name for run in loaded]
     return {(run.name if names.count(run.name) == 1 else str(run.path)): run.history for run in loaded}
-

@@ -28,7 +28,9 @@ MIN_FILL = 0.02  # ink covering less than this fraction of its box is scattered 
 NO_DIGIT = "no digit found: the image is blank or its marks are too faint"
 SPECKS = "no digit found: only specks, or marks too small for a digit (crop closer to a small digit)"
 BLOCK_ASPECT = 0.4  # a filled box squarer than this (short side / long side) is a blot, not a 1
-BLOT_FILL = 0.7  # ...when more of it than this is ink: a disc is ~0.75-0.8; it flags 2 of MNIST's 10,000 test digits
+BLOT_FILL = (
+    0.7  # ...when more of it than this is ink: a disc is ~0.75-0.8; it flags 2 of MNIST's 10,000 test digits
+)
 WORK_SIDE = 1024  # px; larger images are box-averaged down to this on their long side first
 EVEN = 0.5  # one exact level over this share of the border and of the image, the rest ink: an even background
 FIT_SIDE = 48  # px; the lighting surface is fitted on a copy this size on its long side
@@ -69,10 +71,13 @@ def open_image(source: str | Path | bytes | np.ndarray, name: str = "image") -> 
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS)
         image.seek(0)
-        image.draft("L", (WORK_SIDE, WORK_SIDE))  # a JPEG decodes at 1/2, 1/4 or 1/8 scale, still >= WORK_SIDE
+        # A JPEG decodes at 1/2, 1/4 or 1/8 scale, still >= WORK_SIDE
+        image.draft("L", (WORK_SIDE, WORK_SIDE))
         if image.width * image.height > MAX_PIXELS:  # as decoded: a 48 MP phone JPEG decodes at 3 MP
-            raise ImageTooLarge(f"{name} is {image.width}x{image.height} pixels, more than {MAX_PIXELS:,}; "
-                                "use a smaller image (a digit needs far fewer pixels)")
+            raise ImageTooLarge(
+                f"{name} is {image.width}x{image.height} pixels, more than {MAX_PIXELS:,}; "
+                "use a smaller image (a digit needs far fewer pixels)"
+            )
         ImageOps.exif_transpose(image, in_place=True)
         gray = _image_to_gray(image)
     except UserError:
@@ -82,15 +87,18 @@ def open_image(source: str | Path | bytes | np.ndarray, name: str = "image") -> 
     except Image.DecompressionBombError:  # Pillow's own limit, far above ours, refuses before we can look
         raise ImageTooLarge(f"{name} has more than {MAX_PIXELS:,} pixels; use a smaller image") from None
     except Exception as e:  # noqa: BLE001  decoders fail in many ways on hostile bytes; each is the file's fault
-        raise UserError(f"{name} is not a readable image (damaged, or not a {FORMAT_NAMES}: {type(e).__name__}); "
-                        "open it and save it again as PNG or JPEG") from None
+        raise UserError(
+            f"{name} is not a readable image (damaged, or not a {FORMAT_NAMES}: {type(e).__name__}); "
+            "open it and save it again as PNG or JPEG"
+        ) from None
     if not np.isfinite(gray).all():
         raise UserError(f"{name} has NaN or infinite pixel values")
     return gray
 
 
 def _image_to_gray(image: Image.Image) -> np.ndarray:
-    """One gray channel, box-averaged down to WORK_SIDE before it becomes float (a 25 MP photo: 25 MB, not 100)."""
+    """One gray channel, box-averaged down to WORK_SIDE before it becomes float (a 25 MP photo: 25 MB, not
+    100)."""
     if image.mode in ("I;16", "I;16B", "I;16L"):
         image = image.convert("I")
     if image.mode in ("I", "F"):
@@ -129,7 +137,9 @@ def _array_to_gray(array: np.ndarray, name: str) -> np.ndarray:
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         array = array[..., :3].mean(axis=-1)
     if array.ndim != 2 or min(array.shape) < 1:
-        raise UserError(f"{name} must be a 2-D grayscale array (e.g. 28x28 or 784 values); got shape {array.shape}")
+        raise UserError(
+            f"{name} must be a 2-D grayscale array (e.g. 28x28 or 784 values); got shape {array.shape}"
+        )
     if not np.isfinite(array).all():
         raise UserError(f"{name} has NaN or infinite values")
     return array * 255 if array.max() <= 1 else array
@@ -166,7 +176,11 @@ def to_mnist(gray: np.ndarray) -> tuple[np.ndarray, str]:
     canvas[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
     note = ""
     # a filled box or disc that is roughly square is a blot; a filled thin bar is a straight 1
-    if (digit > 0.5).mean() > BLOT_FILL and min(height, width) > 3 and min(height, width) > BLOCK_ASPECT * max(height, width):
+    if (
+        (digit > 0.5).mean() > BLOT_FILL
+        and min(height, width) > 3
+        and min(height, width) > BLOCK_ASPECT * max(height, width)
+    ):
         note = "the ink is one solid blot: this does not look like a digit"
     return np.round(canvas * 255).astype(np.uint8), note
 
@@ -187,10 +201,14 @@ def _ink(gray: np.ndarray) -> tuple[np.ndarray, float]:
     level = float(levels[counts.argmax()])
     sign = -1.0 if level >= 128 else 1.0  # dark ink on light paper, or light ink on dark
     off = sign * (border - level)  # the border's other pixels, as ink strength
-    if (counts.max() >= EVEN * border.size and np.all(off >= 0) and np.count_nonzero(gray == level) >= EVEN * gray.size
-            and (not off.any() or np.median(off[off > 0]) >= 0.5 * np.max(sign * (gray - level)))):
-        # an even background (a canvas, a clean render), strokes perhaps touching the edge (a shadow on clipped
-        # white paper is fainter than the ink: that goes to the fit): nothing to fit
+    if (
+        counts.max() >= EVEN * border.size
+        and np.all(off >= 0)
+        and np.count_nonzero(gray == level) >= EVEN * gray.size
+        and (not off.any() or np.median(off[off > 0]) >= 0.5 * np.max(sign * (gray - level)))
+    ):
+        # an even background (a canvas, a clean render), strokes perhaps touching the edge (a shadow on
+        # clipped white paper is fainter than the ink: that goes to the fit): nothing to fit
         return np.clip(sign * (gray - level), 0, None), 0.0
     step = max(1, max(gray.shape) // 256)
     low, middle, high = np.percentile(gray[::step, ::step], [0.5, 50, 99.5])
@@ -204,8 +222,10 @@ def _ink(gray: np.ndarray) -> tuple[np.ndarray, float]:
 def _paper(gray: np.ndarray, sign: float, border_level: float) -> np.ndarray:
     """The paper's brightness under uneven lighting: a quadratic surface fitted, ink excluded, to a
     small copy of the image, evaluated at full size."""
-    small_size = (max(2, round(gray.shape[1] * FIT_SIDE / max(gray.shape))),
-                  max(2, round(gray.shape[0] * FIT_SIDE / max(gray.shape))))
+    small_size = (
+        max(2, round(gray.shape[1] * FIT_SIDE / max(gray.shape))),
+        max(2, round(gray.shape[0] * FIT_SIDE / max(gray.shape))),
+    )
     small = np.asarray(Image.fromarray(gray).resize(small_size, Image.Resampling.BOX), np.float64)
     v, u = np.meshgrid(np.linspace(-1, 1, small.shape[0]), np.linspace(-1, 1, small.shape[1]), indexing="ij")
     terms = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=-1).reshape(-1, 6)
@@ -219,7 +239,9 @@ def _paper(gray: np.ndarray, sign: float, border_level: float) -> np.ndarray:
         paper = residual < 3 * sigma
     y = np.linspace(-1, 1, gray.shape[0])[:, None]
     x = np.linspace(-1, 1, gray.shape[1])[None, :]
-    return (coef[0] + coef[1] * x + coef[3] * x * x + (coef[2] + coef[4] * x) * y + coef[5] * y * y).astype(np.float32)
+    return (coef[0] + coef[1] * x + coef[3] * x * x + (coef[2] + coef[4] * x) * y + coef[5] * y * y).astype(
+        np.float32
+    )
 
 
 def _box3(a: np.ndarray) -> np.ndarray:
@@ -253,20 +275,33 @@ def predict_image(model, source, name: str = "image") -> Prediction:
 def folder_images(folder: Path) -> list[Path]:
     """The images in `folder`, sorted: files with an image suffix, but not hidden ones (macOS' ._x.png) and
     not pipes or broken links."""
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
 
 
-def left_out(folder: Path, read: list[Path] | None = None, folders: str = "folders are not searched: give them too",
-             images: str = "not plain files") -> str:
+def left_out(
+    folder: Path,
+    read: list[Path] | None = None,
+    folders: str = "folders are not searched: give them too",
+    images: str = "not plain files",
+) -> str:
     """A note on what in `folder` is not `read` (by default folder_images), hidden files aside, each kind with
-    what to do: subfolders (`folders`), image names not read (`images`), other files (an iPhone's .heic, a .txt);
-    "" if nothing."""
+    what to do: subfolders (`folders`), image names not read (`images`), other files (an iPhone's .heic, a
+    .txt); "" if nothing."""
     taken = set(folder_images(folder) if read is None else read)
     others = sorted(p for p in folder.iterdir() if p not in taken and not p.name.startswith("."))
     named = [p for p in others if not p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES]
-    groups = [([p for p in others if p.is_dir()], folders), (named, images),
-              ([p for p in others if not p.is_dir() and p not in named], f"not {FORMAT_NAMES}: save photos as JPEG")]
+    groups = [
+        ([p for p in others if p.is_dir()], folders),
+        (named, images),
+        (
+            [p for p in others if not p.is_dir() and p not in named],
+            f"not {FORMAT_NAMES}: save photos as JPEG",
+        ),
+    ]
     parts = [f"{_first_names(paths)} ({why})" for paths, why in groups if paths]
     return f"{folder}: left out {'; '.join(parts)}" if parts else ""
 
@@ -289,8 +324,10 @@ def image_files(paths: list[str | Path]) -> list[Path]:
         else:
             raise UserError(f"{path} not found; give image files or folders of them")
     if not found:
-        raise UserError(f"no {FORMAT_NAMES} images in {', '.join(map(str, paths))}; save photos as JPEG, or name "
-                        "the image files")
+        raise UserError(
+            f"no {FORMAT_NAMES} images in {', '.join(map(str, paths))}; save photos as JPEG, or name "
+            "the image files"
+        )
     return found
 
 
@@ -305,13 +342,17 @@ def read_files(files: list[Path]) -> tuple[list[Path], list[tuple[np.ndarray, st
         except UserError as e:
             errors.append(str(e))
     if not read:
-        raise UserError(errors[0] if len(errors) == 1 else f"none of the {len(errors)} images could be read; "
-                        f"the first: {errors[0]}")
+        raise UserError(
+            errors[0]
+            if len(errors) == 1
+            else f"none of the {len(errors)} images could be read; the first: {errors[0]}"
+        )
     return read, prepared, errors
 
 
 def predict_files(model, files: list[Path]) -> list[Prediction]:
-    """Each image file read the MNIST way and predicted, in one model call; the first unreadable one a UserError."""
+    """Each image file read the MNIST way and predicted, in one model call; the first unreadable one a
+    UserError."""
     _, prepared, errors = read_files(files)
     if errors:
         raise UserError(errors[0])
@@ -321,8 +362,16 @@ def predict_files(model, files: list[Path]) -> list[Prediction]:
 def as_rows(files: list[Path], predictions: list[Prediction]) -> list[dict]:
     """One JSON-ready row per image: file, digit (None where there is none to read), probabilities, unsure and
     why."""
-    return [{"file": str(path), "digit": None if p.blank else p.digit, "probabilities": [round(v, 6) for v in p.probabilities],
-             "unsure": p.unsure, "reason": p.reason} for path, p in zip(files, predictions)]
+    return [
+        {
+            "file": str(path),
+            "digit": None if p.blank else p.digit,
+            "probabilities": [round(v, 6) for v in p.probabilities],
+            "unsure": p.unsure,
+            "reason": p.reason,
+        }
+        for path, p in zip(files, predictions)
+    ]
 
 
 CSV_HEADER = ["file", "digit", "unsure", *(f"p{d}" for d in range(10)), "reason"]
@@ -345,14 +394,23 @@ def write_csv(rows: list[dict], path: str | Path, unread: Sequence[tuple[Path, s
     with atomic(path, advice) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_HEADER)
-        writer.writerows([r["file"], "" if r["digit"] is None else r["digit"], int(r["unsure"]), *(f"{v:.6f}" for v in r["probabilities"]),
-                          r["reason"]] for r in rows)
+        writer.writerows(
+            [
+                r["file"],
+                "" if r["digit"] is None else r["digit"],
+                int(r["unsure"]),
+                *(f"{v:.6f}" for v in r["probabilities"]),
+                r["reason"],
+            ]
+            for r in rows
+        )
         writer.writerows([str(file), "", 1, *[""] * 10, error] for file, error in unread)
 
 
 def _our_csv(path: Path) -> bool:
     """Whether `path` is a plain file that is empty or starts as predict's CSVs do (this version's or an older
-    one's): not a link (replacing it would not write through it), a folder or a pipe (opening it would wait)."""
+    one's): not a link (replacing it would not write through it), a folder or a pipe (opening it would
+    wait)."""
     try:
         if path.is_symlink() or not path.is_file():
             return False
@@ -368,8 +426,12 @@ def describe(files: list[Path], predictions: list[Prediction], show: bool = Fals
     lines = []
     for path, p in zip(files, predictions):
         top = ", ".join(f"{d}: {v:.1%}" for d, v in p.top(3))
-        lines.append(f"{path}: {p.reason}" if p.blank else  # not the guess at blank black
-                     f"{path}: {p.digit}   [{top}]" + (f"  (unsure: {p.reason})" if p.unsure else ""))
+        lines.append(
+            f"{path}: {p.reason}"
+            if p.blank
+            # not the guess at blank black
+            else f"{path}: {p.digit}   [{top}]" + (f"  (unsure: {p.reason})" if p.unsure else "")
+        )
         if show:
             lines.append(format_digit(p.image).rstrip("\n"))
     return "\n".join(lines)

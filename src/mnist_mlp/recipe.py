@@ -32,8 +32,12 @@ def resolve(config: Config, backend: str) -> tuple[Config, str]:
     trains the same: its backend, and train.precision = "auto" made float32 or bfloat16; with a line saying
     what auto chose and why ("" when nothing was chosen)."""
     precision, why = choose_precision(config.train.precision, backend)
-    note = f"Precision: {precision} (train.precision = auto: {why})" if config.train.precision == "auto" else ""
-    return dataclasses.replace(config, backend=backend, train=dataclasses.replace(config.train, precision=precision)), note
+    note = (
+        f"Precision: {precision} (train.precision = auto: {why})" if config.train.precision == "auto" else ""
+    )
+    return dataclasses.replace(
+        config, backend=backend, train=dataclasses.replace(config.train, precision=precision)
+    ), note
 
 
 def set_seed(seed: int, backend: str) -> None:
@@ -56,16 +60,23 @@ def compile_model(model: keras.Model, config: TrainConfig, train_samples: int = 
         steps = math.ceil(train_samples / config.batch_size) * config.epochs
         learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
     optimizer_class = type(keras.optimizers.get(config.optimizer))  # Keras' own name -> class table
-    model.compile(loss=config.loss, optimizer=optimizer_class(learning_rate=learning_rate), metrics=["accuracy"])
+    model.compile(
+        loss=config.loss, optimizer=optimizer_class(learning_rate=learning_rate), metrics=["accuracy"]
+    )
     return model
 
 
-def prepare(config: Config, backend: str, data_dir: str | Path | None = None, engine: str = "fit",
-            compile_cache: str | Path | None = None) -> Setup:
+def prepare(
+    config: Config,
+    backend: str,
+    data_dir: str | Path | None = None,
+    engine: str = "fit",
+    compile_cache: str | Path | None = None,
+) -> Setup:
     """Seed, data and compiled model for `config` on the active `backend`; `engine` "compiled" also makes
-    JAX lower dropout's hash for speed (process-wide; stock Keras fit is left as it comes). JAX's compile cache
-    is the folder `compile_cache`, else "xla" in the data cache. Sets Keras' floatx and epsilon to their defaults
-    (process-wide), whatever a keras.json says."""
+    JAX lower dropout's hash for speed (process-wide; stock Keras fit is left as it comes). JAX's compile
+    cache is the folder `compile_cache`, else "xla" in the data cache. Sets Keras' floatx and epsilon to their
+    defaults (process-wide), whatever a keras.json says."""
     tc = config.train
     set_seed(tc.seed, backend)
     # Keras' own defaults, whatever a ~/.keras/keras.json says: its floatx would change the weights' type and

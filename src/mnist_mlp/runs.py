@@ -1,5 +1,6 @@
 """The run directory, the unit of output: the only module that knows its file names. Claiming a folder
-(marked as the tool's, locked while a process trains into it), the resume checkpoint, and reading a run back."""
+(marked as the tool's, locked while a process trains into it), the resume checkpoint, and reading a run
+back."""
 
 from __future__ import annotations
 
@@ -19,10 +20,25 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_mlp.config import (Config, ConfigError, check_fits, config_from_dict, config_from_toml, flag_overrides,
-                               load_config)
+from mnist_mlp.config import (
+    Config,
+    ConfigError,
+    check_fits,
+    config_from_dict,
+    config_from_toml,
+    flag_overrides,
+    load_config,
+)
 from mnist_mlp.errors import UserError
-from mnist_mlp.outputs import UNWRITABLE, after_failed_write, atomic, free_name, output, shell_path, writable_folder
+from mnist_mlp.outputs import (
+    UNWRITABLE,
+    after_failed_write,
+    atomic,
+    free_name,
+    output,
+    shell_path,
+    writable_folder,
+)
 
 CONFIG = "config.toml"  # resolved config; `train --config RUN/config.toml` repeats the run
 HISTORY = "history.csv"  # one row per epoch, Keras' CSVLogger
@@ -33,22 +49,42 @@ WEIGHTS = "weights.png"  # plot --weights: the first layer's weights as images
 CONFUSION = "confusion.png"  # written by evaluate
 MISCLASSIFIED = "misclassified.png"  # written by evaluate
 EVALUATION = "evaluation.json"  # written by evaluate
-CHECKPOINT = "checkpoint.npz"  # weights, optimizer, random state after an epoch (see Checkpoint); removed at the end
+CHECKPOINT = (
+    "checkpoint.npz"  # weights, optimizer, random state after an epoch (see Checkpoint); removed at the end
+)
 SAVING_ONLY = {"train.checkpoint_seconds"}  # config keys that say when a run saves, not what it learns
 PARTIAL_HISTORY = ".history.partial.csv"  # the epochs done so far; renamed to history.csv at the end
 GROUP = "group.json"  # in a folder of seed runs (train --seeds): seeds and accuracy statistics
 DIVERGED = "diverged.txt"  # a run whose loss became NaN: what to do instead of resuming
-MARKER = ".mnist-mlp-run"  # written when the tool creates a run folder; also the lock a training process holds
+MARKER = (
+    ".mnist-mlp-run"  # written when the tool creates a run folder; also the lock a training process holds
+)
 REQUIRED = (CONFIG, HISTORY, METRICS, MODEL)
-OURS = (CONFIG, HISTORY, METRICS, MODEL, CURVES, WEIGHTS, CONFUSION, MISCLASSIFIED, EVALUATION, CHECKPOINT,
-        PARTIAL_HISTORY, GROUP, DIVERGED)  # what --overwrite may delete in a folder that carries MARKER (with their temporary names)
+OURS = (
+    CONFIG,
+    HISTORY,
+    METRICS,
+    MODEL,
+    CURVES,
+    WEIGHTS,
+    CONFUSION,
+    MISCLASSIFIED,
+    EVALUATION,
+    CHECKPOINT,
+    PARTIAL_HISTORY,
+    GROUP,
+    DIVERGED,
+)  # what --overwrite may delete in a folder that carries MARKER (with their temporary names)
 LOCK_WAIT_S = 2.0  # how long the process that made a marker waits for its lock (another may hold it a moment)
 
 
 def _is_ours(name: str) -> bool:
     """One of the tool's file names, or a temporary name made from one."""
-    return name in OURS or (name.startswith(".") and re.sub(r"\.tmp-\d+-[0-9a-f]+", "", name[1:], count=1) in OURS
-                            and ".tmp-" in name)
+    return name in OURS or (
+        name.startswith(".")
+        and re.sub(r"\.tmp-\d+-[0-9a-f]+", "", name[1:], count=1) in OURS
+        and ".tmp-" in name
+    )
 
 
 @dataclass(frozen=True)
@@ -75,13 +111,19 @@ def claim(path: str | Path, *, overwrite: bool = False, resume: bool = False):
     path = Path(path)
     try:
         if path.is_symlink():
-            raise UserError(f"{path} is a symbolic link; give the folder itself (mnist-mlp never writes through a link)")
+            raise UserError(
+                f"{path} is a symbolic link; give the folder itself (mnist-mlp never writes through a link)"
+            )
         here, where = Path.cwd().resolve(), path.resolve()
         if not resume and (where == here or where in here.parents):
-            raise UserError(f"{path} is the working folder or holds it; give a new folder, e.g. --out runs/NAME")
+            raise UserError(
+                f"{path} is the working folder or holds it; give a new folder, e.g. --out runs/NAME"
+            )
         fd, created = _open_marker(path, resume)
     except OSError as e:  # a name too long, a read-only or full disk, no permission
-        raise UserError(f"cannot use {path} as a run folder ({e.strerror}); {_elsewhere(path, resume, e)}") from None
+        raise UserError(
+            f"cannot use {path} as a run folder ({e.strerror}); {_elsewhere(path, resume, e)}"
+        ) from None
     try:
         try:
             _lock(fd, LOCK_WAIT_S if created else 0)
@@ -89,13 +131,21 @@ def claim(path: str | Path, *, overwrite: bool = False, resume: bool = False):
                 os.write(fd, b"made by mnist-mlp: --overwrite deletes only the files mnist-mlp writes here\n")
         except BlockingIOError:
             other = "" if resume else " or choose another --out"  # --resume takes no --out
-            raise UserError(f"{path} is in use: another mnist-mlp process is training into it; wait for it to "
-                            f"finish{other}") from None
+            raise UserError(
+                f"{path} is in use: another mnist-mlp process is training into it; wait for it to "
+                f"finish{other}"
+            ) from None
         except OSError as e:  # a full disk for the marker's line, a file system without locks
-            raise UserError(f"cannot use {path} as a run folder ({e.strerror}); {_elsewhere(path, resume, e)}") from None
+            raise UserError(
+                f"cannot use {path} as a run folder ({e.strerror}); {_elsewhere(path, resume, e)}"
+            ) from None
         if not created and not resume:
-            if not overwrite and any(entry.name != MARKER for entry in path.iterdir()):  # the marker alone: no run
-                raise UserError(f"{path} already holds a run; choose another --out or add --overwrite to replace it")
+            if not overwrite and any(
+                entry.name != MARKER for entry in path.iterdir()
+            ):  # the marker alone: no run
+                raise UserError(
+                    f"{path} already holds a run; choose another --out or add --overwrite to replace it"
+                )
             _remove_ours(path)
         yield path
     finally:
@@ -121,7 +171,8 @@ def writable_copy(path: Path) -> tuple[str, str]:
 
 
 def _lock(fd: int, wait: float) -> None:
-    """An exclusive lock on `fd`, waiting up to `wait` seconds; BlockingIOError if another process keeps it."""
+    """An exclusive lock on `fd`, waiting up to `wait` seconds; BlockingIOError if another process keeps
+    it."""
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -138,15 +189,19 @@ def _open_marker(path: Path, resume: bool) -> tuple[int, bool]:
     marker, flags = path / MARKER, os.O_RDWR | os.O_NOFOLLOW
     if resume:
         if not marker.is_file():
-            raise UserError(f"{path} is not a run folder made by mnist-mlp train (no {MARKER}); nothing to resume")
+            raise UserError(
+                f"{path} is not a run folder made by mnist-mlp train (no {MARKER}); nothing to resume"
+            )
         return os.open(marker, flags), False
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise UserError(f"{path} exists and is not a folder; choose another --out") from None
     if not marker.exists() and any(path.iterdir()):
-        raise UserError(f"{path} holds files that mnist-mlp did not write, so it will neither train into it nor "
-                        f"delete it (--overwrite included); choose another --out, e.g. {free_name(path)}")
+        raise UserError(
+            f"{path} holds files that mnist-mlp did not write, so it will neither train into it nor "
+            f"delete it (--overwrite included); choose another --out, e.g. {free_name(path)}"
+        )
     try:
         return os.open(marker, flags | os.O_CREAT | os.O_EXCL, 0o644), True
     except FileExistsError:  # made a moment ago by another process, or a run of ours
@@ -154,7 +209,8 @@ def _open_marker(path: Path, resume: bool) -> tuple[int, bool]:
 
 
 def _remove_ours(folder: Path) -> None:
-    """Delete what the tool wrote in a run folder of its own (the marker stays: it holds the lock); keep the rest."""
+    """Delete what the tool wrote in a run folder of its own (the marker stays: it holds the lock); keep the
+    rest."""
     try:
         seeds = _group_runs(folder)  # read before group.json goes
         for entry in folder.iterdir():
@@ -167,13 +223,15 @@ def _remove_ours(folder: Path) -> None:
                         (entry / MARKER).unlink()
                         entry.rmdir()
     except OSError as e:
-        raise UserError(f"cannot clear {folder} for --overwrite ({e.strerror}); remove it yourself or choose "
-                        "another --out") from None
+        raise UserError(
+            f"cannot clear {folder} for --overwrite ({e.strerror}); remove it yourself or choose "
+            "another --out"
+        ) from None
 
 
 def remove_run(path: str | Path) -> None:
-    """Delete a run folder of the tool's: what it wrote there, then the folder if nothing of the user's is left.
-    Nothing if it is not there, not the tool's, or held by a process training into it."""
+    """Delete a run folder of the tool's: what it wrote there, then the folder if nothing of the user's is
+    left. Nothing if it is not there, not the tool's, or held by a process training into it."""
     path = Path(path)
     if not (path / MARKER).is_file():
         return
@@ -207,11 +265,27 @@ def in_use(path: str | Path) -> bool:
         os.close(fd)
 
 
-TRAIN_FLAGS = ("epochs", "batch-size", "seed", "validation", "engine", "train-samples", "backend", "overwrite")
+TRAIN_FLAGS = (
+    "epochs",
+    "batch-size",
+    "seed",
+    "validation",
+    "engine",
+    "train-samples",
+    "backend",
+    "overwrite",
+)
 
 
-def plan(config_path: str | None, overrides: list[str], flags: dict, resume: str | None, out: str | None,
-         seeds: int = 0, side_by_side: bool = False) -> tuple[Config, Path | None]:
+def plan(
+    config_path: str | None,
+    overrides: list[str],
+    flags: dict,
+    resume: str | None,
+    out: str | None,
+    seeds: int = 0,
+    side_by_side: bool = False,
+) -> tuple[Config, Path | None]:
     """The config and run folder a `train` command line asks for, checked before Keras starts: the config file
     or preset, then --set, then the shortcut flags (`flags`: --flag name -> value, None if not given); or,
     with `resume`, the interrupted run's own config (other flags are refused, not ignored). The folder is
@@ -219,18 +293,33 @@ def plan(config_path: str | None, overrides: list[str], flags: dict, resume: str
     if seeds < 0:
         raise UserError(f"--seeds {seeds} must be >= 1 (0: one run with the config's seed)")
     if side_by_side and seeds < 2 and not resume:
-        raise UserError("--side-by-side trains the runs of --seeds N together; add --seeds N (N >= 2), or leave "
-                        "--side-by-side out")
+        raise UserError(
+            "--side-by-side trains the runs of --seeds N together; add --seeds N (N >= 2), or leave "
+            "--side-by-side out"
+        )
     if resume:
-        given = [f"--{flag}" for flag, value in {"config": config_path, "set": overrides, "seeds": seeds,
-                                                 "side-by-side": side_by_side, "out": out, **flags}.items() if value]
+        given = [
+            f"--{flag}"
+            for flag, value in {
+                "config": config_path,
+                "set": overrides,
+                "seeds": seeds,
+                "side-by-side": side_by_side,
+                "out": out,
+                **flags,
+            }.items()
+            if value
+        ]
         if given:
-            raise UserError(f"--resume continues a run with its own config.toml, so {', '.join(given)} would be "
-                            "ignored; leave them out, or start a new run")
+            raise UserError(
+                f"--resume continues a run with its own config.toml, so {', '.join(given)} would be "
+                "ignored; leave them out, or start a new run"
+            )
         folder = Path(resume)
         if in_use(folder):  # before its first checkpoint it read as a run stopped early, advising --overwrite
-            raise UserError(f"{folder} is in use: another mnist-mlp process is training into it; wait for it to "
-                            "finish")
+            raise UserError(
+                f"{folder} is in use: another mnist-mlp process is training into it; wait for it to finish"
+            )
         config = resume_group(folder)[0] if (folder / GROUP).is_file() else resume_config(folder)
     else:
         shortcuts = flag_overrides(**{k.replace("-", "_"): v for k, v in flags.items() if k != "overwrite"})
@@ -280,12 +369,16 @@ def resume_group(path: str | Path) -> tuple[Config, dict]:
         group = json.loads((path / GROUP).read_text())
         planned = [int(seed) for seed in group["planned"]]
     except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{path / GROUP} is unreadable; start the group again with {fresh_start(path)}") from None
+        raise UserError(
+            f"{path / GROUP} is unreadable; start the group again with {fresh_start(path)}"
+        ) from None
     if group.get("complete"):
         raise UserError(f"{path} has finished; nothing to resume (train it again with {fresh_start(path)})")
     if group.get("side_by_side"):
-        raise UserError(f"{path} trained its seeds side by side, as one program, which does not resume; start it "
-                        f"again with {fresh_start(path)}")
+        raise UserError(
+            f"{path} trained its seeds side by side, as one program, which does not resume; start it "
+            f"again with {fresh_start(path)}"
+        )
     return run_config(path), {**group, "planned": planned}
 
 
@@ -299,25 +392,33 @@ def resume_config(path: str | Path) -> Config:
         try:
             trained = flat_config(config_from_toml(recorded))
         except (ValueError, UserError):  # tomllib's errors are ValueErrors
-            raise UserError(f"{Path(path) / CHECKPOINT} is damaged (its config is unreadable); start again with "
-                            f"{fresh_start(path)}") from None
+            raise UserError(
+                f"{Path(path) / CHECKPOINT} is damaged (its config is unreadable); start again with "
+                f"{fresh_start(path)}"
+            ) from None
         edited = _edits(trained, config)
         if edited:
-            raise UserError(f"{Path(path) / CONFIG} was edited after training started ({'; '.join(edited)}), so the "
-                            f"checkpoint does not fit it; undo the edit, or start the edited config with "
-                            f"{fresh_start(path)}")
+            raise UserError(
+                f"{Path(path) / CONFIG} was edited after training started ({'; '.join(edited)}), so the "
+                f"checkpoint does not fit it; undo the edit, or start the edited config with "
+                f"{fresh_start(path)}"
+            )
     return config
 
 
 def _edits(trained: dict[str, object], config: Config) -> list[str]:
-    """"key old -> new" for each key of `config` (but SAVING_ONLY) that differs from the flat config a run was
-    trained with."""
-    return [f"{key} {trained[key]!r} -> {value!r}" for key, value in flat_config(config).items()
-            if trained.get(key) != value and key not in SAVING_ONLY]
+    """ "key old -> new" for each key of `config` (but SAVING_ONLY) that differs from the flat config a run
+    was trained with."""
+    return [
+        f"{key} {trained[key]!r} -> {value!r}"
+        for key, value in flat_config(config).items()
+        if trained.get(key) != value and key not in SAVING_ONLY
+    ]
 
 
 def run_config(path: str | Path) -> Config:
-    """A run's config.toml; a bad value there names that file (--resume, evaluate and predict take no --set)."""
+    """A run's config.toml; a bad value there names that file (--resume, evaluate and predict take no
+    --set)."""
     try:
         return load_config(Path(path) / CONFIG)
     except ConfigError as e:
@@ -336,9 +437,13 @@ def fresh_start(path: str | Path) -> str:
     if (path / GROUP).is_file():
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             group = json.loads((path / GROUP).read_text())
-            seeds = f"--seeds {len(group['planned'])} " + ("--side-by-side " if group.get("side_by_side") else "")
+            seeds = f"--seeds {len(group['planned'])} " + (
+                "--side-by-side " if group.get("side_by_side") else ""
+            )
         made = [p for p in path.glob("seed-*") if (p / MARKER).is_file()]
-        if not seeds and made:  # a damaged group.json: its seed folders say how many (the advice trained one run)
+        if (
+            not seeds and made
+        ):  # a damaged group.json: its seed folders say how many (the advice trained one run)
             seeds = f"--seeds {len(made)} "
     if (path / MARKER).is_file() and not Path.cwd().is_relative_to(path.resolve()):
         return f"`mnist-mlp train {config}{seeds}--out {shell_path(path)} --overwrite`"
@@ -368,7 +473,9 @@ def read_history(path: str | Path) -> dict[str, list[float]]:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"cannot read {path} ({getattr(e, 'strerror', None) or e}); train the run again") from None
+        raise UserError(
+            f"cannot read {path} ({getattr(e, 'strerror', None) or e}); train the run again"
+        ) from None
     if not rows:
         raise UserError(f"{path} has no epochs; train the run again")
     try:
@@ -389,18 +496,24 @@ def load_run(path: str | Path) -> Run:
         raise UserError(f"run directory {path} not found; give a folder written by `mnist-mlp train`")
     if (path / GROUP).is_file() and not (path / METRICS).is_file():
         example = sorted(_group_runs(path)) or ["seed-N"]
-        raise UserError(f"{path} is a seed group, not one run; give one of its runs, e.g. {path / example[0]}, "
-                        f"or plot them all with `mnist-mlp plot {shell_path(path)}`")
+        raise UserError(
+            f"{path} is a seed group, not one run; give one of its runs, e.g. {path / example[0]}, "
+            f"or plot them all with `mnist-mlp plot {shell_path(path)}`"
+        )
     missing = [name for name in REQUIRED if not (path / name).is_file()]
     if len(missing) == len(REQUIRED) and not (path / MARKER).is_file():
-        raise UserError(f"{path} is not a run folder (no {CONFIG}, no model); give a folder written by `mnist-mlp "
-                        "train`, e.g. one that `mnist-mlp runs list` shows")
+        raise UserError(
+            f"{path} is not a run folder (no {CONFIG}, no model); give a folder written by `mnist-mlp "
+            "train`, e.g. one that `mnist-mlp runs list` shows"
+        )
     if missing:
         if in_use(path):
             raise UserError(f"{path} is still training in another process; wait for it to finish")
         if (path / DIVERGED).is_file():
             raise UserError((path / DIVERGED).read_text().strip())
-        raise UserError(f"{path} is an incomplete run (missing {', '.join(missing)}); {continue_advice(path)}")
+        raise UserError(
+            f"{path} is an incomplete run (missing {', '.join(missing)}); {continue_advice(path)}"
+        )
     try:
         metrics = json.loads((path / METRICS).read_text())
     except OSError as e:  # unreadable here (its permissions): one run, not the whole `runs list`
@@ -408,15 +521,19 @@ def load_run(path: str | Path) -> Run:
     except ValueError:
         metrics = None
     if not isinstance(metrics, dict):
-        raise UserError(f"{path / METRICS} is not a run's metrics (JSON of one object); train the run again with "
-                        f"{fresh_start(path)}")
+        raise UserError(
+            f"{path / METRICS} is not a run's metrics (JSON of one object); train the run again with "
+            f"{fresh_start(path)}"
+        )
     run = Run(path, run_config(path), read_history(path / HISTORY), metrics)
     if isinstance(metrics.get("config"), dict):  # runs trained before it was recorded have nothing to check
         trained = flat_config(config_from_dict(metrics["config"]))
         edited = _edits(trained, run.config)
         if edited:
-            raise UserError(f"{path / CONFIG} was edited after training ({'; '.join(edited)}), so it no longer "
-                            f"describes model.keras; undo the edit, or train the edited config with {fresh_start(path)}")
+            raise UserError(
+                f"{path / CONFIG} was edited after training ({'; '.join(edited)}), so it no longer "
+                f"describes model.keras; undo the edit, or train the edited config with {fresh_start(path)}"
+            )
     return run
 
 
@@ -430,12 +547,16 @@ def load_model(run: Run):
     recorded = run.metrics.get("model_sha256")
     try:
         if recorded and file_sha256(run.model_path) != recorded:
-            raise UserError(f"{run.model_path} is not the model this run saved (its SHA-256 differs from "
-                            f"{METRICS}); train the run again with {fresh_start(run.path)}")
+            raise UserError(
+                f"{run.model_path} is not the model this run saved (its SHA-256 differs from "
+                f"{METRICS}); train the run again with {fresh_start(run.path)}"
+            )
         return keras.saving.load_model(run.model_path)
     except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as e:
-        raise UserError(f"{run.model_path} is corrupt or unreadable ({type(e).__name__}); train the run "
-                        f"again with {fresh_start(run.path)}") from None
+        raise UserError(
+            f"{run.model_path} is corrupt or unreadable ({type(e).__name__}); train the run "
+            f"again with {fresh_start(run.path)}"
+        ) from None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -469,8 +590,10 @@ def completed_epochs(path: str | Path) -> int:
     """Epochs an interrupted run finished (from its checkpoint); a UserError if it cannot be resumed."""
     path = Path(path)
     if not (path / CONFIG).is_file():
-        raise UserError(f"{path} is not a run directory (no {CONFIG}); start a run with "
-                        f"`mnist-mlp train --out {shell_path(free_name(path) if path.exists() else path)}`")
+        raise UserError(
+            f"{path} is not a run directory (no {CONFIG}); start a run with "
+            f"`mnist-mlp train --out {shell_path(free_name(path) if path.exists() else path)}`"
+        )
     if (path / METRICS).is_file():
         raise UserError(f"{path} has finished; nothing to resume (train it again with {fresh_start(path)})")
     if (path / DIVERGED).is_file():
@@ -484,8 +607,10 @@ def completed_epochs(path: str | Path) -> int:
         if (path / CHECKPOINT).exists():
             why = f"{path / CHECKPOINT} is damaged"
         elif epochs:
-            why = (f"{path} stopped after {epochs} epoch(s), before its first checkpoint (one is saved once "
-                   f"train.checkpoint_seconds have passed)")
+            why = (
+                f"{path} stopped after {epochs} epoch(s), before its first checkpoint (one is saved once "
+                f"train.checkpoint_seconds have passed)"
+            )
         else:
             why = f"{path} has no completed epoch to resume from"
         raise NoCheckpoint(f"{why}; start it again with {fresh_start(path)}") from None
@@ -493,9 +618,11 @@ def completed_epochs(path: str | Path) -> int:
     if not history.exists() and (path / HISTORY).exists():
         history = path / HISTORY  # stopped while the finished run was written
     if not _holds_epochs(history, epoch):  # checked before training: a resume would end without its curves
-        raise NoCheckpoint(f"{history} lacks some of the {epoch} epoch(s) its checkpoint has done (damaged or "
-                           f"removed), so a resumed run would have no whole history; start it again with "
-                           f"{fresh_start(path)}")
+        raise NoCheckpoint(
+            f"{history} lacks some of the {epoch} epoch(s) its checkpoint has done (damaged or "
+            f"removed), so a resumed run would have no whole history; start it again with "
+            f"{fresh_start(path)}"
+        )
     return epoch
 
 
@@ -512,11 +639,11 @@ def _holds_epochs(history: Path, epochs: int) -> bool:
 
 
 def save_checkpoint(path: str | Path, epoch: int, arrays: dict[str, np.ndarray]) -> None:
-    """Write a run's state after `epoch` completed epochs (an atomic .npz: the last good one survives a full disk)."""
+    """Write a run's state after `epoch` completed epochs (an atomic .npz: the last good one survives a full
+    disk)."""
     path = Path(path) / CHECKPOINT
-    with atomic(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, epoch=np.int64(epoch), **arrays)
+    with atomic(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, epoch=np.int64(epoch), **arrays)
 
 
 def load_checkpoint(path: str | Path) -> tuple[int, dict[str, np.ndarray]]:
@@ -528,7 +655,8 @@ def load_checkpoint(path: str | Path) -> tuple[int, dict[str, np.ndarray]]:
 def truncate_history(path: str | Path, epochs: int) -> None:
     """Keep the header and the first `epochs` rows (rows written after the last checkpoint are redone)."""
     path = Path(path)
-    lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []  # as written: CSVLogger's \r\n
+    # As written: CSVLogger's \r\n
+    lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []
     with atomic(path) as tmp:
         tmp.write_bytes(b"".join(lines[: 1 + epochs]) if epochs else b"")
 

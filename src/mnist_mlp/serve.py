@@ -31,30 +31,70 @@ from starlette.requests import ClientDisconnect
 from mnist_mlp import runs
 from mnist_mlp.batcher import MAX_WAIT, Batcher, forward_pass
 from mnist_mlp.errors import UserError, interrupt
-from mnist_mlp.predict import FORMATS, ImageTooLarge, MAX_PIXELS, open_image, prediction, to_mnist
+from mnist_mlp.predict import FORMATS, MAX_PIXELS, ImageTooLarge, open_image, prediction, to_mnist
 
-BACKLOG = 2048  # connections waiting to be accepted (uvicorn's default), e.g. a class opening the page at once
+BACKLOG = (
+    2048  # connections waiting to be accepted (uvicorn's default), e.g. a class opening the page at once
+)
 SHUTDOWN_GRACE = 3  # seconds Ctrl-C waits for requests in flight before it stops the server
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, `kill`, a closed terminal
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes; counted as they arrive, whatever the framing; more gets 413
-SMALL_BODY = 64 * 1024  # bytes; larger uploads (photos) decode on their own thread, so drawn digits never wait behind them
+# Bytes; larger uploads (photos) decode on their own thread, so drawn digits never wait behind them
+SMALL_BODY = 64 * 1024
 SMALL_PIXELS = 1_000_000  # ...as do small files of many pixels (the page's drawing: 78,400)
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff", "image/webp",
-               "application/octet-stream")  # a raw image as the body (its bytes say which format)
+IMAGE_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/bmp",
+    "image/tiff",
+    "image/webp",
+    "application/octet-stream",
+)  # a raw image as the body (its bytes say which format)
 TAKEN = (*IMAGE_TYPES, "multipart/form-data", "application/json")
 BINARY = {"schema": {"type": "string", "format": "binary"}}
-PIXELS_SCHEMA = {"type": "object", "required": ["pixels"], "properties": {"pixels": {
-    "description": "28x28 or 784 gray levels, 0..255 (or 0..1), white ink on black as in MNIST",
-    "oneOf": [
-        {"type": "array", "minItems": 784, "maxItems": 784, "items": {"type": "number", "minimum": 0, "maximum": 255}},
-        {"type": "array", "minItems": 28, "maxItems": 28, "items": {"type": "array", "minItems": 28, "maxItems": 28,
-                                                                   "items": {"type": "number", "minimum": 0, "maximum": 255}}},
-    ]}}}
-REQUEST_BODY = {"required": True, "content": {
-    **{t: BINARY for t in IMAGE_TYPES},
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
-    "application/json": {"schema": PIXELS_SCHEMA}}}
+PIXELS_SCHEMA = {
+    "type": "object",
+    "required": ["pixels"],
+    "properties": {
+        "pixels": {
+            "description": "28x28 or 784 gray levels, 0..255 (or 0..1), white ink on black as in MNIST",
+            "oneOf": [
+                {
+                    "type": "array",
+                    "minItems": 784,
+                    "maxItems": 784,
+                    "items": {"type": "number", "minimum": 0, "maximum": 255},
+                },
+                {
+                    "type": "array",
+                    "minItems": 28,
+                    "maxItems": 28,
+                    "items": {
+                        "type": "array",
+                        "minItems": 28,
+                        "maxItems": 28,
+                        "items": {"type": "number", "minimum": 0, "maximum": 255},
+                    },
+                },
+            ],
+        }
+    },
+}
+REQUEST_BODY = {
+    "required": True,
+    "content": {
+        **{t: BINARY for t in IMAGE_TYPES},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}},
+            }
+        },
+        "application/json": {"schema": PIXELS_SCHEMA},
+    },
+}
 
 
 class UploadTooLarge(UserError):
@@ -89,15 +129,24 @@ class ModelOut(BaseModel):
     backend: str | None
 
 
-ERRORS = {400: {"model": ErrorOut, "description": "not a readable image, bad JSON pixels, or an empty body"},
-          413: {"model": ErrorOut, "description": f"body over {MAX_UPLOAD // 2**20} MB or image over "
-                                                  f"{MAX_PIXELS:,} pixels"},
-          415: {"model": ErrorOut, "description": "a Content-Type the API does not take"}}
+ERRORS = {
+    400: {"model": ErrorOut, "description": "not a readable image, bad JSON pixels, or an empty body"},
+    413: {
+        "model": ErrorOut,
+        "description": f"body over {MAX_UPLOAD // 2**20} MB or image over {MAX_PIXELS:,} pixels",
+    },
+    415: {"model": ErrorOut, "description": "a Content-Type the API does not take"},
+}
 
 
 def prediction_json(found) -> dict:
-    return {"digit": found.digit, "probabilities": list(found.probabilities),
-            "unsure": found.unsure, "reason": found.reason, "image": found.image.tolist()}
+    return {
+        "digit": found.digit,
+        "probabilities": list(found.probabilities),
+        "unsure": found.unsure,
+        "reason": found.reason,
+        "image": found.image.tolist(),
+    }
 
 
 def create_app(run_dir: str | Path, model=None, max_wait: float = MAX_WAIT) -> FastAPI:
@@ -111,16 +160,24 @@ def create_app(run_dir: str | Path, model=None, max_wait: float = MAX_WAIT) -> F
     decoders = ThreadPoolExecutor(1, thread_name_prefix="mnist-mlp-decode")
     photo_decoders = ThreadPoolExecutor(1, thread_name_prefix="mnist-mlp-decode-photo")
     page = HTMLResponse(resources.files("mnist_mlp").joinpath("static/index.html").read_text())
-    info = ModelOut(run=run.name, config_name=run.metrics.get("config_name"), config=dataclasses.asdict(run.config),
-                    test_accuracy=run.metrics.get("test_accuracy"), backend=run.metrics.get("backend")).model_dump()
+    info = ModelOut(
+        run=run.name,
+        config_name=run.metrics.get("config_name"),
+        config=dataclasses.asdict(run.config),
+        test_accuracy=run.metrics.get("test_accuracy"),
+        backend=run.metrics.get("backend"),
+    ).model_dump()
     app = FastAPI(title="mnist-mlp", description="Draw a digit; the classic MNIST MLP reads it.")
     app.state.model, app.state.batcher = model, batcher
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         """404, 405 and the like as every other error: {"error": ...}."""
-        return JSONResponse({"error": f"{e.detail}: {request.method} {request.url.path}"}, status_code=e.status_code,
-                            headers=e.headers)
+        return JSONResponse(
+            {"error": f"{e.detail}: {request.method} {request.url.path}"},
+            status_code=e.status_code,
+            headers=e.headers,
+        )
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index():
@@ -134,8 +191,11 @@ def create_app(run_dir: str | Path, model=None, max_wait: float = MAX_WAIT) -> F
     async def model_info():
         return JSONResponse(info)
 
-    @app.post("/api/predict", responses={200: {"model": PredictionOut}, **ERRORS},
-              openapi_extra={"requestBody": REQUEST_BODY})
+    @app.post(
+        "/api/predict",
+        responses={200: {"model": PredictionOut}, **ERRORS},
+        openapi_extra={"requestBody": REQUEST_BODY},
+    )
     async def predict(request: Request) -> Response:
         """A digit image (PNG, JPEG, GIF, BMP, TIFF, WebP) as the raw body or as the one file of a
         multipart form, or JSON {"pixels": 28x28 or 784 numbers} -> the digit, its probabilities and
@@ -149,11 +209,16 @@ def create_app(run_dir: str | Path, model=None, max_wait: float = MAX_WAIT) -> F
             return _error(e)
         except ClientDisconnect:  # a closed tab or a lost phone mid-upload: no one to answer, nothing to log
             return Response(status_code=400)
-        except asyncio.CancelledError:  # Ctrl-C's grace ran out while this upload was still arriving: end quietly
+        except (
+            asyncio.CancelledError
+        ):  # Ctrl-C's grace ran out while this upload was still arriving: end quietly
             return Response(status_code=503)
         loop = asyncio.get_running_loop()
-        future = loop.create_future()  # one wake-up: the decoder hands the image to the batcher, not back here
-        if len(body) <= SMALL_BODY:  # a drawing, most likely: its own thread, unless its header says a photo's size
+        # One wake-up: the decoder hands the image to the batcher, not back here
+        future = loop.create_future()
+        if (
+            len(body) <= SMALL_BODY
+        ):  # a drawing, most likely: its own thread, unless its header says a photo's size
             decoders.submit(_decode_and_queue, batcher, kind, body, future, loop, photo_decoders)
         else:
             photo_decoders.submit(_decode_and_queue, batcher, kind, body, future, loop)
@@ -177,7 +242,9 @@ async def _read_capped(request: Request) -> bytes:
     """The body, counted as it arrives: UploadTooLarge as soon as it passes MAX_UPLOAD."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_UPLOAD:
-        raise UploadTooLarge(f"upload larger than {MAX_UPLOAD // 2**20} MB ({int(declared):,} bytes declared)")
+        raise UploadTooLarge(
+            f"upload larger than {MAX_UPLOAD // 2**20} MB ({int(declared):,} bytes declared)"
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -185,7 +252,9 @@ async def _read_capped(request: Request) -> bytes:
             raise UploadTooLarge(f"upload larger than {MAX_UPLOAD // 2**20} MB")
         chunks.append(chunk)
     if not size:
-        raise UserError('empty body: send an image, a multipart form with one file, or JSON {"pixels": [...]}')
+        raise UserError(
+            'empty body: send an image, a multipart form with one file, or JSON {"pixels": [...]}'
+        )
     return b"".join(chunks)
 
 
@@ -197,20 +266,25 @@ def _kind(content_type: str | None) -> str:
         return "json"
     if media in IMAGE_TYPES or media in ("image/jpg", "image/x-ms-bmp"):
         return "image"
-    raise UnsupportedType(f"Content-Type {media} is not taken; send an image as the body (Content-Type "
-                          f"{', '.join(IMAGE_TYPES)}), multipart/form-data with one file field "
-                          '(curl -F file=@digit.png), or application/json {"pixels": [...]}')
+    raise UnsupportedType(
+        f"Content-Type {media} is not taken; send an image as the body (Content-Type "
+        f"{', '.join(IMAGE_TYPES)}), multipart/form-data with one file field "
+        '(curl -F file=@digit.png), or application/json {"pixels": [...]}'
+    )
 
 
 async def _multipart_file(headers: Headers, body: bytes) -> bytes:
     """The one file of a multipart/form-data body (already capped), whatever its field's name."""
+
     async def stream():
         yield body
 
     try:
         form = await MultiPartParser(headers, stream(), max_files=1, max_fields=16).parse()
     except MultiPartException as e:
-        raise UserError(f"multipart upload: {e.message}; send one file field (curl -F file=@digit.png)") from None
+        raise UserError(
+            f"multipart upload: {e.message}; send one file field (curl -F file=@digit.png)"
+        ) from None
     try:
         files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
         if not files:
@@ -223,8 +297,14 @@ async def _multipart_file(headers: Headers, body: bytes) -> bytes:
         await form.close()
 
 
-def _decode_and_queue(batcher: Batcher, kind: str, body: bytes, future: asyncio.Future, loop,
-                      photo_decoders: ThreadPoolExecutor | None = None) -> None:
+def _decode_and_queue(
+    batcher: Batcher,
+    kind: str,
+    body: bytes,
+    future: asyncio.Future,
+    loop,
+    photo_decoders: ThreadPoolExecutor | None = None,
+) -> None:
     """On a decoder thread: the MNIST-style 28x28 goes to the batcher, whose thread settles `future` with
     the response's JSON bytes; a bad upload settles it with its UserError. A small body whose header
     declares more than SMALL_PIXELS (a blank 5000x5000 PNG is 35 KB) moves to `photo_decoders` first."""
@@ -236,7 +316,9 @@ def _decode_and_queue(batcher: Batcher, kind: str, body: bytes, future: asyncio.
     except Exception as e:  # noqa: BLE001  a UserError is answered 4xx; anything else is a bug and a 500
         loop.call_soon_threadsafe(_settle, future, e)
         return
-    batcher.submit(image, future, loop, lambda row: json.dumps(prediction_json(prediction(image, note, row))).encode())
+    batcher.submit(
+        image, future, loop, lambda row: json.dumps(prediction_json(prediction(image, note, row))).encode()
+    )
 
 
 def _declared_pixels(body: bytes) -> int:
@@ -281,16 +363,25 @@ def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
         sock.bind(address)
         sock.listen(BACKLOG)  # now: a second server fails here, and browsers wait while the model loads
     except OSError as e:
-        hint = {errno.EADDRINUSE: "another server has it; stop it or pick another --port",
-                errno.EACCES: "ports below 1024 need root; pick another --port, e.g. 8000",
-                errno.EADDRNOTAVAIL: "that address is not this machine's; use 127.0.0.1 or 0.0.0.0"}
-        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}; "
-                        f"{hint.get(e.errno, 'check --host and --port')}") from None
+        hint = {
+            errno.EADDRINUSE: "another server has it; stop it or pick another --port",
+            errno.EACCES: "ports below 1024 need root; pick another --port, e.g. 8000",
+            errno.EADDRNOTAVAIL: "that address is not this machine's; use 127.0.0.1 or 0.0.0.0",
+        }
+        raise UserError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}; "
+            f"{hint.get(e.errno, 'check --host and --port')}"
+        ) from None
     return sock
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sock: socket.socket | None = None,
-          ready: Callable[[], None] = lambda: None) -> None:
+def serve(
+    run_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    sock: socket.socket | None = None,
+    ready: Callable[[], None] = lambda: None,
+) -> None:
     """Run the app with uvicorn until interrupted, on `sock` if given (see bind) or on host:port; `ready` is
     called once the model is loaded, just before requests are answered. Ctrl-C waits up to
     SHUTDOWN_GRACE seconds for requests in flight (an upload that never ends included), then stops."""
@@ -298,9 +389,11 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sock: 
 
     class Server(uvicorn.Server):
         """uvicorn's server, also stopped by SIGHUP (a closed terminal), which it left to Python: a
-        KeyboardInterrupt inside the event loop, and a traceback on the console. A signal ignored (SIGHUP under
-        nohup) stays ignored. The one that stopped it is raised again once the loop has ended, to the handler
-        that was there before (the command's: errors.interrupt), not inside the loop as uvicorn raises it."""
+        KeyboardInterrupt inside the event loop, and a traceback on the console. A signal ignored (SIGHUP
+        under nohup) stays ignored. The one that stopped it is raised again once the loop has ended, to the
+        handler that was there before (the command's: errors.interrupt), not inside the loop as uvicorn raises
+        it."""
+
         stopped_by = 0
 
         def handle_exit(self, sig, frame):
@@ -312,8 +405,11 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sock: 
             if threading.current_thread() is not threading.main_thread():  # only the main thread has signals
                 yield
                 return
-            previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS
-                        if signal.getsignal(sig) is not signal.SIG_IGN}
+            previous = {
+                sig: signal.signal(sig, self.handle_exit)
+                for sig in STOP_SIGNALS
+                if signal.getsignal(sig) is not signal.SIG_IGN
+            }
             try:
                 yield
             finally:
@@ -322,10 +418,18 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sock: 
 
     sock = sock or bind(host, port)
     app = create_app(run_dir)
-    server = Server(uvicorn.Config(app, log_level="warning", backlog=BACKLOG, timeout_graceful_shutdown=SHUTDOWN_GRACE,
-                                   lifespan="off"))  # the app has no start-up or shutdown of its own
+    server = Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            backlog=BACKLOG,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE,
+            lifespan="off",
+        )
+    )  # the app has no start-up or shutdown of its own
     gc.collect()
-    gc.freeze()  # a full collection walked the ~250k objects Keras and JAX leave (147 ms): health's p99 under load
+    # A full collection walked the ~250k objects Keras and JAX leave (147 ms): health's p99 under load.
+    gc.freeze()
     if interrupt.received:  # Ctrl-C while the model loaded, where Keras or JAX dropped it: the server ran on
         raise KeyboardInterrupt
     ready()
@@ -337,6 +441,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sock: 
 def urls(host: str, port: int) -> list[str]:
     """Where a browser reaches the server: `host`; for every interface ("0.0.0.0", "::"), this machine and
     its address on the network (the one a route out would use; no packet is sent), for other machines."""
+
     def url(name: str) -> str:
         return f"http://[{name}]:{port}/" if ":" in name else f"http://{name}:{port}/"
 

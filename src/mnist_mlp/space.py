@@ -9,7 +9,15 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_mlp.config import Config, ConfigError, check_fits, config_from_dict, find_preset, presets, read_toml
+from mnist_mlp.config import (
+    Config,
+    ConfigError,
+    check_fits,
+    config_from_dict,
+    find_preset,
+    presets,
+    read_toml,
+)
 from mnist_mlp.errors import UserError
 
 LAYER_KEYS = ("hidden_layers", "hidden_width")  # sweep-only keys that build model.hidden_units
@@ -22,16 +30,21 @@ class SweepSpace:
     params: dict  # name -> {"int": [lo, hi]} | {"float": [lo, hi], "log": bool} | {"choice": [...]}
 
 
-def load_space(path: str | Path | None = None, base: Config | None = None, fixed: list[str] = ()) -> SweepSpace:
+def load_space(
+    path: str | Path | None = None, base: Config | None = None, fixed: list[str] = ()
+) -> SweepSpace:
     """The search space in TOML at `path`, or the shipped preset of that name (default: `sweep`), every entry
     checked now, before a study or folder is made: its shape, and each value a trial may take against `base`'s
-    config (one bad choice failed the sweep at the trial that drew it, after a study that then refused the fix)."""
+    config (one bad choice failed the sweep at the trial that drew it, after a study that then refused the
+    fix)."""
     shipped = presets()["sweep"]
     path = find_preset(path) if path else shipped  # not a sweep.toml that happens to be in the working folder
     try:
         data = read_toml(path, "sweep space")
     except FileNotFoundError:
-        raise UserError(f"sweep space {path} not found; give a TOML file like the shipped {shipped}") from None
+        raise UserError(
+            f"sweep space {path} not found; give a TOML file like the shipped {shipped}"
+        ) from None
 
     def bad(what: str) -> UserError:
         return UserError(f"sweep space {path}: {what}; fix it there (an example: {shipped})")
@@ -43,7 +56,10 @@ def load_space(path: str | Path | None = None, base: Config | None = None, fixed
     if not isinstance(sweep, dict) or not isinstance(params, dict):
         raise bad("[sweep] and [space] must be tables")
     if set(sweep) - {"trials", "prune_after"}:
-        raise bad(f"[sweep] takes trials and prune_after, not {', '.join(sorted(set(sweep) - {'trials', 'prune_after'}))}")
+        raise bad(
+            "[sweep] takes trials and prune_after, not "
+            f"{', '.join(sorted(set(sweep) - {'trials', 'prune_after'}))}"
+        )
     counts = {key: sweep.get(key, default) for key, default in (("trials", 20), ("prune_after", 2))}
     for key, value in counts.items():
         if not _whole(value) or value < 1:
@@ -60,7 +76,8 @@ def load_space(path: str | Path | None = None, base: Config | None = None, fixed
         if problem:
             raise bad(f"{name} {problem}")
     base = base or Config()
-    check_fits(with_values({}, base))  # the base config's own problem (as trials run it) is its own, not a space value's
+    # The base config's own problem (as trials run it) is its own, not a space value's
+    check_fits(with_values({}, base))
     searched = without(SweepSpace(0, 0, params), list(fixed)).params
     for name, spec in searched.items():  # each value a trial may take, alone on the base config
         for value in _values(spec):
@@ -75,7 +92,8 @@ def load_space(path: str | Path | None = None, base: Config | None = None, fixed
 
 
 def _values(spec: dict) -> list:
-    """The choices, or the bounds, of one entry of [space] (a float range's as floats: a trial draws 203.7)."""
+    """The choices, or the bounds, of one entry of [space] (a float range's as floats: a trial draws
+    203.7)."""
     if "float" in spec:
         return [float(v) for v in spec["float"]]
     return next(spec[kind] for kind in ("int", "choice") if kind in spec)
@@ -95,8 +113,11 @@ def _spec_problem(spec) -> str:
     if kind == "choice":
         return "" if isinstance(values, list) and values else "needs at least one value in choice = [...]"
     number = _whole if kind == "int" else (lambda v: _whole(v) or isinstance(v, float) and math.isfinite(v))
-    if not (isinstance(values, list) and len(values) == 2 and all(map(number, values)) and values[0] <= values[1]):
-        return f"needs {kind} = [low, high] with two {'whole numbers' if kind == 'int' else 'numbers'}, low <= high"
+    if not (
+        isinstance(values, list) and len(values) == 2 and all(map(number, values)) and values[0] <= values[1]
+    ):
+        numbers = "whole numbers" if kind == "int" else "numbers"
+        return f"needs {kind} = [low, high] with two {numbers}, low <= high"
     if not isinstance(spec.get("log", False), bool):
         return "log must be true or false"
     if spec.get("log") and values[0] <= 0:
@@ -120,7 +141,9 @@ def with_values(values: dict, base: Config) -> Config:
     for key, value in values.items():
         section, _, name = key.partition(".")
         if section not in ("model", "train") or not name:
-            raise UserError(f"sweep space key {key} is not model.KEY, train.KEY, hidden_layers or hidden_width")
+            raise UserError(
+                f"sweep space key {key} is not model.KEY, train.KEY, hidden_layers or hidden_width"
+            )
         data[section][name] = value
     data["train"]["validation"] = "split"
     data["model"]["hidden_units"] = list(data["model"]["hidden_units"])

@@ -26,5 +26,9 @@ class Spread:
 
 def spread(values: list[float]) -> Spread:
     """Mean ± std, min and max of accuracies over seeds."""
-    return Spread(statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0,
-                  min(values), max(values))
+    return Spread(
+        statistics.mean(values),
+        statistics.stdev(values) if len(values) > 1 else 0.0,
+        min(values),
+        max(values),
+    )

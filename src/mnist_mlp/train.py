@@ -1,7 +1,7 @@
-"""Training, as examples/walkthrough.py does it plus what a tool adds: `train` claims a run folder; `_train` builds
-the model and data (recipe.py), calls `fit` with the walk-through's arguments (Keras' own, or the compiled engine
-on JAX) and the tool's callbacks (history, checkpoints, Ctrl-C), then scores the test set once and writes the run
-directory (config, history, metrics, model, curves). Seed groups of runs come last."""
+"""Training, as examples/walkthrough.py does it plus what a tool adds: `train` claims a run folder; `_train`
+builds the model and data (recipe.py), calls `fit` with the walk-through's arguments (Keras' own, or the
+compiled engine on JAX) and the tool's callbacks (history, checkpoints, Ctrl-C), then scores the test set once
+and writes the run directory (config, history, metrics, model, curves). Seed groups of runs come last."""
 
 from __future__ import annotations
 
@@ -44,10 +44,20 @@ class Diverged(UserError):
     """The loss became NaN or infinite: the run is not saved as a finished one."""
 
 
-def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwrite: bool = False,
-          resume: bool = False, data_dir: str | Path | None = None, verbose: int | str = "auto",
-          log: Callable[[str], None] = lambda text: None, callbacks: tuple = (),
-          score_test: bool = True, config_name: str | None = None) -> TrainResult:
+def train(
+    config: Config,
+    run_dir: str | Path,
+    backend: BackendChoice,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    data_dir: str | Path | None = None,
+    verbose: int | str = "auto",
+    log: Callable[[str], None] = lambda text: None,
+    callbacks: tuple = (),
+    score_test: bool = True,
+    config_name: str | None = None,
+) -> TrainResult:
     """Train `config` on MNIST into a new run directory, or continue an interrupted one.
 
     Args:
@@ -77,10 +87,19 @@ def train(config: Config, run_dir: str | Path, backend: BackendChoice, *, overwr
 def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks) -> Started:
     run = _start(config, run_dir, backend, resume, data_dir, log, callbacks)  # the model, data and callbacks
     model, tc = run.setup.model, config.train
-    fit = model.fit if run.engine == "fit" else _compiled_fit(model, config)  # the same arguments, the same callbacks
+    # The same arguments, the same callbacks
+    fit = model.fit if run.engine == "fit" else _compiled_fit(model, config)
     with CtrlC() as ctrl_c:
-        fit(run.setup.x_train, run.setup.y_train, batch_size=tc.batch_size, epochs=tc.epochs, verbose=verbose,
-            validation_data=run.setup.validation, callbacks=[*run.callbacks, ctrl_c], initial_epoch=run.initial_epoch)
+        fit(
+            run.setup.x_train,
+            run.setup.y_train,
+            batch_size=tc.batch_size,
+            epochs=tc.epochs,
+            verbose=verbose,
+            validation_data=run.setup.validation,
+            callbacks=[*run.callbacks, ctrl_c],
+            initial_epoch=run.initial_epoch,
+        )
     _check_finite(run)
     return run
 
@@ -95,6 +114,7 @@ def _compiled_fit(model, config: Config) -> Callable:
 @dataclass
 class Started:
     """A run set up to train: its model and data, callbacks, and where a resume starts."""
+
     config: Config
     run_dir: Path
     setup: Setup
@@ -123,20 +143,26 @@ def _start(config, run_dir, backend, resume, data_dir, log, callbacks) -> Starte
     log(model_summary(setup.model))
     initial_epoch, rng = restore(setup.model, run_dir) if resume else (0, None)
     log(engine_note(tc.engine, engine))
-    if not resume and tc.precision == "bfloat16" and (note := precision_note(tc, device_name(backend.name),
-                                                                             cpu_bfloat16())):
+    if (
+        not resume
+        and tc.precision == "bfloat16"
+        and (note := precision_note(tc, device_name(backend.name), cpu_bfloat16()))
+    ):
         log(note)  # not on a resume (its config cannot change); float32 runs never read /proc/cpuinfo
     timer = EpochTimer()
-    callbacks = [*callbacks, keras.callbacks.TerminateOnNaN(),
-                 keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume),
-                 Checkpoint(run_dir, rng, config_to_toml(config), tc.checkpoint_seconds),  # saves after the rest
-                 timer]  # an epoch's seconds include saving it
+    callbacks = [
+        *callbacks,
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume),
+        Checkpoint(run_dir, rng, config_to_toml(config), tc.checkpoint_seconds),  # saves after the rest
+        timer,
+    ]  # an epoch's seconds include saving it
     return Started(config, run_dir, setup, callbacks, timer, initial_epoch, engine)
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Wall seconds of each epoch, validation and a checkpoint saved after it included (side by side: the group's
-    epoch up to this run's checkpoint)."""
+    """Wall seconds of each epoch, validation and a checkpoint saved after it included (side by side: the
+    group's epoch up to this run's checkpoint)."""
 
     def on_train_begin(self, logs=None):
         self.seconds: list[float] = []
@@ -156,15 +182,19 @@ def _check_finite(run: Started) -> None:
     epoch = next(i for i, v in enumerate(history["loss"]) if not math.isfinite(v)) + 1
     rate = run.config.train.learning_rate
     lower = 0.001 if rate > 0.001 else rate / 10
-    message = (f"training diverged: the loss became NaN or infinite in epoch {epoch}, so {run.run_dir} is not a "
-               f"finished run; try a lower learning rate: `mnist-mlp train --config "
-               f"{outputs.shell_path(run.run_dir / runs.CONFIG)} --set train.learning_rate={lower:g} --out "
-               f"{outputs.shell_path(run.run_dir)} --overwrite`")
+    message = (
+        f"training diverged: the loss became NaN or infinite in epoch {epoch}, so {run.run_dir} is not a "
+        f"finished run; try a lower learning rate: `mnist-mlp train --config "
+        f"{outputs.shell_path(run.run_dir / runs.CONFIG)} --set train.learning_rate={lower:g} --out "
+        f"{outputs.shell_path(run.run_dir)} --overwrite`"
+    )
     outputs.write_text(run.run_dir / runs.DIVERGED, message + "\n")
     raise Diverged(message)
 
 
-def _finish(run: Started, backend, score_test: bool, started: float, config_name: str | None = None) -> TrainResult:
+def _finish(
+    run: Started, backend, score_test: bool, started: float, config_name: str | None = None
+) -> TrainResult:
     """Score the test set once (unless not `score_test`) and write the model, history, curves and metrics."""
     config, run_dir, model, timer, engine = run.config, run.run_dir, run.setup.model, run.timer, run.engine
     train_samples, test = len(run.setup.x_train), run.setup.test if score_test else None
@@ -180,39 +210,69 @@ def _finish(run: Started, backend, score_test: bool, started: float, config_name
     plots.plot_curves({run_dir.name: history}, run_dir / runs.CURVES)
 
     seconds = timer.seconds or [0.0]
-    result = TrainResult(run_dir, test_loss, test_accuracy, ci95,
-                         float(np.median(seconds)), time.perf_counter() - started, backend.name)
+    result = TrainResult(
+        run_dir,
+        test_loss,
+        test_accuracy,
+        ci95,
+        float(np.median(seconds)),
+        time.perf_counter() - started,
+        backend.name,
+    )
     tc = config.train
-    outputs.write_json(run_dir / runs.METRICS, {
-        "test_loss": result.test_loss, "test_accuracy": result.test_accuracy,
-        "test_accuracy_ci95": list(ci95) if ci95 else None, "test_samples": len(test[0]) if test is not None else 0,
-        "train_samples": train_samples, "final_val_accuracy": history.get("val_accuracy", [None])[-1],
-        "stopped_after_epochs": len(history["loss"]), "validation": tc.validation, "epochs": tc.epochs, "engine": engine,
-        "seconds_per_epoch": result.seconds_per_epoch, "epoch_seconds": timer.seconds,
-        "epochs_this_process": len(timer.seconds), "wall_seconds": result.wall_seconds,
-        "side_by_side": run.side_by_side,  # > 1: the times are the group's, trained together
-        "config_name": config_name,  # the preset or file it came from; None where not known (a resume)
-        "backend": backend.name, "backend_reason": backend.reason, "versions": versions(backend.name),
-        "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs",
-        "device": device_name(backend.name),
-        "threads": {"cpus_available": len(os.sched_getaffinity(0)), "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")},
-        "data_sha256": {key: sha for key, (_, sha) in cache.FILES.items()},
-        "config": dataclasses.asdict(config),  # what was trained: load_run refuses a config.toml edited since
-        "model_sha256": runs.file_sha256(run_dir / runs.MODEL),
-    })
+    outputs.write_json(
+        run_dir / runs.METRICS,
+        {
+            "test_loss": result.test_loss,
+            "test_accuracy": result.test_accuracy,
+            "test_accuracy_ci95": list(ci95) if ci95 else None,
+            "test_samples": len(test[0]) if test is not None else 0,
+            "train_samples": train_samples,
+            "final_val_accuracy": history.get("val_accuracy", [None])[-1],
+            "stopped_after_epochs": len(history["loss"]),
+            "validation": tc.validation,
+            "epochs": tc.epochs,
+            "engine": engine,
+            "seconds_per_epoch": result.seconds_per_epoch,
+            "epoch_seconds": timer.seconds,
+            "epochs_this_process": len(timer.seconds),
+            "wall_seconds": result.wall_seconds,
+            "side_by_side": run.side_by_side,  # > 1: the times are the group's, trained together
+            "config_name": config_name,  # the preset or file it came from; None where not known (a resume)
+            "backend": backend.name,
+            "backend_reason": backend.reason,
+            "versions": versions(backend.name),
+            "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs",
+            "device": device_name(backend.name),
+            "threads": {
+                "cpus_available": len(os.sched_getaffinity(0)),
+                "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+            },
+            "data_sha256": {key: sha for key, (_, sha) in cache.FILES.items()},
+            # What was trained: load_run refuses a config.toml edited since
+            "config": dataclasses.asdict(config),
+            "model_sha256": runs.file_sha256(run_dir / runs.MODEL),
+        },
+    )
     (run_dir / runs.CHECKPOINT).unlink(missing_ok=True)  # finished: nothing left to resume
     return result
 
 
 def describe(result: TrainResult) -> str:
-    """The end of `mnist-mlp train`: test loss and accuracy (the walk-through's two lines), time, where it went."""
+    """The end of `mnist-mlp train`: test loss and accuracy (the walk-through's two lines), time, where it
+    went."""
     low, high = result.ci95
-    speed = (f"{result.seconds_per_epoch:.2f} s per epoch (median)" if result.seconds_per_epoch else
-             "no epoch left to train")
-    return (f"Test loss: {result.test_loss:.4f}\n"
-            f"Test accuracy: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f})\n"
-            f"{speed}, {result.wall_seconds:.1f} s in all, on {result.backend}\n"
-            f"Run saved in {result.run_dir}/ (next: mnist-mlp evaluate {outputs.shell_path(result.run_dir)})")
+    speed = (
+        f"{result.seconds_per_epoch:.2f} s per epoch (median)"
+        if result.seconds_per_epoch
+        else "no epoch left to train"
+    )
+    return (
+        f"Test loss: {result.test_loss:.4f}\n"
+        f"Test accuracy: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f})\n"
+        f"{speed}, {result.wall_seconds:.1f} s in all, on {result.backend}\n"
+        f"Run saved in {result.run_dir}/ (next: mnist-mlp evaluate {outputs.shell_path(result.run_dir)})"
+    )
 
 
 def _resolved(config: Config, backend: BackendChoice, log: Callable[[str], None]) -> Config:
@@ -226,11 +286,15 @@ def _check_engine(config: Config, backend: BackendChoice) -> None:
     """Settings the backend or engine cannot train, refused before anything is written."""
     check_fits(config)
     if config.augment.active and choose_engine(config.train.engine, backend.name) != "compiled":
-        raise UserError("augmentation runs inside the compiled engine, on JAX: add --backend jax --engine compiled, "
-                        "or drop the [augment] settings")
+        raise UserError(
+            "augmentation runs inside the compiled engine, on JAX: add --backend jax --engine compiled, "
+            "or drop the [augment] settings"
+        )
     if config.train.precision == "bfloat16" and backend.name != "jax":
-        raise UserError(f"train.precision = bfloat16 runs on JAX (on {backend.name} the products would stay "
-                        f"float32): use --backend jax, or --set train.precision=float32")
+        raise UserError(
+            f"train.precision = bfloat16 runs on JAX (on {backend.name} the products would stay "
+            f"float32): use --backend jax, or --set train.precision=float32"
+        )
 
 
 def _after_write_error(number: int | None, run_dir: Path) -> str:
@@ -245,29 +309,42 @@ def choose_engine(requested: str, backend: str) -> str:
 
 def validation_note(config: TrainConfig) -> str:
     if config.validation == "test":
-        return ("Validating on the 10,000 test images each epoch, as the classic example does "
-                "(--validation split holds out training images instead).")
+        return (
+            "Validating on the 10,000 test images each epoch, as the classic example does "
+            "(--validation split holds out training images instead)."
+        )
     return "Validating on the last 10,000 training images; the test set is scored once, at the end."
 
 
 def engine_note(requested: str, engine: str) -> str:
     if engine == "compiled":
-        return "Engine: compiled (each epoch one jitted XLA scan over its batches; --set train.engine=fit for Keras fit)."
+        return (
+            "Engine: compiled (each epoch one jitted XLA scan over its batches; --set train.engine=fit for "
+            "Keras fit)."
+        )
     if requested == "compiled":
         return "Engine: Keras fit (the compiled engine needs the JAX backend)."
     return "Engine: Keras fit."
 
 
 def precision_note(config: TrainConfig, device: str, fast_bfloat16: bool | None) -> str:
-    """A line when bfloat16 products would train slower than float32: on a CPU without bfloat16 instructions."""
+    """A line when bfloat16 products would train slower than float32: on a CPU without bfloat16
+    instructions."""
     if config.precision != "bfloat16" or device != "cpu" or fast_bfloat16 is not False:
         return ""
-    return ("Note: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16), so train.precision = bfloat16 "
-            "trains slower here than float32 (1.2–2.3x an epoch); for speed, add --set train.precision=float32.")
+    return (
+        "Note: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16), so train.precision = bfloat16 "
+        "trains slower here than float32 (1.2–2.3x an epoch); for speed, add --set train.precision=float32."
+    )
 
 
 def versions(backend: str) -> dict[str, str]:
-    packages = ["mnist-mlp", "keras", "numpy", {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}[backend]]
+    packages = [
+        "mnist-mlp",
+        "keras",
+        "numpy",
+        {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}[backend],
+    ]
     found = {"python": platform.python_version()}
     for name in packages:
         try:
@@ -285,35 +362,52 @@ class SeedsResult:
     accuracy: stats.Spread  # test accuracy over the seeds
 
 
-def train_seeds(config: Config, group_dir: str | Path, backend: BackendChoice, seeds: int, *,
-                overwrite: bool = False, side_by_side: bool = False, **kwargs) -> SeedsResult:
+def train_seeds(
+    config: Config,
+    group_dir: str | Path,
+    backend: BackendChoice,
+    seeds: int,
+    *,
+    overwrite: bool = False,
+    side_by_side: bool = False,
+    **kwargs,
+) -> SeedsResult:
     """Train `config` with `seeds` consecutive seeds from its own, a run directory each under `group_dir`,
-    and write the accuracy statistics to group.json. `side_by_side`: all in one compiled program (JAX), meant for a
-    GPU, which one small model uses only a part of."""
+    and write the accuracy statistics to group.json. `side_by_side`: all in one compiled program (JAX), meant
+    for a GPU, which one small model uses only a part of."""
     chosen = tuple(config.train.seed + i for i in range(seeds))
     config = _resolved(config, backend, kwargs.get("log", lambda text: None))
     _check_engine(config, backend)
     if side_by_side and choose_engine(config.train.engine, backend.name) != "compiled":
-        raise UserError("--side-by-side trains in the compiled engine, on JAX: add --backend jax --engine compiled, "
-                        "or leave --side-by-side out")
-    configs = [dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)) for seed in chosen]
+        raise UserError(
+            "--side-by-side trains in the compiled engine, on JAX: add --backend jax --engine compiled, "
+            "or leave --side-by-side out"
+        )
+    configs = [
+        dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)) for seed in chosen
+    ]
     data.ensure(kwargs.get("data_dir"))
     with runs.claim(group_dir, overwrite=overwrite) as group_dir:
         outputs.write_text(group_dir / runs.CONFIG, config_to_toml(config))  # what `fresh_start` repeats
-        outputs.write_json(group_dir / runs.GROUP, {"planned": list(chosen), "side_by_side": side_by_side,
-                                                 "complete": False})
+        outputs.write_json(
+            group_dir / runs.GROUP, {"planned": list(chosen), "side_by_side": side_by_side, "complete": False}
+        )
         try:
             if side_by_side:
                 results = _side_by_side(configs, group_dir, backend, **kwargs)
             else:
-                results = [train(c, group_dir / f"seed-{c.train.seed}", backend, overwrite=True, **kwargs)
-                           for c in configs]
+                results = [
+                    train(c, group_dir / f"seed-{c.train.seed}", backend, overwrite=True, **kwargs)
+                    for c in configs
+                ]
         except Diverged as e:  # the advice is for the whole group, not one seed
             lower = 0.001 if config.train.learning_rate > 0.001 else config.train.learning_rate / 10
-            raise Diverged(f"{str(e).split(';')[0]}; try a lower learning rate for the group: `mnist-mlp train "
-                           f"--config {outputs.shell_path(group_dir / runs.CONFIG)} --seeds {seeds} --set "
-                           f"train.learning_rate={lower:g}{' --side-by-side' if side_by_side else ''} --out "
-                           f"{outputs.shell_path(group_dir)} --overwrite`") from None
+            raise Diverged(
+                f"{str(e).split(';')[0]}; try a lower learning rate for the group: `mnist-mlp train "
+                f"--config {outputs.shell_path(group_dir / runs.CONFIG)} --seeds {seeds} --set "
+                f"train.learning_rate={lower:g}{' --side-by-side' if side_by_side else ''} --out "
+                f"{outputs.shell_path(group_dir)} --overwrite`"
+            ) from None
         return _finish_group(group_dir, chosen, side_by_side, results)
 
 
@@ -332,47 +426,79 @@ def resume_seeds(group_dir: str | Path, backend: BackendChoice, **kwargs) -> See
                 results.append(_finished(runs.load_run(run_dir)))
                 continue
             try:
-                seeded, resume = runs.resume_config(run_dir), True  # its checkpoint's config, checked for edits
-            except UserError as e:  # not started, no checkpoint yet, or its history damaged: trained from the start
+                seeded, resume = (
+                    runs.resume_config(run_dir),
+                    True,
+                )  # its checkpoint's config, checked for edits
+            except (
+                UserError
+            ) as e:  # not started, no checkpoint yet, or its history damaged: trained from the start
                 if (run_dir / runs.DIVERGED).is_file():
                     raise
                 if run_dir.exists():  # why, without the advice to start it again: that is done here
                     why = str(e).split("; start")[0]
                     kwargs.get("log", lambda text: None)(f"{why}; training seed {seed} from the start")
-                seeded, resume = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)), False
+                seeded, resume = (
+                    dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)),
+                    False,
+                )
             results.append(train(seeded, run_dir, backend, overwrite=not resume, resume=resume, **kwargs))
         return _finish_group(group_dir, chosen, False, results)
 
 
-def _side_by_side(configs, group_dir: Path, backend, data_dir=None, verbose="auto", log=lambda text: None,
-                  config_name=None):
+def _side_by_side(
+    configs, group_dir: Path, backend, data_dir=None, verbose="auto", log=lambda text: None, config_name=None
+):
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        run_dirs = [stack.enter_context(runs.claim(group_dir / f"seed-{c.train.seed}", overwrite=True)) for c in configs]
+        run_dirs = [
+            stack.enter_context(runs.claim(group_dir / f"seed-{c.train.seed}", overwrite=True))
+            for c in configs
+        ]
         try:
-            return _train_side_by_side(configs, run_dirs, backend, data_dir, verbose, log, started, config_name)
+            return _train_side_by_side(
+                configs, run_dirs, backend, data_dir, verbose, log, started, config_name
+            )
         except WriteFailed as e:
             raise WriteFailed(f"{e}; {_after_write_error(e.errno, group_dir)}", e.errno) from None
         except OSError as e:
             raise write_failed(group_dir, e, _after_write_error(e.errno, group_dir)) from None
 
 
-def _train_side_by_side(configs, run_dirs, backend, data_dir, verbose, log, started, config_name) -> list[TrainResult]:
+def _train_side_by_side(
+    configs, run_dirs, backend, data_dir, verbose, log, started, config_name
+) -> list[TrainResult]:
     """The seeds' runs trained together by the compiled engine (engine.fit_side_by_side), then each finished
     as a lone run is; none is finished if any diverged."""
     from mnist_mlp.engine import fit_side_by_side
 
-    started_runs = [dataclasses.replace(_start(c, d, backend, False, data_dir, log if i == 0 else lambda text: None, ()),
-                                        side_by_side=len(configs)) for i, (c, d) in enumerate(zip(configs, run_dirs))]
-    log(f"{len(configs)} seeds side by side in one program (the progress bar is seed {configs[0].train.seed}'s; "
-        f"each seed's history goes to its run folder)")
+    started_runs = [
+        dataclasses.replace(
+            _start(c, d, backend, False, data_dir, log if i == 0 else lambda text: None, ()),
+            side_by_side=len(configs),
+        )
+        for i, (c, d) in enumerate(zip(configs, run_dirs))
+    ]
+    log(
+        f"{len(configs)} seeds side by side in one program (the progress bar is seed "
+        f"{configs[0].train.seed}'s; "
+        f"each seed's history goes to its run folder)"
+    )
     first, tc = started_runs[0], configs[0].train
     with CtrlC() as ctrl_c:
-        fit_side_by_side([r.setup.model for r in started_runs], first.setup.x_train, first.setup.y_train,
-                         batch_size=tc.batch_size, epochs=tc.epochs, verbose=verbose,
-                         validation_data=first.setup.validation, initial_epoch=first.initial_epoch,
-                         callbacks=[[*r.callbacks, ctrl_c] for r in started_runs],
-                         seeds=[c.train.seed for c in configs], augment=first.config.augment)
+        fit_side_by_side(
+            [r.setup.model for r in started_runs],
+            first.setup.x_train,
+            first.setup.y_train,
+            batch_size=tc.batch_size,
+            epochs=tc.epochs,
+            verbose=verbose,
+            validation_data=first.setup.validation,
+            initial_epoch=first.initial_epoch,
+            callbacks=[[*r.callbacks, ctrl_c] for r in started_runs],
+            seeds=[c.train.seed for c in configs],
+            augment=first.config.augment,
+        )
     for run in started_runs:
         _check_finite(run)
     return [_finish(run, backend, True, started, config_name) for run in started_runs]
@@ -382,25 +508,50 @@ def _finished(run: runs.Run) -> TrainResult:
     """A finished run's result, read back from its metrics.json."""
     m = run.metrics
     ci95 = m.get("test_accuracy_ci95")
-    return TrainResult(run.path, m.get("test_loss"), m.get("test_accuracy"), tuple(ci95) if ci95 else None,
-                       m.get("seconds_per_epoch", 0.0), m.get("wall_seconds", 0.0), m.get("backend", ""))
+    return TrainResult(
+        run.path,
+        m.get("test_loss"),
+        m.get("test_accuracy"),
+        tuple(ci95) if ci95 else None,
+        m.get("seconds_per_epoch", 0.0),
+        m.get("wall_seconds", 0.0),
+        m.get("backend", ""),
+    )
 
 
 def _finish_group(group_dir: Path, chosen: tuple[int, ...], side_by_side: bool, results: list) -> SeedsResult:
     """group.json with each seed's test accuracy and their mean ± std, marked complete."""
     accuracies = [r.test_accuracy for r in results]
     spread = stats.spread(accuracies)
-    outputs.write_json(group_dir / runs.GROUP, {
-        "planned": list(chosen), "side_by_side": side_by_side, "seeds": list(chosen),
-        "runs": [f"seed-{s}" for s in chosen], "test_accuracy": accuracies, "mean": spread.mean,
-        "std": spread.std, "min": spread.low, "max": spread.high, "complete": True})
+    outputs.write_json(
+        group_dir / runs.GROUP,
+        {
+            "planned": list(chosen),
+            "side_by_side": side_by_side,
+            "seeds": list(chosen),
+            "runs": [f"seed-{s}" for s in chosen],
+            "test_accuracy": accuracies,
+            "mean": spread.mean,
+            "std": spread.std,
+            "min": spread.low,
+            "max": spread.high,
+            "complete": True,
+        },
+    )
     return SeedsResult(group_dir, tuple(results), chosen, spread)
 
 
 def describe_seeds(group: SeedsResult) -> str:
-    lines = [f"seed {seed}: test accuracy {r.test_accuracy:.4f}  ({r.run_dir})" for seed, r in zip(group.seeds, group.results)]
+    lines = [
+        f"seed {seed}: test accuracy {r.test_accuracy:.4f}  ({r.run_dir})"
+        for seed, r in zip(group.seeds, group.results)
+    ]
     a = group.accuracy
-    lines.append(f"Test accuracy over {len(group.seeds)} seeds: {a.mean:.4f} ± {a.std:.4f} "
-                 f"(mean ± std; min {a.low:.4f}, max {a.high:.4f})")
-    lines.append(f"Runs saved in {group.group_dir}/ (next: mnist-mlp plot {outputs.shell_path(group.group_dir)})")
+    lines.append(
+        f"Test accuracy over {len(group.seeds)} seeds: {a.mean:.4f} ± {a.std:.4f} "
+        f"(mean ± std; min {a.low:.4f}, max {a.high:.4f})"
+    )
+    lines.append(
+        f"Runs saved in {group.group_dir}/ (next: mnist-mlp plot {outputs.shell_path(group.group_dir)})"
+    )
     return "\n".join(lines)
