@@ -171,3 +171,54 @@ def test_a_handout_beats_a_preset_of_its_name_and_a_folder_or_binary_file_says_w
         UserError, match=r"^config file run/model.keras is not a text file; give a TOML file$"
     ):
         load_config("run/model.keras")
+
+
+def _within(seconds: int):
+    """A block that fails instead of hanging (a read that waits on a named pipe)."""
+    import contextlib
+    import signal
+
+    def expire(*_):
+        raise TimeoutError(f"still waiting after {seconds} s")
+
+    @contextlib.contextmanager
+    def block():
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+
+    return block()
+
+
+def test_a_device_a_named_pipe_or_a_huge_file_is_no_config_and_a_shell_pipe_is(tmp_path):
+    """/dev/zero was read until the kernel killed the process (~24 GB); a named pipe waited unseen."""
+    import os
+
+    from mnist_mlp.space import load_space
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.toml"
+    huge.write_text("# " + "x" * 2**20 + "\n")
+    with _within(20):
+        for path, expected in [
+            ("/dev/zero", "config file /dev/zero is a device or socket, not a file; give a TOML file"),
+            ("/dev/urandom", "is a device or socket"),
+            (str(fifo), "is a named pipe, which would wait for a writer; give a TOML file"),
+            (str(huge), "holds more than 1 MB, more than any config file does"),
+        ]:
+            with pytest.raises(UserError, match=expected):
+                load_config(path)
+        with pytest.raises(UserError, match="sweep space /dev/zero is a device"):
+            load_space("/dev/zero", Config())
+    read, write = os.pipe()  # what the shell hands over for --config <(command)
+    os.write(write, b"[train]\nepochs = 3\n")
+    os.close(write)
+    try:
+        assert load_config(f"/dev/fd/{read}").train.epochs == 3
+    finally:
+        os.close(read)

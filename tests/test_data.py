@@ -318,3 +318,17 @@ def test_two_processes_writing_one_cache_file_each_use_their_own_temporary_name(
     errors = [w.communicate(timeout=120)[1] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], errors
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # no temporary file left
+
+
+def test_an_mnist_name_on_a_device_or_a_gz_bomb_is_refused_before_it_fills_memory(tmp_path, capsys):
+    """An IDX name linked to /dev/zero was read until the kernel killed the process."""
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    (folder / "train-images-idx3-ubyte").symlink_to("/dev/zero")
+    assert main(["data", "import", str(folder), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "train-images-idx3-ubyte is a device or socket, not a file" in capsys.readouterr().err
+    (folder / "train-images-idx3-ubyte").unlink()
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(100 * 2**20)))  # 100 MB of zeros
+    assert main(["data", "import", str(folder), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "unpacks to more than 64 MB, so it is not MNIST" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "train-images-idx3-ubyte").exists()

@@ -5,8 +5,8 @@ contents atomically with where they came from, and reading them back only if int
 from __future__ import annotations
 
 import errno
-import gzip
 import hashlib
+import io
 import json
 import os
 import struct
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_mlp.errors import UserError, WriteFailed, write_failed
-from mnist_mlp.outputs import atomic
+from mnist_mlp.outputs import atomic, read_capped
 
 FILES = {  # key -> (canonical file name, SHA-256 of the uncompressed IDX content)
     "train-images": (
@@ -38,6 +38,7 @@ FILES = {  # key -> (canonical file name, SHA-256 of the uncompressed IDX conten
         "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
     ),
 }
+MAX_FILE = 64 * 2**20  # bytes an MNIST file may hold (train-images: 47,040,016; Keras' mnist.npz: ~11 MB)
 NPZ_KEYS = {
     "x_train": "train-images",
     "y_train": "train-labels",
@@ -82,13 +83,21 @@ def sha256(content: bytes) -> str:
 
 
 def decompress(raw: bytes, origin: str) -> bytes:
-    """Return the content of an IDX or IDX.gz file."""
+    """The content of an IDX or IDX.gz file (a .gz that unpacks to more than MAX_FILE is no MNIST file)."""
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
-        return gzip.decompress(raw)
-    except (EOFError, OSError, zlib.error) as e:
+        unpacker = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip's framing
+        content = unpacker.decompress(raw, MAX_FILE + 1)
+    except zlib.error as e:
         raise UserError(f"{origin} is a truncated or corrupt .gz ({e}); download it again") from None
+    if len(content) > MAX_FILE:
+        raise UserError(
+            f"{origin} unpacks to more than {MAX_FILE / 2**20:g} MB, so it is not MNIST; give the MNIST files"
+        )
+    if not unpacker.eof:
+        raise UserError(f"{origin} is a truncated or corrupt .gz (it ends early); download it again")
+    return content
 
 
 def to_idx(array: np.ndarray) -> bytes:
@@ -219,10 +228,15 @@ def data_info(directory: str | Path | None = None) -> DataInfo:
     return DataInfo(directory, tuple(files))
 
 
+def read_user_file(path: Path) -> bytes:
+    """An MNIST file the user named (IDX, .gz or .npz), read with a cap: not a device or a named pipe."""
+    return read_capped(Path(path), MAX_FILE, "MNIST file", "give the MNIST files (IDX, IDX.gz or mnist.npz)")
+
+
 def npz_contents(path: str | Path) -> dict[str, bytes]:
     """The four IDX contents inside a Keras-style mnist.npz, each verified."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(io.BytesIO(read_user_file(Path(path))), allow_pickle=False) as npz:
             missing = [name for name in NPZ_KEYS if name not in npz.files]
             if missing:
                 raise UserError(

@@ -22,22 +22,19 @@ else:  # pragma: no cover
 import tomli_w
 
 from mnist_mlp.errors import UserError
-from mnist_mlp.outputs import shell_path
+from mnist_mlp.outputs import read_capped, shell_path
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "elu", "selu", "silu", "softplus", "linear")
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd", "nadam", "adamax", "adagrad", "adadelta")
 LOSSES = ("categorical_crossentropy",)
 SCHEDULES = ("constant", "cosine")  # cosine: from learning_rate down to 0 over all the run's steps
 ENGINES = ("auto", "compiled", "fit")  # auto: compiled on JAX, Keras fit elsewhere
-PRECISIONS = (
-    "float32",
-    "bfloat16",
-    "auto",
-)  # bfloat16: the products' inputs only (model.BFloat16Dense); auto:
-# bfloat16 where this machine multiplies it fast, else float32 (backend.choose_precision; the run records
-# which)
+# bfloat16: the products' inputs only (model.BFloat16Dense); auto: bfloat16 where this machine multiplies it
+# fast, else float32 (backend.choose_precision; the run records which)
+PRECISIONS = ("float32", "bfloat16", "auto")
 VALIDATIONS = ("test", "split")  # test: the classic examples' choice; split: last 10,000 train images
 BACKENDS = ("auto", "jax", "torch", "tensorflow")
+MAX_TEXT = 2**20  # bytes a config or sweep space may hold (the presets: ~2 KB)
 TRAIN_IMAGES = 60_000  # MNIST's training set
 HELD_OUT = 10_000  # the last training images, held out by validation = "split"
 
@@ -233,7 +230,7 @@ def read_toml(path: Path, what: str) -> dict:
     Its text may be UTF-8 (with or without the byte-order mark Notepad writes) or UTF-16 with its mark (what
     Windows PowerShell's `>` writes). FileNotFoundError is left to the caller."""
     try:
-        raw = path.read_bytes()
+        raw = read_capped(path, MAX_TEXT, what, "give a TOML file")
     except IsADirectoryError:
         inside = (
             f", e.g. {shell_path(path / 'config.toml')}"

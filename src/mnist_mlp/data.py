@@ -20,6 +20,7 @@ from mnist_mlp.cache import (
     identify,
     is_verified,
     npz_contents,
+    read_user_file,
     read_verified,
     store,
     verify,
@@ -70,7 +71,7 @@ def import_data(paths: list[str | Path], directory: str | Path | None = None) ->
                     passed.append(str(e))
             elif (key := identify(file)) is not None:
                 origin = str(file)
-                content = verify(key, decompress(file.read_bytes(), origin), origin)
+                content = verify(key, decompress(read_user_file(file), origin), origin)
                 found[key] = (content, f"import: {file.resolve()}")
             elif not path.is_dir():
                 raise UserError(

@@ -1,6 +1,6 @@
-"""Where a command writes a file: atomically (a temporary name, then a rename), under a free default name
-(curves.png, then curves-2.png, ...), or where the user said, never replacing a file of the user's (ours carry
-MADE_BY); and paths that advice may print. Standard library only."""
+"""The user's files: read with a cap (read_capped); written atomically (a temporary name, then a rename),
+under a free default name (curves.png, then curves-2.png, ...), or where the user said, never replacing a
+file of the user's (ours carry MADE_BY); and paths that advice may print. Standard library only."""
 
 from __future__ import annotations
 
@@ -36,6 +36,30 @@ FIXES = {
     errno.ENOSPC: "free some space",
     errno.EDQUOT: "free some of your quota",
 }
+
+
+SHELL_PIPES = ("/dev/fd/", "/proc/self/fd/", "/dev/stdin")  # where the shell hands a pipe over: <(command)
+
+
+def read_capped(path: Path, limit: int, what: str, give: str) -> bytes:
+    """The bytes of the user's file `path`, `what` it is meant to be: a regular file, or a pipe the shell
+    made (`<(command)`, /dev/stdin). A UserError, advising `give`, for a device (/dev/zero would be read
+    until memory runs out), a named pipe (it would wait for a writer unseen) or more than `limit` bytes.
+    FileNotFoundError and IsADirectoryError are the caller's."""
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if stat.S_ISFIFO(mode) and not str(path).startswith(SHELL_PIPES):
+        raise UserError(f"{what} {path} is a named pipe, which would wait for a writer; {give}")
+    if not stat.S_ISREG(mode) and not stat.S_ISFIFO(mode):
+        raise UserError(f"{what} {path} is a device or socket, not a file; {give}")
+    with open(path, "rb") as f:
+        content = f.read(limit + 1)
+    if len(content) > limit:
+        raise UserError(
+            f"{what} {path} holds more than {limit / 2**20:g} MB, more than any {what} does; {give}"
+        )
+    return content
 
 
 def after_failed_write(number: int | None, next_step: str) -> str:
