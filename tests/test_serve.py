@@ -52,6 +52,18 @@ def test_predict_an_uploaded_image_and_a_pixel_array(client, mnist):
     assert flat.json()["digit"] == 2
 
 
+def test_blank_paper_has_no_digit_in_the_api(client):
+    """`"digit": 5` beside `unsure: true`: a client that reads only `digit` showed a 5 for blank paper."""
+    paper = _png(np.full((60, 80), 250, np.uint8))
+    blank = client.post("/api/predict", content=paper, headers={"Content-Type": "image/png"})
+    assert blank.status_code == 200
+    result = blank.json()
+    assert result["digit"] is None and result["unsure"] and result["reason"].startswith("no digit found")
+    assert len(result["probabilities"]) == 10  # the model's guess at black, for whoever wants it
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["PredictionOut"]["properties"]
+    assert {"type": "null"} in schema["digit"]["anyOf"]
+
+
 @pytest.mark.parametrize(
     "body, headers, status, message",
     [

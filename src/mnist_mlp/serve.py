@@ -106,8 +106,10 @@ class UnsupportedType(UserError):
 
 
 class PredictionOut(BaseModel):
-    digit: int = Field(ge=0, le=9)
-    probabilities: list[float] = Field(min_length=10, max_length=10, description="for digits 0..9")
+    digit: int | None = Field(ge=0, le=9, description="null where no digit was found (see reason)")
+    probabilities: list[float] = Field(
+        min_length=10, max_length=10, description="for digits 0..9 (with no digit: the model's guess at black)"
+    )
     unsure: bool
     reason: str = Field(description='why unsure; "" otherwise')
     image: list[list[int]] = Field(description="the 28x28 the model saw, 0..255, white on black")
@@ -141,7 +143,7 @@ ERRORS = {
 
 def prediction_json(found) -> dict:
     return {
-        "digit": found.digit,
+        "digit": None if found.blank else found.digit,  # a client reading only `digit` must not see a 5
         "probabilities": list(found.probabilities),
         "unsure": found.unsure,
         "reason": found.reason,
