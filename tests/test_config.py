@@ -1,3 +1,4 @@
+import re
 import shlex
 from pathlib import Path
 
@@ -222,3 +223,24 @@ def test_a_device_a_named_pipe_or_a_huge_file_is_no_config_and_a_shell_pipe_is(t
         assert load_config(f"/dev/fd/{read}").train.epochs == 3
     finally:
         os.close(read)
+
+
+@pytest.mark.parametrize(
+    "settings, bound",
+    [
+        (
+            ["augment.elastic_sigma=0.0001", "augment.elastic_alpha=30"],
+            "augment.elastic_sigma must be in [3, 28]",
+        ),
+        (["augment.elastic_alpha=200"], "augment.elastic_alpha must be <= 80 (Simard 2003: 34"),
+        (["augment.scale=0.9999"], "augment.scale must be <= 0.4"),
+        (["augment.rotation=90"], "augment.rotation must be <= 30 degrees"),
+        (["augment.translation=10"], "augment.translation must be <= 4 pixels"),
+    ],
+)
+def test_deformations_that_destroy_the_digits_are_refused_with_the_bound(settings, bound):
+    """Legal-looking values turned digits into noise (sigma 0.0001, alpha 200) or specks (scale 0.9999)."""
+    with pytest.raises(UserError, match=re.escape(bound)):
+        load_config(None, settings)
+    for preset in ("record-cpu", "handwriting"):  # the shipped deformations stay inside
+        assert load_config(preset).augment.active

@@ -99,21 +99,27 @@ class AugmentConfig:
     elastic_sigma: float = 5.0  # pixels, the Gaussian that smooths the field (Ciresan 2010: 5-6)
 
     def __post_init__(self):
+        # Bounds about twice what the papers used (Simard 2003; Ciresan 2010: rotation up to 15 degrees,
+        # scaling 15-20%, elastic alpha 34-38 with sigma 4-6): past them a digit no longer reads as itself.
         for key in ("rotation", "scale", "shear", "translation", "elastic_alpha"):
             _check(getattr(self, key) >= 0, f"augment.{key}", "must be >= 0 (0: off)")
-        _check(self.scale < 1, "augment.scale", "must be < 1 (a digit scaled by 1 - scale can vanish)")
-        _check(self.shear < 60, "augment.shear", "must be < 60 degrees")
-        _check(self.rotation <= 180, "augment.rotation", "must be <= 180 degrees")
-        _check(0 < self.elastic_sigma <= 28, "augment.elastic_sigma", "must be in (0, 28] pixels")
+        _check(self.rotation <= 30, "augment.rotation", "must be <= 30 degrees (Ciresan 2010: up to 15)")
+        _check(self.scale <= 0.4, "augment.scale", "must be <= 0.4 (Ciresan 2010: 0.15-0.2)")
+        _check(self.shear <= 30, "augment.shear", "must be <= 30 degrees (record-cpu: 8)")
         _check(
-            self.translation <= 14,
+            self.translation <= 4,
             "augment.translation",
-            "must be <= 14 pixels (beyond, the digit leaves the image)",
+            "must be <= 4 pixels (MNIST's margin around a digit)",
         )
         _check(
-            self.elastic_alpha <= 200,
+            self.elastic_alpha <= 80,
             "augment.elastic_alpha",
-            "must be <= 200 (beyond, the digit leaves the image)",
+            "must be <= 80 (Simard 2003: 34; Ciresan 2010: 36-38)",
+        )
+        _check(
+            3 <= self.elastic_sigma <= 28,
+            "augment.elastic_sigma",
+            "must be in [3, 28] pixels (Simard 2003: 4; a smaller one makes noise that tears a digit apart)",
         )
 
     @property

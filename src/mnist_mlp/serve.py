@@ -108,7 +108,9 @@ class UnsupportedType(UserError):
 class PredictionOut(BaseModel):
     digit: int | None = Field(ge=0, le=9, description="null where no digit was found (see reason)")
     probabilities: list[float] = Field(
-        min_length=10, max_length=10, description="for digits 0..9 (with no digit: the model's guess at black)"
+        min_length=10,
+        max_length=10,
+        description="for digits 0..9 (with no digit: the model's guess at black)",
     )
     unsure: bool
     reason: str = Field(description='why unsure; "" otherwise')
