@@ -255,3 +255,24 @@ def test_an_interrupted_command_ends_without_finalizing_the_interpreter(code):
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert done.returncode == code, done.stderr
     assert done.stdout == ("ran\n" if code == 130 else "ran\nfinalized\n"), done.stdout
+
+
+def test_a_file_that_shadows_a_preset_is_named_with_the_preset_beside_it(
+    synthetic_dir, tmp_path, monkeypatch, capsys
+):
+    """A file `fast` in the working folder took the place of the preset fast without a word."""
+    from mnist_mlp.config import load_config, presets
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fast").write_text("[train]\nepochs = 1\n")
+    assert main(["inspect", "--augment", "--config", "fast"]) == 2  # deforms nothing: after the line
+    line = capsys.readouterr().out.strip()
+    assert (
+        line == f"Config: fast (a file here; the shipped preset of that name is --config {presets()['fast']})"
+    )
+    assert load_config(line.rsplit("--config ", 1)[1].rstrip(")")) == load_config(
+        presets()["fast"]
+    )  # the advice
+    argv = ["train", "--config", "fast", "--set", "train.train_samples=500", "--out", str(tmp_path / "r")]
+    assert main([*argv, "--cache-dir", str(synthetic_dir)]) == 0
+    assert capsys.readouterr().out.startswith("Config: fast (a file here; the shipped preset")

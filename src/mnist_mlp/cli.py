@@ -16,7 +16,7 @@ from pathlib import Path
 from mnist_mlp import __version__, cache, data, experiments, outputs, runs, sources
 from mnist_mlp.backend import use_backend
 from mnist_mlp.bench import VARIANTS
-from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, config_name, find_preset, load_config
+from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, config_line, config_name, load_config
 from mnist_mlp.errors import Interrupted, UserError, interrupt
 from mnist_mlp.space import load_space
 
@@ -63,6 +63,8 @@ def cmd_inspect(args) -> None:
             "drop them"
         )
     config = load_config(args.config, args.set)
+    if args.config:
+        print(config_line(args.config))
     use_backend("jax")  # the deformations are JAX programs, as in the compiled engine
     from mnist_mlp import augment
 
@@ -116,7 +118,7 @@ def _train(args, config, out: Path) -> None:
         log=lambda text: print(text, flush=True),
     )
     if args.config and not args.resume:
-        print(f"Config: {find_preset(args.config)}")  # a file of that name, or the shipped preset
+        print(config_line(args.config))  # a file of that name, or the shipped preset
     if not args.resume:
         options["config_name"] = config_name(args.config)
     if args.resume and (out / runs.GROUP).is_file():
@@ -289,6 +291,8 @@ def cmd_sweep(args) -> None:
         )
     base = load_config(args.config, args.set)
     space = load_space(args.space, base, fixed)  # a mistake in the space file is said before Keras starts
+    if args.config:
+        print(config_line(args.config), flush=True)
     choice = use_backend(base.backend)
     from mnist_mlp import sweep
 
@@ -322,6 +326,8 @@ def cmd_bench(args) -> None:
             raise UserError(
                 f"--json {args.json}: its folder does not exist; make it first, or give another path"
             )
+    if args.config:
+        print(config_line(args.config), flush=True)
     report, text = bench.run(
         args.variants,
         args.epochs,

@@ -208,6 +208,17 @@ def presets() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.toml"))}
 
 
+def config_line(given: str | Path) -> str:
+    """Which file `--config given` reads, as the commands print it; where a file of the working folder shadows
+    a shipped preset of its name, the preset's path too."""
+    path = find_preset(given)
+    shadowed = presets().get(Path(given).name.removesuffix(".toml"))
+    if shadowed and path.resolve() != shadowed.resolve() and not str(given).startswith("./"):
+        preset = shell_path(shadowed)
+        return f"Config: {path} (a file here; the shipped preset of that name is --config {preset})"
+    return f"Config: {path}"
+
+
 def config_name(given: str | Path | None) -> str:
     """What a run's config is called, for people: the preset or file's stem ("handwriting"), a run folder's
     name for its config.toml; "classic" without --config."""
