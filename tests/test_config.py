@@ -244,3 +244,14 @@ def test_deformations_that_destroy_the_digits_are_refused_with_the_bound(setting
         load_config(None, settings)
     for preset in ("record-cpu", "handwriting"):  # the shipped deformations stay inside
         assert load_config(preset).augment.active
+
+
+def test_a_flag_does_not_hide_a_bad_set_of_the_same_key(tmp_path, capsys):
+    """`--set train.epochs=twenty --epochs 1` trained one epoch without a word about "twenty"."""
+    from mnist_mlp.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--set", "train.epochs=twenty", "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.epochs must be" in err and "'twenty'" in err
+    assert not out.exists()

@@ -250,3 +250,21 @@ def test_train_records_the_config_name_for_the_page(small_run, tmp_path):
     assert config_name(str(small_run)) == "small" and config_name(str(small_run / runs.CONFIG)) == "small"
     (tmp_path / "lesson.toml").write_text("")
     assert config_name(str(tmp_path / "lesson.toml")) == "lesson"
+
+
+@pytest.mark.parametrize("engine", ["compiled", "fit"])
+def test_a_diverged_run_says_so_in_one_line_without_kerass_lines(engine, synthetic_dir, tmp_path, capsys):
+    """Keras' TerminateOnNaN printed "Batch 12: Invalid loss, terminating training" 4 times before ours."""
+    argv = ["train", "--epochs", "2", "--engine", engine, "--set", "train.train_samples=2000"]
+    diverging = [
+        "--set",
+        "train.learning_rate=1e30",
+        "--set",
+        "train.optimizer=sgd",
+        "--set",
+        "model.activation=linear",
+    ]
+    assert main([*argv, *diverging, "--out", str(tmp_path / "r"), "--cache-dir", str(synthetic_dir)]) == 2
+    captured = capsys.readouterr()
+    assert "Invalid loss" not in captured.out + captured.err
+    assert captured.err.count("\n") == 1 and "training diverged" in captured.err
