@@ -269,3 +269,34 @@ def test_a_read_only_run_is_resumed_and_plotted_by_the_advice(synthetic_dir, tmp
         assert len(err) == 1 and "Read-only file system" in err[0], err
         plot = shlex.split(err[0].split("`")[1])
         assert main(plot[1:]) == 0 and (tmp_path / plot[-1]).is_file()
+
+
+def test_an_out_on_a_read_only_disk_is_told_where_else_to_write(synthetic_dir, tmp_path, capsys, monkeypatch):
+    """plot, runs compare, inspect --augment and bench said only "cannot write X (Read-only file system)",
+    bench after its whole run; each now says where else, and the advice, followed, writes."""
+    run = tmp_path / "run"
+    tiny = ["--train-samples", "500", "--epochs", "1", "--cache-dir", str(synthetic_dir)]
+    assert main(["train", *tiny, "--out", str(run)]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    with small_disk(tmp_path / "shared", read_only=True) as shared:
+        for argv in (
+            ["plot", str(run), "--out", str(shared / "curves.png")],
+            ["plot", str(run), "--weights", "--out", str(shared / "weights.png")],
+            ["runs", "compare", str(run), str(run), "--out", str(shared / "compare.png")],
+            ["inspect", "--augment", "--set", "augment.rotation=10", "--out", str(shared / "augment.png")],
+            ["bench", "--json", str(shared / "bench.json")],  # refused before the bench runs
+        ):
+            assert main([*argv, "--cache-dir", str(synthetic_dir)] if argv[0] == "inspect" else argv) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "a writable place, e.g." in err, err
+            flag, elsewhere = err.strip().rsplit(" ", 2)[-2:]
+            followed = [*argv[:-1], elsewhere]
+            if argv[0] == "bench":
+                assert flag == "--json" and not Path(elsewhere).exists()  # the bench itself is not run here
+                continue
+            assert (
+                main([*followed, "--cache-dir", str(synthetic_dir)] if argv[0] == "inspect" else followed)
+                == 0
+            )
+            assert Path(elsewhere).is_file()

@@ -17,7 +17,7 @@ from mnist_mlp import __version__, cache, data, experiments, outputs, runs, sour
 from mnist_mlp.backend import use_backend
 from mnist_mlp.bench import VARIANTS
 from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, config_line, config_name, load_config
-from mnist_mlp.errors import Interrupted, UserError, interrupt
+from mnist_mlp.errors import Interrupted, UserError, WriteFailed, interrupt
 from mnist_mlp.space import load_space
 
 
@@ -68,7 +68,7 @@ def cmd_inspect(args) -> None:
     use_backend("jax")  # the deformations are JAX programs, as in the compiled engine
     from mnist_mlp import augment
 
-    with outputs.output(args.out, "augment.png", ".png") as out:
+    with written_to("--out", args.out, "augment.png"), outputs.output(args.out, "augment.png", ".png") as out:
         print(
             f"Wrote {augment.preview(config.augment, out, args.cache_dir)} (left: the training digit; right: "
             "deformed as the model sees it, a fresh draw every step)"
@@ -223,6 +223,23 @@ def cmd_serve(args) -> None:
     )
 
 
+@contextlib.contextmanager
+def written_to(flag: str, given: str | None, default: str):
+    """A write to the user's `flag` path that its folder refuses (read-only, not theirs) gets the fix: the
+    same file in a writable folder."""
+    try:
+        yield
+    except WriteFailed as e:
+        if not given or e.advised or e.errno not in outputs.UNWRITABLE:
+            raise
+        elsewhere = outputs.free_name(
+            outputs.writable_folder() / (Path(given).name or default), Path(default).suffix
+        )
+        raise WriteFailed(
+            f"{e}; give {flag} a writable place, e.g. {flag} {outputs.shell_path(elsewhere)}", e.errno
+        ) from None
+
+
 def cmd_plot(args) -> None:
     from mnist_mlp import plots
 
@@ -233,12 +250,15 @@ def cmd_plot(args) -> None:
         use_backend("auto")
         from mnist_mlp.model import first_layer_weights
 
+        kernel = first_layer_weights(runs.load_model(run))
+        with written_to("--out", args.out, runs.WEIGHTS):
+            out = plots.plot_run_weights(run.path, kernel, args.out)
         print(
-            f"Wrote {plots.plot_run_weights(run.path, first_layer_weights(runs.load_model(run)), args.out)} "
-            "(each unit's 784 weights as a 28x28 image: red where ink raises it, blue where ink lowers it)"
+            f"Wrote {out} (each unit's 784 weights as a 28x28 image: red where ink raises it, blue lowers it)"
         )
         return
-    out, note = plots.plot_runs(args.runs, args.out)
+    with written_to("--out", args.out, runs.CURVES):
+        out, note = plots.plot_runs(args.runs, args.out)
     print(f"Wrote {out}" + (f" ({note})" if note else ""))
 
 
@@ -255,7 +275,10 @@ def cmd_runs(args) -> None:
 
         loaded = [runs.load_run(path) for path in args.runs]
         print(experiments.describe_compare(loaded))
-        with outputs.output(args.out, "compare.png", ".png") as out:
+        with (
+            written_to("--out", args.out, "compare.png"),
+            outputs.output(args.out, "compare.png", ".png") as out,
+        ):
             print(f"Wrote {plots.plot_curves(plots.named_histories(loaded), out)}")
 
 
@@ -327,6 +350,14 @@ def cmd_bench(args) -> None:
             raise UserError(
                 f"--json {args.json}: its folder does not exist; make it first, or give another path"
             )
+        if not os.access(Path(args.json).parent, os.W_OK):
+            elsewhere = outputs.shell_path(
+                outputs.free_name(outputs.writable_folder() / "bench.json", ".json")
+            )
+            raise UserError(
+                f"--json {args.json}: its folder cannot be written; give --json a writable place, "
+                f"e.g. --json {elsewhere}"
+            )
     if args.config:
         print(config_line(args.config), flush=True)
     report, text = bench.run(
@@ -343,7 +374,10 @@ def cmd_bench(args) -> None:
         args.give_up,
     )
     print(text, flush=True)  # the results first: a failed write does not cost them
-    with outputs.output(args.json, "bench.json", ".json", flag="--json") as out:
+    with (
+        written_to("--json", args.json, "bench.json"),
+        outputs.output(args.json, "bench.json", ".json", flag="--json") as out,
+    ):
         outputs.write_json(out, {"made_by": outputs.MADE_BY, **report})
     print(f"\nWrote {out}")
 

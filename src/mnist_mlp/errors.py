@@ -16,9 +16,10 @@ class UserError(Exception):
 class WriteFailed(UserError):
     """A file could not be written (disk full, read-only, name too long, ...); nothing partial was left."""
 
-    def __init__(self, message: str, errno: int | None = None):
+    def __init__(self, message: str, errno: int | None = None, advised: bool = True):
         super().__init__(message)
         self.errno = errno
+        self.advised = advised  # False: the message names no fix yet (the command layer may add one)
 
 
 class Interrupted(UserError):
@@ -43,7 +44,9 @@ def write_failed(path: str | Path, error: OSError, advice: str = "") -> WriteFai
         errno.ENOENT: "its folder does not exist: make it first, or give another path",
         errno.EISDIR: "a folder has that name: give a file name",
     }.get(error.errno, "")
-    return WriteFailed(f"cannot write {path} ({cause})" + (f"; {advice}" if advice else ""), error.errno)
+    return WriteFailed(
+        f"cannot write {path} ({cause})" + (f"; {advice}" if advice else ""), error.errno, bool(advice)
+    )
 
 
 def pip_install(spec: str) -> str:
