@@ -255,3 +255,24 @@ def test_a_flag_does_not_hide_a_bad_set_of_the_same_key(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "train.epochs must be" in err and "'twenty'" in err
     assert not out.exists()
+
+
+def test_a_model_too_big_for_memory_is_told_the_batch_that_fits_or_that_none_does():
+    """ "or a smaller batch" was advised for a model that could not fit at any batch size."""
+    from mnist_mlp.config import check_fits, memory_needed
+
+    huge = load_config(None, ["model.hidden_units=[100000, 100000, 100000]"])
+    with pytest.raises(UserError, match=r"use fewer or narrower layers \(at any batch size\)$"):
+        check_fits(huge, memory=16 * 2**30)
+    wide = load_config(None, ["model.hidden_units=[4096, 4096]", "train.batch_size=60000"])
+    memory = int(memory_needed(load_config(None, ["model.hidden_units=[4096, 4096]"])) / 0.8) * 2
+    with pytest.raises(UserError, match=r"or --batch-size \d+ or less$") as refused:
+        check_fits(wide, memory=memory)
+    fits = int(re.search(r"--batch-size (\d+)", str(refused.value))[1])
+    check_fits(
+        load_config(None, ["model.hidden_units=[4096, 4096]", f"train.batch_size={fits}"]), memory=memory
+    )
+    with pytest.raises(UserError):  # the largest that fits
+        check_fits(
+            load_config(None, ["model.hidden_units=[4096, 4096]", f"train.batch_size={fits + 1}"]), memory
+        )

@@ -159,12 +159,11 @@ def check_fits(config: Config, memory: int | None = None) -> None:
     would not fit in `memory` bytes (default: this machine's RAM)."""
     images, batch = training_images(config.train), config.train.batch_size
     available = training_images(dataclasses.replace(config.train, train_samples=0))
+    left = " left by --validation split" if available < TRAIN_IMAGES else ""
     _check(
         config.train.train_samples <= available,
         "train.train_samples",
-        f"{config.train.train_samples} is more "
-        f"than the {available:,} training "
-        f"images{' left by --validation split' if available < TRAIN_IMAGES else ''}; "
+        f"{config.train.train_samples} is more than the {available:,} training images{left}; "
         f"use at most {available} (0: all)",
     )
     _check(
@@ -176,13 +175,21 @@ def check_fits(config: Config, memory: int | None = None) -> None:
         memory = memory or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # no way to tell here: let the allocator decide
         return
-    needed = memory_needed(config)
-    if needed > 0.8 * memory:  # leave room for the Python process, Keras and the OS
+    needed, room = memory_needed(config), 0.8 * memory  # leave room for Python, Keras and the OS
+    if needed > room:
+        one = memory_needed(_with_batch(config, 1))
+        per_image = memory_needed(_with_batch(config, 2)) - one
+        fits = int((room - one) // per_image) + 1 if room >= one else 0  # the largest batch that fits
+        smaller = f", or --batch-size {fits} or less" if fits >= 1 else " (at any batch size)"
         raise UserError(
             f"training this model would take about {needed / 2**30:,.1f} GiB (model.hidden_units "
             f"{list(config.model.hidden_units)}, batch {batch}) and this machine has "
-            f"{memory / 2**30:.1f} GiB; use fewer or narrower layers or a smaller batch"
+            f"{memory / 2**30:.1f} GiB; use fewer or narrower layers{smaller}"
         )
+
+
+def _with_batch(config: Config, batch_size: int) -> Config:
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=batch_size))
 
 
 class ConfigError(UserError):
