@@ -122,3 +122,16 @@ def test_a_read_only_home_gets_advice_that_works_when_pasted(tmp_path):
         assert (
             _pasted("mnist-mlp doctor --offline --cache-dir mnist-cache", cwd=work, env=env).returncode == 0
         )
+
+
+@pytest.mark.slow
+def test_a_read_only_home_leaves_no_matplotlib_notes(mnist_dir, tmp_path):
+    """matplotlib printed "mkdir -p failed ..." and a note to set MPLCONFIGDIR before every figure."""
+    from test_disk_errors import small_disk
+
+    with small_disk(tmp_path / "home", read_only=True) as home:
+        env = {"HOME": str(home), "MPLCONFIGDIR": "", "MNIST_MLP_CACHE": str(mnist_dir)}
+        done = _pasted(
+            "mnist-mlp inspect --augment --set augment.rotation=10 --out a.png", cwd=tmp_path, env=env
+        )
+        assert done.returncode == 0 and done.stderr == "", done.stderr

@@ -98,7 +98,7 @@ def check(source: str) -> list[str]:
 
 def fonts() -> tuple[list[np.ndarray], np.ndarray]:
     """Each digit in each font at each angle, black on white as printed, 570 in all."""
-    import matplotlib
+    from mnist_mlp.plots import matplotlib  # quiet about a read-only HOME
 
     ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     images, labels = [], []

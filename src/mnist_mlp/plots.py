@@ -4,11 +4,18 @@ digits and a first layer's weights as images. matplotlib's Agg backend; never Ke
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from pathlib import Path
 
-import matplotlib
-import matplotlib.ticker
+# Where HOME is read-only, matplotlib uses a temporary config folder and says so in two lines that a user of
+# this tool can do nothing about: dropped, before matplotlib is imported. Its other warnings stay.
+logging.getLogger("matplotlib").addFilter(
+    lambda record: "MPLCONFIGDIR" not in record.getMessage() and "mkdir -p failed" not in record.getMessage()
+)
+
+import matplotlib  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

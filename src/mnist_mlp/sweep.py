@@ -22,6 +22,7 @@ from mnist_mlp import outputs, runs
 from mnist_mlp.backend import BackendChoice
 from mnist_mlp.config import Config, config_from_toml, config_to_toml
 from mnist_mlp.errors import Interrupted, UserError, pip_install
+from mnist_mlp.plots import save_axes
 from mnist_mlp.space import LAYER_KEYS, SweepSpace, load_space, with_values, without
 from mnist_mlp.train import TrainResult, train
 
@@ -442,12 +443,7 @@ def report(
         raise UserError("the study has no finished trial yet")
     leaders = sorted(done, key=lambda t: t.value, reverse=True)[:top]
     importances = optuna.importance.get_param_importances(study) if len(done) > 1 else {}
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from optuna.visualization import matplotlib as optuna_plots
-
-    from mnist_mlp.plots import save_axes
+    from optuna.visualization import matplotlib as optuna_plots  # after plots: matplotlib on Agg, quiet
 
     folder, written, unwritten = study_folder(sweep_dir, study_name), [], ""
     try:  # a read-only sweep folder (a shared one) still gets its leaderboard
