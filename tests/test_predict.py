@@ -274,3 +274,18 @@ def test_a_blank_page_has_no_digit_in_the_csv_or_json(trained, tmp_path, capsys)
     assert row["digit"] == "" and row["unsure"] == "1" and "no digit found" in row["reason"]
     assert main(["predict", str(run), str(tmp_path / "blank.png"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["digit"] is None
+
+
+def test_a_damaged_tiff_is_one_line_without_libtiffs_own(trained, tmp_path, capfd):
+    """libtiff wrote "tempfile.tif: Using code not yet in table." to the terminal before our error."""
+    from mnist_mlp.cli import main
+
+    image = Image.fromarray((np.random.default_rng(0).random((200, 200)) * 255).astype(np.uint8))
+    image.save(tmp_path / "ok.tif", compression="tiff_lzw")
+    damaged = bytearray((tmp_path / "ok.tif").read_bytes())
+    for i in range(200, 2000, 7):  # scramble the LZW codes
+        damaged[i] = (damaged[i] * 31 + 7) % 256
+    (tmp_path / "bad.tif").write_bytes(bytes(damaged))
+    assert main(["predict", str(trained[1]), str(tmp_path / "bad.tif")]) == 2
+    err = capfd.readouterr().err  # the file descriptor: what a C library writes too
+    assert err.count("\n") == 1 and "bad.tif is not a readable image" in err, err

@@ -5,6 +5,8 @@ MNIST digits are white on black, scaled to fit a 20x20 box keeping their aspect 
 from __future__ import annotations
 
 import csv
+import ctypes
+import functools
 import io
 import os
 from collections.abc import Sequence
@@ -62,12 +64,29 @@ class Prediction:
         return [(int(d), float(self.probabilities[d])) for d in order]
 
 
+@functools.cache
+def _quiet_libtiff() -> None:
+    """Silence the libtiff inside Pillow, which writes its own line to stderr ("tempfile.tif: Using code not
+    yet in table.") before Pillow raises for a damaged TIFF: the UserError is the one line. Where that library
+    cannot be found (not Linux, another Pillow build), nothing changes."""
+    try:
+        with open("/proc/self/maps") as maps:
+            found = sorted({line.split()[-1] for line in maps if "libtiff" in line and "/" in line})
+        library = ctypes.CDLL(found[0])
+    except (OSError, IndexError):
+        return
+    for setter in (library.TIFFSetWarningHandler, library.TIFFSetErrorHandler):
+        setter.restype, setter.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+        setter(None)  # no handler: no output
+
+
 def open_image(source: str | Path | bytes | np.ndarray, name: str = "image") -> np.ndarray:
     """Grayscale float32 (h, w) in 0..255 from a path, bytes or array: EXIF orientation applied, the first
     frame of an animation, 16-bit and palette modes scaled, and transparency turned into ink. Only FORMATS
     are decoded; anything else, and any failure inside a decoder, is a UserError."""
     if isinstance(source, np.ndarray):
         return _array_to_gray(source, name)
+    _quiet_libtiff()
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS)
         image.seek(0)
