@@ -273,5 +273,6 @@ def test_time_to_gives_up_at_the_first_epoch_past_the_limit(mnist_dir, tmp_path,
     for found in report["results"].values():  # each epoch ends past 0.5 s: one each, not 5 (or 20)
         assert found["seconds"] is None and found["ran"][0] == 1 and found["ran"][1] >= 0.5
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].endswith("(JAX's compile cache: shared; --give-up 0.5 s):")
+    assert lines[0] == f"Config: {preset}"  # which file --config read, as every command says
+    assert lines[1].endswith("(JAX's compile cache: shared; --give-up 0.5 s):")
     assert sum("not reached in 1 epoch, " in line for line in lines) == 3

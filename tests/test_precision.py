@@ -212,3 +212,15 @@ def test_an_auto_run_records_what_it_trained_so_a_resume_elsewhere_trains_the_sa
         in capsys.readouterr().out
     )
     assert runs.load_run(tmp_path / "slow").config.train.precision == "float32"
+
+
+def test_machine_names_the_cpu_and_its_bfloat16_for_reports(tmp_path):
+    """bench and the load test both report the machine (from backend, so neither imports the other)."""
+    import os
+
+    from mnist_mlp.backend import machine
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512_bf16\n")
+    assert machine(cpuinfo) == f"AMD EPYC 9R14, {os.cpu_count()} CPUs, bfloat16 instructions"
+    assert machine(tmp_path / "missing") == f"unknown CPU, {os.cpu_count()} CPUs"

@@ -44,6 +44,23 @@ def test_train_prints_the_walk_through(mnist_dir, tmp_path, capsys):
         assert expected in out
 
 
+@pytest.mark.parametrize(
+    "correct, total, low, high",
+    [
+        (9, 10, 0.59585, 0.98212),
+        (0, 10, 0.0, 0.27753),
+        (9855, 10000, 0.98296, 0.98766),
+        (10000, 10000, 0.99962, 1.0),
+    ],
+)
+def test_the_test_score_interval_is_wilsons(correct, total, low, high):
+    """Wilson's 95% interval at values worked by hand from its formula; the normal approximation gives
+    0.714-1.086 for 9 of 10, 0-0 for 0 of 10 and 0.98316-0.98784 for 9855 of 10,000."""
+    from mnist_mlp.stats import wilson_interval
+
+    assert wilson_interval(correct, total) == pytest.approx((low, high), abs=1e-5)
+
+
 def test_run_directory_holds_every_file(small_run):
     assert sorted(p.name for p in small_run.iterdir()) == sorted(
         [runs.MARKER, runs.CONFIG, runs.HISTORY, runs.METRICS, runs.MODEL, runs.CURVES]

@@ -49,6 +49,21 @@ def cpu_bfloat16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
     return None if flags is None else any(flag in flags for flag in BFLOAT16_FLAGS)
 
 
+def machine(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """This machine in a few words, for reports: its CPU model, CPU count and bfloat16 instructions."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        text = ""
+    model = next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), ""
+    )
+    bfloat16 = {True: ", bfloat16 instructions", False: ", no bfloat16 instructions", None: ""}[
+        cpu_bfloat16(cpuinfo)
+    ]
+    return f"{model or 'unknown CPU'}, {os.cpu_count()} CPUs{bfloat16}"
+
+
 def choose_precision(requested: str, backend: str) -> tuple[str, str]:
     """train.precision for this machine, and why: "auto" is bfloat16 where the machine multiplies bfloat16
     fast (JAX on a CPU with bfloat16 instructions, a GPU of compute capability 8 or more (A100, H100, ...), a

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mnist_mlp.backend import cpu_bfloat16
+from mnist_mlp.backend import machine
 from mnist_mlp.errors import UserError, pip_install
 
 VARIANTS = ("ours", "keras-jax", "keras-tensorflow", "keras-torch", "torch", "torch-1thread")
@@ -592,21 +592,6 @@ def run(
         tuple((variants or ",".join(VARIANTS)).split(",")), 20 if epochs is None else epochs, gpu, cold=cold
     )
     return report, markdown(report)
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    bfloat16 = {True: ", bfloat16 instructions", False: ", no bfloat16 instructions", None: ""}[
-        cpu_bfloat16()
-    ]
-    return f"{model}, {os.cpu_count()} CPUs{bfloat16}"
 
 
 def markdown(report: dict) -> str:

@@ -358,8 +358,8 @@ def cmd_bench(args) -> None:
                 f"--json {args.json}: its folder cannot be written; give --json a writable place, "
                 f"e.g. --json {elsewhere}"
             )
-    if args.config:
-        print(config_line(args.config), flush=True)
+    for given in args.config or ():  # --config may be given several times
+        print(config_line(given), flush=True)
     report, text = bench.run(
         args.variants,
         args.epochs,

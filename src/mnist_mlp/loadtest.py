@@ -20,6 +20,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from mnist_mlp.errors import UserError
 
 WRK_SCRIPT = """
@@ -191,7 +193,7 @@ def load(
 ) -> LoadResult:
     """Start a server for `run`, warm it up, load it with wrk for `duration` s while probing health, then
     one chunked upload of `upload_bytes`."""
-    from mnist_mlp.bench import machine
+    from mnist_mlp.backend import machine
 
     if connections < 1 or not duration > 0:
         raise UserError(
@@ -240,7 +242,7 @@ def load(
         found["p99_us"] / 1000,
         found["non2xx"] + found["socket_errors"],
         statistics.median(ms) if ms else float("nan"),
-        _percentile(ms, 99),
+        float(np.percentile(ms, 99, method="nearest")) if ms else float("nan"),
         len(ms),
         rss_idle,
         rss_loaded,
@@ -256,12 +258,6 @@ def _sample_rss(pid: int, done: threading.Event, samples: list) -> None:
         samples.append(rss_mb(pid)[0])
         done.wait(0.01)
     samples.append(rss_mb(pid)[0])
-
-
-def _percentile(sorted_values: list, q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, round(q / 100 * (len(sorted_values) - 1)))]
 
 
 def markdown(result: LoadResult) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from scipy import ndimage, stats
 
 from mnist_mlp.data import format_digit, preprocess
 from mnist_mlp.errors import UserError
@@ -184,10 +185,8 @@ def to_mnist(gray: np.ndarray) -> tuple[np.ndarray, str]:
     digit = np.asarray(Image.fromarray(ink.astype(np.float32)).resize(size, Image.Resampling.LANCZOS))
     digit = np.clip(digit, 0, 1)
     canvas = np.zeros((28, 28), np.float32)
-    total = digit.sum()
-    if total > 0:
-        ys, xs = np.indices(digit.shape)
-        centre_y, centre_x = (ys * digit).sum() / total, (xs * digit).sum() / total
+    if digit.sum() > 0:
+        centre_y, centre_x = ndimage.center_of_mass(digit)
     else:
         centre_y, centre_x = (digit.shape[0] - 1) / 2, (digit.shape[1] - 1) / 2
     top = int(np.clip(round(14 - centre_y), 0, 28 - digit.shape[0]))  # MNIST: centre of mass at (14, 14)
@@ -233,9 +232,8 @@ def _ink(gray: np.ndarray) -> tuple[np.ndarray, float]:
     low, middle, high = np.percentile(gray[::step, ::step], [0.5, 50, 99.5])
     sign = -1.0 if middle - low > high - middle else 1.0  # the ink is the side that stands out further
     residual = sign * (gray - _paper(gray, sign, float(np.median(border))))
-    residual = _box3(residual)  # averages pixel noise down ~3x; strokes are wider than 3 px
-    spread = np.median(np.abs(residual - np.median(residual)))
-    return np.clip(residual, 0, None), float(1.4826 * spread)  # MAD -> standard deviation
+    residual = ndimage.uniform_filter(residual, size=3, mode="nearest")  # noise down ~3x; strokes are wider
+    return np.clip(residual, 0, None), float(stats.median_abs_deviation(residual, axis=None, scale="normal"))
 
 
 def _paper(gray: np.ndarray, sign: float, border_level: float) -> np.ndarray:
@@ -261,13 +259,6 @@ def _paper(gray: np.ndarray, sign: float, border_level: float) -> np.ndarray:
     return (coef[0] + coef[1] * x + coef[3] * x * x + (coef[2] + coef[4] * x) * y + coef[5] * y * y).astype(
         np.float32
     )
-
-
-def _box3(a: np.ndarray) -> np.ndarray:
-    """3x3 box average, edges replicated."""
-    p = np.pad(a, 1, mode="edge")
-    rows = p[:-2] + p[1:-1] + p[2:]
-    return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) / 9
 
 
 def predict_arrays(model, images: list[np.ndarray], notes: list[str] | None = None) -> list[Prediction]:
