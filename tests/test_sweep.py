@@ -15,7 +15,7 @@ import optuna
 import pytest
 from conftest import run_cli
 
-from mnist_mlp import runs
+from mnist_mlp import runs, studies
 from mnist_mlp.cli import main
 from mnist_mlp.errors import UserError
 from mnist_mlp.space import SweepSpace
@@ -119,12 +119,10 @@ def test_a_report_on_a_parameter_of_one_value_prints_no_warning(tmp_path, capsys
     parallel-coordinate plot of a parameter every trial took the same value of."""
     import warnings
 
-    from mnist_mlp import sweep
-
     out = tmp_path / "one"
     out.mkdir()
     study = optuna.create_study(
-        study_name="one", storage=f"sqlite:///{out / sweep.STUDY_DB}", direction="maximize"
+        study_name="one", storage=f"sqlite:///{out / studies.STUDY_DB}", direction="maximize"
     )
     for value in (0.5, 0.6):
         study.add_trial(
@@ -249,12 +247,13 @@ def test_sweep_errors(tmp_path, capsys):
 
 def test_a_sweep_in_the_working_folder_is_named_after_it(tmp_path, monkeypatch):
     """`--out .` (or '') made a study called '' (and `--report` looked for that)."""
-    from mnist_mlp import sweep
 
     (tmp_path / "my sweeps").mkdir()
     monkeypatch.chdir(tmp_path / "my sweeps")
-    assert sweep.named(".") == sweep.named("") == "my sweeps" and sweep.named("runs/sweep") == "sweep"
-    assert sweep.study_folder(".", None) == Path(".") and sweep.study_folder(".", "my sweeps") == Path(".")
+    assert studies.named(".") == studies.named("") == "my sweeps" and studies.named("runs/sweep") == "sweep"
+    assert studies.study_folder(".", None) == Path(".") and studies.study_folder(".", "my sweeps") == Path(
+        "."
+    )
 
 
 @pytest.fixture(scope="module")
@@ -347,7 +346,7 @@ def test_two_workers_share_one_study_on_postgresql(postgres, space, mnist_dir, t
 RACE = """
 import sys, time, types
 from pathlib import Path
-from mnist_mlp.sweep import open_study
+from mnist_mlp.studies import open_study
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # start together
 open_study(Path("."), "race", sys.argv[1], types.SimpleNamespace(prune_after=1), 0)
 """
@@ -385,8 +384,6 @@ def test_a_table_created_by_another_worker_mid_open_is_retried(tmp_path, monkeyp
 
     import sqlalchemy
 
-    from mnist_mlp import sweep
-
     real, calls = optuna.storages.RDBStorage, []
 
     class Flaky(real):
@@ -399,7 +396,7 @@ def test_a_table_created_by_another_worker_mid_open_is_retried(tmp_path, monkeyp
             super().__init__(url, **kwargs)
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", Flaky)
-    study = sweep.open_study(tmp_path, "s", None, types.SimpleNamespace(prune_after=1), 0)
+    study = studies.open_study(tmp_path, "s", None, types.SimpleNamespace(prune_after=1), 0)
     assert study.study_name == "s" and len(calls) == 2
 
 
@@ -421,7 +418,6 @@ def _heartbeats(db: Path) -> int:
 def test_a_killed_workers_trial_is_failed_and_another_worker_finishes_the_study(
     space, mnist_dir, tmp_path, monkeypatch, capsys
 ):
-    from mnist_mlp import sweep
 
     out = tmp_path / "killed"
     args = [
@@ -454,7 +450,7 @@ def test_a_killed_workers_trial_is_failed_and_another_worker_finishes_the_study(
     assert main(args) == 0
     assert "0 still running elsewhere" in capsys.readouterr().out and not (out / "best").exists()
     assert len(_study(out).get_trials(states=FINISHED)) == 1
-    monkeypatch.setattr(sweep, "GRACE_S", 1)  # instead of a minute
+    monkeypatch.setattr(studies, "GRACE_S", 1)  # instead of a minute
     time.sleep(max(0.0, killed + 3 - time.time()))  # past it, at the database clock's one-second resolution
     assert main(args) == 0
     study = _study(out)
@@ -645,7 +641,6 @@ def test_a_study_file_that_cannot_be_one_is_named_with_what_is_wrong(make, said,
 def test_best_is_re_trained_only_when_it_is_not_the_best_trials_config(tmp_path, synthetic_dir):
     """A continued study can find a new best; best/ is compared with the best trial's config, backend
     aside."""
-    from mnist_mlp import sweep
     from mnist_mlp.config import Config, load_config
 
     assert (
@@ -665,11 +660,11 @@ def test_best_is_re_trained_only_when_it_is_not_the_best_trials_config(tmp_path,
         == 0
     )
     trained = load_config(None, ["train.train_samples=500", "train.epochs=1"])
-    assert sweep._same_config(tmp_path / "best", trained)
-    assert not sweep._same_config(
+    assert studies.same_config(tmp_path / "best", trained)
+    assert not studies.same_config(
         tmp_path / "best", load_config(None, ["train.train_samples=500", "train.epochs=2"])
     )
-    assert not sweep._same_config(tmp_path / "nothing", Config())
+    assert not studies.same_config(tmp_path / "nothing", Config())
     auto = [
         "train.train_samples=500",
         "train.epochs=1",
@@ -693,8 +688,8 @@ def test_best_is_re_trained_only_when_it_is_not_the_best_trials_config(tmp_path,
         )
         == 0
     )  # its best at every run: config.toml records auto's choice
-    assert sweep._same_config(tmp_path / "auto", load_config(None, auto))
-    assert not sweep._same_config(
+    assert studies.same_config(tmp_path / "auto", load_config(None, auto))
+    assert not studies.same_config(
         tmp_path / "best",
         load_config(None, ["train.train_samples=500", "train.epochs=1", "train.precision=bfloat16"]),
     )
@@ -815,12 +810,11 @@ def test_a_study_whose_first_trial_failed_takes_the_settings_that_fix_it(
 
 
 def test_settings_newer_than_a_study_and_a_fixed_layer_count_or_width():
-    from mnist_mlp import sweep
     from mnist_mlp.config import load_config
 
     layers_only = SweepSpace(1, 1, {"hidden_layers": {"int": [1, 2]}})
     wide, narrow = (
-        sweep._settings(load_config(None, [f"model.hidden_units={u}"]), layers_only)
+        studies.shared_settings(load_config(None, [f"model.hidden_units={u}"]), layers_only)
         for u in ("[512]", "[32,32]")
     )
     assert wide["hidden_width"] == 512 and narrow["hidden_width"] == 32 and "model.hidden_units" not in wide
@@ -828,11 +822,11 @@ def test_settings_newer_than_a_study_and_a_fixed_layer_count_or_width():
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.9))
     # An older version's
     study.set_user_attr("settings", {k: v for k, v in wide.items() if k != "train.precision"})
-    sweep._same_settings(study, wide)  # the setting it lacks is at its default: the same study
+    studies.same_settings(study, wide)  # the setting it lacks is at its default: the same study
     with pytest.raises(UserError, match=r"\(hidden_width was 512, now 32\)"):
-        sweep._same_settings(study, narrow)
+        studies.same_settings(study, narrow)
     with pytest.raises(UserError, match='train.precision was "float32", now "bfloat16"'):
-        sweep._same_settings(study, {**wide, "train.precision": "bfloat16"})
+        studies.same_settings(study, {**wide, "train.precision": "bfloat16"})
 
 
 def test_an_interrupted_sweep_says_how_to_go_on_and_leaves_no_half_trial(

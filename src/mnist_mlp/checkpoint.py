@@ -134,12 +134,9 @@ def restore(model: keras.Model, run_dir: Path) -> tuple[int, dict]:
         for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
             for i, variable in enumerate(variables):
                 variable.assign(arrays[f"{prefix}/{i}"])
-    except (
-        ValueError,
-        KeyError,
-    ):  # a config.toml changed since the checkpoint (runs made before it was recorded)
+    except (ValueError, KeyError):  # its config matched (runs.resume_config): the arrays are damaged
         raise UserError(
-            f"{run_dir / runs.CHECKPOINT} does not fit the model in {run_dir / runs.CONFIG} (was it "
-            f"edited?); undo the edit, or start again with {runs.fresh_start(run_dir)}"
+            f"{run_dir / runs.CHECKPOINT} is damaged (it does not fit the model); start again with "
+            f"{runs.fresh_start(run_dir)}"
         ) from None
     return epoch, {key: value for key, value in arrays.items() if key.startswith("rng/")}

@@ -415,3 +415,14 @@ def _to_plain(value):
     if isinstance(value, tuple):
         return list(value)
     return value
+
+
+def flat_config(config: Config) -> dict[str, object]:
+    """{"model.dropout": 0.2, ...}: every config key with its value."""
+    flat = {}
+    for section, value in dataclasses.asdict(config).items():
+        if isinstance(value, dict):
+            flat.update({f"{section}.{key}": v for key, v in value.items()})
+        else:
+            flat[section] = value
+    return flat

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mnist_mlp.config import Config
+from mnist_mlp.config import Config, flat_config
 from mnist_mlp.errors import UserError
-from mnist_mlp.runs import METRICS, SAVING_ONLY, Run, flat_config, load_run
+from mnist_mlp.runs import METRICS, SAVING_ONLY, Run, load_run
 
 
 def list_runs(root: str | Path = "runs") -> list[Path]:

@@ -418,13 +418,12 @@ def write_csv(rows: list[dict], path: str | Path, unread: Sequence[tuple[Path, s
 
 
 def _our_csv(path: Path) -> bool:
-    """Whether `path` is a plain file that is empty or starts as predict's CSVs do (this version's or an older
-    one's): not a link (replacing it would not write through it), a folder or a pipe (opening it would
-    wait)."""
+    """Whether `path` is a plain file that is empty or starts as predict's CSVs do: not a link (replacing it
+    would not write through it), a folder or a pipe (opening it would wait)."""
     try:
         if path.is_symlink() or not path.is_file():
             return False
-        start = ",".join(CSV_HEADER[:-1])
+        start = ",".join(CSV_HEADER)
         with open(path, newline="") as f:
             return f.read(len(start)) in (start, "")  # not a whole line: a large file of yours may have none
     except (OSError, UnicodeDecodeError):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import fcntl
 import hashlib
 import itertools
@@ -27,6 +26,7 @@ from mnist_mlp.config import (
     config_from_dict,
     config_from_toml,
     flag_overrides,
+    flat_config,
     load_config,
 )
 from mnist_mlp.errors import UserError
@@ -388,23 +388,20 @@ def resume_config(path: str | Path) -> Config:
     """The config of an interrupted run that can be resumed (a UserError, before Keras starts, if not)."""
     completed_epochs(path)
     config = run_config(path)
-    with np.load(Path(path) / CHECKPOINT) as saved:
-        recorded = str(saved["config_toml"]) if "config_toml" in saved.files else None
-    if recorded is not None:
-        try:
-            trained = flat_config(config_from_toml(recorded))
-        except (ValueError, UserError):  # tomllib's errors are ValueErrors
-            raise UserError(
-                f"{Path(path) / CHECKPOINT} is damaged (its config is unreadable); start again with "
-                f"{fresh_start(path)}"
-            ) from None
-        edited = _edits(trained, config)
-        if edited:
-            raise UserError(
-                f"{Path(path) / CONFIG} was edited after training started ({'; '.join(edited)}), so the "
-                f"checkpoint does not fit it; undo the edit, or start the edited config with "
-                f"{fresh_start(path)}"
-            )
+    try:
+        with np.load(Path(path) / CHECKPOINT) as saved:
+            trained = flat_config(config_from_toml(str(saved["config_toml"])))
+    except (KeyError, ValueError, UserError):  # tomllib's errors are ValueErrors
+        raise UserError(
+            f"{Path(path) / CHECKPOINT} is damaged (its config is unreadable); start again with "
+            f"{fresh_start(path)}"
+        ) from None
+    edited = _edits(trained, config)
+    if edited:
+        raise UserError(
+            f"{Path(path) / CONFIG} was edited after training started ({'; '.join(edited)}), so the "
+            f"checkpoint does not fit it; undo the edit, or start the edited config with {fresh_start(path)}"
+        )
     return config
 
 
@@ -522,20 +519,18 @@ def load_run(path: str | Path) -> Run:
         raise UserError(f"cannot read {path / METRICS} ({e.strerror}); check its permissions") from None
     except ValueError:
         metrics = None
-    if not isinstance(metrics, dict):
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("config"), dict):
         raise UserError(
             f"{path / METRICS} is not a run's metrics (JSON of one object); train the run again with "
             f"{fresh_start(path)}"
         )
     run = Run(path, run_config(path), read_history(path / HISTORY), metrics)
-    if isinstance(metrics.get("config"), dict):  # runs trained before it was recorded have nothing to check
-        trained = flat_config(config_from_dict(metrics["config"]))
-        edited = _edits(trained, run.config)
-        if edited:
-            raise UserError(
-                f"{path / CONFIG} was edited after training ({'; '.join(edited)}), so it no longer "
-                f"describes model.keras; undo the edit, or train the edited config with {fresh_start(path)}"
-            )
+    edited = _edits(flat_config(config_from_dict(metrics["config"])), run.config)  # what model.keras learned
+    if edited:
+        raise UserError(
+            f"{path / CONFIG} was edited after training ({'; '.join(edited)}), so it no longer describes "
+            f"model.keras; undo the edit, or train the edited config with {fresh_start(path)}"
+        )
     return run
 
 
@@ -661,14 +656,3 @@ def truncate_history(path: str | Path, epochs: int) -> None:
     lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []
     with atomic(path) as tmp:
         tmp.write_bytes(b"".join(lines[: 1 + epochs]) if epochs else b"")
-
-
-def flat_config(config: Config) -> dict[str, object]:
-    """{"model.dropout": 0.2, ...}: every config key with its value."""
-    flat = {}
-    for section, value in dataclasses.asdict(config).items():
-        if isinstance(value, dict):
-            flat.update({f"{section}.{key}": v for key, v in value.items()})
-        else:
-            flat[section] = value
-    return flat

@@ -1,0 +1,53 @@
+"""The house rules of docs/development.md, read from the source: the modules' imports draw no circle, serving
+and evaluation never reach training, and the sweep's main path stays short."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parent.parent / "src" / "mnist_mlp"
+TRAINING = {"train", "recipe", "engine", "checkpoint", "sweep", "studies", "bench"}
+
+
+def _imports() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, at the top or inside a function."""
+    names = {path.stem for path in PACKAGE.glob("*.py")}
+    found = {}
+    for path in PACKAGE.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "mnist_mlp":
+                deps |= {alias.name for alias in node.names if alias.name in names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mnist_mlp."):
+                deps.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("mnist_mlp.")}
+        found[path.stem] = deps - {path.stem, "__init__"}
+    return found
+
+
+def _reach(imports: dict[str, set[str]], start: str) -> set[str]:
+    seen, stack = set(), [start]
+    while stack:
+        for module in imports[stack.pop()] - seen:
+            seen.add(module)
+            stack.append(module)
+    return seen
+
+
+def test_no_module_imports_itself_through_others():
+    imports = _imports()
+    circles = sorted(module for module in imports if module in _reach(imports, module))
+    assert circles == [], f"modules on an import circle: {circles}"
+
+
+@pytest.mark.parametrize("module", ["serve", "evaluate", "predict", "otherdigits", "plots", "experiments"])
+def test_serving_and_evaluation_never_reach_training(module):
+    assert _reach(_imports(), module) & TRAINING == set()
+
+
+def test_the_sweep_reads_suggest_train_report_in_a_few_lines():
+    tree = ast.parse((PACKAGE / "sweep.py").read_text())
+    sweep = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "sweep")
+    assert sweep.end_lineno - sweep.lineno + 1 <= 40
