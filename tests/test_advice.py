@@ -123,7 +123,7 @@ def test_checkpoints_keep_their_interval_and_resume_from_an_older_one(
     ]
     assert main(["train", *argv, "--out", str(tmp_path / "whole")]) == 0
     now, saved = [0.0], []
-    original, save = train.Checkpoint.on_epoch_end, runs.save_checkpoint
+    original, save = train.Checkpoint.on_epoch_end, checkpoint.save_checkpoint
 
     def four_seconds_then_ctrl_c_after_5(self, epoch, logs=None):
         now[0] += 4
@@ -134,7 +134,7 @@ def test_checkpoints_keep_their_interval_and_resume_from_an_older_one(
     with monkeypatch.context() as patch:
         patch.setattr(checkpoint, "monotonic", lambda: now[0])
         patch.setattr(
-            runs,
+            checkpoint,
             "save_checkpoint",
             lambda path, epoch, arrays: (saved.append(epoch), save(path, epoch, arrays)),
         )
@@ -458,7 +458,7 @@ def test_a_signal_dropped_outside_training_still_stops_the_next_seed(
 ):
     """Ctrl-C while a seed scores the test set lands where Keras drops it (pythonify_logs), or at start-up in
     a garbage-collector callback: the command's handler remembers it, so the next seed does not start."""
-    from mnist_mlp import errors
+    from mnist_mlp import signals
 
     finish, out = train._finish, tmp_path / "group"
     with monkeypatch.context() as patch:
@@ -466,7 +466,7 @@ def test_a_signal_dropped_outside_training_still_stops_the_next_seed(
         def pressed_while_scoring(*args, **kwargs):
             result = finish(*args, **kwargs)
             # The KeyboardInterrupt itself was dropped
-            patch.setattr(errors.interrupt, "received", signal.SIGINT)
+            patch.setattr(signals, "received", signal.SIGINT)
             return result
 
         patch.setattr(train, "_finish", pressed_while_scoring)
@@ -480,15 +480,15 @@ def test_a_signal_dropped_outside_training_still_stops_the_next_seed(
 
 DROPPED = """
 import signal, sys
-from mnist_mlp import cli, errors
+from mnist_mlp import cli, signals
 
 class Collected:
     def __del__(self):  # as JAX's garbage-collector callback: an exception raised here cannot propagate
-        errors.interrupt(signal.SIGINT, None)
+        signals.interrupt(signal.SIGINT, None)
 
 def main():
     Collected()
-    print("stopped by checkpoint.CtrlC:", errors.interrupt.received == signal.SIGINT)
+    print("stopped by checkpoint.CtrlC:", signals.received == signal.SIGINT)
     return 130
 
 cli.main = main

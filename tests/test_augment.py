@@ -10,7 +10,7 @@ import pytest
 from conftest import ctrl_c_after_epoch
 
 from mnist_mlp import runs, train
-from mnist_mlp.augment import deform, gaussian_matrix
+from mnist_mlp.augment import deform, gaussian_matrix, restroke
 from mnist_mlp.cli import main
 from mnist_mlp.config import AugmentConfig
 
@@ -21,6 +21,8 @@ DEFORM = [
     "augment.elastic_alpha=36",
     "--set",
     "augment.translation=2",
+    "--set",
+    "augment.stroke=0.5",
 ]
 SMALL = ["--train-samples", "512", "--epochs", "3", "--set", "model.hidden_units=[32]"]
 
@@ -84,10 +86,44 @@ def test_a_key_gives_one_draw_and_another_key_another(blobs):
     assert np.abs(first - other).max() > 0.1
 
 
-def test_the_smoothing_matrix_has_unit_rows():
-    smooth = gaussian_matrix(5.0)
+def test_stroke_width_is_off_by_default_bounded_and_drawn_per_key(blobs):
+    """Each image's strokes grow or thin by its own fraction of a pixel: ink stays in [0, 1] and within one
+    pixel of where it was, some images get more ink and some less, and a key gives one draw."""
+    np.testing.assert_array_equal(
+        np.asarray(deform(jax.random.key(0), blobs, AugmentConfig(stroke=0))), blobs
+    )
+    assert AugmentConfig(stroke=0.5).active
+    images = np.repeat(blobs, 8, axis=0).reshape(-1, 28, 28)
+    out = np.asarray(restroke(jax.random.key(3), images, 1.0))
+    assert out.min() >= 0 and out.max() <= 1
+    near = np.zeros_like(images, bool)  # the ink's own pixels and their 8 neighbours
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            near |= np.roll(np.roll(images > 0, dy, axis=1), dx, axis=2)
+    assert not out[~near].any()
+    change = out.sum(axis=(1, 2)) - images.sum(axis=(1, 2))
+    assert (change > 1).sum() > 5 and (change < -1).sum() > 5  # grown and thinned, each image its own
+    again, other = (np.asarray(restroke(jax.random.key(k), images, 1.0)) for k in (3, 4))
+    np.testing.assert_array_equal(out, again)
+    assert np.abs(out - other).max() > 0.1
+    moved = AugmentConfig(rotation=10, elastic_alpha=36)  # the other deformations draw as without a stroke
+    with_stroke = AugmentConfig(rotation=10, elastic_alpha=36, stroke=1.0)
+    plain = np.asarray(deform(jax.random.key(5), blobs, moved)).reshape(-1, 28, 28)
+    stroked = np.asarray(deform(jax.random.key(5), blobs, with_stroke)).reshape(-1, 28, 28)
+    np.testing.assert_allclose(
+        stroked, np.asarray(restroke(jax.random.fold_in(jax.random.key(5), 6), plain, 1.0))
+    )
+
+
+def test_the_smoothing_matrix_is_a_gaussian_of_sigma_pixels():
+    """Row by row a Gaussian of `sigma` pixels (its falloff and its spread), each of unit mass."""
+    smooth = gaussian_matrix(2.0)
+    row = smooth[14]
+    d = np.arange(1, 6)
+    np.testing.assert_allclose(row[14 + d] / row[14], np.exp(-(d**2) / (2 * 2.0**2)), rtol=1e-5)
+    spread = np.sqrt((row * (np.arange(28) - 14) ** 2).sum() / row.sum())
+    assert abs(spread - 2.0) < 0.01
     np.testing.assert_allclose(smooth.sum(axis=1), 1, rtol=1e-5)
-    assert smooth[14, 14] == smooth[14].max()
 
 
 def test_training_with_deformations_repeats_resumes_and_differs(synthetic_dir, tmp_path, capsys, monkeypatch):

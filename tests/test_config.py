@@ -236,6 +236,7 @@ def test_a_device_a_named_pipe_or_a_huge_file_is_no_config_and_a_shell_pipe_is(t
         (["augment.scale=0.9999"], "augment.scale must be <= 0.4"),
         (["augment.rotation=90"], "augment.rotation must be <= 30 degrees"),
         (["augment.translation=10"], "augment.translation must be <= 4 pixels"),
+        (["augment.stroke=2"], "augment.stroke must be <= 1 pixel"),
     ],
 )
 def test_deformations_that_destroy_the_digits_are_refused_with_the_bound(settings, bound):

@@ -13,9 +13,24 @@ import pytest
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-HIDE_EXTRAS = (
-    "import sys\nsys.modules['tensorflow'] = sys.modules['torch'] = None  # the base install has neither\n"
+# The base install has neither TensorFlow nor PyTorch: importing them fails and find_spec finds nothing, as
+# there. (None in sys.modules would do both, but libraries that look there, SciPy's array API, then break.)
+HIDE_EXTRAS = """
+import importlib.util, sys
+HIDDEN = {"tensorflow", "torch"}
+
+class NotInstalled:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.partition(".")[0] in HIDDEN:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NotInstalled)
+find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: (
+    None if name.partition(".")[0] in HIDDEN else find_spec(name, package)
 )
+"""
 SPACE = """
 [sweep]
 trials = 1

@@ -51,3 +51,13 @@ def test_the_sweep_reads_suggest_train_report_in_a_few_lines():
     tree = ast.parse((PACKAGE / "sweep.py").read_text())
     sweep = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "sweep")
     assert sweep.end_lineno - sweep.lineno + 1 <= 40
+
+
+def test_signal_handlers_are_installed_in_one_module():
+    """signals.py owns Ctrl-C, `kill` and a closed terminal for the command, training and the server."""
+    installing = sorted(
+        path.name
+        for path in PACKAGE.glob("*.py")
+        if path.name != "signals.py" and "signal.signal(" in path.read_text()
+    )
+    assert installing == []

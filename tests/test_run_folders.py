@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from mnist_mlp import outputs, runs
+from mnist_mlp import cache, outputs, planning, runs
 from mnist_mlp.cli import main
 
 TINY = ["--train-samples", "500", "--epochs", "1"]
@@ -168,7 +168,7 @@ def test_two_processes_released_together_never_mix_one_folder(overwrite, mnist_d
     run = runs.load_run(out)  # config, history, metrics and model all of the winner's run
     assert run.config.train.seed == winner_seed and run.metrics["config"]["train"]["seed"] == winner_seed
     assert run.history["epoch"] == [0, 1, 2]
-    assert runs.file_sha256(run.model_path) == run.metrics["model_sha256"]
+    assert cache.file_sha256(run.model_path) == run.metrics["model_sha256"]
     assert not (out / runs.PARTIAL_HISTORY).exists() and not (out / runs.CHECKPOINT).exists()
 
 
@@ -362,7 +362,7 @@ def test_two_trains_without_out_in_one_second_take_a_folder_each(
     """Both took runs/classic-<second>, free when each looked, and the second was refused ('in use' or
     'already holds a run'); the name is now taken by making the folder, so the second takes -2."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(runs, "default_out", lambda config: runs.Path("runs") / "classic-20261129-120000")
+    monkeypatch.setattr(planning, "default_out", lambda config: runs.Path("runs") / "classic-20261129-120000")
 
     def other_command(name):
         name.mkdir(parents=True)

@@ -401,16 +401,16 @@ def test_a_closed_terminal_or_a_second_ctrl_c_stops_the_server_in_one_line(signa
 
 def test_a_ctrl_c_dropped_while_the_model_loads_still_stops_the_server(trained, monkeypatch):
     """Ctrl-C at the right moment of loading landed where Keras or JAX drop it: the server then came up and
-    ran on (one of 12 presses here). The command's handler remembers it (errors.interrupt)."""
+    ran on (one of 12 presses here). The command's handler remembers it (signals.interrupt)."""
     import signal
 
     import uvicorn
 
-    from mnist_mlp import errors
+    from mnist_mlp import signals
 
     started = []
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: started.append(True))
-    monkeypatch.setattr(errors.interrupt, "received", signal.SIGINT)
+    monkeypatch.setattr(signals, "received", signal.SIGINT)
     with socket.create_server(("127.0.0.1", 0)) as sock, pytest.raises(KeyboardInterrupt):
         serve.serve(trained[1], sock=sock, ready=lambda: started.append("ready"))
     assert not started
@@ -467,12 +467,12 @@ def test_serve_stopped_in_process_leaves_the_callers_handlers_in_charge(trained,
 
     import uvicorn
 
-    from mnist_mlp import errors
+    from mnist_mlp import signals
 
-    monkeypatch.setattr(errors.interrupt, "received", 0)
+    monkeypatch.setattr(signals, "received", 0)
     monkeypatch.setattr(
         uvicorn.Server, "run", lambda self, sockets=None: setattr(self, "stopped_by", signal.SIGINT)
     )
     with socket.create_server(("127.0.0.1", 0)) as sock, pytest.raises(KeyboardInterrupt):
         serve.serve(trained[1], sock=sock)  # Python's own Ctrl-C handler raises it here
-    assert errors.interrupt.received == 0
+    assert signals.received == 0

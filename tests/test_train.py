@@ -248,7 +248,7 @@ def test_plot_weights_goes_into_the_run_and_refuses_a_model_that_does_not_read_p
     other = keras.Sequential([keras.Input(shape=(100,)), keras.layers.Dense(10)])  # not 784 wide
     other.save(run / runs.MODEL)
     metrics = json.loads((run / runs.METRICS).read_text())
-    metrics["model_sha256"] = runs.file_sha256(run / runs.MODEL)  # as if the run had saved it
+    metrics["model_sha256"] = cache.file_sha256(run / runs.MODEL)  # as if the run had saved it
     (run / runs.METRICS).write_text(json.dumps(metrics))
     (run / runs.WEIGHTS).unlink()
     assert main(["plot", str(run), "--weights"]) == 2

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_mlp.errors import UserError, WriteFailed, write_failed
-from mnist_mlp.outputs import atomic, check_readable, read_capped
+from mnist_mlp.outputs import atomic, check_readable, read_capped, stamp
 
 FILES = {  # key -> (canonical file name, SHA-256 of the uncompressed IDX content)
     "train-images": (
@@ -79,6 +79,15 @@ def cache_dir(path: str | Path | None = None) -> Path:
 
 def sha256(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file too large to hold twice (a model.keras), read a block at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def decompress(raw: bytes, origin: str) -> bytes:
@@ -205,11 +214,9 @@ def read_verified(directory: Path, key: str) -> bytes | None:
 
 
 def _identity(directory: Path, key: str) -> tuple | None:
-    try:
-        stat = (directory / FILES[key][0]).stat()
-    except OSError:
-        return None
-    return str(directory / FILES[key][0]), stat.st_size, stat.st_mtime_ns, FILES[key][1]
+    """The cached file of `key` as checked: which file it is (outputs.stamp) and the hash it must have."""
+    found = stamp(directory / FILES[key][0])
+    return None if found is None else (str(directory / FILES[key][0]), *found, FILES[key][1])
 
 
 def data_info(directory: str | Path | None = None) -> DataInfo:

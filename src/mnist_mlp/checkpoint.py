@@ -1,20 +1,19 @@
 """Resuming exactly: a Keras callback that saves the run's whole state after an epoch (variables, optimizer,
-the global RNG that fit shuffles with) through runs.save_checkpoint, its restore, and a Ctrl-C that always
-stops training."""
+the global RNG that fit shuffles with) in an atomic .npz, its restore, and the callback that stops
+training at the next batch after Ctrl-C."""
 
 from __future__ import annotations
 
 import math
-import signal
-import threading
 from pathlib import Path
 from time import monotonic
 
 import keras
 import numpy as np
 
-from mnist_mlp import runs
-from mnist_mlp.errors import UserError, interrupt
+from mnist_mlp import runs, signals
+from mnist_mlp.errors import UserError
+from mnist_mlp.outputs import atomic
 
 
 class Checkpoint(keras.callbacks.Callback):
@@ -56,50 +55,26 @@ class Checkpoint(keras.callbacks.Callback):
             }
         )
         arrays["config_toml"] = np.array(self.config_toml)  # what the run was started with
-        runs.save_checkpoint(self.run_dir, epoch + 1, {**arrays, **rng_state()})
+        save_checkpoint(self.run_dir, epoch + 1, {**arrays, **rng_state()})
         self.saved_at = monotonic()  # from the end of a save: saving takes at most its share of the time
 
 
 class CtrlC(keras.callbacks.Callback):
-    """Ctrl-C while training, made sure of: within `with CtrlC() as ctrl_c:` the signal raises
-    KeyboardInterrupt where it lands, as Python's own handler does, and also sets a flag that the end of each
-    training batch and epoch checks (and the end of the block). Where it lands in Keras' pythonify_logs, which
-    catches every exception, the flag stops training at the next batch (before, `--engine fit` trained on to
-    the end after Ctrl-C 8 times in 8 here). SIGTERM and SIGHUP too, where the command made them a Ctrl-C
-    (errors.interrupt, which also remembers a signal dropped before training). Only where the signal has
-    Python's own handler or that one, in the main thread: an ignored SIGINT (a background job) or another
-    handler is left alone. Validation batches are not checked: a callback with on_test_batch_end makes Keras
-    run them in the foreground, and the epoch's end comes soon after."""
-
-    def __init__(self):
-        super().__init__()
-        self.pressed, self.previous = False, {}
+    """Stops fit at the end of the batch after Ctrl-C, `kill` or a closed terminal (signals.training), even
+    where the KeyboardInterrupt landed in Keras code that swallows exceptions: `with CtrlC() as ctrl_c:`, and
+    ctrl_c among fit's callbacks. Validation batches are not checked: a callback with on_test_batch_end makes
+    Keras run them in the foreground, and the epoch's end comes soon after."""
 
     def __enter__(self) -> CtrlC:
-        if interrupt.received:  # came before training, where it was dropped
-            raise KeyboardInterrupt
-        if threading.current_thread() is threading.main_thread():
-            for number in (
-                signal.SIGINT,
-                signal.SIGTERM,
-                signal.SIGHUP,
-            ):  # the last two where the command set
-                if signal.getsignal(number) in (signal.default_int_handler, interrupt):  # errors.interrupt
-                    self.previous[number] = signal.signal(number, self._press)
+        self.block = signals.training()
+        self.stopped = self.block.__enter__()
         return self
 
-    def __exit__(self, exc_type, *exc_info) -> None:
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-        if (self.pressed or interrupt.received) and exc_type is None:  # swallowed after the last epoch's end
-            raise KeyboardInterrupt
-
-    def _press(self, signum, frame):
-        self.pressed = True
-        self.previous[signum](signum, frame)  # raises KeyboardInterrupt, as the handler it stands in for
+    def __exit__(self, *exc_info):
+        return self.block.__exit__(*exc_info)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.pressed or interrupt.received:
+        if self.stopped():
             raise KeyboardInterrupt
 
     on_epoch_end = on_train_batch_end
@@ -128,7 +103,7 @@ def set_rng_state(state: dict[str, np.ndarray]) -> None:
 def restore(model: keras.Model, run_dir: Path) -> tuple[int, dict]:
     """Load `run_dir`'s checkpoint into a compiled model: the epochs it had completed, and the global RNG
     state then (for Checkpoint to set when training starts)."""
-    epoch, arrays = runs.load_checkpoint(run_dir)
+    epoch, arrays = load_checkpoint(run_dir)
     model.optimizer.build(model.trainable_variables)
     try:
         for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
@@ -140,3 +115,26 @@ def restore(model: keras.Model, run_dir: Path) -> tuple[int, dict]:
             f"{runs.fresh_start(run_dir)}"
         ) from None
     return epoch, {key: value for key, value in arrays.items() if key.startswith("rng/")}
+
+
+def save_checkpoint(path: str | Path, epoch: int, arrays: dict[str, np.ndarray]) -> None:
+    """Write a run's state after `epoch` completed epochs (an atomic .npz: the last good one survives a full
+    disk)."""
+    path = Path(path) / runs.CHECKPOINT
+    with atomic(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, epoch=np.int64(epoch), **arrays)
+
+
+def load_checkpoint(path: str | Path) -> tuple[int, dict[str, np.ndarray]]:
+    """(completed epochs, arrays) saved by save_checkpoint."""
+    with np.load(Path(path) / runs.CHECKPOINT) as saved:
+        return int(saved["epoch"]), {key: saved[key] for key in saved.files if key != "epoch"}
+
+
+def truncate_history(path: str | Path, epochs: int) -> None:
+    """Keep the header and the first `epochs` rows (rows written after the last checkpoint are redone)."""
+    path = Path(path)
+    # As written: CSVLogger's \r\n
+    lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []
+    with atomic(path) as tmp:
+        tmp.write_bytes(b"".join(lines[: 1 + epochs]) if epochs else b"")

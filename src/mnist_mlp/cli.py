@@ -9,15 +9,14 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 
-from mnist_mlp import __version__, cache, data, experiments, outputs, runs, sources
+from mnist_mlp import __version__, cache, data, experiments, outputs, planning, runs, signals, sources
 from mnist_mlp.backend import use_backend
 from mnist_mlp.bench import VARIANTS
 from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, config_line, config_name, load_config
-from mnist_mlp.errors import Interrupted, UserError, WriteFailed, interrupt
+from mnist_mlp.errors import Interrupted, UserError, WriteFailed
 from mnist_mlp.space import load_space
 
 
@@ -76,16 +75,17 @@ def cmd_inspect(args) -> None:
 
 
 def cmd_train(args) -> None:
-    flags = {flag: getattr(args, flag.replace("-", "_")) for flag in runs.TRAIN_FLAGS}
-    config, out = runs.plan(
+    flags = {flag: getattr(args, flag.replace("-", "_")) for flag in planning.TRAIN_FLAGS}
+    config, out = planning.plan(
         args.config, args.set, flags, args.resume, args.out, args.seeds, args.side_by_side
     )
-    with runs.new_folder(out, args.config) as out:  # without --out, a new folder
-        before = runs.stamp(out / runs.CONFIG)  # a new run writes its config.toml when its folder is claimed
+    with planning.new_folder(out, args.config) as out:  # without --out, a new folder
+        # A new run writes its config.toml when its folder is claimed
+        before = outputs.stamp(out / runs.CONFIG)
         try:
             _train(args, config, out)
         except KeyboardInterrupt:
-            if not args.resume and runs.stamp(out / runs.CONFIG) == before:
+            if not args.resume and outputs.stamp(out / runs.CONFIG) == before:
                 raise Interrupted(
                     "interrupted before training began; the same command starts again"
                 ) from None
@@ -652,35 +652,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console_main() -> None:
-    """The `mnist-mlp` command and `python -m mnist_mlp`: main(), where Ctrl-C, `kill` (a scheduler's time
-    limit, `timeout`, `systemctl stop`) and a closed terminal all stop it as Ctrl-C does (errors.interrupt:
-    temporary files removed, a run's checkpoint kept, the way to go on printed), and then a killed process
-    ends by its signal (143 for SIGTERM in a shell). Signals ignored (nohup) or handled by a parent are left
-    alone, and in-process callers of main() keep their own."""
-    for number, default in (
-        (signal.SIGINT, signal.default_int_handler),
-        (signal.SIGTERM, signal.SIG_DFL),
-        (signal.SIGHUP, signal.SIG_DFL),
-    ):
-        if signal.getsignal(number) == default:
-            signal.signal(number, interrupt)
-    # A signal that lands where Python cannot raise it (JAX's garbage-collector callback) is remembered by
-    # interrupt, so Python's "Exception ignored" traceback for it is only noise.
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda info: None if isinstance(info.exc_value, KeyboardInterrupt) else hook(info)
-    code = main()
-    if code == 130 or interrupt.received:
-        # Stopped: its files are safe already (temporary names gone, a run's checkpoint kept). It ends now,
-        # without finalizing the interpreter, which crashed (a segmentation fault, 2 of 8 Ctrl-Cs while serve
-        # loaded its model) with JAX's threads mid-work.
-        with contextlib.suppress(OSError):  # a closed terminal takes no more output
-            sys.stdout.flush()
-            sys.stderr.flush()
-        if interrupt.received in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(interrupt.received, signal.SIG_DFL)
-            os.kill(os.getpid(), interrupt.received)
-        os._exit(code)
-    sys.exit(code)
+    """The `mnist-mlp` command and `python -m mnist_mlp`: main(), stopped by Ctrl-C, `kill` or a closed
+    terminal as by Ctrl-C, ending by that signal (signals.py). In-process callers of main() keep their own
+    handlers."""
+    signals.for_command()
+    signals.end_command(main())
 
 
 if __name__ == "__main__":

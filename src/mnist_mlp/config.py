@@ -97,11 +97,14 @@ class AugmentConfig:
     translation: float = 0.0  # pixels, each axis
     elastic_alpha: float = 0.0  # pixels per unit of smoothed field (Simard 2003: 34; Ciresan 2010: 36-38)
     elastic_sigma: float = 5.0  # pixels, the Gaussian that smooths the field (Ciresan 2010: 5-6)
+    stroke: float = (
+        0.0  # pixels a stroke grows or thins, drawn from [-stroke, stroke] (pens draw wider or finer)
+    )
 
     def __post_init__(self):
         # Bounds about twice what the papers used (Simard 2003; Ciresan 2010: rotation up to 15 degrees,
         # scaling 15-20%, elastic alpha 34-38 with sigma 4-6): past them a digit no longer reads as itself.
-        for key in ("rotation", "scale", "shear", "translation", "elastic_alpha"):
+        for key in ("rotation", "scale", "shear", "translation", "elastic_alpha", "stroke"):
             _check(getattr(self, key) >= 0, f"augment.{key}", "must be >= 0 (0: off)")
         _check(self.rotation <= 30, "augment.rotation", "must be <= 30 degrees (Ciresan 2010: up to 15)")
         _check(self.scale <= 0.4, "augment.scale", "must be <= 0.4 (Ciresan 2010: 0.15-0.2)")
@@ -121,10 +124,13 @@ class AugmentConfig:
             "augment.elastic_sigma",
             "must be in [3, 28] pixels (Simard 2003: 4; a smaller one makes noise that tears a digit apart)",
         )
+        _check(
+            self.stroke <= 1, "augment.stroke", "must be <= 1 pixel (a 3x3 grey-level dilation or erosion)"
+        )
 
     @property
     def active(self) -> bool:
-        return any((self.rotation, self.scale, self.shear, self.translation, self.elastic_alpha))
+        return any((self.rotation, self.scale, self.shear, self.translation, self.elastic_alpha, self.stroke))
 
 
 @dataclass(frozen=True)
@@ -384,23 +390,24 @@ def _coerce(value, hint, key: str):
     """Check `value` against a field type: int, float (ints allowed), str or tuple[int, ...]."""
     if typing.get_origin(hint) is tuple:
         _check(
-            isinstance(value, list) and all(_is_int(v) for v in value),
+            isinstance(value, list) and all(is_whole(v) for v in value),
             key,
             f"must be a list of integers, e.g. [512, 512]; got {value!r}",
         )
         return tuple(value)
-    if hint is float and (_is_int(value) or isinstance(value, float)):
+    if hint is float and (is_whole(value) or isinstance(value, float)):
         _check(math.isfinite(value), key, f"must be a finite number; got {value!r}")
         return float(value)
     _check(
-        (hint is int and _is_int(value)) or (hint is str and isinstance(value, str)),
+        (hint is int and is_whole(value)) or (hint is str and isinstance(value, str)),
         key,
         f"must be {'a number' if hint is float else hint.__name__}; got {value!r}",
     )
     return value
 
 
-def _is_int(value) -> bool:
+def is_whole(value) -> bool:
+    """A TOML integer (not true or false, which Python counts as ints)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -1,5 +1,5 @@
-"""The one exception a user can fix (the CLI prints its message on one line and exits with code 2), and how a
-command is interrupted (Ctrl-C, `kill`, a closed terminal: exit code 130, or the signal)."""
+"""The exceptions a user can fix (the CLI prints the message on one line and exits with code 2), a failed
+write among them, and Interrupted (the way on after Ctrl-C, `kill` or a closed terminal: signals.py)."""
 
 from __future__ import annotations
 
@@ -24,17 +24,6 @@ class WriteFailed(UserError):
 
 class Interrupted(UserError):
     """Stopped by Ctrl-C or a signal; the message says how to go on. Exit code 130."""
-
-
-def interrupt(signum, frame):
-    """The command's handler for SIGINT, SIGTERM and SIGHUP (cli.console_main): KeyboardInterrupt, as Python's
-    Ctrl-C, and remembered, since one raised where Python or Keras drops it (a garbage-collector callback,
-    Keras' pythonify_logs) would be lost: checkpoint.CtrlC looks here before training and at every step."""
-    interrupt.received = signum
-    raise KeyboardInterrupt
-
-
-interrupt.received = 0  # the signal, once one came
 
 
 def write_failed(path: str | Path, error: OSError, advice: str = "") -> WriteFailed:

@@ -50,7 +50,7 @@ def evaluate(
     misclassified.png and evaluation.json into the run directory; or, `on` another source of digits (see
     otherdigits), only score it."""
     run = run if isinstance(run, runs.Run) else runs.load_run(run)
-    loaded = runs.stamp(run.model_path)
+    loaded = outputs.stamp(run.model_path)
     model = load_model(run)  # first: a swapped or corrupt model is the error to report, before any data
     if on == "mnist":
         images, labels, unread, no_digit = *data.load_split("test", data_dir), [], []
@@ -85,7 +85,7 @@ def evaluate(
         return result
 
     if (
-        runs.stamp(run.model_path) != loaded
+        outputs.stamp(run.model_path) != loaded
     ):  # `train --out RUN --overwrite` meanwhile: these are not its results
         raise UserError(
             f"{run.path} was trained again while it was being evaluated, so nothing was written; "

@@ -68,6 +68,16 @@ def check_readable(path: Path, what: str, give: str) -> None:
         raise UserError(f"{what} {path} is a device or socket, not a file; {give}")
 
 
+def stamp(path: str | Path) -> tuple | None:
+    """Which file `path` is (a file renamed into place is a new inode; one rewritten changes its time or
+    size), or None if there is none."""
+    try:
+        found = Path(path).stat()
+    except OSError:
+        return None
+    return found.st_ino, found.st_mtime_ns, found.st_size
+
+
 def after_failed_write(number: int | None, next_step: str) -> str:
     """What to do after a write failed with errno `number`, then `next_step`: the fix where the cause has one
     (a full disk: free some space), else "once that is mended" (the error itself says what is wrong)."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
-import hashlib
 import itertools
 import json
 import os
@@ -19,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_mlp import cache
 from mnist_mlp.config import (
     Config,
     ConfigError,
-    check_fits,
     config_from_dict,
     config_from_toml,
-    flag_overrides,
     flat_config,
     load_config,
 )
@@ -33,9 +31,7 @@ from mnist_mlp.errors import UserError
 from mnist_mlp.outputs import (
     UNWRITABLE,
     after_failed_write,
-    atomic,
     free_name,
-    output,
     shell_path,
     writable_folder,
 )
@@ -238,7 +234,20 @@ def remove_run(path: str | Path) -> None:
     with contextlib.suppress(UserError, OSError):
         with claim(path, overwrite=True):
             pass  # what the tool wrote, removed under the lock
-        _remove_unused(path)  # then the folder, if only the marker is left and no claim came meanwhile
+        remove_unused(path)  # then the folder, if only the marker is left and no claim came meanwhile
+
+
+def remove_unused(folder: Path) -> None:
+    """Remove run folder `folder` if it holds nothing, or only the marker of a claim no process holds (one
+    that stopped before writing anything); an OSError if not."""
+    if [entry.name for entry in folder.iterdir()] == [MARKER]:
+        fd = os.open(folder / MARKER, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while the marker goes: no claim slips in
+            (folder / MARKER).unlink()
+        finally:
+            os.close(fd)
+    folder.rmdir()
 
 
 def _group_runs(folder: Path) -> set[str]:
@@ -263,104 +272,6 @@ def in_use(path: str | Path) -> bool:
         return True
     finally:
         os.close(fd)
-
-
-TRAIN_FLAGS = (
-    "epochs",
-    "batch-size",
-    "seed",
-    "validation",
-    "engine",
-    "train-samples",
-    "backend",
-    "overwrite",
-)
-
-
-def plan(
-    config_path: str | None,
-    overrides: list[str],
-    flags: dict,
-    resume: str | None,
-    out: str | None,
-    seeds: int = 0,
-    side_by_side: bool = False,
-) -> tuple[Config, Path | None]:
-    """The config and run folder a `train` command line asks for, checked before Keras starts: the config file
-    or preset, then --set, then the shortcut flags (`flags`: --flag name -> value, None if not given); or,
-    with `resume`, the interrupted run's own config (other flags are refused, not ignored). The folder is
-    None without --out (default_out)."""
-    if seeds < 0:
-        raise UserError(f"--seeds {seeds} must be >= 1 (0: one run with the config's seed)")
-    if side_by_side and seeds < 2 and not resume:
-        raise UserError(
-            "--side-by-side trains the runs of --seeds N together; add --seeds N (N >= 2), or leave "
-            "--side-by-side out"
-        )
-    if resume:
-        given = [
-            f"--{flag}"
-            for flag, value in {
-                "config": config_path,
-                "set": overrides,
-                "seeds": seeds,
-                "side-by-side": side_by_side,
-                "out": out,
-                **flags,
-            }.items()
-            if value
-        ]
-        if given:
-            raise UserError(
-                f"--resume continues a run with its own config.toml, so {', '.join(given)} would be "
-                "ignored; leave them out, or start a new run"
-            )
-        folder = Path(resume)
-        if in_use(folder):  # before its first checkpoint it read as a run stopped early, advising --overwrite
-            raise UserError(
-                f"{folder} is in use: another mnist-mlp process is training into it; wait for it to finish"
-            )
-        config = resume_group(folder)[0] if (folder / GROUP).is_file() else resume_config(folder)
-    else:
-        shortcuts = flag_overrides(**{k.replace("-", "_"): v for k, v in flags.items() if k != "overwrite"})
-        if shortcuts:  # a bad --set is refused even where a flag replaces its value (--epochs 1)
-            load_config(config_path, overrides)
-        config, folder = load_config(config_path, [*overrides, *shortcuts]), Path(out) if out else None
-    check_fits(config)  # before anything is allocated
-    return config, folder
-
-
-def default_out(config: str | Path | None) -> Path:
-    """runs/<preset or file stem>-<date>-<time>: where `train` without --out puts its run (see output)."""
-    return Path("runs") / f"{Path(config).stem if config else 'classic'}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def new_folder(given: str | Path | None, config: str | Path | None):
-    """Where `train` writes: `given` (--out) as it is, else a new folder default_out(config), removed again if
-    the run left nothing in it (see outputs.output)."""
-    return output(given, default_out(config), folder=True, remove_unused=_remove_unused)
-
-
-def _remove_unused(folder: Path) -> None:
-    """Remove run folder `folder` if it holds nothing, or only the marker of a claim no process holds (one
-    that stopped before writing anything); an OSError if not."""
-    if [entry.name for entry in folder.iterdir()] == [MARKER]:
-        fd = os.open(folder / MARKER, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while the marker goes: no claim slips in
-            (folder / MARKER).unlink()
-        finally:
-            os.close(fd)
-    folder.rmdir()
-
-
-def stamp(path: str | Path) -> tuple | None:
-    """Which file `path` is (a file renamed into place is a new inode), or None if there is none."""
-    try:
-        found = Path(path).stat()
-    except OSError:
-        return None
-    return found.st_ino, found.st_mtime_ns, found.st_size
 
 
 def resume_group(path: str | Path) -> tuple[Config, dict]:
@@ -543,7 +454,7 @@ def load_model(run: Run):
 
     recorded = run.metrics.get("model_sha256")
     try:
-        if recorded and file_sha256(run.model_path) != recorded:
+        if recorded and cache.file_sha256(run.model_path) != recorded:
             raise UserError(
                 f"{run.model_path} is not the model this run saved (its SHA-256 differs from "
                 f"{METRICS}); train the run again with {fresh_start(run.path)}"
@@ -554,14 +465,6 @@ def load_model(run: Run):
             f"{run.model_path} is corrupt or unreadable ({type(e).__name__}); train the run "
             f"again with {fresh_start(run.path)}"
         ) from None
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_group(path: str | Path) -> tuple[dict, list[Run]]:
@@ -633,26 +536,3 @@ def _holds_epochs(history: Path, epochs: int) -> bool:
     except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError):
         return False
     return len(rows) == epochs
-
-
-def save_checkpoint(path: str | Path, epoch: int, arrays: dict[str, np.ndarray]) -> None:
-    """Write a run's state after `epoch` completed epochs (an atomic .npz: the last good one survives a full
-    disk)."""
-    path = Path(path) / CHECKPOINT
-    with atomic(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, epoch=np.int64(epoch), **arrays)
-
-
-def load_checkpoint(path: str | Path) -> tuple[int, dict[str, np.ndarray]]:
-    """(completed epochs, arrays) saved by save_checkpoint."""
-    with np.load(Path(path) / CHECKPOINT) as saved:
-        return int(saved["epoch"]), {key: saved[key] for key in saved.files if key != "epoch"}
-
-
-def truncate_history(path: str | Path, epochs: int) -> None:
-    """Keep the header and the first `epochs` rows (rows written after the last checkpoint are redone)."""
-    path = Path(path)
-    # As written: CSVLogger's \r\n
-    lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []
-    with atomic(path) as tmp:
-        tmp.write_bytes(b"".join(lines[: 1 + epochs]) if epochs else b"")

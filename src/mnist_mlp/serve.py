@@ -4,7 +4,6 @@ a small thread pool, inference micro-batched by batcher.py. The model is loaded 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import errno
 import gc
@@ -12,7 +11,6 @@ import io
 import json
 import signal
 import socket
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -28,16 +26,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from mnist_mlp import runs
+from mnist_mlp import runs, signals
 from mnist_mlp.batcher import MAX_WAIT, Batcher, forward_pass
-from mnist_mlp.errors import UserError, interrupt
+from mnist_mlp.errors import UserError
 from mnist_mlp.predict import FORMATS, MAX_PIXELS, ImageTooLarge, open_image, prediction, to_mnist
 
 BACKLOG = (
     2048  # connections waiting to be accepted (uvicorn's default), e.g. a class opening the page at once
 )
 SHUTDOWN_GRACE = 3  # seconds Ctrl-C waits for requests in flight before it stops the server
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, `kill`, a closed terminal
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes; counted as they arrive, whatever the framing; more gets 413
 # Bytes; larger uploads (photos) decode on their own thread, so drawn digits never wait behind them
 SMALL_BODY = 64 * 1024
@@ -392,11 +389,8 @@ def serve(
     import uvicorn
 
     class Server(uvicorn.Server):
-        """uvicorn's server, also stopped by SIGHUP (a closed terminal), which it left to Python: a
-        KeyboardInterrupt inside the event loop, and a traceback on the console. A signal ignored (SIGHUP
-        under nohup) stays ignored. The one that stopped it is raised again once the loop has ended, to the
-        handler that was there before (the command's: errors.interrupt), not inside the loop as uvicorn raises
-        it."""
+        """uvicorn's server, stopped by every stop signal (signals.serving); the one that stopped it is raised
+        again once the loop has ended, to the command's handler, not inside the loop as uvicorn raises it."""
 
         stopped_by = 0
 
@@ -404,21 +398,8 @@ def serve(
             self.stopped_by = self.stopped_by or sig
             super().handle_exit(sig, frame)
 
-        @contextlib.contextmanager
         def capture_signals(self):
-            if threading.current_thread() is not threading.main_thread():  # only the main thread has signals
-                yield
-                return
-            previous = {
-                sig: signal.signal(sig, self.handle_exit)
-                for sig in STOP_SIGNALS
-                if signal.getsignal(sig) is not signal.SIG_IGN
-            }
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+            return signals.serving(self.handle_exit)
 
     sock = sock or bind(host, port)
     app = create_app(run_dir)
@@ -434,7 +415,7 @@ def serve(
     gc.collect()
     # A full collection walked the ~250k objects Keras and JAX leave (147 ms): health's p99 under load.
     gc.freeze()
-    if interrupt.received:  # Ctrl-C while the model loaded, where Keras or JAX dropped it: the server ran on
+    if signals.received:  # Ctrl-C while the model loaded, where Keras or JAX dropped it: the server ran on
         raise KeyboardInterrupt
     ready()
     server.run(sockets=[sock])

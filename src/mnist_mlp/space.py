@@ -15,6 +15,7 @@ from mnist_mlp.config import (
     check_fits,
     config_from_dict,
     find_preset,
+    is_whole,
     presets,
     read_toml,
 )
@@ -62,7 +63,7 @@ def load_space(
         )
     counts = {key: sweep.get(key, default) for key, default in (("trials", 20), ("prune_after", 2))}
     for key, value in counts.items():
-        if not _whole(value) or value < 1:
+        if not is_whole(value) or value < 1:
             raise bad(f"[sweep] {key} must be a whole number >= 1, not {value!r}")
     if not params:
         raise bad("[space] searches nothing (a training config is not a space); add keys to search")
@@ -71,7 +72,7 @@ def load_space(
         if name not in LAYER_KEYS and (section not in ("model", "train") or not key):
             raise bad(f"{name} is not model.KEY, train.KEY, hidden_layers or hidden_width")
         problem = _spec_problem(spec)
-        if not problem and name in LAYER_KEYS and not all(_whole(v) and v >= 1 for v in _values(spec)):
+        if not problem and name in LAYER_KEYS and not all(is_whole(v) and v >= 1 for v in _values(spec)):
             problem = "takes whole numbers >= 1"
         if problem:
             raise bad(f"{name} {problem}")
@@ -99,10 +100,6 @@ def _values(spec: dict) -> list:
     return next(spec[kind] for kind in ("int", "choice") if kind in spec)
 
 
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _spec_problem(spec) -> str:
     """What is wrong with one entry of [space] ("" if nothing)."""
     shapes = "needs one of int = [low, high], float = [low, high] (log = true: a log scale), choice = [...]"
@@ -112,7 +109,9 @@ def _spec_problem(spec) -> str:
     kind, values = kinds[0], spec[kinds[0]]
     if kind == "choice":
         return "" if isinstance(values, list) and values else "needs at least one value in choice = [...]"
-    number = _whole if kind == "int" else (lambda v: _whole(v) or isinstance(v, float) and math.isfinite(v))
+    number = (
+        is_whole if kind == "int" else (lambda v: is_whole(v) or isinstance(v, float) and math.isfinite(v))
+    )
     if not (
         isinstance(values, list) and len(values) == 2 and all(map(number, values)) and values[0] <= values[1]
     ):

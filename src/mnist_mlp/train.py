@@ -22,7 +22,7 @@ import numpy as np
 
 from mnist_mlp import cache, data, outputs, plots, runs, stats
 from mnist_mlp.backend import BackendChoice, cpu_bfloat16, device_name
-from mnist_mlp.checkpoint import Checkpoint, CtrlC, restore
+from mnist_mlp.checkpoint import Checkpoint, CtrlC, restore, truncate_history
 from mnist_mlp.config import Config, TrainConfig, check_fits, config_to_toml
 from mnist_mlp.errors import UserError, WriteFailed, write_failed
 from mnist_mlp.model import model_summary
@@ -131,7 +131,7 @@ def _start(config, run_dir, backend, resume, data_dir, log, callbacks) -> Starte
         done = runs.completed_epochs(run_dir)
         if not (run_dir / runs.PARTIAL_HISTORY).exists() and (run_dir / runs.HISTORY).exists():
             os.replace(run_dir / runs.HISTORY, run_dir / runs.PARTIAL_HISTORY)  # stopped while saving the end
-        runs.truncate_history(run_dir / runs.PARTIAL_HISTORY, done)
+        truncate_history(run_dir / runs.PARTIAL_HISTORY, done)
         log(f"Resuming {run_dir} after epoch {done} of {tc.epochs}")
     else:
         outputs.write_text(run_dir / runs.CONFIG, config_to_toml(config))
@@ -184,14 +184,18 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self.start)
 
 
+def lower_rate(rate: float) -> float:
+    """The learning rate a diverged run is advised: the classic 0.001, or a tenth where it was at most so."""
+    return 0.001 if rate > 0.001 else rate / 10
+
+
 def _check_finite(run: Started) -> None:
     """A run whose loss became NaN or infinite is marked diverged (what a later resume or evaluate says)."""
     history = runs.read_history(run.run_dir / runs.PARTIAL_HISTORY)
     if all(map(math.isfinite, history["loss"])):
         return
     epoch = next(i for i, v in enumerate(history["loss"]) if not math.isfinite(v)) + 1
-    rate = run.config.train.learning_rate
-    lower = 0.001 if rate > 0.001 else rate / 10
+    lower = lower_rate(run.config.train.learning_rate)
     message = (
         f"training diverged: the loss became NaN or infinite in epoch {epoch}, so {run.run_dir} is not a "
         f"finished run; try a lower learning rate: `mnist-mlp train --config "
@@ -261,7 +265,7 @@ def _finish(
             "data_sha256": {key: sha for key, (_, sha) in cache.FILES.items()},
             # What was trained: load_run refuses a config.toml edited since
             "config": dataclasses.asdict(config),
-            "model_sha256": runs.file_sha256(run_dir / runs.MODEL),
+            "model_sha256": cache.file_sha256(run_dir / runs.MODEL),
         },
     )
     (run_dir / runs.CHECKPOINT).unlink(missing_ok=True)  # finished: nothing left to resume
@@ -411,7 +415,7 @@ def train_seeds(
                     for c in configs
                 ]
         except Diverged as e:  # the advice is for the whole group, not one seed
-            lower = 0.001 if config.train.learning_rate > 0.001 else config.train.learning_rate / 10
+            lower = lower_rate(config.train.learning_rate)
             raise Diverged(
                 f"{str(e).split(';')[0]}; try a lower learning rate for the group: `mnist-mlp train "
                 f"--config {outputs.shell_path(group_dir / runs.CONFIG)} --seeds {seeds} --set "
