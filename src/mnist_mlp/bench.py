@@ -197,7 +197,7 @@ def keras_augmentation(augment) -> list:
     """Keras' own image layers, set as close to `augment` as they go, for Keras fit beside our engine: the
     same ranges of rotation, scale (each axis), shear and shift; and RandomElasticTransform at its largest
     (scale 1: sigma 1.4 px, alpha 2.8 px, a finer-grained field than Simard's sigma 5, which it does not
-    allow)."""
+    allow). Keras has no layer for `stroke`: that variant trains without it."""
     import keras
 
     fill = {"fill_mode": "constant", "fill_value": 0.0}

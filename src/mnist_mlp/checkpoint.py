@@ -27,12 +27,8 @@ class Checkpoint(keras.callbacks.Callback):
 
     def __init__(self, run_dir: Path, rng_state: dict | None, config_toml: str, every_seconds: float = 0.0):
         super().__init__()
-        self.run_dir, self.rng_state, self.config_toml = (
-            run_dir,
-            rng_state,
-            config_toml,
-        )  # resume checks the config
-        self.every_seconds = every_seconds
+        self.run_dir, self.rng_state, self.every_seconds = run_dir, rng_state, every_seconds
+        self.config_toml = config_toml  # saved with the state: a resume checks config.toml against it
 
     def on_train_begin(self, logs=None):
         self.saved_at = monotonic()

@@ -15,7 +15,15 @@ from pathlib import Path
 from mnist_mlp import __version__, cache, data, experiments, outputs, planning, runs, signals, sources
 from mnist_mlp.backend import use_backend
 from mnist_mlp.bench import VARIANTS
-from mnist_mlp.config import BACKENDS, ENGINES, VALIDATIONS, config_line, config_name, load_config
+from mnist_mlp.config import (
+    BACKENDS,
+    ENGINES,
+    VALIDATIONS,
+    check_deformations,
+    config_line,
+    config_name,
+    load_config,
+)
 from mnist_mlp.errors import Interrupted, UserError, WriteFailed
 from mnist_mlp.space import load_space
 
@@ -62,6 +70,7 @@ def cmd_inspect(args) -> None:
             "drop them"
         )
     config = load_config(args.config, args.set)
+    check_deformations(config.augment)  # a preview of what would be trained
     if args.config:
         print(config_line(args.config))
     use_backend("jax")  # the deformations are JAX programs, as in the compiled engine

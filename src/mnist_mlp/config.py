@@ -5,6 +5,7 @@ UserErrors that name the key."""
 from __future__ import annotations
 
 import codecs
+import copy
 import dataclasses
 import math
 import os
@@ -98,31 +99,21 @@ class AugmentConfig:
     elastic_alpha: float = 0.0  # pixels per unit of smoothed field (Simard 2003: 34; Ciresan 2010: 36-38)
     elastic_sigma: float = 5.0  # pixels, the Gaussian that smooths the field (Ciresan 2010: 5-6)
     stroke: float = (
-        0.0  # pixels a stroke grows or thins, drawn from [-stroke, stroke] (pens draw wider or finer)
+        0.0  # pixels a stroke grows or thins, drawn from [-stroke, stroke] (pens draw wider, finer)
     )
 
-    def __post_init__(self):
-        # Bounds about twice what the papers used (Simard 2003; Ciresan 2010: rotation up to 15 degrees,
-        # scaling 15-20%, elastic alpha 34-38 with sigma 4-6): past them a digit no longer reads as itself.
+    def __post_init__(self):  # what any run may hold; check_deformations bounds what is trained from now on
         for key in ("rotation", "scale", "shear", "translation", "elastic_alpha", "stroke"):
             _check(getattr(self, key) >= 0, f"augment.{key}", "must be >= 0 (0: off)")
-        _check(self.rotation <= 30, "augment.rotation", "must be <= 30 degrees (Ciresan 2010: up to 15)")
-        _check(self.scale <= 0.4, "augment.scale", "must be <= 0.4 (Ciresan 2010: 0.15-0.2)")
-        _check(self.shear <= 30, "augment.shear", "must be <= 30 degrees (record-cpu: 8)")
+        _check(self.scale < 1, "augment.scale", "must be < 1 (a digit scaled by 1 - scale can vanish)")
+        _check(self.shear < 60, "augment.shear", "must be < 60 degrees")
+        _check(self.rotation <= 180, "augment.rotation", "must be <= 180 degrees")
+        _check(0 < self.elastic_sigma <= 28, "augment.elastic_sigma", "must be in (0, 28] pixels")
         _check(
-            self.translation <= 4,
-            "augment.translation",
-            "must be <= 4 pixels (MNIST's margin around a digit)",
+            self.translation <= 14, "augment.translation", "must be <= 14 pixels (beyond, the digit leaves)"
         )
         _check(
-            self.elastic_alpha <= 80,
-            "augment.elastic_alpha",
-            "must be <= 80 (Simard 2003: 34; Ciresan 2010: 36-38)",
-        )
-        _check(
-            3 <= self.elastic_sigma <= 28,
-            "augment.elastic_sigma",
-            "must be in [3, 28] pixels (Simard 2003: 4; a smaller one makes noise that tears a digit apart)",
+            self.elastic_alpha <= 200, "augment.elastic_alpha", "must be <= 200 (beyond, the digit leaves)"
         )
         _check(
             self.stroke <= 1, "augment.stroke", "must be <= 1 pixel (a 3x3 grey-level dilation or erosion)"
@@ -160,9 +151,32 @@ def memory_needed(config: Config) -> int:
     return 4 * (5 * parameters + 4 * activations + 2 * images)  # float32: 4 bytes
 
 
+def check_deformations(augment: AugmentConfig) -> None:
+    """A UserError for deformations that destroy the digits, bounded near what the papers used (Simard 2003;
+    Ciresan 2010: rotation up to 15 degrees, scaling 15-20%, elastic alpha 34-38 with sigma 4-6) and by
+    MNIST's margin: checked before training or a preview, not when a run is read back."""
+    _check(augment.rotation <= 30, "augment.rotation", "must be <= 30 degrees (Ciresan 2010: up to 15)")
+    _check(augment.scale <= 0.4, "augment.scale", "must be <= 0.4 (Ciresan 2010: 0.15-0.2)")
+    _check(augment.shear <= 30, "augment.shear", "must be <= 30 degrees (record-cpu: 8)")
+    _check(
+        augment.translation <= 4, "augment.translation", "must be <= 4 pixels (MNIST's margin around a digit)"
+    )
+    _check(
+        augment.elastic_alpha <= 80,
+        "augment.elastic_alpha",
+        "must be <= 80 (Simard 2003: 34; Ciresan 2010: 36-38)",
+    )
+    _check(
+        augment.elastic_sigma >= 3,
+        "augment.elastic_sigma",
+        "must be in [3, 28] pixels (Simard 2003: 4; a smaller one makes noise that tears a digit apart)",
+    )
+
+
 def check_fits(config: Config, memory: int | None = None) -> None:
-    """A UserError, before anything is allocated, for a batch larger than the data or a model whose training
-    would not fit in `memory` bytes (default: this machine's RAM)."""
+    """A UserError, before anything is allocated, for deformations that destroy the digits, a batch larger
+    than the data, or a model whose training would not fit in `memory` bytes (default: this machine's RAM)."""
+    check_deformations(config.augment)
     images, batch = training_images(config.train), config.train.batch_size
     available = training_images(dataclasses.replace(config.train, train_samples=0))
     left = " left by --validation split" if available < TRAIN_IMAGES else ""
@@ -186,11 +200,15 @@ def check_fits(config: Config, memory: int | None = None) -> None:
         one = memory_needed(_with_batch(config, 1))
         per_image = memory_needed(_with_batch(config, 2)) - one
         fits = int((room - one) // per_image) + 1 if room >= one else 0  # the largest batch that fits
-        smaller = f", or --batch-size {fits} or less" if fits >= 1 else " (at any batch size)"
+        fix = (
+            f"use fewer or narrower layers, or train.batch_size {fits} or less"
+            if fits >= 1
+            else "use fewer or narrower layers (no batch size fits this model)"
+        )
         raise UserError(
             f"training this model would take about {needed / 2**30:,.1f} GiB (model.hidden_units "
             f"{list(config.model.hidden_units)}, batch {batch}) and this machine has "
-            f"{memory / 2**30:.1f} GiB; use fewer or narrower layers{smaller}"
+            f"{memory / 2**30:.1f} GiB; {fix}"
         )
 
 
@@ -284,9 +302,12 @@ def read_toml(path: Path, what: str) -> dict:
         raise UserError(f"{what} {path} is not valid TOML ({e}); fix the syntax") from None
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: typing.Sequence[str] = (), then: typing.Sequence[str] = ()
+) -> Config:
     """Defaults, then the TOML file at `path` or the preset of that name (if any), then `section.key=value`
-    overrides."""
+    overrides, then `then` (train's shortcut flags: --epochs 3). The file is read once (it may be a pipe), and
+    the overrides are checked before `then`, so a bad --set is refused where a flag replaces its value."""
     data: dict = {}
     if path is not None:
         given, path = path, find_preset(path)
@@ -300,6 +321,10 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             ) from None
     for item in overrides:
         _apply_override(data, item)
+    if then:
+        config_from_dict(copy.deepcopy(data))
+        for item in then:
+            _apply_override(data, item)
     return config_from_dict(data)
 
 

@@ -136,8 +136,8 @@ def check_cache(cache_dir: str | Path | None = None) -> list[Check]:
         moved = shell_path(in_the_way[0].with_name(in_the_way[0].name + ".moved"))
         folder = shell_path(in_the_way[0])
         fix = f"{in_the_way[0]} is a folder, not MNIST's file: run `mv {folder} {moved} && {fetch}`"
-    elif "--cache-dir" in fetch and not cache_dir:
-        fix = f"run `{fetch}` (this cache folder is not writable; later commands take the same --cache-dir)"
+    elif _writable(info.cache_dir):  # fetched into a writable folder instead
+        fix = f"run `{fetch}` ({info.cache_dir} cannot be written; later commands take the same --cache-dir)"
     else:
         given = f" --cache-dir {shell_path(cache_dir)}" if cache_dir else ""
         fix = f"run `{fetch}` (or `mnist-mlp data import FOLDER{given}`)"
@@ -170,7 +170,7 @@ def fetch_command(cache_dir: str | Path | None = None) -> str:
     written (a read-only HOME), into a writable folder."""
     if not _writable(cache.cache_dir(cache_dir)):
         return "mnist-mlp data fetch" + (f" --cache-dir {shell_path(cache_dir)}" if cache_dir else "")
-    return f"mnist-mlp data fetch --cache-dir {shell_path(writable_folder() / 'mnist-cache')}"
+    return f"mnist-mlp data fetch --cache-dir {shell_path((writable_folder() / 'mnist-cache').absolute())}"
 
 
 def check_sources(

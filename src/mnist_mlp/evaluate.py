@@ -27,13 +27,9 @@ class EvalResult:
     recall: tuple[float, ...]  # per true digit: the class's accuracy
     support: tuple[int, ...]  # test images per true digit
     wrong: int
-    source: str = (
-        "mnist"  # the images scored: MNIST's test set, or otherdigits' source (then no files written)
-    )
+    source: str = "mnist"  # the images scored: MNIST's test set, or otherdigits' (then no files written)
     unread: tuple[str, ...] = ()  # an error line for each of a folder's images that could not be read
-    no_digit: tuple[
-        str, ...
-    ] = ()  # a line for each of a folder's images in which no digit was found (not scored)
+    no_digit: tuple[str, ...] = ()  # a line for each of a folder's images with no digit found (not scored)
     not_written: str = ""  # why the figures and evaluation.json could not be written (the scores stand)
 
 

@@ -70,9 +70,7 @@ def plan(
         config = resume_group(folder)[0] if (folder / GROUP).is_file() else resume_config(folder)
     else:
         shortcuts = flag_overrides(**{k.replace("-", "_"): v for k, v in flags.items() if k != "overwrite"})
-        if shortcuts:  # a bad --set is refused even where a flag replaces its value (--epochs 1)
-            load_config(config_path, overrides)
-        config, folder = load_config(config_path, [*overrides, *shortcuts]), Path(out) if out else None
+        config, folder = load_config(config_path, overrides, then=shortcuts), Path(out) if out else None
     check_fits(config)  # before anything is allocated
     return config, folder
 
