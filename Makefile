@@ -14,7 +14,7 @@ run: setup
 test: setup-all browser postgres wrk
 	$(BIN)/python -m pytest
 
-test-fast: setup-all  # the edit-test loop: offline, synthetic data, in process (~2.5 min on 2 cores)
+test-fast: setup-all  # the edit-test loop: offline, synthetic data, in process (~2 min on 2 cores)
 	$(BIN)/python -m pytest -m "not slow and not mnist" -q
 
 notebook: setup-all  # examples/walkthrough.ipynb from examples/walkthrough.py (the one source; a test compares them)
