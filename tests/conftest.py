@@ -138,3 +138,12 @@ def run_cli(*args, env=None, timeout=600):
         env=full_env,
         timeout=timeout,
     )
+
+
+def one_line_error(capsys, *expected) -> str:
+    """What the command printed on stderr: one line, no traceback, holding each of `expected`."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mnist-mlp") and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, err
+    return err

@@ -10,7 +10,7 @@ import shlex
 import signal
 
 import pytest
-from conftest import ctrl_c_after_epoch
+from conftest import ctrl_c_after_epoch, one_line_error
 
 from mnist_mlp import checkpoint, experiments, runs, train
 from mnist_mlp.cli import main
@@ -27,10 +27,7 @@ TINY = [
 
 def _advice(capsys, *expected) -> list[str]:
     """The one-line error's suggested command (in backticks), as argv for main()."""
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for text in expected:
-        assert text in err, err
+    err = one_line_error(capsys, *expected)
     commands = re.findall(r"`mnist-mlp ([^`]+)`", err)
     assert commands, f"no command suggested: {err}"
     return shlex.split(commands[-1])

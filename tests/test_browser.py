@@ -5,11 +5,6 @@ must be what the page draws."""
 import base64
 import io
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -29,26 +24,11 @@ ZERO = [[(140, 40), (80, 80), (70, 140), (80, 200), (140, 240), (200, 200), (210
 
 @pytest.fixture(scope="module")
 def server(trained):
-    _, run = trained
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mnist_mlp", "serve", str(run), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url + "api/health", timeout=1)
-            break
-        except OSError:
-            assert process.poll() is None, process.stdout.read()
-            time.sleep(0.2)
-    yield url
+    """`mnist-mlp serve` on a free port, as a user starts it (loadtest.start_server)."""
+    from mnist_mlp import loadtest
+
+    process, url = loadtest.start_server(trained[1])
+    yield url + "/"
     process.terminate()
     process.wait(timeout=30)
 

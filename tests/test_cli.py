@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import one_line_error
 
 from mnist_mlp.cli import main
 
@@ -101,11 +102,7 @@ def test_data_info_on_an_empty_cache_says_what_to_do(tmp_path, capsys):
 
 def _one_line_error(capsys, argv, *expected):
     assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("mnist-mlp") and "Traceback" not in err
-    for text in expected:
-        assert text in err
-    return err
+    return one_line_error(capsys, *expected)
 
 
 @pytest.mark.parametrize(

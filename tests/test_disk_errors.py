@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 
 from mnist_mlp import outputs, runs
 from mnist_mlp.cache import FILES
@@ -32,34 +33,27 @@ def small_disk(path: Path, size: str = "1m", read_only: bool = False):
         subprocess.run(["umount", "-l", str(path)], check=True)
 
 
-def _one_line(capsys, *expected):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for text in expected:
-        assert text in err, err
-
-
 def test_import_into_a_full_cache_leaves_it_as_it_was(mnist_dir, tmp_path, capsys):
     with small_disk(tmp_path / "cache", "1m") as cache:
         (cache / "keep.txt").write_text("mine")
         assert main(["data", "import", str(mnist_dir), "--cache-dir", str(cache)]) == 2
-        _one_line(capsys, "cannot write", str(cache), "No space left on device", "--cache-dir")
+        one_line_error(capsys, "cannot write", str(cache), "No space left on device", "--cache-dir")
         assert sorted(os.listdir(cache)) == ["keep.txt"]  # no temporary file left behind
 
 
 def test_import_into_a_read_only_cache_is_one_line(mnist_dir, tmp_path, capsys):
     with small_disk(tmp_path / "cache", "1m", read_only=True) as cache:
         assert main(["data", "import", str(mnist_dir), "--cache-dir", str(cache)]) == 2
-        _one_line(capsys, "Read-only file system")
+        one_line_error(capsys, "Read-only file system")
         assert main(["data", "import", str(mnist_dir), "--cache-dir", str(cache / "sub")]) == 2
-        _one_line(capsys, "Read-only file system")
+        one_line_error(capsys, "Read-only file system")
 
 
 def test_a_folder_named_like_an_idx_file_in_the_cache_is_one_line(mnist_dir, tmp_path, capsys):
     cache = tmp_path / "cache"
     (cache / FILES["train-labels"][0]).mkdir(parents=True)
     assert main(["data", "import", str(mnist_dir), "--cache-dir", str(cache)]) == 2
-    _one_line(capsys, "cannot write", FILES["train-labels"][0])
+    one_line_error(capsys, "cannot write", FILES["train-labels"][0])
 
 
 def test_a_failed_write_is_one_line_with_no_partial_file(mnist_dir, tmp_path, capsys, monkeypatch):
@@ -72,7 +66,7 @@ def test_a_failed_write_is_one_line_with_no_partial_file(mnist_dir, tmp_path, ca
     assert (
         main(["data", "import", str(mnist_dir / "t10k-labels-idx1-ubyte"), "--cache-dir", str(tmp_path)]) == 2
     )
-    _one_line(capsys, "No space left on device")
+    one_line_error(capsys, "No space left on device")
     assert os.listdir(tmp_path) == []
     with pytest.raises(WriteFailed, match="No space left on device"):
         outputs.write_text(tmp_path / "a.txt", "x")

@@ -8,19 +8,12 @@ import sys
 import time
 
 import pytest
+from conftest import one_line_error
 
 from mnist_mlp import cache, outputs, planning, runs
 from mnist_mlp.cli import main
 
 TINY = ["--train-samples", "500", "--epochs", "1"]
-
-
-def _one_line(capsys, *expected):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for text in expected:
-        assert text in err, err
-    return err
 
 
 def test_overwrite_never_deletes_a_folder_the_tool_did_not_make(synthetic_dir, tmp_path, capsys):
@@ -31,7 +24,7 @@ def test_overwrite_never_deletes_a_folder_the_tool_did_not_make(synthetic_dir, t
     assert (
         main(["train", *TINY, "--out", str(project), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 2
     )
-    _one_line(capsys, "did not write", "--overwrite included")
+    one_line_error(capsys, "did not write", "--overwrite included")
     assert (project / "src" / "main.py").read_text() == "keep\n" and (
         project / "config.toml"
     ).read_text() == "x = 1\n"
@@ -45,7 +38,7 @@ def test_the_working_folder_and_its_parents_are_refused(out, synthetic_dir, tmp_
     (here / "notes.txt").write_text("mine")
     monkeypatch.chdir(here)
     assert main(["train", *TINY, "--out", out, "--overwrite", "--cache-dir", str(synthetic_dir)]) == 2
-    _one_line(capsys, "working folder")
+    one_line_error(capsys, "working folder")
     assert (here / "notes.txt").read_text() == "mine" and (here / "sub").is_dir()
     assert sorted(p.name for p in here.iterdir()) == ["notes.txt", "sub"]
 
@@ -58,7 +51,7 @@ def test_a_symlinked_run_folder_is_refused_and_its_target_kept(synthetic_dir, tm
     link.symlink_to(real, target_is_directory=True)
     capsys.readouterr()
     assert main(["train", *TINY, "--out", str(link), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 2
-    _one_line(capsys, "symbolic link")
+    one_line_error(capsys, "symbolic link")
     assert sorted(p.name for p in real.iterdir()) == before
     runs.load_run(real)
 
@@ -179,25 +172,27 @@ def test_a_folder_being_trained_is_locked(synthetic_dir, tmp_path, capsys):
         assert (
             main(["train", *TINY, "--out", str(out), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 2
         )
-        _one_line(capsys, "in use")
+        one_line_error(capsys, "in use")
         assert main(["evaluate", str(out)]) == 2
-        _one_line(capsys, "still training in another process")
+        one_line_error(capsys, "still training in another process")
         # Its first epoch, before a checkpoint: it read as a run stopped early
         (out / runs.CONFIG).write_text("")
         (out / runs.PARTIAL_HISTORY).write_text("epoch,loss\n0,1.0\n")
         assert main(["train", "--resume", str(out)]) == 2
-        _one_line(capsys, "is in use: another mnist-mlp process is training into it; wait for it to finish")
+        one_line_error(
+            capsys, "is in use: another mnist-mlp process is training into it; wait for it to finish"
+        )
     assert not runs.in_use(out)
 
 
 def test_write_errors_are_one_line(synthetic_dir, tmp_path, capsys):
     long_name = tmp_path / ("x" * 300)
     assert main(["train", *TINY, "--out", str(long_name), "--cache-dir", str(synthetic_dir)]) == 2
-    _one_line(capsys, "File name too long")
+    one_line_error(capsys, "File name too long")
     a_file = tmp_path / "a-file"
     a_file.write_text("mine")
     assert main(["train", *TINY, "--out", str(a_file), "--cache-dir", str(synthetic_dir)]) == 2
-    _one_line(capsys, "not a folder")
+    one_line_error(capsys, "not a folder")
     assert a_file.read_text() == "mine"
 
 
@@ -210,10 +205,10 @@ def test_predict_csv_into_a_missing_folder_is_one_line(synthetic_dir, tmp_path, 
     Image.new("L", (28, 28)).save(image)
     capsys.readouterr()
     assert main(["predict", str(run), str(image), "--csv", str(tmp_path / "no" / "such" / "out.csv")]) == 2
-    _one_line(capsys, "cannot write", "out.csv", "No such file or directory", "make its folder first")
+    one_line_error(capsys, "cannot write", "out.csv", "No such file or directory", "make its folder first")
     # A folder where a file should be
     assert main(["predict", str(run), str(image), "--csv", str(tmp_path)]) == 2
-    _one_line(capsys, "is not a CSV that predict wrote")
+    one_line_error(capsys, "is not a CSV that predict wrote")
     assert sorted(os.listdir(tmp_path)) == ["digit.png", "run"]
 
 
@@ -239,7 +234,7 @@ def test_a_seed_group_is_not_taken_for_one_run(synthetic_dir, tmp_path, capsys):
     capsys.readouterr()
     for argv in (["evaluate", str(group)], ["runs", "show", str(group)]):
         assert main(argv) == 2
-        _one_line(capsys, "is a seed group, not one run", "seed-20160715", f"mnist-mlp plot {group}")
+        one_line_error(capsys, "is a seed group, not one run", "seed-20160715", f"mnist-mlp plot {group}")
     assert runs.load_group(group)[0]["complete"]  # nothing was touched
 
 
@@ -259,12 +254,12 @@ def test_a_full_disk_while_marking_the_folder_is_one_line(synthetic_dir, tmp_pat
 
     monkeypatch.setattr(runs.os, "write", full)
     assert main(["train", *TINY, "--out", str(tmp_path / "r"), "--cache-dir", str(synthetic_dir)]) == 2
-    _one_line(capsys, "No space left on device", "choose another --out")
+    one_line_error(capsys, "No space left on device", "choose another --out")
 
 
 def test_resume_refuses_flags_it_would_ignore(synthetic_dir, tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "r"), "--epochs", "5", "--set", "model.dropout=0"]) == 2
-    _one_line(capsys, "--set, --epochs would be ignored")
+    one_line_error(capsys, "--set, --epochs would be ignored")
 
 
 def test_a_path_too_long_to_read_is_one_line(tmp_path, capsys):
@@ -276,7 +271,7 @@ def test_a_path_too_long_to_read_is_one_line(tmp_path, capsys):
         ["train", "--resume", long_name],
     ):
         assert main(argv) == 2
-        _one_line(capsys, "File name too long")
+        one_line_error(capsys, "File name too long")
 
 
 def test_predict_never_writes_its_csv_over_an_input_image(synthetic_dir, tmp_path, capsys):
@@ -289,7 +284,7 @@ def test_predict_never_writes_its_csv_over_an_input_image(synthetic_dir, tmp_pat
     before = image.read_bytes()
     capsys.readouterr()
     assert main(["predict", str(run), str(image), "--csv", str(image)]) == 2
-    _one_line(capsys, "is one of the images read")
+    one_line_error(capsys, "is one of the images read")
     assert image.read_bytes() == before
 
 
