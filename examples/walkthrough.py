@@ -27,7 +27,7 @@ keras.utils.set_random_seed(20160715)
 
 # %% [markdown]
 # ## The data
-# 60,000 training and 10,000 test images, 28x28 pixels of 0 (paper) to 255 (ink), each with its digit.
+# 60,000 training and 10,000 test images, 28x28 pixels from 0 (background) to 255 (ink), each with its digit.
 
 # %%
 # `keras.datasets.mnist.load_data()` returns the same four arrays, downloaded from one web address (on a
