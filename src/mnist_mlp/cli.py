@@ -241,12 +241,8 @@ def written_to(flag: str, given: str | None, default: str):
     except WriteFailed as e:
         if not given or e.advised or e.errno not in outputs.UNWRITABLE:
             raise
-        elsewhere = outputs.free_name(
-            outputs.writable_folder() / (Path(given).name or default), Path(default).suffix
-        )
-        raise WriteFailed(
-            f"{e}; give {flag} a writable place, e.g. {flag} {outputs.shell_path(elsewhere)}", e.errno
-        ) from None
+        there = outputs.elsewhere(Path(given).name or default)
+        raise WriteFailed(f"{e}; give {flag} a writable place, e.g. {flag} {there}", e.errno) from None
 
 
 def cmd_plot(args) -> None:
@@ -360,12 +356,9 @@ def cmd_bench(args) -> None:
                 f"--json {args.json}: its folder does not exist; make it first, or give another path"
             )
         if not os.access(Path(args.json).parent, os.W_OK):
-            elsewhere = outputs.shell_path(
-                outputs.free_name(outputs.writable_folder() / "bench.json", ".json")
-            )
             raise UserError(
                 f"--json {args.json}: its folder cannot be written; give --json a writable place, "
-                f"e.g. --json {elsewhere}"
+                f"e.g. --json {outputs.elsewhere('bench.json')}"
             )
     for given in args.config or ():  # --config may be given several times
         print(config_line(given), flush=True)

@@ -236,3 +236,9 @@ def writable_folder(avoid: Path | None = None) -> Path:
     if os.access(here, os.W_OK) and not inside:
         return Path()
     return Path.home() if os.access(Path.home(), os.W_OK) else Path(tempfile.gettempdir())
+
+
+def elsewhere(name: str, avoid: Path | None = None) -> str:
+    """A free file name `name` in a writable folder (writable_folder), quoted for a command line: where advice
+    sends a file that could not be written where the user asked."""
+    return shell_path(free_name(writable_folder(avoid) / name, Path(name).suffix))

@@ -211,9 +211,7 @@ def _elsewhere_if_unwritable(run: str | Path, out, name: str = runs.CURVES, flag
     except WriteFailed as e:
         if out or e.errno not in outputs.UNWRITABLE:
             raise
-        elsewhere = outputs.shell_path(
-            outputs.free_name(outputs.writable_folder(avoid=Path(run)) / name, ".png")
-        )
+        elsewhere = outputs.elsewhere(name, avoid=Path(run))
         raise WriteFailed(
             f"{e}; write them elsewhere: `mnist-mlp plot {outputs.shell_path(run)}{flags} --out {elsewhere}`",
             e.errno,
