@@ -258,7 +258,7 @@ def test_a_file_that_shadows_a_preset_is_named_with_the_preset_beside_it(
     synthetic_dir, tmp_path, monkeypatch, capsys
 ):
     """A file `fast` in the working folder took the place of the preset fast without a word."""
-    from mnist_mlp.config import load_config, presets
+    from mnist_mlp.config import config_line, load_config, presets
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fast").write_text("[train]\nepochs = 1\n")
@@ -270,6 +270,9 @@ def test_a_file_that_shadows_a_preset_is_named_with_the_preset_beside_it(
     assert load_config(line.rsplit("--config ", 1)[1].rstrip(")")) == load_config(
         presets()["fast"]
     )  # the advice
+    (tmp_path / "runs" / "fast").mkdir(parents=True)  # a folder path is a path, shadowing nothing
+    (tmp_path / "runs" / "fast" / "config.toml").write_text("")
+    assert config_line("runs/fast/") == "Config: runs/fast"
     argv = ["train", "--config", "fast", "--set", "train.train_samples=500", "--out", str(tmp_path / "r")]
     assert main([*argv, "--cache-dir", str(synthetic_dir)]) == 0
     assert capsys.readouterr().out.startswith("Config: fast (a file here; the shipped preset")

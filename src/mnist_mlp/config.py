@@ -98,9 +98,7 @@ class AugmentConfig:
     translation: float = 0.0  # pixels, each axis
     elastic_alpha: float = 0.0  # pixels per unit of smoothed field (Simard 2003: 34; Ciresan 2010: 36-38)
     elastic_sigma: float = 5.0  # pixels, the Gaussian that smooths the field (Ciresan 2010: 5-6)
-    stroke: float = (
-        0.0  # pixels a stroke grows or thins, drawn from [-stroke, stroke] (pens draw wider, finer)
-    )
+    stroke: float = 0.0  # pixels a stroke grows or thins, drawn from [-stroke, stroke] (pens, fonts)
 
     def __post_init__(self):  # what any run may hold; check_deformations bounds what is trained from now on
         for key in ("rotation", "scale", "shear", "translation", "elastic_alpha", "stroke"):
@@ -242,9 +240,10 @@ def presets() -> dict[str, Path]:
 def config_line(given: str | Path) -> str:
     """Which file `--config given` reads, as the commands print it; where a file of the working folder shadows
     a shipped preset of its name, the preset's path too."""
-    path = find_preset(given)
-    shadowed = presets().get(Path(given).name.removesuffix(".toml"))
-    if shadowed and path.resolve() != shadowed.resolve() and not str(given).startswith("./"):
+    path, text = find_preset(given), str(given)
+    bare = Path(text).parent == Path(".") and not text.startswith("./") and not text.endswith("/")
+    shadowed = presets().get(Path(text).name.removesuffix(".toml")) if bare else None  # runs/fast/ is a path
+    if shadowed and path.resolve() != shadowed.resolve():
         preset = shell_path(shadowed)
         return f"Config: {path} (a file here; the shipped preset of that name is --config {preset})"
     return f"Config: {path}"

@@ -136,7 +136,7 @@ def check_cache(cache_dir: str | Path | None = None) -> list[Check]:
         moved = shell_path(in_the_way[0].with_name(in_the_way[0].name + ".moved"))
         folder = shell_path(in_the_way[0])
         fix = f"{in_the_way[0]} is a folder, not MNIST's file: run `mv {folder} {moved} && {fetch}`"
-    elif _writable(info.cache_dir):  # fetched into a writable folder instead
+    elif problem:  # the cache folder cannot be written: fetched into a writable folder instead
         fix = f"run `{fetch}` ({info.cache_dir} cannot be written; later commands take the same --cache-dir)"
     else:
         given = f" --cache-dir {shell_path(cache_dir)}" if cache_dir else ""
