@@ -96,7 +96,7 @@ def trained(mnist_dir, tmp_path_factory):
 def ctrl_c_after_epoch(last: int):
     """A Checkpoint.on_epoch_end (to patch in) that does its work, then presses Ctrl-C after epoch index
     `last`."""
-    from mnist_mlp.checkpoint import Checkpoint
+    from mnist_mlp.callbacks import Checkpoint
 
     save = Checkpoint.on_epoch_end
 

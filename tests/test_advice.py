@@ -12,8 +12,9 @@ import signal
 import pytest
 from conftest import ctrl_c_after_epoch, one_line_error
 
-from mnist_mlp import checkpoint, experiments, runs, train
+from mnist_mlp import advice, callbacks, checkpoint, experiments, runs, train
 from mnist_mlp.cli import main
+from mnist_mlp.errors import Fix
 
 TINY = [
     "--train-samples",
@@ -129,15 +130,15 @@ def test_checkpoints_keep_their_interval_and_resume_from_an_older_one(
             raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(checkpoint, "monotonic", lambda: now[0])
+        patch.setattr(callbacks, "monotonic", lambda: now[0])
         patch.setattr(
-            checkpoint,
+            callbacks,
             "save_checkpoint",
             lambda path, epoch, arrays: (saved.append(epoch), save(path, epoch, arrays)),
         )
         patch.setattr(train.Checkpoint, "on_epoch_end", four_seconds_then_ctrl_c_after_5)
         assert main(["train", *argv, "--out", str(tmp_path / "stopped")]) == 130
-    assert saved == [3] and runs.completed_epochs(tmp_path / "stopped") == 3
+    assert saved == [3] and checkpoint.completed_epochs(tmp_path / "stopped") == 3
     assert _follow(capsys, synthetic_dir, "interrupted; continue with") == [
         "train",
         "--resume",
@@ -156,7 +157,7 @@ def test_ctrl_c_before_the_first_checkpoint_says_so_and_advises_a_fresh_start(
         ["--train-samples", "500", "--epochs", "4", "--cache-dir", str(synthetic_dir)],
     )
     with monkeypatch.context() as patch:
-        patch.setattr(checkpoint, "monotonic", lambda: 0.0)  # no time passes: no checkpoint is due
+        patch.setattr(callbacks, "monotonic", lambda: 0.0)  # no time passes: no checkpoint is due
         patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_after_epoch(1))
         assert main(["train", *argv, "--out", str(out)]) == 130
     stopped = (
@@ -208,12 +209,12 @@ def test_ctrl_c_stops_training_even_where_keras_swallows_it(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own again
     assert not (out / runs.METRICS).exists()
     if where == "on_train_end":  # after the last epoch's checkpoint: the resume only finishes the run
-        assert runs.completed_epochs(out) == 2
+        assert checkpoint.completed_epochs(out) == 2
         assert main(["train", "--resume", str(out), "--cache-dir", str(synthetic_dir)]) == 0
         assert runs.load_run(out).history["epoch"] == [0, 1]
     else:  # in the first batch: nothing to resume
-        with pytest.raises(runs.NoCheckpoint, match="has no completed epoch"):
-            runs.completed_epochs(out)
+        with pytest.raises(checkpoint.NoCheckpoint, match="has no completed epoch"):
+            checkpoint.completed_epochs(out)
 
 
 def test_incomplete_runs_advise_what_works(synthetic_dir, tmp_path, capsys, monkeypatch):
@@ -485,7 +486,7 @@ class Collected:
 
 def main():
     Collected()
-    print("stopped by checkpoint.CtrlC:", signals.received == signal.SIGINT)
+    print("stopped by callbacks.CtrlC:", signals.received == signal.SIGINT)
     return 130
 
 cli.main = main
@@ -500,7 +501,7 @@ def test_a_signal_python_cannot_raise_prints_no_traceback(tmp_path):
     import sys
 
     done = subprocess.run([sys.executable, "-c", DROPPED], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 130 and "stopped by checkpoint.CtrlC: True" in done.stdout, done
+    assert done.returncode == 130 and "stopped by callbacks.CtrlC: True" in done.stdout, done
     assert done.stderr == "", done.stderr
 
 
@@ -554,11 +555,9 @@ def test_after_a_failed_write_only_a_full_disk_is_told_to_free_space(tmp_path):
     failed the same way again."""
     import errno
 
-    from mnist_mlp import evaluate
-
     for number, says in ((errno.ENOSPC, "free some space, then "), (errno.EISDIR, "once that is mended, ")):
-        assert train._after_write_error(number, tmp_path).startswith(says)
-        assert says.split(",")[0] in evaluate._after_write_error(number, tmp_path)
+        assert advice.words(Fix("go-on", tmp_path, number)).startswith(says)
+        assert advice.words(Fix("evaluate-again", tmp_path, number)).startswith(says)
 
 
 def test_data_info_on_another_cache_advises_commands_for_that_cache(tmp_path, capsys):

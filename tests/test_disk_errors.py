@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import one_line_error
 
-from mnist_mlp import outputs, runs
+from mnist_mlp import checkpoint, outputs, runs
 from mnist_mlp.cache import FILES
 from mnist_mlp.cli import main
 from mnist_mlp.errors import WriteFailed
@@ -165,7 +165,7 @@ def test_a_disk_that_fills_while_training_leaves_a_resumable_run(when, completed
             f"free some space, then continue with `mnist-mlp train --cache-dir {mnist_dir} --resume {out}`"
             in err[0]
         )
-        assert runs.completed_epochs(out) == completed  # the last good checkpoint survived
+        assert checkpoint.completed_epochs(out) == completed  # the last good checkpoint survived
         assert not [p for p in os.listdir(out) if ".tmp" in p]
         filler.unlink()
         assert main(["train", "--resume", str(out), "--cache-dir", str(mnist_dir)]) == 0

@@ -60,7 +60,7 @@ def test_the_fetch_advice_names_the_cache_doctor_looked_in(mnist_dir, tmp_path, 
     cache_dir = tmp_path / "class cache"
     assert main(["doctor", "--offline", "--cache-dir", str(cache_dir)]) == 1
     advice = capsys.readouterr().err
-    assert f"`mnist-mlp data import FOLDER --cache-dir '{cache_dir}'`" in advice, advice
+    assert f"`mnist-mlp data import --cache-dir '{cache_dir}' FOLDER`" in advice, advice
     assert main(["data", "import", str(mnist_dir), "--cache-dir", str(cache_dir)]) == 0  # followed
     assert main(["doctor", "--offline", "--cache-dir", str(cache_dir)]) == 0
 

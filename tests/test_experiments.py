@@ -8,7 +8,7 @@ import statistics
 import numpy as np
 import pytest
 
-from mnist_mlp import experiments, runs
+from mnist_mlp import advice, experiments, runs
 from mnist_mlp.cli import main
 
 QUICK = ["--train-samples", "1000", "--epochs", "2"]
@@ -199,10 +199,10 @@ def test_a_side_by_side_groups_fresh_start_keeps_the_flag(tmp_path):
     (group / runs.GROUP).write_text(
         json.dumps({"planned": [1, 2, 3], "side_by_side": True, "complete": False})
     )
-    assert "--seeds 3 --side-by-side --out" in runs.fresh_start(group)
+    assert "--seeds 3 --side-by-side --out" in advice.train_again(group)
     # Made before the flag
     (group / runs.GROUP).write_text(json.dumps({"planned": [1, 2, 3], "complete": False}))
-    assert "--seeds 3 --out" in runs.fresh_start(group)
+    assert "--seeds 3 --out" in advice.train_again(group)
 
 
 def test_a_damaged_groups_fresh_start_counts_its_seed_folders(group, mnist_dir, tmp_path, capsys):

@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import run_cli, terminal_signals
 
-from mnist_mlp import runs
+from mnist_mlp import checkpoint, runs
 from mnist_mlp.cli import main
 from mnist_mlp.errors import UserError
 
@@ -53,7 +53,7 @@ def _kill_after_epoch(out, mnist_dir, engine, sig, epoch=2):
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if runs.completed_epochs(out) >= epoch:
+            if checkpoint.completed_epochs(out) >= epoch:
                 break
         except UserError:
             pass

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from conftest import run_cli
 
-from mnist_mlp import runs, studies
+from mnist_mlp import advice, runs, studies
 from mnist_mlp.cli import main
 from mnist_mlp.errors import UserError
 from mnist_mlp.space import SweepSpace
@@ -485,11 +485,9 @@ def test_the_next_step_names_the_study_and_storage(tmp_path):
 
     study = optuna.create_study(direction="maximize")
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.9))
-    text = sweep.describe(
-        sweep.SweepResult(study, None), tmp_path / "my sweep", "mlp-2026", "postgresql://u@db/s"
-    )
-    assert text.splitlines()[-1] == (
-        f"next: mnist-mlp sweep --out '{tmp_path / 'my sweep'}' --study mlp-2026 "
+    assert "best trial 0: val_accuracy 0.9000" in sweep.describe(sweep.SweepResult(study, None))
+    assert advice.sweep_report(tmp_path / "my sweep", "mlp-2026", "postgresql://u@db/s") == (
+        f"mnist-mlp sweep --out '{tmp_path / 'my sweep'}' --study mlp-2026 "
         "--storage postgresql://u@db/s --report"
     )
 

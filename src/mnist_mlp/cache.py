@@ -272,14 +272,9 @@ def npz_contents(path: str | Path) -> dict[str, bytes]:
 
 
 def describe(info: DataInfo) -> str:
-    """The cache as `mnist-mlp data` prints it: where, each file's state and source, what to do if
-    incomplete."""
+    """The cache as `mnist-mlp data` prints it: where, and each file's state and source."""
     lines = [f"MNIST cache: {info.cache_dir}"]
     for f in info.files:
         state = "ok (SHA-256 verified)" if f.verified else ("BAD SHA-256" if f.present else "missing")
         lines.append(f"  {f.key:<13} {f.path.name:<24} {state:<22} {f.source or '-'}")
-    if not info.complete:
-        lines.append(
-            "Some files are missing or bad: run `mnist-mlp data fetch` or `mnist-mlp data import PATH`."
-        )
     return "\n".join(lines)

@@ -1,102 +1,35 @@
-"""Resuming exactly: a Keras callback that saves the run's whole state after an epoch (variables, optimizer,
-the global RNG that fit shuffles with) in an atomic .npz, its restore, and the callback that stops
-training at the next batch after Ctrl-C."""
+"""The resume checkpoint: its file (a run's whole state after an epoch, in an atomic .npz; callbacks.py saves
+it), its restore, and the checks that say, before Keras starts, whether a run can be resumed."""
 
 from __future__ import annotations
 
-import math
+import csv
+import itertools
+import json
+import zipfile
 from pathlib import Path
-from time import monotonic
 
-import keras
 import numpy as np
 
-from mnist_mlp import runs, signals
-from mnist_mlp.errors import UserError
-from mnist_mlp.outputs import atomic
+from mnist_mlp.config import Config, config_from_toml, edits, flat_config
+from mnist_mlp.errors import Fix, UserError
+from mnist_mlp.outputs import atomic, free_name
+from mnist_mlp.runs import (
+    CHECKPOINT,
+    CONFIG,
+    DIVERGED,
+    GROUP,
+    HISTORY,
+    METRICS,
+    PARTIAL_HISTORY,
+    diverged,
+    run_config,
+)
+
+AGAIN = "train it again with"  # the words before the command that trains a finished run again
 
 
-class Checkpoint(keras.callbacks.Callback):
-    """After an epoch that ends at least `every_seconds` after the last save (or the start), the run's whole
-    state in one atomic file: the model's variables (dropout's seed state among them), the optimizer's, and
-    the global RNG that Keras fit shuffles with (NumPy's on JAX, PyTorch's on PyTorch), so a resumed run sees
-    the same batches and masks as an uninterrupted one. The interval bounds both the work an interruption
-    loses and the time spent saving (on a GPU one save can take longer than several epochs). The last epoch is
-    always saved: a full disk or a Ctrl-C while the finished run is written loses no training. An epoch whose
-    loss is not finite is not saved: the last good checkpoint stays."""
-
-    def __init__(self, run_dir: Path, rng_state: dict | None, config_toml: str, every_seconds: float = 0.0):
-        super().__init__()
-        self.run_dir, self.rng_state, self.every_seconds = run_dir, rng_state, every_seconds
-        self.config_toml = config_toml  # saved with the state: a resume checks config.toml against it
-
-    def on_train_begin(self, logs=None):
-        self.saved_at = monotonic()
-        if self.rng_state is not None:  # here, not before fit: fit's data adapter draws from it first
-            set_rng_state(self.rng_state)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not math.isfinite((logs or {}).get("loss", 0.0)):
-            return
-        last = epoch + 1 >= (self.params or {}).get("epochs", math.inf)
-        if not last and monotonic() - self.saved_at < self.every_seconds:
-            return
-        arrays = {
-            f"model/{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(self.model.variables)
-        }
-        arrays.update(
-            {
-                f"optimizer/{i}": keras.ops.convert_to_numpy(v.value)
-                for i, v in enumerate(self.model.optimizer.variables)
-            }
-        )
-        arrays["config_toml"] = np.array(self.config_toml)  # what the run was started with
-        save_checkpoint(self.run_dir, epoch + 1, {**arrays, **rng_state()})
-        self.saved_at = monotonic()  # from the end of a save: saving takes at most its share of the time
-
-
-class CtrlC(keras.callbacks.Callback):
-    """Stops fit at the end of the batch after Ctrl-C, `kill` or a closed terminal (signals.training), even
-    where the KeyboardInterrupt landed in Keras code that swallows exceptions: `with CtrlC() as ctrl_c:`, and
-    ctrl_c among fit's callbacks. Validation batches are not checked: a callback with on_test_batch_end makes
-    Keras run them in the foreground, and the epoch's end comes soon after."""
-
-    def __enter__(self) -> CtrlC:
-        self.block = signals.training()
-        self.stopped = self.block.__enter__()
-        return self
-
-    def __exit__(self, *exc_info):
-        return self.block.__exit__(*exc_info)
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.stopped():
-            raise KeyboardInterrupt
-
-    on_epoch_end = on_train_batch_end
-
-
-def rng_state() -> dict[str, np.ndarray]:
-    """The global random state Keras fit shuffles with, as arrays."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"rng/numpy_keys": keys, "rng/numpy": np.array([pos, has_gauss, gauss], dtype=np.float64)}
-    if keras.backend.backend() == "torch":  # its DataLoader shuffles with torch's generator
-        import torch
-
-        state["rng/torch"] = torch.get_rng_state().numpy()
-    return state
-
-
-def set_rng_state(state: dict[str, np.ndarray]) -> None:
-    pos, has_gauss, gauss = state["rng/numpy"]
-    np.random.set_state(("MT19937", state["rng/numpy_keys"], int(pos), int(has_gauss), float(gauss)))
-    if "rng/torch" in state:
-        import torch
-
-        torch.set_rng_state(torch.from_numpy(state["rng/torch"]))
-
-
-def restore(model: keras.Model, run_dir: Path) -> tuple[int, dict]:
+def restore(model, run_dir: Path) -> tuple[int, dict]:
     """Load `run_dir`'s checkpoint into a compiled model: the epochs it had completed, and the global RNG
     state then (for Checkpoint to set when training starts)."""
     epoch, arrays = load_checkpoint(run_dir)
@@ -105,10 +38,10 @@ def restore(model: keras.Model, run_dir: Path) -> tuple[int, dict]:
         for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
             for i, variable in enumerate(variables):
                 variable.assign(arrays[f"{prefix}/{i}"])
-    except (ValueError, KeyError):  # its config matched (runs.resume_config): the arrays are damaged
+    except (ValueError, KeyError):  # its config matched (resume_config): the arrays are damaged
         raise UserError(
-            f"{run_dir / runs.CHECKPOINT} is damaged (it does not fit the model); start again with "
-            f"{runs.fresh_start(run_dir)}"
+            f"{run_dir / CHECKPOINT} is damaged (it does not fit the model)",
+            Fix("train-again", run_dir, lead="start again with"),
         ) from None
     return epoch, {key: value for key, value in arrays.items() if key.startswith("rng/")}
 
@@ -116,14 +49,14 @@ def restore(model: keras.Model, run_dir: Path) -> tuple[int, dict]:
 def save_checkpoint(path: str | Path, epoch: int, arrays: dict[str, np.ndarray]) -> None:
     """Write a run's state after `epoch` completed epochs (an atomic .npz: the last good one survives a full
     disk)."""
-    path = Path(path) / runs.CHECKPOINT
+    path = Path(path) / CHECKPOINT
     with atomic(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, epoch=np.int64(epoch), **arrays)
 
 
 def load_checkpoint(path: str | Path) -> tuple[int, dict[str, np.ndarray]]:
     """(completed epochs, arrays) saved by save_checkpoint."""
-    with np.load(Path(path) / runs.CHECKPOINT) as saved:
+    with np.load(Path(path) / CHECKPOINT) as saved:
         return int(saved["epoch"]), {key: saved[key] for key in saved.files if key != "epoch"}
 
 
@@ -134,3 +67,102 @@ def truncate_history(path: str | Path, epochs: int) -> None:
     lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []
     with atomic(path) as tmp:
         tmp.write_bytes(b"".join(lines[: 1 + epochs]) if epochs else b"")
+
+
+def resume_group(path: str | Path) -> tuple[Config, dict]:
+    """An interrupted seed group's config and group.json (a UserError, before Keras starts, if it cannot be
+    continued: finished, side by side, or unreadable)."""
+    path = Path(path)
+    try:
+        group = json.loads((path / GROUP).read_text())
+        planned = [int(seed) for seed in group["planned"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(
+            f"{path / GROUP} is unreadable", Fix("train-again", path, lead="start the group again with")
+        ) from None
+    if group.get("complete"):
+        raise UserError(f"{path} has finished: nothing to resume", Fix("train-again", path, lead=AGAIN))
+    if group.get("side_by_side"):
+        raise UserError(
+            f"{path} trained its seeds side by side, as one program, which does not resume",
+            Fix("train-again", path),
+        )
+    return run_config(path), {**group, "planned": planned}
+
+
+def resume_config(path: str | Path) -> Config:
+    """The config of an interrupted run that can be resumed (a UserError, before Keras starts, if not)."""
+    completed_epochs(path)
+    config = run_config(path)
+    try:
+        with np.load(Path(path) / CHECKPOINT) as saved:
+            trained = flat_config(config_from_toml(str(saved["config_toml"])))
+    except (KeyError, ValueError, UserError):  # tomllib's errors are ValueErrors
+        raise UserError(
+            f"{Path(path) / CHECKPOINT} is damaged (its config is unreadable)",
+            Fix("train-again", Path(path), lead="start again with"),
+        ) from None
+    edited = edits(trained, config)
+    if edited:
+        raise UserError(
+            f"{Path(path) / CONFIG} was edited after training started ({'; '.join(edited)}), so the "
+            "checkpoint does not fit it",
+            Fix("train-again", Path(path), lead="undo the edit, or start the edited config with"),
+        )
+    return config
+
+
+class NoCheckpoint(UserError):
+    """An interrupted run without a readable checkpoint: why, and how to start it again."""
+
+
+def completed_epochs(path: str | Path) -> int:
+    """Epochs an interrupted run finished (from its checkpoint); a UserError if it cannot be resumed."""
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        raise UserError(
+            f"{path} is not a run directory (no {CONFIG})",
+            Fix("train-new", free_name(path) if path.exists() else path),
+        )
+    if (path / METRICS).is_file():
+        raise UserError(f"{path} has finished: nothing to resume", Fix("train-again", path, lead=AGAIN))
+    if (path / DIVERGED).is_file():
+        raise diverged(path)
+    try:
+        with np.load(path / CHECKPOINT) as saved:
+            epoch = int(saved["epoch"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        partial = path / PARTIAL_HISTORY
+        epochs = max(len(partial.read_bytes().splitlines()) - 1, 0) if partial.is_file() else 0
+        if (path / CHECKPOINT).exists():
+            why = f"{path / CHECKPOINT} is damaged"
+        elif epochs:
+            why = (
+                f"{path} stopped after {epochs} epoch(s), before its first checkpoint (one is saved once "
+                f"train.checkpoint_seconds have passed)"
+            )
+        else:
+            why = f"{path} has no completed epoch to resume from"
+        raise NoCheckpoint(why, Fix("train-again", path)) from None
+    history = path / PARTIAL_HISTORY
+    if not history.exists() and (path / HISTORY).exists():
+        history = path / HISTORY  # stopped while the finished run was written
+    if not _holds_epochs(history, epoch):  # checked before training: a resume would end without its curves
+        raise NoCheckpoint(
+            f"{history} lacks some of the {epoch} epoch(s) its checkpoint has done (damaged or "
+            "removed), so a resumed run would have no whole history",
+            Fix("train-again", path),
+        )
+    return epoch
+
+
+def _holds_epochs(history: Path, epochs: int) -> bool:
+    """Whether the history file's first `epochs` rows are there, each with a loss and an accuracy."""
+    try:
+        with open(history, newline="") as f:
+            rows = list(itertools.islice(csv.DictReader(f), epochs))
+        for row in rows:
+            float(row["loss"]), float(row["accuracy"])
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError):
+        return False
+    return len(rows) == epochs

@@ -8,11 +8,10 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
-from mnist_mlp import __version__, cache, data, experiments, outputs, planning, runs, signals, sources
+from mnist_mlp import __version__, advice, cache, data, experiments, outputs, planning, runs, signals, sources
 from mnist_mlp.backend import use_backend
 from mnist_mlp.bench import VARIANTS
 from mnist_mlp.config import (
@@ -24,7 +23,7 @@ from mnist_mlp.config import (
     config_name,
     load_config,
 )
-from mnist_mlp.errors import Interrupted, UserError, WriteFailed
+from mnist_mlp.errors import Fix, Interrupted, UserError
 from mnist_mlp.space import load_space
 
 
@@ -53,7 +52,13 @@ def cmd_data(args) -> None:
         info = data.import_data(args.paths, args.cache_dir)
     else:
         info = cache.data_info(args.cache_dir)
-    print(advised(cache.describe(info), args))
+    print(cache.describe(info))
+    if not info.complete:
+        fetch, take = (
+            advice.mnist("data fetch", "", args.cache_dir),
+            advice.mnist("data import", "PATH", args.cache_dir),
+        )
+        print(f"Some files are missing or bad: run {fetch} or {take}.")
 
 
 def cmd_inspect(args) -> None:
@@ -76,7 +81,10 @@ def cmd_inspect(args) -> None:
     use_backend("jax")  # the deformations are JAX programs, as in the compiled engine
     from mnist_mlp import augment
 
-    with written_to("--out", args.out, "augment.png"), outputs.output(args.out, "augment.png", ".png") as out:
+    with (
+        advice.written_to("--out", args.out, "augment.png"),
+        outputs.output(args.out, "augment.png", ".png") as out,
+    ):
         print(
             f"Wrote {augment.preview(config.augment, out, args.cache_dir)} (left: the training digit; right: "
             "deformed as the model sees it, a fresh draw every step)"
@@ -98,24 +106,7 @@ def cmd_train(args) -> None:
                 raise Interrupted(
                     "interrupted before training began; the same command starts again"
                 ) from None
-            raise Interrupted(f"interrupted; {runs.continue_advice(out)}") from None
-
-
-def advised(text: str, args) -> str:
-    """`text` with the user's --cache-dir added to each command it advises that reads MNIST (`mnist-mlp
-    train`, `... && mnist-mlp evaluate`, next: mnist-mlp evaluate): the library's advice does not know the
-    flag, and without it the command would look in the default cache, which an offline machine may not
-    have."""
-    if not getattr(args, "cache_dir", None):
-        return text
-    flag = f" --cache-dir {outputs.shell_path(args.cache_dir)}"
-    return re.sub(
-        r"(?:`(?:\w+=\S+ )?|&& |next: )mnist-mlp (?:data (?:fetch|import|info)|inspect|train|evaluate|sweep"
-        r"|doctor)\b"
-        r"(?![^`\n]*--cache-dir)",
-        lambda command: command.group(0) + flag,
-        text,
-    )  # not twice
+            raise Interrupted("interrupted", Fix("go-on", out)) from None
 
 
 def _train(args, config, out: Path) -> None:
@@ -132,35 +123,26 @@ def _train(args, config, out: Path) -> None:
     if not args.resume:
         options["config_name"] = config_name(args.config)
     if args.resume and (out / runs.GROUP).is_file():
-        print(advised(train.describe_seeds(train.resume_seeds(out, choice, **options)), args))
+        group = train.resume_seeds(out, choice, **options)
     elif args.seeds:
-        print(
-            advised(
-                train.describe_seeds(
-                    train.train_seeds(
-                        config,
-                        out,
-                        choice,
-                        args.seeds,
-                        overwrite=args.overwrite,
-                        side_by_side=args.side_by_side,
-                        **options,
-                    )
-                ),
-                args,
-            )
+        group = train.train_seeds(
+            config,
+            out,
+            choice,
+            args.seeds,
+            overwrite=args.overwrite,
+            side_by_side=args.side_by_side,
+            **options,
         )
     else:
-        print(
-            advised(
-                train.describe(
-                    train.train(
-                        config, out, choice, overwrite=args.overwrite, resume=bool(args.resume), **options
-                    )
-                ),
-                args,
-            )
+        result = train.train(
+            config, out, choice, overwrite=args.overwrite, resume=bool(args.resume), **options
         )
+        evaluate = advice.mnist("evaluate", outputs.shell_path(result.run_dir), args.cache_dir, quoted=False)
+        print(train.describe(result, next_step=evaluate))
+        return
+    plot = advice.mnist("plot", outputs.shell_path(group.group_dir), quoted=False)
+    print(train.describe_seeds(group, next_step=plot))
 
 
 def cmd_evaluate(args) -> int:
@@ -180,7 +162,7 @@ def cmd_evaluate(args) -> int:
     for error in result.unread:
         print(f"mnist-mlp: error: {error} (skipped; the other images were scored)", file=sys.stderr)
     if result.not_written:
-        print(f"mnist-mlp: error: {advised(result.not_written, args)}", file=sys.stderr)
+        print(f"mnist-mlp: error: {advice.line(result.not_written, args.cache_dir)}", file=sys.stderr)
     return 2 if result.unread or result.not_written else 0
 
 
@@ -232,19 +214,6 @@ def cmd_serve(args) -> None:
     )
 
 
-@contextlib.contextmanager
-def written_to(flag: str, given: str | None, default: str):
-    """A write to the user's `flag` path that its folder refuses (read-only, not theirs) gets the fix: the
-    same file in a writable folder."""
-    try:
-        yield
-    except WriteFailed as e:
-        if not given or e.advised or e.errno not in outputs.UNWRITABLE:
-            raise
-        there = outputs.elsewhere(Path(given).name or default)
-        raise WriteFailed(f"{e}; give {flag} a writable place, e.g. {flag} {there}", e.errno) from None
-
-
 def cmd_plot(args) -> None:
     from mnist_mlp import plots
 
@@ -256,13 +225,18 @@ def cmd_plot(args) -> None:
         from mnist_mlp.model import first_layer_weights
 
         kernel = first_layer_weights(runs.load_model(run))
-        with written_to("--out", args.out, runs.WEIGHTS):
+        with (
+            advice.plotted_elsewhere(run.path, args.out, runs.WEIGHTS, " --weights"),
+            advice.written_to("--out", args.out, runs.WEIGHTS),
+        ):
             out = plots.plot_run_weights(run.path, kernel, args.out)
         print(
             f"Wrote {out} (each unit's 784 weights as a 28x28 image: red where ink raises it, blue lowers it)"
         )
         return
-    with written_to("--out", args.out, runs.CURVES):
+    one = len(args.runs) == 1  # else the curves go to the working folder
+    elsewhere = advice.plotted_elsewhere(args.runs[0], args.out) if one else contextlib.nullcontext()
+    with elsewhere, advice.written_to("--out", args.out, runs.CURVES):
         out, note = plots.plot_runs(args.runs, args.out)
     print(f"Wrote {out}" + (f" ({note})" if note else ""))
 
@@ -270,8 +244,8 @@ def cmd_plot(args) -> None:
 def cmd_runs(args) -> None:
     if args.action == "list":
         table, skipped = experiments.describe_list(args.root)
-        for line in skipped:
-            print(line, file=sys.stderr)
+        for error in skipped:
+            print(f"skipped: {advice.line(error)}", file=sys.stderr)
         print(table)
     elif args.action == "show":
         print(experiments.describe_run(runs.load_run(args.run)))
@@ -281,7 +255,7 @@ def cmd_runs(args) -> None:
         loaded = [runs.load_run(path) for path in args.runs]
         print(experiments.describe_compare(loaded))
         with (
-            written_to("--out", args.out, "compare.png"),
+            advice.written_to("--out", args.out, "compare.png"),
             outputs.output(args.out, "compare.png", ".png") as out,
         ):
             print(f"Wrote {plots.plot_curves(plots.named_histories(loaded), out)}")
@@ -343,7 +317,8 @@ def cmd_sweep(args) -> None:
             "interrupted; the same command continues the study (the unfinished trial counts as "
             "failed and another takes its place)"
         ) from None
-    print(advised(sweep.describe(result, out, args.study, args.storage), args))
+    print(sweep.describe(result))
+    print(f"next: {advice.sweep_report(out, args.study, args.storage)}")
 
 
 def cmd_bench(args) -> None:
@@ -358,7 +333,7 @@ def cmd_bench(args) -> None:
         if not os.access(Path(args.json).parent, os.W_OK):
             raise UserError(
                 f"--json {args.json}: its folder cannot be written; give --json a writable place, "
-                f"e.g. --json {outputs.elsewhere('bench.json')}"
+                f"e.g. --json {advice.elsewhere('bench.json')}"
             )
     for given in args.config or ():  # --config may be given several times
         print(config_line(given), flush=True)
@@ -377,7 +352,7 @@ def cmd_bench(args) -> None:
     )
     print(text, flush=True)  # the results first: a failed write does not cost them
     with (
-        written_to("--json", args.json, "bench.json"),
+        advice.written_to("--json", args.json, "bench.json"),
         outputs.output(args.json, "bench.json", ".json", flag="--json") as out,
     ):
         outputs.write_json(out, {"made_by": outputs.MADE_BY, **report})
@@ -388,9 +363,9 @@ def cmd_doctor(args) -> int:
     from mnist_mlp import doctor
 
     text, problems = doctor.describe(doctor.diagnose(args.cache_dir, network=not args.offline))
-    print(advised(text, args))
+    print(text)
     for line in problems:
-        print(advised(line, args), file=sys.stderr)
+        print(line, file=sys.stderr)
     return 1 if problems else 0
 
 
@@ -634,10 +609,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's last flush
         return code
     except Interrupted as e:
-        print(f"mnist-mlp: {advised(str(e), args)}", file=sys.stderr)
+        print(f"mnist-mlp: {advice.line(e, getattr(args, 'cache_dir', None))}", file=sys.stderr)
         return 130
     except UserError as e:
-        print(f"mnist-mlp: error: {advised(str(e), args)}", file=sys.stderr)
+        print(f"mnist-mlp: error: {advice.line(e, getattr(args, 'cache_dir', None))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mnist-mlp: interrupted", file=sys.stderr)

@@ -38,6 +38,9 @@ BACKENDS = ("auto", "jax", "torch", "tensorflow")
 MAX_TEXT = 2**20  # bytes a config or sweep space may hold (the presets: ~2 KB)
 TRAIN_IMAGES = 60_000  # MNIST's training set
 HELD_OUT = 10_000  # the last training images, held out by validation = "split"
+SAVING_ONLY = {
+    "train.checkpoint_seconds"
+}  # keys that say when a run saves, not what it learns: a resume may change them
 
 
 @dataclass(frozen=True)
@@ -457,3 +460,18 @@ def flat_config(config: Config) -> dict[str, object]:
         else:
             flat[section] = value
     return flat
+
+
+def edits(trained: dict[str, object], config: Config) -> list[str]:
+    """ "key old -> new" for each key of `config` (but SAVING_ONLY) that differs from the flat config a run
+    was trained with."""
+    return [
+        f"{key} {trained[key]!r} -> {value!r}"
+        for key, value in flat_config(config).items()
+        if trained.get(key) != value and key not in SAVING_ONLY
+    ]
+
+
+def lower_rate(rate: float) -> float:
+    """The learning rate a diverged run is advised: the classic 0.001, or a tenth where it was at most so."""
+    return 0.001 if rate > 0.001 else rate / 10

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from mnist_mlp import cache, sources
+from mnist_mlp import advice, cache, sources
 from mnist_mlp.backend import INSTALL_HINTS, PACKAGES, choose_backend, cpu_bfloat16
 from mnist_mlp.errors import UserError, pip_install
 from mnist_mlp.outputs import shell_path, writable_folder
@@ -139,8 +139,7 @@ def check_cache(cache_dir: str | Path | None = None) -> list[Check]:
     elif problem:  # the cache folder cannot be written: fetched into a writable folder instead
         fix = f"run `{fetch}` ({info.cache_dir} cannot be written; later commands take the same --cache-dir)"
     else:
-        given = f" --cache-dir {shell_path(cache_dir)}" if cache_dir else ""
-        fix = f"run `{fetch}` (or `mnist-mlp data import FOLDER{given}`)"
+        fix = f"run `{fetch}` (or {advice.mnist('data import', 'FOLDER', cache_dir)})"
     found.append(
         Check("MNIST files", info.complete, f"{len(verified)} of 4 present and SHA-256 verified", fix)
     )
@@ -168,13 +167,13 @@ def check_cache(cache_dir: str | Path | None = None) -> list[Check]:
 def fetch_command(cache_dir: str | Path | None = None) -> str:
     """`mnist-mlp data fetch` as it works here: into the cache this doctor looked at, or, where that cannot be
     written (a read-only HOME), into a writable folder."""
-    if not _writable(cache.cache_dir(cache_dir)):
-        return "mnist-mlp data fetch" + (f" --cache-dir {shell_path(cache_dir)}" if cache_dir else "")
-    return f"mnist-mlp data fetch --cache-dir {shell_path((writable_folder() / 'mnist-cache').absolute())}"
+    if _writable(cache.cache_dir(cache_dir)):
+        cache_dir = (writable_folder() / "mnist-cache").absolute()
+    return advice.mnist("data fetch", "", cache_dir, quoted=False)
 
 
 def check_sources(
-    data_complete: bool, timeout: float = 20, fetch: str = "mnist-mlp data fetch"
+    data_complete: bool, timeout: float = 20, cache_dir: str | Path | None = None
 ) -> list[Check]:
     """Each data source's reachability; a failure is a problem only while the cache lacks files."""
     reachable = []
@@ -196,7 +195,7 @@ def check_sources(
                     "npm",
                     ok,
                     f"{sources.NPM_PACKAGE} "
-                    + ("reachable" if ok else "unreachable: " + sources._npm_reason(done.stderr, fetch)),
+                    + ("reachable" if ok else "unreachable: " + _npm_reason(done.stderr, cache_dir)),
                 )
             )
         except subprocess.TimeoutExpired:
@@ -218,10 +217,21 @@ def check_sources(
             ok or data_complete or any_ok,
             detail,
             f"{install}set MNIST_MLP_MIRRORS or a proxy, or download the four files and run "
-            "`mnist-mlp data import FOLDER`",
+            f"{advice.mnist('data import', 'FOLDER', cache_dir)}",
         )
         for name, ok, detail in reachable
     ]
+
+
+def _npm_reason(stderr: str, cache_dir: str | Path | None) -> str:
+    """npm's error in a few words; for a folder npm cannot write, the fetch that points it at another."""
+    reason = sources._npm_reason(stderr)
+    if not reason.startswith(sources.NPM_WRITE):
+        return reason
+    folder = shell_path(writable_folder() / "npm-cache")
+    then = ", or" if reason.endswith("free space there") else ";"  # a full disk: freeing space works too
+    fetch = f"npm_config_cache={folder} {fetch_command(cache_dir)}"
+    return f"{reason}{then} point npm at a writable folder: `{fetch}`"
 
 
 def check_device() -> list[Check]:
@@ -259,7 +269,7 @@ def diagnose(cache_dir: str | Path | None = None, network: bool = True) -> list[
     """Every check, in order; `network=False` skips the data sources."""
     found = check_packages() + check_backends() + check_cache(cache_dir)
     if network:
-        found += check_sources(cache.data_info(cache_dir).complete, fetch=fetch_command(cache_dir))
+        found += check_sources(cache.data_info(cache_dir).complete, cache_dir=cache_dir)
     return found + check_device()
 
 

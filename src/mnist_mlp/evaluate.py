@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from mnist_mlp import data, outputs, plots, runs, stats
-from mnist_mlp.errors import UserError, WriteFailed
+from mnist_mlp.errors import Fix, UserError, WriteFailed
 from mnist_mlp.model import NUM_CLASSES
 from mnist_mlp.runs import load_model
 
@@ -30,7 +30,7 @@ class EvalResult:
     source: str = "mnist"  # the images scored: MNIST's test set, or otherdigits' (then no files written)
     unread: tuple[str, ...] = ()  # an error line for each of a folder's images that could not be read
     no_digit: tuple[str, ...] = ()  # a line for each of a folder's images with no digit found (not scored)
-    not_written: str = ""  # why the figures and evaluation.json could not be written (the scores stand)
+    not_written: WriteFailed | None = None  # why the figures and evaluation.json were not written
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -84,8 +84,8 @@ def evaluate(
         outputs.stamp(run.model_path) != loaded
     ):  # `train --out RUN --overwrite` meanwhile: these are not its results
         raise UserError(
-            f"{run.path} was trained again while it was being evaluated, so nothing was written; "
-            f"evaluate it again once it has finished: `mnist-mlp evaluate {outputs.shell_path(run.path)}`"
+            f"{run.path} was trained again while it was being evaluated, so nothing was written",
+            Fix("evaluate-again", run.path, lead="evaluate it again once it has finished:"),
         )
     confidence = probabilities[wrong, predicted[wrong]]
     worst = wrong[np.argsort(-confidence)][:gallery_size]
@@ -111,19 +111,11 @@ def evaluate(
             },
         )
     except WriteFailed as e:  # a run folder shared read-only, a full disk: the scores are still worth showing
-        return dataclasses.replace(result, not_written=f"{e}; {_after_write_error(e.errno, run.path)}")
-    return result
-
-
-def _after_write_error(number: int | None, path: Path) -> str:
-    if number in outputs.UNWRITABLE:
-        command, copy = runs.writable_copy(path)
-        return (
-            f"the scores above are not saved; evaluate a copy of the run: `{command} && mnist-mlp evaluate "
-            f"{copy}`"
+        unsaved = WriteFailed(
+            f"{e}; the scores above are not saved", e.errno, fix=Fix("evaluate-again", run.path, e.errno)
         )
-    again = f"run `mnist-mlp evaluate {outputs.shell_path(path)}`"
-    return f"the scores above are not saved; {outputs.after_failed_write(number, again)}"
+        return dataclasses.replace(result, not_written=unsaved)
+    return result
 
 
 def _loss_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

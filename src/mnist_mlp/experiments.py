@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mnist_mlp.config import Config, flat_config
+from mnist_mlp.config import SAVING_ONLY, Config, flat_config
 from mnist_mlp.errors import UserError
-from mnist_mlp.runs import METRICS, SAVING_ONLY, Run, load_run
+from mnist_mlp.runs import METRICS, Run, load_run
 
 
 def list_runs(root: str | Path = "runs") -> list[Path]:
@@ -42,16 +42,16 @@ def summary(run: Run) -> dict[str, object]:
     }
 
 
-def describe_list(root: str | Path = "runs") -> tuple[str, list[str]]:
+def describe_list(root: str | Path = "runs") -> tuple[str, list[UserError]]:
     """`runs list`: a table of the finished runs under `root`, each with the config values where it leaves
-    the classic recipe (backend is a column); and one line for each run that could not be read (a broken or
+    the classic recipe (backend is a column); and the error of each run that could not be read (a broken or
     edited run does not hide the rest)."""
     loaded, skipped = [], []
     for path in list_runs(root):
         try:
             loaded.append(load_run(path))
         except UserError as e:
-            skipped.append(f"skipped: {e}")
+            skipped.append(e)
     if not loaded:
         return f"No finished runs under {root}/ (train one with `mnist-mlp train`)", skipped
     classic = flat_config(Config())

@@ -78,13 +78,6 @@ def stamp(path: str | Path) -> tuple | None:
     return found.st_ino, found.st_mtime_ns, found.st_size
 
 
-def after_failed_write(number: int | None, next_step: str) -> str:
-    """What to do after a write failed with errno `number`, then `next_step`: the fix where the cause has one
-    (a full disk: free some space), else "once that is mended" (the error itself says what is wrong)."""
-    fix = FIXES.get(number)
-    return f"{fix}, then {next_step}" if fix else f"once that is mended, {next_step}"
-
-
 def temporary(path: Path) -> Path:
     """A temporary name beside `path`, unique to this call: two processes never share one. (runs._is_ours
     knows this form: --overwrite clears what a killed write left.)"""
@@ -236,9 +229,3 @@ def writable_folder(avoid: Path | None = None) -> Path:
     if os.access(here, os.W_OK) and not inside:
         return Path()
     return Path.home() if os.access(Path.home(), os.W_OK) else Path(tempfile.gettempdir())
-
-
-def elsewhere(name: str, avoid: Path | None = None) -> str:
-    """A free file name `name` in a writable folder (writable_folder), quoted for a command line: where advice
-    sends a file that could not be written where the user asked."""
-    return shell_path(free_name(writable_folder(avoid) / name, Path(name).suffix))

