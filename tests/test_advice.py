@@ -12,7 +12,7 @@ import signal
 import pytest
 from conftest import ctrl_c_after_epoch, one_line_error
 
-from mnist_mlp import advice, callbacks, checkpoint, experiments, runs, train
+from mnist_mlp import advice, callbacks, checkpoint, experiments, folders, runs, train
 from mnist_mlp.cli import main
 from mnist_mlp.errors import Fix
 
@@ -458,7 +458,7 @@ def test_a_signal_dropped_outside_training_still_stops_the_next_seed(
     a garbage-collector callback: the command's handler remembers it, so the next seed does not start."""
     from mnist_mlp import signals
 
-    finish, out = train._finish, tmp_path / "group"
+    finish, out = train.finish_run, tmp_path / "group"
     with monkeypatch.context() as patch:
 
         def pressed_while_scoring(*args, **kwargs):
@@ -467,7 +467,7 @@ def test_a_signal_dropped_outside_training_still_stops_the_next_seed(
             patch.setattr(signals, "received", signal.SIGINT)
             return result
 
-        patch.setattr(train, "_finish", pressed_while_scoring)
+        patch.setattr(train, "finish_run", pressed_while_scoring)
         assert (
             main(["train", *TINY, "--seeds", "3", "--out", str(out), "--cache-dir", str(synthetic_dir)])
             == 130
@@ -510,7 +510,7 @@ def test_a_folder_in_use_advises_only_waiting_where_nothing_else_works(synthetic
     out = tmp_path / "group"
     assert main(["train", *TINY, "--seeds", "2", "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 0
     (out / runs.GROUP).write_text(json.dumps({"planned": [20160715, 20160716], "complete": False}))
-    with runs.claim(out, resume=True):  # another process training into it
+    with folders.claim(out, resume=True):  # another process training into it
         assert main(["train", "--resume", str(out)]) == 2
         assert capsys.readouterr().err == (
             f"mnist-mlp: error: {out} is in use: another mnist-mlp process is "

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mnist_mlp import bench
+from mnist_mlp import bench, peers
 from mnist_mlp.cli import main
 from mnist_mlp.errors import UserError
 
@@ -92,7 +92,7 @@ def test_markdown_says_where_a_jax_variants_first_epoch_went():
 def test_compile_log_counts_programs_and_the_ones_loaded_from_the_cache(tmp_path):
     code = f"""
 import json, time, jax, numpy as np
-from mnist_mlp.bench import CompileLog
+from mnist_mlp.peers import CompileLog
 from mnist_mlp.engine import enable_compile_cache
 log = CompileLog(time.time())
 a = np.ones(3, np.float32)
@@ -189,22 +189,22 @@ def test_the_pytorch_variant_is_built_from_the_config():
             "train.learning_rate=0.003",
         ],
     )
-    model, optimizer = bench._torch_recipe(config, torch)
+    model, optimizer = peers.torch_recipe(config, torch)
     assert sum(p.numel() for p in model.parameters()) == build_model(config.model).count_params()
     assert [type(m).__name__ for m in model] == ["Linear", "Tanh", "Linear", "Tanh", "Linear"]
     assert type(optimizer).__name__ == "Adam" and optimizer.defaults["lr"] == 0.003
-    classic, rmsprop = bench._torch_recipe(load_config(), torch)
+    classic, rmsprop = peers.torch_recipe(load_config(), torch)
     assert sum(p.numel() for p in classic.parameters()) == 669_706 and rmsprop.defaults["alpha"] == 0.9
     assert sum(isinstance(m, torch.nn.Dropout) and m.p == 0.2 for m in classic) == 2
     with pytest.raises(UserError, match="leave torch out"):
-        bench._torch_recipe(load_config(None, ["train.optimizer=nadam"]), torch)
+        peers.torch_recipe(load_config(None, ["train.optimizer=nadam"]), torch)
 
 
 def test_stock_variants_train_float32_where_ours_trains_the_presets_precision():
     # The preset's (made concrete in the child)
-    assert bench._config(2, "record-cpu").train.precision == "auto"
+    assert peers.config_for(2, "record-cpu").train.precision == "auto"
     for variant in ("keras-jax", "keras-torch", "torch"):
-        config = bench._config(2, "record-cpu", variant)
+        config = peers.config_for(2, "record-cpu", variant)
         assert config.train.precision == "float32" and config.train.epochs == 2 and config.augment.active
 
 
@@ -218,7 +218,7 @@ def test_keras_augmentation_layers_deform_in_training_only():
     images[:, 10:18, 12:16] = 1.0  # a bar in the middle of each
     images = images.reshape(8, 784)
     config = AugmentConfig(rotation=12, scale=0.12, shear=8, translation=2, elastic_alpha=34, elastic_sigma=5)
-    stack = keras.Sequential([keras.Input((784,)), *bench.keras_augmentation(config)])
+    stack = keras.Sequential([keras.Input((784,)), *peers.keras_augmentation(config)])
     moved = keras.ops.convert_to_numpy(stack(images, training=True))
     assert moved.shape == (8, 784) and moved.min() >= 0 and moved.max() <= 1
     assert np.abs(moved - images).sum(axis=1).min() > 1  # every image moved, each its own way

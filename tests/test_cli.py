@@ -182,7 +182,7 @@ def _parsers(parser):
 def test_every_option_of_every_command_states_its_default(capsys):
     import argparse
 
-    from mnist_mlp.cli import Help, build_parser
+    from mnist_mlp.arguments import Help, build_parser
 
     checked = 0
     for prog, parser in _parsers(build_parser()):
@@ -224,7 +224,7 @@ def test_every_command_line_in_the_readme_and_guide_parses():
     import shlex
     from pathlib import Path
 
-    from mnist_mlp.cli import build_parser
+    from mnist_mlp.arguments import build_parser
 
     root = Path(__file__).parent.parent
     readme = (root / "README.md").read_text() + (root / "docs" / "guide.md").read_text()

@@ -10,7 +10,7 @@ import time
 import pytest
 from conftest import one_line_error
 
-from mnist_mlp import cache, outputs, planning, runs
+from mnist_mlp import cache, folders, outputs, planning, runs
 from mnist_mlp.cli import main
 
 TINY = ["--train-samples", "500", "--epochs", "1"]
@@ -167,7 +167,7 @@ def test_two_processes_released_together_never_mix_one_folder(overwrite, mnist_d
 
 def test_a_folder_being_trained_is_locked(synthetic_dir, tmp_path, capsys):
     out = tmp_path / "busy"
-    with runs.claim(out):
+    with folders.claim(out):
         assert runs.in_use(out)
         assert (
             main(["train", *TINY, "--out", str(out), "--overwrite", "--cache-dir", str(synthetic_dir)]) == 2
@@ -407,7 +407,7 @@ def test_a_folder_holding_only_the_marker_is_trained_into(synthetic_dir, tmp_pat
     """A train stopped after claiming its folder and before writing into it left only the marker, and the same
     command was then refused as 'already holds a run'."""
     out = tmp_path / "run"
-    with runs.claim(out):
+    with folders.claim(out):
         pass
     assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 0
     assert (out / runs.METRICS).is_file()

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from conftest import run_cli
 
-from mnist_mlp import advice, runs, studies
+from mnist_mlp import advice, folders, runs, studies
 from mnist_mlp.cli import main
 from mnist_mlp.errors import UserError
 from mnist_mlp.space import SweepSpace
@@ -464,14 +464,14 @@ def test_a_failed_trials_half_run_is_removed_if_ours(tmp_path):
     """A worker killed mid-trial left its trial-0001/ for good (the trial failed, its run never finished)."""
     from mnist_mlp import runs
 
-    with runs.claim(tmp_path / "trial-0001"):
+    with folders.claim(tmp_path / "trial-0001"):
         (tmp_path / "trial-0001" / runs.PARTIAL_HISTORY).write_text("epoch,loss\n")
-    with runs.claim(tmp_path / "trial-0002"):
+    with folders.claim(tmp_path / "trial-0002"):
         (tmp_path / "trial-0002" / "notes.txt").write_text("a user's")
     (tmp_path / "trial-0003").mkdir()
     (tmp_path / "trial-0003" / "x.txt").write_text("not ours")
     for name in ("trial-0001", "trial-0002", "trial-0003", "trial-0004"):
-        runs.remove_run(tmp_path / name)
+        folders.remove_run(tmp_path / name)
     assert not (tmp_path / "trial-0001").exists()
     assert sorted(p.name for p in (tmp_path / "trial-0002").iterdir()) == [
         runs.MARKER,
@@ -925,7 +925,7 @@ def test_a_worker_finding_best_being_re_trained_by_another_leaves_it_to_that_one
     ]
     assert main(argv) == 0
     shutil.rmtree(out / "best")
-    with runs.claim(out / "best"):  # the other worker, re-training it
+    with folders.claim(out / "best"):  # the other worker, re-training it
         assert main(argv) == 0
     assert "another worker is re-training it into" in capsys.readouterr().out
 

@@ -79,7 +79,7 @@ def stamp(path: str | Path) -> tuple | None:
 
 
 def temporary(path: Path) -> Path:
-    """A temporary name beside `path`, unique to this call: two processes never share one. (runs._is_ours
+    """A temporary name beside `path`, unique to this call: two processes never share one. (folders._is_ours
     knows this form: --overwrite clears what a killed write left.)"""
     tag = f".tmp-{os.getpid()}-{secrets.token_hex(3)}{path.suffix}"
     # A name fits in 255 bytes

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import optuna
 
-from mnist_mlp import outputs, runs
+from mnist_mlp import folders, outputs, runs
 from mnist_mlp.config import Config, flat_config
 from mnist_mlp.errors import UserError, pip_install
 from mnist_mlp.space import LAYER_KEYS, SweepSpace
@@ -283,7 +283,7 @@ def run_trials(study: optuna.Study, objective, total: int) -> None:
 def remove_failed(study: optuna.Study, folder: Path) -> None:
     """The run folders of failed trials (a killed worker's, say): theirs is no result."""
     for failed in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-        runs.remove_run(folder / f"trial-{failed.number:04d}")
+        folders.remove_run(folder / f"trial-{failed.number:04d}")
 
 
 def running(study: optuna.Study) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import optuna
 
-from mnist_mlp import runs, studies
+from mnist_mlp import folders, runs, studies
 from mnist_mlp.backend import BackendChoice
 from mnist_mlp.config import Config, config_from_toml, config_to_toml
 from mnist_mlp.errors import Fix, Interrupted, UserError
@@ -122,7 +122,7 @@ def _run_trial(trial: optuna.Trial, config: Config, run_dir: Path, backend, data
             score_test=False,
         )
     except KeyboardInterrupt:
-        runs.remove_run(run_dir)
+        folders.remove_run(run_dir)
         raise
     log(f"trial {trial.number}: val_accuracy {pruning.last:.4f}{' (pruned)' if pruning.pruned else ''}")
     if pruning.pruned:
