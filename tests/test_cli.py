@@ -258,7 +258,8 @@ def test_a_file_that_shadows_a_preset_is_named_with_the_preset_beside_it(
     synthetic_dir, tmp_path, monkeypatch, capsys
 ):
     """A file `fast` in the working folder took the place of the preset fast without a word."""
-    from mnist_mlp.config import config_line, load_config, presets
+    from mnist_mlp.config import load_config
+    from mnist_mlp.presets import config_line, presets
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fast").write_text("[train]\nepochs = 1\n")

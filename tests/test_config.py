@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from mnist_mlp.config import Config, ModelConfig, config_to_toml, load_config, presets
+from mnist_mlp.config import Config, ModelConfig, config_to_toml, load_config
 from mnist_mlp.errors import UserError
+from mnist_mlp.presets import presets
 
 DEFAULT_TOML = Path(__file__).parent.parent / "configs" / "default.toml"
 
@@ -83,7 +84,7 @@ def test_bad_toml_and_missing_file(tmp_path):
 
 
 def test_every_shipped_preset_loads_by_name():
-    from mnist_mlp.config import presets
+    from mnist_mlp.presets import presets
 
     names = [name for name in presets() if name != "sweep"]  # sweep.toml is a search space
     assert {"default", "fast", "record-cpu", "handwriting"} <= set(names)

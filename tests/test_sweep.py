@@ -933,7 +933,7 @@ def test_a_worker_finding_best_being_re_trained_by_another_leaves_it_to_that_one
 def test_the_default_space_is_the_shipped_one_whatever_is_in_the_working_folder(tmp_path, monkeypatch):
     """`mnist-mlp sweep` without --space took a sweep.toml in the working folder (a run's config.toml saved
     as sweep.toml, say), and its errors called that file "the shipped" example."""
-    from mnist_mlp.config import presets
+    from mnist_mlp.presets import presets
     from mnist_mlp.space import load_space
 
     monkeypatch.chdir(tmp_path)

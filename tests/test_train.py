@@ -260,7 +260,7 @@ def test_plot_weights_goes_into_the_run_and_refuses_a_model_that_does_not_read_p
 
 
 def test_train_records_the_config_name_for_the_page(small_run, tmp_path):
-    from mnist_mlp.config import config_name
+    from mnist_mlp.presets import config_name
 
     assert json.loads((small_run / runs.METRICS).read_text())["config_name"] == "classic"
     assert config_name("handwriting") == "handwriting" and config_name(None) == "classic"

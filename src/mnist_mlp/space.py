@@ -14,12 +14,11 @@ from mnist_mlp.config import (
     ConfigError,
     check_fits,
     config_from_dict,
-    find_preset,
     is_whole,
-    presets,
     read_toml,
 )
 from mnist_mlp.errors import UserError
+from mnist_mlp.presets import find_preset, presets
 
 LAYER_KEYS = ("hidden_layers", "hidden_width")  # sweep-only keys that build model.hidden_units
 
