@@ -2,12 +2,25 @@
 and evaluation never reach training, and the sweep's main path stays short."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).parent.parent / "src" / "mnist_mlp"
-TRAINING = {"train", "recipe", "engine", "checkpoint", "sweep", "studies", "bench"}
+TRAINING = {
+    "train",
+    "seeds",
+    "callbacks",
+    "recipe",
+    "engine",
+    "checkpoint",
+    "sweep",
+    "studies",
+    "bench",
+    "peers",
+}
+COMMAND_LAYER = {"cli", "arguments", "advice", "doctor", "planning"}  # where a command to run may be worded
 
 
 def _imports() -> dict[str, set[str]]:
@@ -61,3 +74,19 @@ def test_signal_handlers_are_installed_in_one_module():
         if path.name != "signals.py" and "signal.signal(" in path.read_text()
     )
     assert installing == []
+
+
+def test_commands_that_read_mnist_are_worded_only_in_the_command_layer():
+    """Advice from one place: the library raises errors that carry a Fix, and advice.py words the command with
+    the user's --cache-dir. A library module that writes out `mnist-mlp train ...` itself would advise a
+    command that looks in the default cache."""
+    command = re.compile(
+        r"mnist-mlp (?:train|evaluate|data|inspect|sweep) (?!--help`)[^`\n\"]*`"
+    )  # --help: no advice
+    found = [
+        f"{path.name}: {match.group(0)}"
+        for path in sorted(PACKAGE.glob("*.py"))
+        if path.stem not in COMMAND_LAYER
+        for match in command.finditer(path.read_text())
+    ]
+    assert found == []
