@@ -63,7 +63,7 @@ def train_seeds(
     ]
     data.ensure(kwargs.get("data_dir"))
     with folders.claim(group_dir, overwrite=overwrite) as group_dir:
-        outputs.write_text(group_dir / runs.CONFIG, config_to_toml(config))  # what `fresh_start` repeats
+        outputs.write_text(group_dir / runs.CONFIG, config_to_toml(config))  # what advice.train_again repeats
         outputs.write_json(
             group_dir / runs.GROUP, {"planned": list(chosen), "side_by_side": side_by_side, "complete": False}
         )
