@@ -108,7 +108,7 @@ def test_a_wrong_set_path_is_blamed_on_that_set_and_the_example_given_works(bad)
 
 
 def test_more_training_images_than_there_are_and_a_byte_order_mark(tmp_path):
-    from mnist_mlp.config import check_fits
+    from mnist_mlp.fits import check_fits
 
     for argv, most in (
         (["train.train_samples=60001"], "60000"),
@@ -242,7 +242,7 @@ def test_a_device_a_named_pipe_or_a_huge_file_is_no_config_and_a_shell_pipe_is(t
 )
 def test_deformations_that_destroy_the_digits_are_refused_with_the_bound(settings, bound):
     """Legal-looking values turned digits into noise (sigma 0.0001, alpha 200) or specks (scale 0.9999)."""
-    from mnist_mlp.config import check_fits
+    from mnist_mlp.fits import check_fits
 
     with pytest.raises(UserError, match=re.escape(bound)):
         check_fits(load_config(None, settings))  # before training; a run that holds them still reads back
@@ -263,7 +263,7 @@ def test_a_flag_does_not_hide_a_bad_set_of_the_same_key(tmp_path, capsys):
 
 def test_a_model_too_big_for_memory_is_told_the_batch_that_fits_or_that_none_does():
     """ "or a smaller batch" was advised for a model that could not fit at any batch size."""
-    from mnist_mlp.config import check_fits, memory_needed
+    from mnist_mlp.fits import check_fits, memory_needed
 
     huge = load_config(None, ["model.hidden_units=[100000, 100000, 100000]"])
     with pytest.raises(UserError, match=r"use fewer or narrower layers \(no batch size fits this model\)$"):
@@ -300,7 +300,8 @@ def test_a_config_piped_in_is_read_once_with_a_flag_beside_it():
 
 def test_a_run_trained_with_deformations_past_todays_bounds_still_reads_back(tmp_path):
     """The bounds apply to what is trained from now on: a run that holds translation 5 is still a run."""
-    from mnist_mlp.config import check_fits, config_to_toml
+    from mnist_mlp.config import config_to_toml
+    from mnist_mlp.fits import check_fits
 
     config = load_config(None, ["augment.translation=5"])  # reads: a run's config.toml may hold it
     assert load_config(_written(tmp_path, config_to_toml(config))).augment.translation == 5

@@ -13,8 +13,9 @@ from pathlib import Path
 from mnist_mlp import advice, cache, data, experiments, outputs, planning, runs, signals, sources
 from mnist_mlp.arguments import build_parser
 from mnist_mlp.backend import use_backend
-from mnist_mlp.config import check_deformations, load_config
+from mnist_mlp.config import load_config
 from mnist_mlp.errors import Fix, Interrupted, UserError
+from mnist_mlp.fits import check_deformations
 from mnist_mlp.presets import config_line, config_name
 from mnist_mlp.space import load_space
 

@@ -8,7 +8,6 @@ import codecs
 import copy
 import dataclasses
 import math
-import os
 import shlex
 import sys
 import typing
@@ -51,10 +50,10 @@ class ModelConfig:
     dropout: float = 0.2  # after each hidden layer
 
     def __post_init__(self):
-        _check(len(self.hidden_units) > 0, "model.hidden_units", "needs at least one layer")
-        _check(all(u > 0 for u in self.hidden_units), "model.hidden_units", "units must be > 0")
+        check_key(len(self.hidden_units) > 0, "model.hidden_units", "needs at least one layer")
+        check_key(all(u > 0 for u in self.hidden_units), "model.hidden_units", "units must be > 0")
         _check_choice(self.activation, ACTIVATIONS, "model.activation")
-        _check(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
+        check_key(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -76,17 +75,17 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_choice(self.optimizer, OPTIMIZERS, "train.optimizer")
-        _check(self.learning_rate > 0, "train.learning_rate", "must be > 0")
+        check_key(self.learning_rate > 0, "train.learning_rate", "must be > 0")
         _check_choice(self.lr_schedule, SCHEDULES, "train.lr_schedule")
         _check_choice(self.loss, LOSSES, "train.loss")
-        _check(self.batch_size > 0, "train.batch_size", "must be > 0")
-        _check(self.epochs > 0, "train.epochs", "must be > 0")
-        _check(0 <= self.seed < 2**32, "train.seed", "must be in [0, 2**32)")
+        check_key(self.batch_size > 0, "train.batch_size", "must be > 0")
+        check_key(self.epochs > 0, "train.epochs", "must be > 0")
+        check_key(0 <= self.seed < 2**32, "train.seed", "must be in [0, 2**32)")
         _check_choice(self.validation, VALIDATIONS, "train.validation")
-        _check(self.train_samples >= 0, "train.train_samples", "must be >= 0 (0 means all)")
+        check_key(self.train_samples >= 0, "train.train_samples", "must be >= 0 (0 means all)")
         _check_choice(self.engine, ENGINES, "train.engine")
         _check_choice(self.precision, PRECISIONS, "train.precision")
-        _check(
+        check_key(
             self.checkpoint_seconds >= 0, "train.checkpoint_seconds", "must be >= 0 (0: after every epoch)"
         )
 
@@ -106,18 +105,18 @@ class AugmentConfig:
 
     def __post_init__(self):  # what any run may hold; check_deformations bounds what is trained from now on
         for key in ("rotation", "scale", "shear", "translation", "elastic_alpha", "stroke"):
-            _check(getattr(self, key) >= 0, f"augment.{key}", "must be >= 0 (0: off)")
-        _check(self.scale < 1, "augment.scale", "must be < 1 (a digit scaled by 1 - scale can vanish)")
-        _check(self.shear < 60, "augment.shear", "must be < 60 degrees")
-        _check(self.rotation <= 180, "augment.rotation", "must be <= 180 degrees")
-        _check(0 < self.elastic_sigma <= 28, "augment.elastic_sigma", "must be in (0, 28] pixels")
-        _check(
+            check_key(getattr(self, key) >= 0, f"augment.{key}", "must be >= 0 (0: off)")
+        check_key(self.scale < 1, "augment.scale", "must be < 1 (a digit scaled by 1 - scale can vanish)")
+        check_key(self.shear < 60, "augment.shear", "must be < 60 degrees")
+        check_key(self.rotation <= 180, "augment.rotation", "must be <= 180 degrees")
+        check_key(0 < self.elastic_sigma <= 28, "augment.elastic_sigma", "must be in (0, 28] pixels")
+        check_key(
             self.translation <= 14, "augment.translation", "must be <= 14 pixels (beyond, the digit leaves)"
         )
-        _check(
+        check_key(
             self.elastic_alpha <= 200, "augment.elastic_alpha", "must be <= 200 (beyond, the digit leaves)"
         )
-        _check(
+        check_key(
             self.stroke <= 1, "augment.stroke", "must be <= 1 pixel (a 3x3 grey-level dilation or erosion)"
         )
 
@@ -137,87 +136,6 @@ class Config:
         _check_choice(self.backend, BACKENDS, "backend")
 
 
-def training_images(config: TrainConfig) -> int:
-    """How many images an epoch trains on."""
-    available = TRAIN_IMAGES - (HELD_OUT if config.validation == "split" else 0)
-    return min(config.train_samples, available) if config.train_samples else available
-
-
-def memory_needed(config: Config) -> int:
-    """Bytes that training takes, roughly: the parameters five times (weights, gradients, two optimizer slots,
-    a checkpoint copy), one batch's activations four times (forward, masks, backward), the data twice."""
-    sizes = (784, *config.model.hidden_units, 10)  # pixels in, digits out
-    parameters = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
-    activations = config.train.batch_size * sum(sizes)
-    images = (TRAIN_IMAGES + 10_000) * (784 + 10)  # float32 pixels and one-hot labels, train and test
-    return 4 * (5 * parameters + 4 * activations + 2 * images)  # float32: 4 bytes
-
-
-def check_deformations(augment: AugmentConfig) -> None:
-    """A UserError for deformations that destroy the digits, bounded near what the papers used (Simard 2003;
-    Ciresan 2010: rotation up to 15 degrees, scaling 15-20%, elastic alpha 34-38 with sigma 4-6) and by
-    MNIST's margin: checked before training or a preview, not when a run is read back."""
-    _check(augment.rotation <= 30, "augment.rotation", "must be <= 30 degrees (Ciresan 2010: up to 15)")
-    _check(augment.scale <= 0.4, "augment.scale", "must be <= 0.4 (Ciresan 2010: 0.15-0.2)")
-    _check(augment.shear <= 30, "augment.shear", "must be <= 30 degrees (record-cpu: 8)")
-    _check(
-        augment.translation <= 4, "augment.translation", "must be <= 4 pixels (MNIST's margin around a digit)"
-    )
-    _check(
-        augment.elastic_alpha <= 80,
-        "augment.elastic_alpha",
-        "must be <= 80 (Simard 2003: 34; Ciresan 2010: 36-38)",
-    )
-    _check(
-        augment.elastic_sigma >= 3,
-        "augment.elastic_sigma",
-        "must be in [3, 28] pixels (Simard 2003: 4; a smaller one makes noise that tears a digit apart)",
-    )
-
-
-def check_fits(config: Config, memory: int | None = None) -> None:
-    """A UserError, before anything is allocated, for deformations that destroy the digits, a batch larger
-    than the data, or a model whose training would not fit in `memory` bytes (default: this machine's RAM)."""
-    check_deformations(config.augment)
-    images, batch = training_images(config.train), config.train.batch_size
-    available = training_images(dataclasses.replace(config.train, train_samples=0))
-    left = " left by --validation split" if available < TRAIN_IMAGES else ""
-    _check(
-        config.train.train_samples <= available,
-        "train.train_samples",
-        f"{config.train.train_samples} is more than the {available:,} training images{left}; "
-        f"use at most {available} (0: all)",
-    )
-    _check(
-        batch <= images,
-        "train.batch_size",
-        f"{batch} is larger than the {images:,} training images; use at most {images}",
-    )
-    try:
-        memory = memory or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # no way to tell here: let the allocator decide
-        return
-    needed, room = memory_needed(config), 0.8 * memory  # leave room for Python, Keras and the OS
-    if needed > room:
-        one = memory_needed(_with_batch(config, 1))
-        per_image = memory_needed(_with_batch(config, 2)) - one
-        fits = int((room - one) // per_image) + 1 if room >= one else 0  # the largest batch that fits
-        fix = (
-            f"use fewer or narrower layers, or train.batch_size {fits} or less"
-            if fits >= 1
-            else "use fewer or narrower layers (no batch size fits this model)"
-        )
-        raise UserError(
-            f"training this model would take about {needed / 2**30:,.1f} GiB (model.hidden_units "
-            f"{list(config.model.hidden_units)}, batch {batch}) and this machine has "
-            f"{memory / 2**30:.1f} GiB; {fix}"
-        )
-
-
-def _with_batch(config: Config, batch_size: int) -> Config:
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=batch_size))
-
-
 class ConfigError(UserError):
     """A config key's value that cannot be used: `key` and `why`, for a message that names the file to fix."""
 
@@ -226,13 +144,14 @@ class ConfigError(UserError):
         self.key, self.why = key, why
 
 
-def _check(ok: bool, key: str, why: str) -> None:
+def check_key(ok: bool, key: str, why: str) -> None:
+    """A ConfigError for `key` unless `ok`."""
     if not ok:
         raise ConfigError(key, why)
 
 
 def _check_choice(value, choices: typing.Sequence[str], key: str) -> None:
-    _check(value in choices, key, f"must be one of {', '.join(choices)} (got {value!r})")
+    check_key(value in choices, key, f"must be one of {', '.join(choices)} (got {value!r})")
 
 
 def read_toml(path: Path, what: str) -> dict:
@@ -376,16 +295,16 @@ def _build(cls, data: dict, prefix: str):
 def _coerce(value, hint, key: str):
     """Check `value` against a field type: int, float (ints allowed), str or tuple[int, ...]."""
     if typing.get_origin(hint) is tuple:
-        _check(
+        check_key(
             isinstance(value, list) and all(is_whole(v) for v in value),
             key,
             f"must be a list of integers, e.g. [512, 512]; got {value!r}",
         )
         return tuple(value)
     if hint is float and (is_whole(value) or isinstance(value, float)):
-        _check(math.isfinite(value), key, f"must be a finite number; got {value!r}")
+        check_key(math.isfinite(value), key, f"must be a finite number; got {value!r}")
         return float(value)
-    _check(
+    check_key(
         (hint is int and is_whole(value)) or (hint is str and isinstance(value, str)),
         key,
         f"must be {'a number' if hint is float else hint.__name__}; got {value!r}",

@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 from mnist_mlp.checkpoint import resume_config, resume_group
-from mnist_mlp.config import Config, check_fits, flag_overrides, load_config
+from mnist_mlp.config import Config, flag_overrides, load_config
 from mnist_mlp.errors import UserError
+from mnist_mlp.fits import check_fits
 from mnist_mlp.folders import remove_unused
 from mnist_mlp.outputs import output
 from mnist_mlp.runs import GROUP, in_use

@@ -12,12 +12,12 @@ from pathlib import Path
 from mnist_mlp.config import (
     Config,
     ConfigError,
-    check_fits,
     config_from_dict,
     is_whole,
     read_toml,
 )
 from mnist_mlp.errors import UserError
+from mnist_mlp.fits import check_fits
 from mnist_mlp.presets import find_preset, presets
 
 LAYER_KEYS = ("hidden_layers", "hidden_width")  # sweep-only keys that build model.hidden_units

@@ -23,8 +23,9 @@ from mnist_mlp import cache, data, folders, outputs, plots, runs, stats
 from mnist_mlp.backend import BackendChoice, cpu_bfloat16, device_name
 from mnist_mlp.callbacks import Checkpoint, CtrlC, EpochTimer, StopOnNaN
 from mnist_mlp.checkpoint import completed_epochs, restore, truncate_history
-from mnist_mlp.config import Config, TrainConfig, check_fits, config_to_toml
+from mnist_mlp.config import Config, TrainConfig, config_to_toml
 from mnist_mlp.errors import Fix, UserError, WriteFailed, write_failed
+from mnist_mlp.fits import check_fits
 from mnist_mlp.model import model_summary
 from mnist_mlp.recipe import Setup, prepare, resolve
 
