@@ -14,6 +14,8 @@ import pytest
 from mnist_mlp import cache, data, sources
 from mnist_mlp.backend import use_backend
 
+# Train flags for a run of seconds on synthetic data: two epochs of 500 images, a checkpoint after each
+TINY = ["--train-samples", "500", "--epochs", "2", "--set", "train.checkpoint_seconds=0"]
 BACKEND = use_backend("auto")  # before any test imports Keras: our rules, not Keras' own default
 REAL_DATA = {
     "mnist_dir",

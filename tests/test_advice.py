@@ -10,20 +10,11 @@ import shlex
 import signal
 
 import pytest
-from conftest import ctrl_c_after_epoch, one_line_error
+from conftest import TINY, ctrl_c_after_epoch, one_line_error
 
 from mnist_mlp import advice, callbacks, checkpoint, experiments, folders, runs, train
 from mnist_mlp.cli import main
 from mnist_mlp.errors import Fix
-
-TINY = [
-    "--train-samples",
-    "500",
-    "--epochs",
-    "2",
-    "--set",
-    "train.checkpoint_seconds=0",
-]  # a checkpoint each epoch
 
 
 def _advice(capsys, *expected) -> list[str]:

@@ -163,9 +163,14 @@ def test_keras_fit_refuses_deformations_in_one_line(tmp_path, capsys):
     assert "compiled engine" in err and err.count("\n") == 1 and not (tmp_path / "r").exists()
 
 
+def _preview(out, cache_dir) -> int:
+    """`inspect --augment` with DEFORM into `out`: its exit code."""
+    return main(["inspect", "--augment", *DEFORM, "--out", str(out), "--cache-dir", str(cache_dir)])
+
+
 def test_inspect_augment_draws_the_grid(synthetic_dir, tmp_path, capsys):
     out = tmp_path / "grid.png"
-    assert main(["inspect", "--augment", *DEFORM, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 0
+    assert _preview(out, synthetic_dir) == 0
     assert out.read_bytes()[:4] == b"\x89PNG" and str(out) in capsys.readouterr().out
     assert main(["inspect", "--augment", "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
     assert "deforms nothing" in capsys.readouterr().err
@@ -189,9 +194,7 @@ def test_an_output_that_is_not_a_plain_file_is_refused_untouched(synthetic_dir, 
         ),
     )
     for out, said in cases:
-        assert (
-            main(["inspect", "--augment", *DEFORM, "--out", str(out), "--cache-dir", str(synthetic_dir)]) == 2
-        )
+        assert _preview(out, synthetic_dir) == 2
         err = capsys.readouterr().err
         assert f"--out {out} {said}" in err and err.count("\n") == 1, err
     assert (
@@ -201,33 +204,15 @@ def test_an_output_that_is_not_a_plain_file_is_refused_untouched(synthetic_dir, 
     )
     for name in ("ours.png", "ours.pdf", "ours.svg", "ours.jpg"):  # a figure of ours, written again: replaced
         for _ in range(2):
-            assert (
-                main(
-                    [
-                        "inspect",
-                        "--augment",
-                        *DEFORM,
-                        "--out",
-                        str(tmp_path / name),
-                        "--cache-dir",
-                        str(synthetic_dir),
-                    ]
-                )
-                == 0
-            ), capsys.readouterr().err
+            assert _preview(tmp_path / name, synthetic_dir) == 0, capsys.readouterr().err
     missing = tmp_path / "figures" / "grid.png"
-    assert (
-        main(["inspect", "--augment", *DEFORM, "--out", str(missing), "--cache-dir", str(synthetic_dir)]) == 2
-    )
+    assert _preview(missing, synthetic_dir) == 2
     assert (
         f"cannot write {missing} (No such file or directory); its folder does not exist: make it first, or "
-        "give "
-        "another path" in capsys.readouterr().err
+        "give another path" in capsys.readouterr().err
     )
     missing.parent.mkdir()  # the advice, followed
-    assert (
-        main(["inspect", "--augment", *DEFORM, "--out", str(missing), "--cache-dir", str(synthetic_dir)]) == 0
-    )
+    assert _preview(missing, synthetic_dir) == 0
     assert main(["bench", "--variants", "ours", "--epochs", "2", "--json", "."]) == 2  # before the bench runs
     assert "--json . is a folder; give a file name, e.g. --json bench.json" in capsys.readouterr().err
     assert (
@@ -244,34 +229,10 @@ def test_an_output_named_pdf_or_svg_is_one(synthetic_dir, tmp_path, capsys):
         ("grid.jpg", b"\xff\xd8"),
         ("grid", b"\x89PNG"),
     ):
-        assert (
-            main(
-                [
-                    "inspect",
-                    "--augment",
-                    *DEFORM,
-                    "--out",
-                    str(tmp_path / name),
-                    "--cache-dir",
-                    str(synthetic_dir),
-                ]
-            )
-            == 0
-        )
+        assert _preview(tmp_path / name, synthetic_dir) == 0
         assert (tmp_path / name).read_bytes().startswith(start), name
     assert (
-        main(
-            [
-                "inspect",
-                "--augment",
-                *DEFORM,
-                "--out",
-                str(tmp_path / "grid.txt"),
-                "--cache-dir",
-                str(synthetic_dir),
-            ]
-        )
-        == 2
+        _preview(tmp_path / "grid.txt", synthetic_dir) == 2
     )  # PNG bytes under that name, or a LaTeX-only .pgf's traceback
     assert "figures are written as png, pdf, svg, jpg, jpeg" in capsys.readouterr().err
     assert not (tmp_path / "grid.txt").exists()

@@ -144,8 +144,7 @@ def test_a_file_where_the_cache_goes_is_said_as_such(mnist_dir, tmp_path, capsys
     err = capsys.readouterr().err
     assert (
         f"cannot write {tmp_path / 'cachefile'} (File exists); a file stands where the cache folder goes; "
-        "give "
-        "a writable folder with --cache-dir"
+        "give a writable folder with --cache-dir"
         in err
         and "free some space" not in err
     ), err

@@ -227,20 +227,11 @@ def test_a_read_only_run_is_resumed_and_plotted_by_the_advice(synthetic_dir, tmp
     import shlex
     import shutil
 
-    from conftest import ctrl_c_after_epoch
+    from conftest import TINY, ctrl_c_after_epoch
 
     from mnist_mlp import train
 
-    tiny = [
-        "--train-samples",
-        "500",
-        "--epochs",
-        "2",
-        "--set",
-        "train.checkpoint_seconds=0",
-        "--cache-dir",
-        str(synthetic_dir),
-    ]
+    tiny = [*TINY, "--cache-dir", str(synthetic_dir)]
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_after_epoch(0))
         assert main(["train", *tiny, "--out", str(tmp_path / "run")]) == 130

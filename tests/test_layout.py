@@ -90,3 +90,16 @@ def test_commands_that_read_mnist_are_worded_only_in_the_command_layer():
         for match in command.finditer(path.read_text())
     ]
     assert found == []
+
+
+def test_every_fix_the_library_raises_has_its_words():
+    """A Fix whose action advice.py does not know would be a KeyError where the user should read advice."""
+    from mnist_mlp import advice
+
+    raised = {
+        node.args[0].value
+        for path in PACKAGE.glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Fix" and node.args
+    }
+    assert raised and raised <= set(advice.ACTIONS), raised - set(advice.ACTIONS)

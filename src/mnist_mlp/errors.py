@@ -13,7 +13,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Fix:
-    """What would mend an error, as facts: `action` (one of advice.ACTIONS) on the run folder `path`, after
+    """What would mend an error, as facts: `action` (a key of advice.ACTIONS) on the run folder `path`, after
     the failed write's `errno` is mended where there is one; `lead` words the action if not the default."""
 
     action: str

