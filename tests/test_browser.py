@@ -56,7 +56,9 @@ def page(server):
         browser.close()
 
 
-def _draw(page, strokes):
+def _draw(page, strokes, steps: int = 8):
+    """The strokes drawn with the mouse, `steps` mouse events from one point to the next (a font's strokes
+    have points a few pixels apart: one is enough)."""
     page.click("#clear")
     box = page.locator("#pad").bounding_box()
     scale = box["width"] / 280
@@ -65,7 +67,7 @@ def _draw(page, strokes):
             page.mouse.move(box["x"] + stroke[0][0] * scale, box["y"] + stroke[0][1] * scale)
             page.mouse.down()
             for x, y in stroke[1:]:
-                page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=8)
+                page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=steps)
             page.mouse.up()
     page.wait_for_function("document.querySelector('#digit').textContent !== '?'")
 
@@ -134,7 +136,7 @@ def test_the_pen_set_is_what_the_page_draws(page, font, digit, slant):
     """`evaluate --on pen` claims its digits are the PNG the page would send: the same strokes drawn here with
     the mouse must leave the page's own canvas reading as the same 28x28 (its pen, its anti-aliasing)."""
     strokes = otherdigits.pen_strokes(font, digit, 0.7, slant)
-    _draw(page, strokes)
+    _draw(page, strokes, steps=1)
     url = page.evaluate("document.getElementById('pad').toDataURL('image/png')")
     canvas = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("L")
     ours = otherdigits.draw(strokes)

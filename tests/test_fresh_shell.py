@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -83,41 +84,40 @@ def test_a_classic_keras_script_importing_us_first_runs_on_jax(shell):
 
 def test_every_command_runs_in_a_fresh_shell(shell, tmp_path):
     cli, cache = str(BIN / "mnist-mlp"), ["--cache-dir", shell.cache]
-    assert "mnist-mlp " in _ok(shell(str(BIN / "python"), "-m", "mnist_mlp", "--version"))
-    assert "first sample is 5" in _ok(shell(cli, "inspect", *cache))
-    assert "ok (SHA-256 verified)" in _ok(shell(cli, "data", "info", *cache))
-    doctor = _ok(shell(cli, "doctor", "--offline", *cache))
-    assert "jax (chosen by default)" in doctor and "tensorflow not installed" in doctor
-
-    run = str(shell.home / "runs" / "first")
-    trained = _ok(shell(cli, "train", "--train-samples", "500", "--epochs", "1", "--out", run, *cache))
-    assert "Backend: jax (chosen by default)" in trained and "Test accuracy:" in trained
-    assert "confusion matrix" in _ok(shell(cli, "evaluate", run, *cache))
-    assert "Accuracy on fonts:" in _ok(shell(cli, "evaluate", run, "--on", "fonts"))
-    assert "curves.png" in _ok(shell(cli, "plot", run))
-    assert ": " in _ok(shell(cli, "predict", run, str(Path(run) / "curves.png")))
-    assert "first" in _ok(shell(cli, "runs", "list", "--root", str(shell.home / "runs")))
-    assert "backend" in _ok(shell(cli, "runs", "show", run))
-
-    space = tmp_path / "space.toml"
+    run, sweep, space = str(shell.home / "runs" / "first"), str(shell.home / "sweep"), tmp_path / "space.toml"
     space.write_text(SPACE)
-    sweep = str(shell.home / "sweep")
-    _ok(
-        shell(
-            cli,
-            "sweep",
-            "--space",
-            str(space),
-            "--out",
-            sweep,
-            "--set",
-            "train.train_samples=500",
-            "--set",
-            "train.epochs=1",
-            *cache,
-        )
-    )
-    assert "val_accuracy" in _ok(shell(cli, "sweep", "--out", sweep, "--report"))
+    tiny = ["--set", "train.train_samples=500", "--set", "train.epochs=1"]
+    with ThreadPoolExecutor(2) as two:  # two commands at a time, one per core: independent processes
+        started = {
+            "train": two.submit(shell, cli, "train", *tiny, "--out", run, *cache),
+            "sweep": two.submit(shell, cli, "sweep", "--space", str(space), "--out", sweep, *tiny, *cache),
+            "version": two.submit(shell, str(BIN / "python"), "-m", "mnist_mlp", "--version"),
+            "inspect": two.submit(shell, cli, "inspect", *cache),
+            "data": two.submit(shell, cli, "data", "info", *cache),
+            "doctor": two.submit(shell, cli, "doctor", "--offline", *cache),
+        }
+        done = {name: _ok(future.result()) for name, future in started.items()}
+        later = {  # on the trained run and the swept study
+            "evaluate": two.submit(shell, cli, "evaluate", run, *cache),
+            "fonts": two.submit(shell, cli, "evaluate", run, "--on", "fonts"),
+            "plot": two.submit(shell, cli, "plot", run),
+            "list": two.submit(shell, cli, "runs", "list", "--root", str(shell.home / "runs")),
+            "show": two.submit(shell, cli, "runs", "show", run),
+            "report": two.submit(shell, cli, "sweep", "--out", sweep, "--report"),
+        }
+        done |= {name: _ok(future.result()) for name, future in later.items()}
+    assert "mnist-mlp " in done["version"]
+    assert "first sample is 5" in done["inspect"]
+    assert "ok (SHA-256 verified)" in done["data"]
+    assert "jax (chosen by default)" in done["doctor"] and "tensorflow not installed" in done["doctor"]
+    assert "Backend: jax (chosen by default)" in done["train"] and "Test accuracy:" in done["train"]
+    assert "confusion matrix" in done["evaluate"]
+    assert "Accuracy on fonts:" in done["fonts"]
+    assert "curves.png" in done["plot"]
+    assert ": " in _ok(shell(cli, "predict", run, str(Path(run) / "curves.png")))
+    assert "first" in done["list"]
+    assert "backend" in done["show"]
+    assert "val_accuracy" in done["report"]
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -67,6 +67,24 @@ def _kill_after_epoch(out, mnist_dir, engine, sig, epoch=2):
     return stderr
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(mnist_dir, tmp_path_factory):
+    """engine -> the run folder of ARGS trained without interruption (once per engine for all the kills)."""
+    made = {}
+
+    def whole(engine: str):
+        if engine not in made:
+            out = tmp_path_factory.mktemp("whole") / engine
+            done = run_cli(
+                "train", *ARGS, "--engine", engine, "--out", str(out), "--cache-dir", str(mnist_dir)
+            )
+            assert done.returncode == 0, done.stderr[-2000:]
+            made[engine] = out
+        return made[engine]
+
+    return whole
+
+
 @pytest.mark.parametrize(
     "engine, sig",
     [
@@ -77,11 +95,8 @@ def _kill_after_epoch(out, mnist_dir, engine, sig, epoch=2):
         ("fit", signal.SIGHUP),
     ],
 )
-def test_killed_run_resumes_to_the_same_result(engine, sig, mnist_dir, tmp_path):
-    whole = run_cli(
-        "train", *ARGS, "--engine", engine, "--out", str(tmp_path / "whole"), "--cache-dir", str(mnist_dir)
-    )
-    assert whole.returncode == 0, whole.stderr[-2000:]
+def test_killed_run_resumes_to_the_same_result(engine, sig, mnist_dir, uninterrupted, tmp_path):
+    whole = uninterrupted(engine)
 
     killed = tmp_path / "killed"
     stderr = _kill_after_epoch(killed, mnist_dir, engine, sig)
@@ -96,8 +111,8 @@ def test_killed_run_resumes_to_the_same_result(engine, sig, mnist_dir, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming" in resumed.stdout
 
-    assert (killed / "history.csv").read_bytes() == (tmp_path / "whole" / "history.csv").read_bytes()
-    ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (killed, tmp_path / "whole"))
+    assert (killed / "history.csv").read_bytes() == (whole / "history.csv").read_bytes()
+    ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (killed, whole))
     assert ours["test_accuracy"] == theirs["test_accuracy"] and ours["test_loss"] == theirs["test_loss"]
     assert ours["epochs_this_process"] < 12
     assert not (killed / runs.CHECKPOINT).exists()

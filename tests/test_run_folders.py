@@ -116,10 +116,11 @@ from mnist_mlp.backend import use_backend
 use_backend("jax")
 import keras, mnist_mlp.train  # everything heavy before the start line
 from mnist_mlp.cli import main
-start = float(sys.argv[1])
+print("ready", flush=True)
+start = float(sys.stdin.readline())  # the same instant for both, sent once both are ready
 while time.time() < start:
     pass
-sys.exit(main(sys.argv[2:]))
+sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -129,7 +130,6 @@ def test_two_processes_released_together_never_mix_one_folder(overwrite, mnist_d
     out = tmp_path / "race"
     if overwrite:  # the folder already holds a run of ours: both may replace it, only one may
         assert main(["train", *TINY, "--out", str(out), "--cache-dir", str(mnist_dir)]) == 0
-    start = time.time() + 25  # both are waiting at the line by then: released at the same instant
     argv = [
         "train",
         "--train-samples",
@@ -144,13 +144,19 @@ def test_two_processes_released_together_never_mix_one_folder(overwrite, mnist_d
     ]
     racers = [
         subprocess.Popen(
-            [sys.executable, "-c", RACER, str(start), *argv, "--seed", str(seed)],
+            [sys.executable, "-c", RACER, *argv, "--seed", str(seed)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for seed in (1, 2)
     ]
+    assert [p.stdout.readline() for p in racers] == ["ready\n", "ready\n"]  # both at the start line
+    start = time.time() + 0.5  # released at the same instant
+    for p in racers:
+        p.stdin.write(f"{start}\n")
+        p.stdin.close()
     done = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in racers]
     codes = sorted(code for code, _, _ in done)
     assert codes == [0, 2], done
