@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_mlp import otherdigits, predict
+from mnist_mlp import imagefiles, otherdigits, predict
 from mnist_mlp.cli import main
 from mnist_mlp.errors import UserError
 
@@ -111,7 +111,7 @@ def test_a_model_trained_on_mnist_reads_printed_digits_and_your_folder(trained, 
     assert main(["evaluate", str(run_dir), "--on", str(tmp_path / "mine")]) == 0
     out = capsys.readouterr().out
     files = sorted((tmp_path / "mine").glob("*/*.png"))
-    wrong = sum(predict.predict_files(trained[0], [f])[0].digit != int(f.parent.name) for f in files)
+    wrong = sum(imagefiles.predict_files(trained[0], [f])[0].digit != int(f.parent.name) for f in files)
     assert f"{wrong} of {len(files)} wrong" in out  # the same reading as predict gives, file by file
 
 

@@ -142,15 +142,15 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from mnist_mlp import predict
+    from mnist_mlp import imagefiles, predict
 
-    run, named = runs.load_run(args.run), predict.image_files(args.images)
-    for note in (predict.left_out(Path(path)) for path in args.images if Path(path).is_dir()):
+    run, named = runs.load_run(args.run), imagefiles.image_files(args.images)
+    for note in (imagefiles.left_out(Path(path)) for path in args.images if Path(path).is_dir()):
         if note:
             print(f"mnist-mlp: note: {note}", file=sys.stderr)
-    files, prepared, errors = predict.read_files(named)  # one unreadable file does not cost the others
+    files, prepared, errors = imagefiles.read_files(named)  # one unreadable file does not cost the others
     if args.csv:
-        predict.check_csv(args.csv, named)  # before Keras starts
+        imagefiles.check_csv(args.csv, named)  # before Keras starts
     use_backend(args.backend)
     predictions = predict.predict_arrays(
         runs.load_model(run), [i for i, _ in prepared], [n for _, n in prepared]
@@ -159,11 +159,11 @@ def cmd_predict(args) -> int:
         args.csv
     ):  # a row for every file named, one not read with its error (a class's sheet lists every photo)
         unread = [path for path in named if path not in files]
-        predict.write_csv(predict.as_rows(files, predictions), args.csv, list(zip(unread, errors)))
+        imagefiles.write_csv(imagefiles.as_rows(files, predictions), args.csv, list(zip(unread, errors)))
     print(
-        json.dumps(predict.as_rows(files, predictions), indent=2)
+        json.dumps(imagefiles.as_rows(files, predictions), indent=2)
         if args.json
-        else predict.describe(files, predictions, args.show) + (f"\nWrote {args.csv}" if args.csv else "")
+        else imagefiles.describe(files, predictions, args.show) + (f"\nWrote {args.csv}" if args.csv else "")
     )
     for error in errors:
         print(f"mnist-mlp: error: {error} (skipped; the other images were read)", file=sys.stderr)

@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mnist_mlp.errors import UserError, pip_install
-from mnist_mlp.predict import FORMAT_NAMES, NO_DIGIT, SPECKS, folder_images, left_out, read_files, to_mnist
+from mnist_mlp.imagefiles import folder_images, left_out, read_files
+from mnist_mlp.predict import FORMAT_NAMES, NO_DIGIT, SPECKS, to_mnist
 
 SOURCES = ("fonts", "pen", "uci")  # or a folder
 # Upright and italic, serif, sans and monospaced; not cmmi10, whose digits are old-style (they drop below the
@@ -65,7 +66,7 @@ def load(source: str) -> tuple[list[np.ndarray], np.ndarray, list[str], list[str
 def check(source: str) -> list[str]:
     """A UserError now, before Keras starts, if `source` cannot be read: scikit-learn missing for "uci",
     Hershey-Fonts for "pen", a folder without digit subfolders. For a folder, a note on each of its folders
-    that holds what will not be read (predict.left_out)."""
+    that holds what will not be read (imagefiles.left_out)."""
     if source == "uci":
         try:
             import sklearn.datasets  # noqa: F401
@@ -211,7 +212,7 @@ def folder(path: Path) -> tuple[list[np.ndarray], np.ndarray, list[str], list[st
 
 
 def _labelled(path: Path) -> list[tuple[int, Path]]:
-    """(digit, file) for each image in path/0/ ... path/9/ (predict.folder_images)."""
+    """(digit, file) for each image in path/0/ ... path/9/ (imagefiles.folder_images)."""
     if not path.is_dir():
         raise UserError(
             f"--on {path}: not mnist, {', '.join(SOURCES)} nor a folder; give a folder holding "

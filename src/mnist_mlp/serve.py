@@ -14,84 +14,40 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Callable
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
-from pydantic import BaseModel, Field
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from mnist_mlp import runs, signals
+from mnist_mlp.api import (
+    ERRORS,
+    IMAGE_TYPES,
+    MAX_UPLOAD,
+    REQUEST_BODY,
+    TAKEN,
+    HealthOut,
+    ModelOut,
+    PredictionOut,
+    prediction_json,
+)
 from mnist_mlp.batcher import MAX_WAIT, Batcher, forward_pass
 from mnist_mlp.errors import UserError
-from mnist_mlp.predict import FORMATS, MAX_PIXELS, ImageTooLarge, open_image, prediction, to_mnist
+from mnist_mlp.predict import FORMATS, ImageTooLarge, open_image, prediction, to_mnist
 
 BACKLOG = (
     2048  # connections waiting to be accepted (uvicorn's default), e.g. a class opening the page at once
 )
 SHUTDOWN_GRACE = 3  # seconds Ctrl-C waits for requests in flight before it stops the server
-MAX_UPLOAD = 2 * 1024 * 1024  # bytes; counted as they arrive, whatever the framing; more gets 413
 # Bytes; larger uploads (photos) decode on their own thread, so drawn digits never wait behind them
 SMALL_BODY = 64 * 1024
 SMALL_PIXELS = 1_000_000  # ...as do small files of many pixels (the page's drawing: 78,400)
-IMAGE_TYPES = (
-    "image/png",
-    "image/jpeg",
-    "image/gif",
-    "image/bmp",
-    "image/tiff",
-    "image/webp",
-    "application/octet-stream",
-)  # a raw image as the body (its bytes say which format)
-TAKEN = (*IMAGE_TYPES, "multipart/form-data", "application/json")
-BINARY = {"schema": {"type": "string", "format": "binary"}}
-PIXELS_SCHEMA = {
-    "type": "object",
-    "required": ["pixels"],
-    "properties": {
-        "pixels": {
-            "description": "28x28 or 784 gray levels, 0..255 (or 0..1), white ink on black as in MNIST",
-            "oneOf": [
-                {
-                    "type": "array",
-                    "minItems": 784,
-                    "maxItems": 784,
-                    "items": {"type": "number", "minimum": 0, "maximum": 255},
-                },
-                {
-                    "type": "array",
-                    "minItems": 28,
-                    "maxItems": 28,
-                    "items": {
-                        "type": "array",
-                        "minItems": 28,
-                        "maxItems": 28,
-                        "items": {"type": "number", "minimum": 0, "maximum": 255},
-                    },
-                },
-            ],
-        }
-    },
-}
-REQUEST_BODY = {
-    "required": True,
-    "content": {
-        **{t: BINARY for t in IMAGE_TYPES},
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["file"],
-                "properties": {"file": {"type": "string", "format": "binary"}},
-            }
-        },
-        "application/json": {"schema": PIXELS_SCHEMA},
-    },
-}
 
 
 class UploadTooLarge(UserError):
@@ -100,54 +56,6 @@ class UploadTooLarge(UserError):
 
 class UnsupportedType(UserError):
     """A Content-Type the API does not take (415)."""
-
-
-class PredictionOut(BaseModel):
-    digit: int | None = Field(ge=0, le=9, description="null where no digit was found (see reason)")
-    probabilities: list[float] = Field(
-        min_length=10,
-        max_length=10,
-        description="for digits 0..9 (with no digit: the model's guess at black)",
-    )
-    unsure: bool
-    reason: str = Field(description='why unsure; "" otherwise')
-    image: list[list[int]] = Field(description="the 28x28 the model saw, 0..255, white on black")
-
-
-class ErrorOut(BaseModel):
-    error: str = Field(description="what is wrong and what to send instead")
-
-
-class HealthOut(BaseModel):
-    status: Literal["ok"]
-
-
-class ModelOut(BaseModel):
-    run: str
-    config_name: str | None = None  # the preset or file it was trained from ("handwriting"), where recorded
-    config: dict[str, Any]
-    test_accuracy: float | None
-    backend: str | None
-
-
-ERRORS = {
-    400: {"model": ErrorOut, "description": "not a readable image, bad JSON pixels, or an empty body"},
-    413: {
-        "model": ErrorOut,
-        "description": f"body over {MAX_UPLOAD // 2**20} MB or image over {MAX_PIXELS:,} pixels",
-    },
-    415: {"model": ErrorOut, "description": "a Content-Type the API does not take"},
-}
-
-
-def prediction_json(found) -> dict:
-    return {
-        "digit": None if found.blank else found.digit,  # a client reading only `digit` must not see a 5
-        "probabilities": list(found.probabilities),
-        "unsure": found.unsure,
-        "reason": found.reason,
-        "image": found.image.tolist(),
-    }
 
 
 def create_app(run_dir: str | Path, model=None, max_wait: float = MAX_WAIT) -> FastAPI:
