@@ -181,26 +181,10 @@ def fit_side_by_side(
         x_val, y_val = map(jax.device_put, validation_data)
     n = x.shape[0]
     steps = math.ceil(n / batch_size)
-    callback_lists = [
-        keras.callbacks.CallbackList(
-            list(c),
-            add_history=True,
-            add_progbar=verbose != 0 and i == 0,
-            model=m,
-            verbose=verbose,
-            epochs=epochs,
-            steps=steps,
-        )
-        for i, (m, c) in enumerate(zip(models, callbacks))
-    ]
-    for m, c in zip(models, callback_lists):
-        m.stop_training = False
-        c.on_train_begin()
+    callback_lists = _callback_lists(models, callbacks, verbose, epochs, steps)
     rngs = [np.random.default_rng(seed) if shuffle else None for seed in seeds]
-    for rng in rngs:
-        for _ in range(
-            initial_epoch if shuffle else 0
-        ):  # a resumed run sees the same shuffles as an uninterrupted one
+    for rng in rngs if shuffle else ():
+        for _ in range(initial_epoch):  # a resumed run sees the same shuffles as an uninterrupted one
             rng.permutation(n)
     variables = [
         (
@@ -236,21 +220,8 @@ def fit_side_by_side(
             state = _epoch_state(stacked if together else _copy(variables[0]), len(models))
             keys = [jax.random.fold_in(key, epoch) for key in deform_keys]
             key = jnp.stack(keys) if together else keys[0]
-            done_steps = done_samples = 0
-            for parts in zip(*(epoch_index(n, batch_size, rng, chunks) for rng in rngs)):
-                index = np.stack(parts) if together else parts[0]
-                state = programs[index.shape].result()(
-                    state, x, y, jnp.asarray(index), key, jnp.int32(done_steps)
-                )
-                done_steps += parts[0].shape[0]
-                done_samples += parts[0].size
-                losses, hits = np.atleast_1d(np.asarray(state[3])), np.atleast_1d(np.asarray(state[4]))
-                for i, c in enumerate(callback_lists):
-                    logs[i] = {
-                        "loss": float(losses[i]) / done_samples,
-                        "accuracy": int(hits[i]) / done_samples,
-                    }
-                    c.on_train_batch_end(done_steps - 1, logs[i])
+            blocks = [epoch_index(n, batch_size, rng, chunks) for rng in rngs]
+            state, logs = _run_epoch(programs, state, x, y, blocks, key, callback_lists)
             if validation_data is not None:
                 val_loss, val_accuracy = (
                     np.atleast_1d(np.asarray(v))
@@ -272,6 +243,45 @@ def fit_side_by_side(
             program.cancel()
     for c, log in zip(callback_lists, logs):
         c.on_train_end(log)
+
+
+def _callback_lists(models, callbacks, verbose, epochs: int, steps: int) -> list:
+    """Each model's callbacks as Keras' CallbackList (with its History; the progress bar only on the first's),
+    told that training begins."""
+    lists = [
+        keras.callbacks.CallbackList(
+            list(c),
+            add_history=True,
+            add_progbar=verbose != 0 and i == 0,
+            model=m,
+            verbose=verbose,
+            epochs=epochs,
+            steps=steps,
+        )
+        for i, (m, c) in enumerate(zip(models, callbacks))
+    ]
+    for m, c in zip(models, lists):
+        m.stop_training = False
+        c.on_train_begin()
+    return lists
+
+
+def _run_epoch(programs, state, x, y, blocks: list[list[np.ndarray]], key, callback_lists):
+    """One epoch's chunks through their compiled programs, `blocks` a list of index blocks per model (stacked
+    where several train together), each model's running loss and accuracy to its callbacks after each chunk;
+    (the state at the end, each model's logs)."""
+    together, logs = len(blocks) > 1, [{} for _ in blocks]
+    done_steps = done_samples = 0
+    for parts in zip(*blocks):
+        index = np.stack(parts) if together else parts[0]
+        state = programs[index.shape].result()(state, x, y, jnp.asarray(index), key, jnp.int32(done_steps))
+        done_steps += parts[0].shape[0]
+        done_samples += parts[0].size
+        losses, hits = np.atleast_1d(np.asarray(state[3])), np.atleast_1d(np.asarray(state[4]))
+        for i, c in enumerate(callback_lists):
+            logs[i] = {"loss": float(losses[i]) / done_samples, "accuracy": int(hits[i]) / done_samples}
+            c.on_train_batch_end(done_steps - 1, logs[i])
+    return state, logs
 
 
 def _epoch_state(variables, count: int):
