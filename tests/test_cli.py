@@ -42,6 +42,7 @@ def test_light_commands_never_import_keras_or_jax(argv, mnist_dir):
     assert done.stdout
 
 
+@pytest.mark.slow
 def test_a_bad_sweep_space_is_said_before_keras_loads(tmp_path):
     (tmp_path / "space.toml").write_text('[space]\n"model.dropout" = { float = [0.4, 0.0] }\n')
     code = (
@@ -240,6 +241,7 @@ def test_every_command_line_in_the_readme_and_guide_parses():
             pytest.fail(f"README: `mnist-mlp {shlex.join(argv)}` does not parse")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("code", [0, 2, 130])
 def test_an_interrupted_command_ends_without_finalizing_the_interpreter(code):
     """Ctrl-C while serve loaded its model printed "interrupted", then crashed in 4 of 12 presses here (a

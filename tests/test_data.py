@@ -301,6 +301,7 @@ def test_a_cached_file_is_hashed_once_per_process_while_unchanged(mnist_dir, tmp
     )
 
 
+@pytest.mark.slow
 def test_two_processes_writing_one_cache_file_each_use_their_own_temporary_name(tmp_path):
     """`data import` twice at once: a shared temporary name made one process's rename fail ('No such
     file')."""

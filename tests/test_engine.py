@@ -175,6 +175,7 @@ def test_engine_choice():
     assert choose_engine("fit", "jax") == "fit"
 
 
+@pytest.mark.slow
 def test_dropout_bits_unchanged_and_hash_unrolled_on_cpu():
     code = """
 import jax

@@ -112,6 +112,7 @@ def test_cpu_flags_say_whether_bfloat16_is_fast(tmp_path):
     assert cpu_bfloat16(tmp_path / "missing") is None
 
 
+@pytest.mark.slow
 def test_bfloat16_on_another_backend_is_refused_in_one_line(synthetic_dir, tmp_path):
     pytest.importorskip("torch")
     argv = [

@@ -656,6 +656,7 @@ def test_best_is_re_trained_only_when_it_is_not_the_best_trials_config(tmp_path,
     )
 
 
+@pytest.mark.slow
 def test_a_study_is_continued_only_with_the_settings_it_started_with(space, synthetic_dir, tmp_path, capsys):
     """Trials of other settings would be ranked (and sampled from) as if alike; a new study name is the
     way."""
