@@ -28,9 +28,10 @@ REAL_DATA = {
 @pytest.fixture(autouse=True)
 def _slow_by_rule(request, monkeypatch):
     """The `slow` marker's rule, kept by a check: a test that starts a Python process (an interpreter's and
-    Keras' start-up: seconds each) is slow; one in the fast tier fails, naming the command, until marked."""
-    if request.node.get_closest_marker("slow"):
-        yield
+    Keras' start-up: seconds each) is slow; one in the fast tier (neither slow nor mnist) fails, naming the
+    command, until marked."""
+    if request.node.get_closest_marker("slow") or request.node.get_closest_marker("mnist"):
+        yield  # not the fast tier
         return
     started, real = [], subprocess.Popen.__init__
 
