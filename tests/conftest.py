@@ -17,6 +17,10 @@ from mnist_mlp.backend import use_backend
 
 # Train flags for a run of seconds on synthetic data: two epochs of 500 images, a checkpoint after each
 TINY = ["--train-samples", "500", "--epochs", "2", "--set", "train.checkpoint_seconds=0"]
+# The in-process tests press Ctrl-C as a terminal's user would: Python's own handler, even where pytest was
+# started with SIGINT ignored (a job started with & by a script passes that on to pytest and its workers)
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 BACKEND = use_backend("auto")  # before any test imports Keras: our rules, not Keras' own default
 REAL_DATA = {
     "mnist_dir",
