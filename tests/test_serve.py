@@ -5,8 +5,10 @@ import io
 import json
 import socket
 import struct
+import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -476,3 +478,32 @@ def test_serve_stopped_in_process_leaves_the_callers_handlers_in_charge(trained,
     with socket.create_server(("127.0.0.1", 0)) as sock, pytest.raises(KeyboardInterrupt):
         serve.serve(trained[1], sock=sock)  # Python's own Ctrl-C handler raises it here
     assert signals.received == 0
+
+
+def test_health_answers_while_a_photo_is_being_decoded(trained, monkeypatch):
+    """A photo decodes on its own thread, not on the event loop: while its decoding is held, /api/health
+    answers, and the photo's answer comes once it is let go."""
+    model, run = trained
+    started, let_go, to_mnist = threading.Event(), threading.Event(), serve.to_mnist
+
+    def held(image):
+        started.set()
+        let_go.wait(60)
+        return to_mnist(image)
+
+    monkeypatch.setattr(serve, "to_mnist", held)
+    sheet = np.full((1200, 1200), 255, np.uint8)  # a photo's size (SMALL_PIXELS), not a drawing's
+    sheet[300:900, 580:620] = 0  # a 1
+    photo = _png(sheet)
+    assert len(photo) > serve.SMALL_BODY or serve._declared_pixels(photo) > serve.SMALL_PIXELS
+    with TestClient(serve.create_app(run, model=model)) as client, ThreadPoolExecutor(2) as pool:
+        answer = pool.submit(
+            client.post, "/api/predict", content=photo, headers={"Content-Type": "image/png"}
+        )
+        try:
+            assert started.wait(60)
+            health = pool.submit(client.get, "/api/health")
+            assert health.result(timeout=20).status_code == 200  # on the event loop: it would wait for let_go
+        finally:
+            let_go.set()
+        assert answer.result(timeout=60).json()["digit"] == 1

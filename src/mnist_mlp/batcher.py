@@ -101,9 +101,8 @@ class Batcher:
             self.batches += 1
             self.images += len(batch)
             for loop, group in _by_loop(outcome).items():
-                with contextlib.suppress(
-                    RuntimeError
-                ):  # that loop has closed (a test client gone): nobody waits
+                # RuntimeError: that loop has closed (a test client gone), so nobody waits
+                with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_settle, group)
 
 

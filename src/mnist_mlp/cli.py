@@ -155,9 +155,8 @@ def cmd_predict(args) -> int:
     predictions = predict.predict_arrays(
         runs.load_model(run), [i for i, _ in prepared], [n for _, n in prepared]
     )
-    if (
-        args.csv
-    ):  # a row for every file named, one not read with its error (a class's sheet lists every photo)
+    # The CSV: a row for every file named, one not read with its error (a class's sheet lists every photo)
+    if args.csv:
         unread = [path for path in named if path not in files]
         imagefiles.write_csv(imagefiles.as_rows(files, predictions), args.csv, list(zip(unread, errors)))
     print(

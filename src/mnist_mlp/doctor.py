@@ -21,6 +21,7 @@ from mnist_mlp.backend import INSTALL_HINTS, PACKAGES, choose_backend, cpu_bfloa
 from mnist_mlp.errors import UserError, pip_install
 from mnist_mlp.outputs import shell_path, writable_folder
 
+# the base install
 REQUIRED = (
     "keras",
     "numpy",
@@ -31,7 +32,8 @@ REQUIRED = (
     "uvicorn",
     "optuna",
     "hershey-fonts",
-)  # the base install
+    "httpx",
+)
 
 
 @dataclass(frozen=True)

@@ -56,15 +56,27 @@ def evaluate(
         images, labels, unread, no_digit = otherdigits.load(on)
         images = np.stack(images)
     probabilities = np.asarray(model.predict(data.preprocess(images), batch_size=1024, verbose=0))
+    result = _score(probabilities, labels, run.path, on, unread, no_digit)
+    if on != "mnist":
+        return result
+    if outputs.stamp(run.model_path) != loaded:  # `train --out RUN --overwrite` meanwhile: not its results
+        raise UserError(
+            f"{run.path} was trained again while it was being evaluated, so nothing was written",
+            Fix("evaluate-again", run.path, lead="evaluate it again once it has finished:"),
+        )
+    return _write_diagnosis(result, images, labels, probabilities, gallery_size)
+
+
+def _score(probabilities, labels, path: Path, on: str, unread, no_digit) -> EvalResult:
+    """Loss, accuracy with its interval, the confusion matrix and each digit's precision and recall."""
     loss, accuracy = _loss_and_accuracy(probabilities, labels)
     predicted = probabilities.argmax(axis=1)
     matrix = confusion_matrix(labels.astype(np.int64), predicted)
     correct = np.diag(matrix)
     precision = correct / np.maximum(matrix.sum(axis=0), 1)
     recall = correct / np.maximum(matrix.sum(axis=1), 1)
-    wrong = np.flatnonzero(predicted != labels)
-    result = EvalResult(
-        run.path,
+    return EvalResult(
+        path,
         loss,
         accuracy,
         stats.wilson_interval(int(correct.sum()), len(labels)),
@@ -72,21 +84,19 @@ def evaluate(
         tuple(precision.tolist()),
         tuple(recall.tolist()),
         tuple(matrix.sum(axis=1).tolist()),
-        len(wrong),
+        int((predicted != labels).sum()),
         on,
         tuple(unread),
         tuple(no_digit),
     )
-    if on != "mnist":
-        return result
 
-    if (
-        outputs.stamp(run.model_path) != loaded
-    ):  # `train --out RUN --overwrite` meanwhile: these are not its results
-        raise UserError(
-            f"{run.path} was trained again while it was being evaluated, so nothing was written",
-            Fix("evaluate-again", run.path, lead="evaluate it again once it has finished:"),
-        )
+
+def _write_diagnosis(result: EvalResult, images, labels, probabilities, gallery_size: int) -> EvalResult:
+    """confusion.png, misclassified.png (the most confident mistakes first) and evaluation.json in the run;
+    `result` with what could not be written."""
+    path, matrix = result.run_dir, result.confusion
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
     confidence = probabilities[wrong, predicted[wrong]]
     worst = wrong[np.argsort(-confidence)][:gallery_size]
     titles = [
@@ -94,13 +104,13 @@ def evaluate(
         for i in worst
     ]
     try:
-        plots.plot_confusion(matrix, run.path / runs.CONFUSION)
-        plots.plot_gallery(images[worst], titles, run.path / runs.MISCLASSIFIED)
+        plots.plot_confusion(matrix, path / runs.CONFUSION)
+        plots.plot_gallery(images[worst], titles, path / runs.MISCLASSIFIED)
         outputs.write_json(
-            run.path / runs.EVALUATION,
+            path / runs.EVALUATION,
             {
-                "test_loss": loss,
-                "test_accuracy": accuracy,
+                "test_loss": result.test_loss,
+                "test_accuracy": result.test_accuracy,
                 "test_accuracy_ci95": list(result.ci95),
                 "confusion": matrix.tolist(),
                 "precision": list(result.precision),
@@ -112,7 +122,7 @@ def evaluate(
         )
     except WriteFailed as e:  # a run folder shared read-only, a full disk: the scores are still worth showing
         unsaved = WriteFailed(
-            f"{e}; the scores above are not saved", e.errno, fix=Fix("evaluate-again", run.path, e.errno)
+            f"{e}; the scores above are not saved", e.errno, fix=Fix("evaluate-again", path, e.errno)
         )
         return dataclasses.replace(result, not_written=unsaved)
     return result

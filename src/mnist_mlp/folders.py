@@ -60,9 +60,8 @@ def claim(path: str | Path, *, overwrite: bool = False, resume: bool = False):
         except OSError as e:  # a full disk for the marker's line, a file system without locks
             raise _unusable(path, resume, e) from None
         if not created and not resume:
-            if not overwrite and any(
-                entry.name != MARKER for entry in path.iterdir()
-            ):  # the marker alone: no run
+            # the marker alone: no run
+            if not overwrite and any(entry.name != MARKER for entry in path.iterdir()):
                 raise UserError(
                     f"{path} already holds a run; choose another --out or add --overwrite to replace it"
                 )

@@ -95,38 +95,27 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 def chunked_upload(url: str, total: int, chunk: int = 1 << 20) -> tuple[int | None, int]:
-    """POST `total` bytes with Transfer-Encoding: chunked (no Content-Length) until the server stops taking
-    them: (HTTP status or None, bytes sent)."""
-    host, port = url.removeprefix("http://").split(":")
-    answer = bytearray()
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
+    """POST `total` bytes with Transfer-Encoding: chunked (a generator body: no Content-Length) until the
+    server stops taking them: (HTTP status, or None where the connection was cut first; bytes sent). httpx
+    reads the answer when the server closes the connection mid-upload."""
+    import httpx
 
-        def read():
-            try:
-                while data := sock.recv(65536):
-                    answer.extend(data)
-            except OSError:
-                pass
+    sent = 0
 
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        sent = 0
-        try:
-            sock.sendall(
-                b"POST /api/predict HTTP/1.1\r\nHost: %s\r\nContent-Type: image/png\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n" % host.encode()
-            )
-            frame = b"%x\r\n" % chunk + bytes(chunk) + b"\r\n"
-            while sent < total and not answer:
-                sock.sendall(frame)
-                sent += chunk
-            if sent >= total:
-                sock.sendall(b"0\r\n\r\n")
-        except OSError:  # the server closed the connection: it stopped reading
-            pass
-        reader.join(timeout=30)
-    status = answer.split(b" ", 2)[1] if answer.startswith(b"HTTP/") else None
-    return (int(status) if status else None), sent
+    def body():
+        nonlocal sent
+        block = bytes(chunk)
+        while sent < total:
+            sent += chunk
+            yield block
+
+    try:
+        answer = httpx.post(
+            url + "/api/predict", content=body(), headers={"Content-Type": "image/png"}, timeout=30
+        )
+    except httpx.TransportError:
+        return None, sent
+    return answer.status_code, sent
 
 
 def _wrk(url: str, body: Path, connections: int, duration: float, threads: int) -> dict:
@@ -195,17 +184,7 @@ def load(
     one chunked upload of `upload_bytes`."""
     from mnist_mlp.backend import machine
 
-    if connections < 1 or not duration > 0:
-        raise UserError(
-            f"--connections must be >= 1 and --duration > 0 seconds; got {connections} and {duration}"
-        )
-    if image and not Path(image).is_file():
-        raise UserError(f"--image {image} not found; give a PNG file")
-    if shutil.which("wrk") is None:
-        raise UserError(
-            "wrk (the load generator) not found; install it: apt-get install wrk (Debian, Ubuntu) "
-            "or brew install wrk (macOS)"
-        )
+    _check(connections, duration, image)
     body = Path(image).read_bytes() if image else digit_png(cache_dir)
     process, url = start_server(run)
     try:
@@ -223,12 +202,7 @@ def load(
             stop.set()
             prober.join(timeout=30)
         rss_loaded = rss_mb(process.pid)[1]
-        before, samples, done = rss_mb(process.pid)[0], [], threading.Event()
-        sampler = threading.Thread(target=_sample_rss, args=(process.pid, done, samples), daemon=True)
-        sampler.start()
-        status, sent = chunked_upload(url, upload_bytes)
-        done.set()
-        sampler.join(timeout=10)
+        status, sent, growth = _upload_beside_memory(process.pid, url, upload_bytes)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -246,11 +220,38 @@ def load(
         len(ms),
         rss_idle,
         rss_loaded,
-        max(samples, default=before) - before,
+        growth,
         status,
         sent / 2**20,
         machine(),
     )
+
+
+def _upload_beside_memory(pid: int, url: str, upload_bytes: int) -> tuple[int | None, int, float]:
+    """chunked_upload while the server's RSS is read every 10 ms: (status, bytes sent, MB it grew)."""
+    before, samples, done = rss_mb(pid)[0], [], threading.Event()
+    sampler = threading.Thread(target=_sample_rss, args=(pid, done, samples), daemon=True)
+    sampler.start()
+    try:
+        status, sent = chunked_upload(url, upload_bytes)
+    finally:
+        done.set()
+        sampler.join(timeout=10)
+    return status, sent, max(samples, default=before) - before
+
+
+def _check(connections: int, duration: float, image) -> None:
+    if connections < 1 or not duration > 0:
+        raise UserError(
+            f"--connections must be >= 1 and --duration > 0 seconds; got {connections} and {duration}"
+        )
+    if image and not Path(image).is_file():
+        raise UserError(f"--image {image} not found; give a PNG file")
+    if shutil.which("wrk") is None:
+        raise UserError(
+            "wrk (the load generator) not found; install it: apt-get install wrk (Debian, Ubuntu) "
+            "or brew install wrk (macOS)"
+        )
 
 
 def _sample_rss(pid: int, done: threading.Event, samples: list) -> None:

@@ -88,7 +88,7 @@ def keras_child(
     compiles = CompileLog(t0) if backend == "jax" else None
     import keras
 
-    from mnist_mlp.recipe import compile_model, prepare, resolve
+    from mnist_mlp.recipe import prepare, resolve
 
     config = resolve(config, backend)[0]  # precision "auto" made concrete, as train makes it
     setup = prepare(
@@ -104,44 +104,12 @@ def keras_child(
         accuracy.append(logs["val_accuracy"])
         reached = stop_at is not None and logs["val_accuracy"] >= stop_at
         if reached or (give_up is not None and ends[-1] >= give_up):  # --time-to: reached, or out of time
-            setup.model.stop_training = model.stop_training = True
+            record.model.stop_training = True  # the model being fit (Keras': the one with the image layers)
 
     record = keras.callbacks.LambdaCallback(
         on_train_begin=lambda logs: start.append(time.time() - t0), on_epoch_end=on_epoch_end
     )
-    tc = config.train
-    model = setup.model
-    if variant == "ours":
-        from mnist_mlp.engine import fit_compiled
-
-        fit_compiled(
-            setup.model,
-            setup.x_train,
-            setup.y_train,
-            batch_size=tc.batch_size,
-            epochs=tc.epochs,
-            seed=tc.seed,
-            validation_data=setup.validation,
-            callbacks=[record],
-            verbose=0,
-            augment=config.augment,
-        )
-    else:  # as the classic script: model.fit with the test set as validation
-        if config.augment.active:  # Keras' own image layers in front, active in fit only
-            model = compile_model(
-                keras.Sequential([keras.Input((784,)), *keras_augmentation(config.augment), model]),
-                tc,
-                len(setup.x_train),
-            )
-        model.fit(
-            setup.x_train,
-            setup.y_train,
-            batch_size=tc.batch_size,
-            epochs=tc.epochs,
-            verbose=0,
-            validation_data=setup.validation,
-            callbacks=[record],
-        )
+    _fit(variant, config, setup, record)
     return {
         "epoch_end_s": ends,
         "epoch_accuracy": accuracy,
@@ -149,6 +117,34 @@ def keras_child(
         "start_s": start[0],
         "compiling": compiles and compiles.summary(until=ends[0]),
     }
+
+
+def _fit(variant: str, config, setup, record) -> None:
+    """Train the variant's model: our compiled engine, or Keras fit as the classic script does (the test set
+    as validation; Keras' own image layers in front where the recipe deforms digits)."""
+    import keras
+
+    from mnist_mlp.recipe import compile_model
+
+    tc, model = config.train, setup.model
+    fit = dict(batch_size=tc.batch_size, epochs=tc.epochs, verbose=0, validation_data=setup.validation)
+    if variant == "ours":
+        from mnist_mlp.engine import fit_compiled
+
+        fit_compiled(
+            model,
+            setup.x_train,
+            setup.y_train,
+            seed=tc.seed,
+            callbacks=[record],
+            augment=config.augment,
+            **fit,
+        )
+        return
+    if config.augment.active:  # the layers are active in fit only
+        layers = keras.Sequential([keras.Input((784,)), *keras_augmentation(config.augment), model])
+        model = compile_model(layers, tc, len(setup.x_train))
+    model.fit(setup.x_train, setup.y_train, callbacks=[record], **fit)
 
 
 def keras_augmentation(augment) -> list:

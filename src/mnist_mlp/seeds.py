@@ -96,10 +96,7 @@ def resume_seeds(group_dir: str | Path, backend: BackendChoice, **kwargs) -> See
                 results.append(_finished(runs.load_run(run_dir)))
                 continue
             try:
-                seeded, resume = (
-                    resume_config(run_dir),
-                    True,
-                )  # its checkpoint's config, checked for edits
+                seeded, resume = resume_config(run_dir), True  # its checkpoint's config, checked for edits
             except (
                 UserError
             ) as e:  # not started, no checkpoint yet, or its history damaged: trained from the start

@@ -41,9 +41,7 @@ from mnist_mlp.batcher import MAX_WAIT, Batcher, forward_pass
 from mnist_mlp.errors import UserError
 from mnist_mlp.predict import FORMATS, ImageTooLarge, open_image, prediction, to_mnist
 
-BACKLOG = (
-    2048  # connections waiting to be accepted (uvicorn's default), e.g. a class opening the page at once
-)
+BACKLOG = 2048  # connections waiting to be accepted (uvicorn's default): a class opening the page at once
 SHUTDOWN_GRACE = 3  # seconds Ctrl-C waits for requests in flight before it stops the server
 # Bytes; larger uploads (photos) decode on their own thread, so drawn digits never wait behind them
 SMALL_BODY = 64 * 1024
@@ -109,34 +107,35 @@ def create_app(run_dir: str | Path, model=None, max_wait: float = MAX_WAIT) -> F
         """A digit image (PNG, JPEG, GIF, BMP, TIFF, WebP) as the raw body or as the one file of a
         multipart form, or JSON {"pixels": 28x28 or 784 numbers} -> the digit, its probabilities and
         what the model saw."""
-        try:
-            body = await _read_capped(request)
-            kind = _kind(request.headers.get("content-type"))
-            if kind == "multipart":
-                body = await _multipart_file(request.headers, body)
-        except UserError as e:
-            return _error(e)
-        except ClientDisconnect:  # a closed tab or a lost phone mid-upload: no one to answer, nothing to log
-            return Response(status_code=400)
-        except (
-            asyncio.CancelledError
-        ):  # Ctrl-C's grace ran out while this upload was still arriving: end quietly
-            return Response(status_code=503)
-        loop = asyncio.get_running_loop()
-        # One wake-up: the decoder hands the image to the batcher, not back here
-        future = loop.create_future()
-        if (
-            len(body) <= SMALL_BODY
-        ):  # a drawing, most likely: its own thread, unless its header says a photo's size
-            decoders.submit(_decode_and_queue, batcher, kind, body, future, loop, photo_decoders)
-        else:
-            photo_decoders.submit(_decode_and_queue, batcher, kind, body, future, loop)
-        outcome = await future
-        if isinstance(outcome, UserError):
-            return _error(outcome)
-        return Response(outcome, media_type="application/json")
+        return await _predict(request, batcher, decoders, photo_decoders)
 
     return app
+
+
+async def _predict(request: Request, batcher, decoders, photo_decoders) -> Response:
+    """The body read within its cap, decoded on a thread (a drawing on `decoders`, a photo on
+    `photo_decoders`), the digit read in the batcher's next batch."""
+    try:
+        body = await _read_capped(request)
+        kind = _kind(request.headers.get("content-type"))
+        if kind == "multipart":
+            body = await _multipart_file(request.headers, body)
+    except UserError as e:
+        return _error(e)
+    except ClientDisconnect:  # a closed tab or a lost phone mid-upload: no one to answer, nothing to log
+        return Response(status_code=400)
+    except asyncio.CancelledError:  # Ctrl-C's grace ran out while this upload was still arriving
+        return Response(status_code=503)
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()  # one wake-up: the decoder hands the image to the batcher, not back here
+    if len(body) <= SMALL_BODY:  # a drawing, most likely: its own thread, unless its header says a photo's
+        decoders.submit(_decode_and_queue, batcher, kind, body, future, loop, photo_decoders)
+    else:
+        photo_decoders.submit(_decode_and_queue, batcher, kind, body, future, loop)
+    outcome = await future
+    if isinstance(outcome, UserError):
+        return _error(outcome)
+    return Response(outcome, media_type="application/json")
 
 
 def _error(e: UserError) -> JSONResponse:

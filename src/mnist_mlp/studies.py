@@ -49,9 +49,8 @@ def open_study(
     where = url.split("@")[-1]
     # Heartbeats: one line out
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    for attempt in range(
-        5
-    ):  # workers starting together race to create the tables and the study; losers retry
+    # Workers starting together race to create the tables and the study; losers retry
+    for attempt in range(5):
         try:
             # heartbeats: a trial whose worker was killed turns FAIL after the grace period, so it is re-run
             rdb = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
@@ -79,9 +78,8 @@ def open_study(
                 text in str(e) for text in ("already exists", "database is locked")
             )
             if not raced and not isinstance(e, optuna.exceptions.DuplicatedStudyError):
-                if (
-                    storage is None
-                ):  # our SQLite file in --out: say what is wrong with it, not with a --storage
+                # Our SQLite file in --out: say what is wrong with it, not with a --storage
+                if storage is None:
                     raise UserError(
                         f"cannot open the sweep's {_sqlite_problem(sweep_dir / STUDY_DB)} ({error}); "
                         "choose another --out"
