@@ -285,3 +285,14 @@ def test_a_diverged_run_says_so_in_one_line_without_kerass_lines(engine, synthet
     captured = capsys.readouterr()
     assert "Invalid loss" not in captured.out + captured.err
     assert captured.err.count("\n") == 1 and "training diverged" in captured.err
+
+
+@pytest.mark.parametrize("engine", ["compiled", "fit"])
+def test_ema_saves_the_average_it_validated(engine, mnist_dir, tmp_path):
+    """With train.ema, both engines validate the weights' moving average and save it: the saved model scores
+    the test set (here the validation data) exactly as the last epoch's val_accuracy said."""
+    out = tmp_path / "r"
+    argv = ["train", "--epochs", "2", "--engine", engine, "--set", "train.train_samples=2000"]
+    assert main([*argv, "--set", "train.ema=0.5", "--out", str(out), "--cache-dir", str(mnist_dir)]) == 0
+    metrics = json.loads((out / runs.METRICS).read_text())
+    assert metrics["test_accuracy"] == pytest.approx(metrics["final_val_accuracy"], abs=1e-6)

@@ -12,6 +12,7 @@ import inspect
 import math
 import operator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -158,91 +159,137 @@ def fit_side_by_side(
     seeds[i] and reports to callbacks[i] as it would alone (the progress bar is the first's); its products are
     computed in other kernels, so its numbers can differ from a lone run's by rounding. Stops when any model
     stops."""
-    together = len(models) > 1
-    model, callbacks = models[0], list(callbacks) or [()] * len(models)
-    if not len(seeds) == len(callbacks) == len(models):
+    together, count = len(models) > 1, len(models)
+    callbacks = list(callbacks) or [()] * count
+    if not len(seeds) == len(callbacks) == count:
         raise ValueError(
-            f"{len(models)} models need as many seeds and callback lists ({len(seeds)}, {len(callbacks)})"
+            f"{count} models need as many seeds and callback lists ({len(seeds)}, {len(callbacks)})"
         )
-    optimizer, loss = model.optimizer, model.loss
-    loss = keras.losses.get(loss) if isinstance(loss, str) else loss
-    for m in models:
-        if not m.optimizer.built:
-            m.optimizer.build(m.trainable_variables)
     on_cpu = jax.devices()[0].platform == "cpu"
     chunks = chunks or (CHUNKS if on_cpu else GPU_CHUNKS)
-    augment = augment if augment is not None and augment.active else None
-    run_chunk, evaluate = _make_programs(
-        model, optimizer, loss, unroll or (1 if on_cpu else GPU_UNROLL), augment, side_by_side=together
-    )
-    deform_keys = [jax.random.fold_in(jax.random.key(seed), AUGMENT_STREAM) for seed in seeds]
-    x, y = jax.device_put(x), jax.device_put(y)  # one copy; jnp.asarray holds two at its peak
-    if validation_data is not None:
-        x_val, y_val = map(jax.device_put, validation_data)
-    n = x.shape[0]
-    steps = math.ceil(n / batch_size)
-    callback_lists = _callback_lists(models, callbacks, verbose, epochs, steps)
-    rngs = [np.random.default_rng(seed) if shuffle else None for seed in seeds]
-    for rng in rngs if shuffle else ():
-        for _ in range(initial_epoch):  # a resumed run sees the same shuffles as an uninterrupted one
-            rng.permutation(n)
-    variables = [
-        (
-            [v.value for v in m.trainable_variables],
-            [v.value for v in m.non_trainable_variables],
-            [v.value for v in m.optimizer.variables],
-        )
-        for m in models
-    ]
+    plan = _Epochs.of(x, y, validation_data, batch_size, chunks, seeds, shuffle, initial_epoch)
+    callback_lists = _callback_lists(models, callbacks, verbose, epochs, math.ceil(len(x) / batch_size))
+    variables = [_variables(m) for m in models]
     stacked = _stack(variables) if together else None
-    logs = [{} for _ in models]
-    programs = {}
     if initial_epoch < epochs:
-        stack = (len(models),) if together else ()
-        shapes = dict.fromkeys(stack + part.shape for part in epoch_index(n, batch_size, None, chunks))
-        programs = _compile_ahead(
-            run_chunk,
-            evaluate,
-            _epoch_state(stacked if together else variables[0], len(models)),
-            x,
-            y,
-            list(shapes),
-            jnp.stack(deform_keys) if together else deform_keys[0],
-            (x_val, y_val) if validation_data is not None else None,
-            at_once=on_cpu,
-        )
+        unroll = unroll or (1 if on_cpu else GPU_UNROLL)
+        plan.compile(models, stacked if together else variables[0], augment, unroll, at_once=on_cpu)
+    logs = [{} for _ in models]
     try:
         for epoch in range(initial_epoch, epochs):
             for c in callback_lists:
                 c.on_epoch_begin(epoch)
             # The chunks donate (reuse) their input buffers: a lone model's own must stay valid, so it gets a
             # copy; stacked variables are the engine's own (the models hold slices of them).
-            state = _epoch_state(stacked if together else _copy(variables[0]), len(models))
-            keys = [jax.random.fold_in(key, epoch) for key in deform_keys]
-            key = jnp.stack(keys) if together else keys[0]
-            blocks = [epoch_index(n, batch_size, rng, chunks) for rng in rngs]
-            state, logs = _run_epoch(programs, state, x, y, blocks, key, callback_lists)
-            if validation_data is not None:
-                val_loss, val_accuracy = (
-                    np.atleast_1d(np.asarray(v))
-                    for v in programs["evaluate"].result()(state[0], state[1], x_val, y_val)
-                )
-                logs = [
-                    {**log, "val_loss": float(val_loss[i]), "val_accuracy": float(val_accuracy[i])}
-                    for i, log in enumerate(logs)
-                ]
+            state = _epoch_state(stacked if together else _copy(variables[0]), count)
+            state, logs = plan.run(epoch, state, callback_lists)
             stacked = state[:3]
-            variables = _unstack(stacked, len(models)) if together else [stacked]
+            variables = _unstack(stacked, count) if together else [stacked]
             for m, c, values, log in zip(models, callback_lists, variables, logs):
                 _write_back(m, m.optimizer, *values)
                 c.on_epoch_end(epoch, log)
             if any(m.stop_training for m in models):
                 break
     finally:  # after a Ctrl-C or an error: compiles not yet started are dropped, not waited for
-        for program in programs.values():
+        for program in plan.programs.values():
             program.cancel()
+    for m in models:
+        _take_average(m)
     for c, log in zip(callback_lists, logs):
         c.on_train_end(log)
+
+
+@dataclass
+class _Epochs:
+    """What each epoch of a fit uses: the data on the device, each model's shuffles and deformation stream,
+    and the compiled programs."""
+
+    x: jax.Array
+    y: jax.Array
+    validation: tuple | None
+    batch_size: int
+    chunks: int
+    rngs: list  # a shuffler per model (None: in order)
+    deform_keys: list  # a key per model
+    programs: dict = field(default_factory=dict)
+    average: list | None = None  # where the optimizer keeps the weights' moving average (train.ema)
+
+    @classmethod
+    def of(
+        cls, x, y, validation_data, batch_size: int, chunks: int, seeds, shuffle: bool, initial_epoch: int
+    ):
+        x, y = jax.device_put(x), jax.device_put(y)  # one copy; jnp.asarray holds two at its peak
+        validation = None if validation_data is None else tuple(map(jax.device_put, validation_data))
+        rngs = [_shuffler(seed, x.shape[0], initial_epoch) if shuffle else None for seed in seeds]
+        keys = [jax.random.fold_in(jax.random.key(seed), AUGMENT_STREAM) for seed in seeds]
+        return cls(x, y, validation, batch_size, chunks, rngs, keys)
+
+    def compile(self, models, variables, augment, unroll: int, at_once: bool) -> None:
+        """Start compiling every program the epochs will call (see _compile_ahead), for `variables` (stacked
+        where several models train together)."""
+        model, count = models[0], len(models)
+        loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
+        augment = augment if augment is not None and augment.active else None
+        run_chunk, evaluate = _make_programs(
+            model, model.optimizer, loss, unroll, augment, side_by_side=count > 1
+        )
+        stack = (count,) if count > 1 else ()
+        index = epoch_index(self.x.shape[0], self.batch_size, None, self.chunks)
+        shapes = list(dict.fromkeys(stack + part.shape for part in index))
+        key = jnp.stack(self.deform_keys) if count > 1 else self.deform_keys[0]
+        state = _epoch_state(variables, count)
+        self.average = _average_index(model.optimizer)
+        self.programs = _compile_ahead(
+            run_chunk, evaluate, state, self.x, self.y, shapes, key, self.validation, at_once
+        )
+
+    def run(self, epoch: int, state, callback_lists) -> tuple:
+        """One epoch from `state`, then the validation: (the state at the end, each model's logs)."""
+        keys = [jax.random.fold_in(key, epoch) for key in self.deform_keys]
+        key = jnp.stack(keys) if len(keys) > 1 else keys[0]
+        blocks = [epoch_index(self.x.shape[0], self.batch_size, rng, self.chunks) for rng in self.rngs]
+        state, logs = _run_epoch(self.programs, state, self.x, self.y, blocks, key, callback_lists)
+        if self.validation is None:
+            return state, logs
+        weights = state[0] if self.average is None else [state[2][i] for i in self.average]  # what is saved
+        val_loss, val_accuracy = (
+            np.atleast_1d(np.asarray(v))
+            for v in self.programs["evaluate"].result()(weights, state[1], *self.validation)
+        )
+        logs = [
+            {**log, "val_loss": float(val_loss[i]), "val_accuracy": float(val_accuracy[i])}
+            for i, log in enumerate(logs)
+        ]
+        return state, logs
+
+
+def _shuffler(seed: int, n: int, initial_epoch: int) -> np.random.Generator:
+    """The epochs' shuffles from `seed`; a resumed run sees the same ones as an uninterrupted run."""
+    rng = np.random.default_rng(seed)
+    for _ in range(initial_epoch):
+        rng.permutation(n)
+    return rng
+
+
+def _variables(model) -> tuple[list, list, list]:
+    """A model's trainable, non-trainable and optimizer variables, as arrays (the optimizer built first)."""
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    return (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        [v.value for v in model.optimizer.variables],
+    )
+
+
+def _take_average(model) -> None:
+    """With train.ema, the model ends as the moving average of its weights, as Keras fit ends. Copies: Keras'
+    own finalize_variable_values assigns the average's buffer, which a later model.evaluate donates."""
+    if _average_index(model.optimizer) is not None:
+        for weight, average in zip(
+            model.trainable_variables, model.optimizer._model_variables_moving_average
+        ):
+            weight.assign(jnp.copy(average.value))
 
 
 def _callback_lists(models, callbacks, verbose, epochs: int, steps: int) -> list:
@@ -282,6 +329,15 @@ def _run_epoch(programs, state, x, y, blocks: list[list[np.ndarray]], key, callb
             logs[i] = {"loss": float(losses[i]) / done_samples, "accuracy": int(hits[i]) / done_samples}
             c.on_train_batch_end(done_steps - 1, logs[i])
     return state, logs
+
+
+def _average_index(optimizer) -> list[int] | None:
+    """Where the optimizer keeps the moving average of each weight among its variables (`use_ema`), in the
+    order of the trainable weights; None where it keeps none."""
+    if not getattr(optimizer, "use_ema", False):
+        return None
+    position = {id(v): i for i, v in enumerate(optimizer.variables)}
+    return [position[id(v)] for v in optimizer._model_variables_moving_average]
 
 
 def _epoch_state(variables, count: int):

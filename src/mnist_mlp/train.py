@@ -86,9 +86,7 @@ def train(
 
 
 def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks) -> Started:
-    run = start_run(
-        config, run_dir, backend, resume, data_dir, log, callbacks
-    )  # the model, data and callbacks
+    run = start_run(config, run_dir, backend, resume, data_dir, log, callbacks)  # model, data, callbacks
     model, tc = run.setup.model, config.train
     # The same arguments, the same callbacks
     fit = model.fit if run.engine == "fit" else _compiled_fit(model, config)
@@ -103,6 +101,9 @@ def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks) 
             callbacks=[*run.callbacks, ctrl_c],
             initial_epoch=run.initial_epoch,
         )
+    if tc.ema and run.engine == "fit":  # fit ends with each weight on its average's own buffer (JAX), which
+        for weight in model.trainable_variables:  # model.evaluate would donate: the average's copy instead
+            weight.assign(keras.ops.copy(weight.value))
     check_finite(run)
     return run
 
@@ -155,6 +156,7 @@ def start_run(config, run_dir, backend, resume, data_dir, log, callbacks) -> Sta
     timer = EpochTimer()
     callbacks = [
         *callbacks,
+        *([keras.callbacks.SwapEMAWeights()] if tc.ema and engine == "fit" else []),  # validate the average
         StopOnNaN(),
         keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume),
         Checkpoint(run_dir, rng, config_to_toml(config), tc.checkpoint_seconds),  # saves after the rest
@@ -181,8 +183,8 @@ def finish_run(
     run: Started, backend, score_test: bool, started: float, config_name: str | None = None
 ) -> TrainResult:
     """Score the test set once (unless not `score_test`) and write the model, history, curves and metrics."""
-    config, run_dir, model, timer, engine = run.config, run.run_dir, run.setup.model, run.timer, run.engine
-    train_samples, test = len(run.setup.x_train), run.setup.test if score_test else None
+    run_dir, model, timer = run.run_dir, run.setup.model, run.timer
+    test = run.setup.test if score_test else None
     test_loss = test_accuracy = ci95 = None
     if test is not None:
         x_test, y_test = test
@@ -204,43 +206,45 @@ def finish_run(
         time.perf_counter() - started,
         backend.name,
     )
-    tc = config.train
-    outputs.write_json(
-        run_dir / runs.METRICS,
-        {
-            "test_loss": result.test_loss,
-            "test_accuracy": result.test_accuracy,
-            "test_accuracy_ci95": list(ci95) if ci95 else None,
-            "test_samples": len(test[0]) if test is not None else 0,
-            "train_samples": train_samples,
-            "final_val_accuracy": history.get("val_accuracy", [None])[-1],
-            "stopped_after_epochs": len(history["loss"]),
-            "validation": tc.validation,
-            "epochs": tc.epochs,
-            "engine": engine,
-            "seconds_per_epoch": result.seconds_per_epoch,
-            "epoch_seconds": timer.seconds,
-            "epochs_this_process": len(timer.seconds),
-            "wall_seconds": result.wall_seconds,
-            "side_by_side": run.side_by_side,  # > 1: the times are the group's, trained together
-            "config_name": config_name,  # the preset or file it came from; None where not known (a resume)
-            "backend": backend.name,
-            "backend_reason": backend.reason,
-            "versions": versions(backend.name),
-            "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs",
-            "device": device_name(backend.name),
-            "threads": {
-                "cpus_available": len(os.sched_getaffinity(0)),
-                "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-            },
-            "data_sha256": {key: sha for key, (_, sha) in cache.FILES.items()},
-            # What was trained: load_run refuses a config.toml edited since
-            "config": dataclasses.asdict(config),
-            "model_sha256": cache.file_sha256(run_dir / runs.MODEL),
-        },
-    )
+    outputs.write_json(run_dir / runs.METRICS, _metrics(run, result, history, test, config_name, backend))
     (run_dir / runs.CHECKPOINT).unlink(missing_ok=True)  # finished: nothing left to resume
     return result
+
+
+def _metrics(run: Started, result: TrainResult, history: dict, test, config_name, backend) -> dict:
+    """metrics.json: the scores, the times, and what trained them (versions, machine, data, config)."""
+    tc, timer = run.config.train, run.timer
+    return {
+        "test_loss": result.test_loss,
+        "test_accuracy": result.test_accuracy,
+        "test_accuracy_ci95": list(result.ci95) if result.ci95 else None,
+        "test_samples": len(test[0]) if test is not None else 0,
+        "train_samples": len(run.setup.x_train),
+        "final_val_accuracy": history.get("val_accuracy", [None])[-1],
+        "stopped_after_epochs": len(history["loss"]),
+        "validation": tc.validation,
+        "epochs": tc.epochs,
+        "engine": run.engine,
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "epoch_seconds": timer.seconds,
+        "epochs_this_process": len(timer.seconds),
+        "wall_seconds": result.wall_seconds,
+        "side_by_side": run.side_by_side,  # > 1: the times are the group's, trained together
+        "config_name": config_name,  # the preset or file it came from; None where not known (a resume)
+        "backend": backend.name,
+        "backend_reason": backend.reason,
+        "versions": versions(backend.name),
+        "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs",
+        "device": device_name(backend.name),
+        "threads": {
+            "cpus_available": len(os.sched_getaffinity(0)),
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        },
+        "data_sha256": {key: sha for key, (_, sha) in cache.FILES.items()},
+        # What was trained: load_run refuses a config.toml edited since
+        "config": dataclasses.asdict(run.config),
+        "model_sha256": cache.file_sha256(run.run_dir / runs.MODEL),
+    }
 
 
 def describe(result: TrainResult, next_step: str) -> str:
