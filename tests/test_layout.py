@@ -1,5 +1,5 @@
 """The house rules of docs/development.md, read from the source: the modules' imports draw no circle, serving
-and evaluation never reach training, and the sweep's main path stays short."""
+and evaluation never reach training, modules and functions stay short, and so does the sweep's main path."""
 
 import ast
 import re
@@ -64,6 +64,25 @@ def test_the_sweep_reads_suggest_train_report_in_a_few_lines():
     tree = ast.parse((PACKAGE / "sweep.py").read_text())
     sweep = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "sweep")
     assert sweep.end_lineno - sweep.lineno + 1 <= 40
+
+
+def test_modules_and_functions_stay_a_readable_size():
+    """No module over 400 lines (cli.py: 450) and no function over 60, but the parser's (a list of flags)."""
+    long = []
+    for path in PACKAGE.glob("*.py"):
+        source = path.read_text()
+        lines = source.count("\n")
+        if lines > (450 if path.stem == "cli" else 400):
+            long.append(f"{path.name}: {lines} lines")
+        for node in ast.walk(ast.parse(source)):
+            length = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+            if (
+                isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                and node.name != "build_parser"
+                and length > 60
+            ):
+                long.append(f"{path.stem}.{node.name}: {length} lines")
+    assert sorted(long) == []
 
 
 def test_signal_handlers_are_installed_in_one_module():
