@@ -296,3 +296,29 @@ def test_ema_saves_the_average_it_validated(engine, mnist_dir, tmp_path):
     assert main([*argv, "--set", "train.ema=0.5", "--out", str(out), "--cache-dir", str(mnist_dir)]) == 0
     metrics = json.loads((out / runs.METRICS).read_text())
     assert metrics["test_accuracy"] == pytest.approx(metrics["final_val_accuracy"], abs=1e-6)
+
+
+def test_validation_none_trains_on_every_image_and_scores_the_test_set_once(synthetic_dir, tmp_path, capsys):
+    """A final run whose recipe was chosen on the split: all training images train, nothing is validated
+    (history.csv holds no val_ columns, Keras' CSVLogger's "NA" ones dropped), the test set is scored at the
+    end, and the run reads back for plot and evaluate."""
+    out = tmp_path / "r"
+    argv = [
+        "train",
+        "--epochs",
+        "2",
+        "--validation",
+        "none",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(synthetic_dir),
+    ]
+    assert main(argv) == 0
+    assert "No validation" in capsys.readouterr().out
+    history, metrics = runs.read_history(out / runs.HISTORY), json.loads((out / runs.METRICS).read_text())
+    assert sorted(history) == ["accuracy", "epoch", "loss"]
+    every = len(data.load_split("train", synthetic_dir)[1])
+    assert metrics["train_samples"] == every and metrics["final_val_accuracy"] is None
+    assert 0 < metrics["test_accuracy"] <= 1
+    assert main(["plot", str(out), "--out", str(tmp_path / "c.png")]) == 0

@@ -85,6 +85,7 @@ def build_parser() -> Parser:
     )
 
     p = command("train", "train a model into a run directory", cache_dir, config)
+    # --validation test: as the classic examples; split: hold out 10,000; none: all train, test at the end
     for flag, kind, choices in (
         ("--backend", str, BACKENDS),
         ("--epochs", int, None),
@@ -93,7 +94,7 @@ def build_parser() -> Parser:
         ("--train-samples", int, None),
         ("--engine", str, ENGINES),
         ("--validation", str, VALIDATIONS),
-    ):  # test: as the classic examples; split: hold out
+    ):
         key = ("" if flag == "--backend" else "train.") + flag[2:].replace("-", "_")
         p.add_argument(
             flag, type=kind, choices=choices, help=f"shortcut for --set {key}=... (default: the config's)"

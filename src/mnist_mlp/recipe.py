@@ -23,7 +23,7 @@ class Setup:
     model: keras.Model  # built and compiled
     x_train: np.ndarray  # float32 (n, 784) in [0, 1]
     y_train: np.ndarray  # float32 (n, 10) one-hot
-    validation: tuple[np.ndarray, np.ndarray]  # the test set, or the last 10,000 training images
+    validation: tuple[np.ndarray, np.ndarray] | None  # the test set, the last 10,000 training images, or none
     test: tuple[np.ndarray, np.ndarray]
 
 
@@ -97,7 +97,7 @@ def prepare(
     if tc.validation == "split":
         (x_train, y_train), validation = data.split_validation(x_train, y_train)
     else:
-        validation = test
+        validation = test if tc.validation == "test" else None
     if tc.train_samples:
         x_train, y_train = x_train[: tc.train_samples], y_train[: tc.train_samples]
     model = compile_model(build_model(config.model, tc.precision), tc, len(x_train))

@@ -113,8 +113,10 @@ def read_history(path: str | Path) -> dict[str, list[float]]:
         ) from None
     if not rows:
         raise UserError(f"{path} has no epochs; train the run again")
+    # Keras' CSVLogger adds val_ columns of "NA" where nothing is validated (train.validation = "none")
+    keys = [key for key in rows[0] if any(row[key] != "NA" for row in rows)]
     try:
-        history = {key: [float(row[key]) for row in rows] for key in rows[0]}
+        history = {key: [float(row[key]) for row in rows] for key in keys}
     except (TypeError, ValueError):
         raise UserError(f"{path} is not a valid history; train the run again") from None
     if not {"loss", "accuracy"} <= set(history):  # Keras' CSVLogger writes both, each epoch

@@ -297,6 +297,8 @@ def validation_note(config: TrainConfig) -> str:
             "Validating on the 10,000 test images each epoch, as the classic example does "
             "(--validation split holds out training images instead)."
         )
+    if config.validation == "none":
+        return "No validation: all 60,000 training images train; the test set is scored once, at the end."
     return "Validating on the last 10,000 training images; the test set is scored once, at the end."
 
 
