@@ -84,42 +84,6 @@ def test_validation_metrics_match_keras_evaluate(mnist):
     assert logger.history["val_accuracy"][0] == pytest.approx(accuracy, abs=1e-6)
 
 
-def test_ema_validates_and_ends_as_the_average(mnist):
-    """train.ema: the optimizer keeps a moving average beside the weights; validation scores the average,
-    and the model ends as the average (what is saved), not as the last step's weights."""
-    (x_train, y_train), (x_test, y_test) = mnist
-    x, y = data.preprocess(x_train[:1000]), data.to_one_hot(y_train[:1000])
-    x_val, y_val = data.preprocess(x_test[:1000]), data.to_one_hot(y_test[:1000])
-    model = compile_model(build_model(ModelConfig(hidden_units=(32,))), TrainConfig(ema=0.9))
-    last = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: raw.append(model.get_weights()))
-    raw, logger = [], keras.callbacks.History()
-    options = dict(batch_size=100, epochs=2, validation_data=(x_val, y_val), verbose=0)
-    engine.fit_compiled(model, x, y, seed=1, callbacks=[logger, last], **options)
-    average = [np.asarray(v) for v in model.optimizer._model_variables_moving_average]
-    for weight, mean, step in zip(model.get_weights(), average, raw[-1]):
-        np.testing.assert_array_equal(weight, mean)
-        assert np.abs(weight - step).max() > 1e-4  # the average is not the last step's weights
-    loss, accuracy = model.evaluate(x_val, y_val, verbose=0)
-    assert logger.history["val_loss"][-1] == pytest.approx(loss, abs=1e-5)
-    assert logger.history["val_accuracy"][-1] == pytest.approx(accuracy, abs=1e-6)
-
-
-def test_label_smoothing_makes_the_model_less_sure(mnist):
-    """train.label_smoothing: the same model and batches, trained towards smoothed targets, ends less sure of
-    its answers (the targets' top value is 1 - s + s/10 = 0.82 at s = 0.2)."""
-    (x_train, y_train), _ = mnist
-    x, y = data.preprocess(x_train[:2000]), data.to_one_hot(y_train[:2000])
-    sure = []
-    for smoothing in (0.0, 0.2):
-        keras.utils.set_random_seed(4)
-        model = compile_model(
-            build_model(ModelConfig(hidden_units=(64,))), TrainConfig(label_smoothing=smoothing)
-        )
-        engine.fit_compiled(model, x, y, batch_size=100, epochs=10, seed=1, verbose=0)
-        sure.append(float(np.mean(np.max(model.predict(x, verbose=0), axis=1))))
-    assert sure[1] < 0.82 < sure[0]  # smoothed: below its targets' top; plain: above it
-
-
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_side_by_side_deforms_and_trains_each_model_as_alone(mnist, precision):
     """Two seeds, deformed digits, dropout, Adam, a cosine schedule: trained together (vmapped) and each alone

@@ -287,17 +287,6 @@ def test_a_diverged_run_says_so_in_one_line_without_kerass_lines(engine, synthet
     assert captured.err.count("\n") == 1 and "training diverged" in captured.err
 
 
-@pytest.mark.parametrize("engine", ["compiled", "fit"])
-def test_ema_saves_the_average_it_validated(engine, mnist_dir, tmp_path):
-    """With train.ema, both engines validate the weights' moving average and save it: the saved model scores
-    the test set (here the validation data) exactly as the last epoch's val_accuracy said."""
-    out = tmp_path / "r"
-    argv = ["train", "--epochs", "2", "--engine", engine, "--set", "train.train_samples=2000"]
-    assert main([*argv, "--set", "train.ema=0.5", "--out", str(out), "--cache-dir", str(mnist_dir)]) == 0
-    metrics = json.loads((out / runs.METRICS).read_text())
-    assert metrics["test_accuracy"] == pytest.approx(metrics["final_val_accuracy"], abs=1e-6)
-
-
 def test_validation_none_trains_on_every_image_and_scores_the_test_set_once(synthetic_dir, tmp_path, capsys):
     """A final run whose recipe was chosen on the split: all training images train, nothing is validated
     (history.csv holds no val_ columns, Keras' CSVLogger's "NA" ones dropped), the test set is scored at the
@@ -322,6 +311,7 @@ def test_validation_none_trains_on_every_image_and_scores_the_test_set_once(synt
     assert metrics["train_samples"] == every and metrics["final_val_accuracy"] is None
     assert 0 < metrics["test_accuracy"] <= 1
     assert main(["plot", str(out), "--out", str(tmp_path / "c.png")]) == 0
+    assert main(["evaluate", str(out), "--cache-dir", str(synthetic_dir)]) == 0
 
 
 @pytest.mark.parametrize("preset", ["default", "fast", "record-cpu", "handwriting"])

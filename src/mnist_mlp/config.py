@@ -71,8 +71,6 @@ class TrainConfig:
     engine: str = "auto"
     train_samples: int = 0  # 0: all; N: only the first N training images (quick tries, tests)
     precision: str = "float32"  # "bfloat16": products from bfloat16 inputs, float32 sums and weights (JAX)
-    label_smoothing: float = 0.0  # the targets' 1 becomes 1 - s + s/10, each 0 s/10
-    ema: float = 0.0  # momentum of a moving average of the weights (0: off); the saved model is the average
     checkpoint_seconds: float = (
         10.0  # the resume checkpoint: after an epoch this long after the last (0: each)
     )
@@ -89,8 +87,6 @@ class TrainConfig:
         check_key(self.train_samples >= 0, "train.train_samples", "must be >= 0 (0 means all)")
         _check_choice(self.engine, ENGINES, "train.engine")
         _check_choice(self.precision, PRECISIONS, "train.precision")
-        check_key(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
-        check_key(0 <= self.ema < 1, "train.ema", "must be in [0, 1) (0: off; e.g. 0.999)")
         check_key(
             self.checkpoint_seconds >= 0, "train.checkpoint_seconds", "must be >= 0 (0: after every epoch)"
         )

@@ -162,12 +162,13 @@ def fit_side_by_side(
     together, count = len(models) > 1, len(models)
     callbacks = list(callbacks) or [()] * count
     if not len(seeds) == len(callbacks) == count:
-        raise ValueError(
-            f"{count} models need as many seeds and callback lists ({len(seeds)}, {len(callbacks)})"
-        )
+        raise ValueError(f"{count} models need {count} seeds and {count} callback lists")
     on_cpu = jax.devices()[0].platform == "cpu"
     chunks = chunks or (CHUNKS if on_cpu else GPU_CHUNKS)
     plan = _Epochs.of(x, y, validation_data, batch_size, chunks, seeds, shuffle, initial_epoch)
+    for m in models:  # built before the callbacks are told training begins (they may restore its state)
+        if not m.optimizer.built:
+            m.optimizer.build(m.trainable_variables)
     callback_lists = _callback_lists(models, callbacks, verbose, epochs, math.ceil(len(x) / batch_size))
     variables = [_variables(m) for m in models]
     stacked = _stack(variables) if together else None
@@ -193,8 +194,6 @@ def fit_side_by_side(
     finally:  # after a Ctrl-C or an error: compiles not yet started are dropped, not waited for
         for program in plan.programs.values():
             program.cancel()
-    for m in models:
-        _take_average(m)
     for c, log in zip(callback_lists, logs):
         c.on_train_end(log)
 
@@ -212,7 +211,6 @@ class _Epochs:
     rngs: list  # a shuffler per model (None: in order)
     deform_keys: list  # a key per model
     programs: dict = field(default_factory=dict)
-    average: list | None = None  # where the optimizer keeps the weights' moving average (train.ema)
 
     @classmethod
     def of(
@@ -238,7 +236,6 @@ class _Epochs:
         shapes = list(dict.fromkeys(stack + part.shape for part in index))
         key = jnp.stack(self.deform_keys) if count > 1 else self.deform_keys[0]
         state = _epoch_state(variables, count)
-        self.average = _average_index(model.optimizer)
         self.programs = _compile_ahead(
             run_chunk, evaluate, state, self.x, self.y, shapes, key, self.validation, at_once
         )
@@ -251,10 +248,9 @@ class _Epochs:
         state, logs = _run_epoch(self.programs, state, self.x, self.y, blocks, key, callback_lists)
         if self.validation is None:
             return state, logs
-        weights = state[0] if self.average is None else [state[2][i] for i in self.average]  # what is saved
         val_loss, val_accuracy = (
             np.atleast_1d(np.asarray(v))
-            for v in self.programs["evaluate"].result()(weights, state[1], *self.validation)
+            for v in self.programs["evaluate"].result()(state[0], state[1], *self.validation)
         )
         logs = [
             {**log, "val_loss": float(val_loss[i]), "val_accuracy": float(val_accuracy[i])}
@@ -272,24 +268,12 @@ def _shuffler(seed: int, n: int, initial_epoch: int) -> np.random.Generator:
 
 
 def _variables(model) -> tuple[list, list, list]:
-    """A model's trainable, non-trainable and optimizer variables, as arrays (the optimizer built first)."""
-    if not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
+    """A model's trainable, non-trainable and optimizer variables, as arrays."""
     return (
         [v.value for v in model.trainable_variables],
         [v.value for v in model.non_trainable_variables],
         [v.value for v in model.optimizer.variables],
     )
-
-
-def _take_average(model) -> None:
-    """With train.ema, the model ends as the moving average of its weights, as Keras fit ends. Copies: Keras'
-    own finalize_variable_values assigns the average's buffer, which a later model.evaluate donates."""
-    if _average_index(model.optimizer) is not None:
-        for weight, average in zip(
-            model.trainable_variables, model.optimizer._model_variables_moving_average
-        ):
-            weight.assign(jnp.copy(average.value))
 
 
 def _callback_lists(models, callbacks, verbose, epochs: int, steps: int) -> list:
@@ -329,15 +313,6 @@ def _run_epoch(programs, state, x, y, blocks: list[list[np.ndarray]], key, callb
             logs[i] = {"loss": float(losses[i]) / done_samples, "accuracy": int(hits[i]) / done_samples}
             c.on_train_batch_end(done_steps - 1, logs[i])
     return state, logs
-
-
-def _average_index(optimizer) -> list[int] | None:
-    """Where the optimizer keeps the moving average of each weight among its variables (`use_ema`), in the
-    order of the trainable weights; None where it keeps none."""
-    if not getattr(optimizer, "use_ema", False):
-        return None
-    position = {id(v): i for i, v in enumerate(optimizer.variables)}
-    return [position[id(v)] for v in optimizer._model_variables_moving_average]
 
 
 def _epoch_state(variables, count: int):

@@ -97,7 +97,8 @@ def rss_mb(pid: int) -> tuple[float, float]:
 def chunked_upload(url: str, total: int, chunk: int = 1 << 20) -> tuple[int | None, int]:
     """POST `total` bytes with Transfer-Encoding: chunked (a generator body: no Content-Length) until the
     server stops taking them: (HTTP status, or None where the connection was cut first; bytes sent). httpx
-    reads the answer when the server closes the connection mid-upload."""
+    reads the answer when the server closes the connection mid-upload. A server that cannot be reached is an
+    error, not a cut-off upload."""
     import httpx
 
     sent = 0
@@ -106,15 +107,16 @@ def chunked_upload(url: str, total: int, chunk: int = 1 << 20) -> tuple[int | No
         nonlocal sent
         block = bytes(chunk)
         while sent < total:
-            sent += chunk
             yield block
+            sent += chunk  # once taken
 
-    try:
-        answer = httpx.post(
-            url + "/api/predict", content=body(), headers={"Content-Type": "image/png"}, timeout=30
-        )
-    except httpx.TransportError:
-        return None, sent
+    with httpx.Client(trust_env=False, timeout=30) as client:  # loopback: no proxy from the environment
+        try:
+            answer = client.post(url + "/api/predict", content=body(), headers={"Content-Type": "image/png"})
+        except httpx.TransportError:
+            if sent == 0:
+                raise
+            return None, sent
     return answer.status_code, sent
 
 

@@ -60,12 +60,8 @@ def compile_model(model: keras.Model, config: TrainConfig, train_samples: int = 
         steps = math.ceil(train_samples / config.batch_size) * config.epochs
         learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
     optimizer_class = type(keras.optimizers.get(config.optimizer))  # Keras' own name -> class table
-    average = {"use_ema": True, "ema_momentum": config.ema} if config.ema else {}
-    loss = config.loss
-    if config.label_smoothing:
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
     model.compile(
-        loss=loss, optimizer=optimizer_class(learning_rate=learning_rate, **average), metrics=["accuracy"]
+        loss=config.loss, optimizer=optimizer_class(learning_rate=learning_rate), metrics=["accuracy"]
     )
     return model
 

@@ -101,9 +101,6 @@ def _train(config, run_dir, backend, resume, data_dir, verbose, log, callbacks) 
             callbacks=[*run.callbacks, ctrl_c],
             initial_epoch=run.initial_epoch,
         )
-    if tc.ema and run.engine == "fit":  # fit ends with each weight on its average's own buffer (JAX), which
-        for weight in model.trainable_variables:  # model.evaluate would donate: the average's copy instead
-            weight.assign(keras.ops.copy(weight.value))
     check_finite(run)
     return run
 
@@ -156,7 +153,6 @@ def start_run(config, run_dir, backend, resume, data_dir, log, callbacks) -> Sta
     timer = EpochTimer()
     callbacks = [
         *callbacks,
-        *([keras.callbacks.SwapEMAWeights()] if tc.ema and engine == "fit" else []),  # validate the average
         StopOnNaN(),
         keras.callbacks.CSVLogger(str(run_dir / runs.PARTIAL_HISTORY), append=resume),
         Checkpoint(run_dir, rng, config_to_toml(config), tc.checkpoint_seconds),  # saves after the rest
@@ -298,7 +294,7 @@ def validation_note(config: TrainConfig) -> str:
             "(--validation split holds out training images instead)."
         )
     if config.validation == "none":
-        return "No validation: all 60,000 training images train; the test set is scored once, at the end."
+        return "No validation: no training image is held out; the test set is scored once, at the end."
     return "Validating on the last 10,000 training images; the test set is scored once, at the end."
 
 
