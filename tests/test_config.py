@@ -90,7 +90,7 @@ def test_every_shipped_preset_loads_by_name():
     assert {"default", "fast", "record-cpu", "handwriting"} <= set(names)
     loaded = {name: load_config(name) for name in names}
     assert loaded["default"] == Config()
-    assert loaded["record-cpu"].augment.active and loaded["record-cpu"].train.validation == "split"
+    assert loaded["record-cpu"].augment.active and loaded["record-cpu"].train.validation == "none"
     assert not loaded["fast"].augment.active
     assert loaded["handwriting"].augment.active and loaded["handwriting"].train.precision == "auto"
 
