@@ -312,15 +312,3 @@ def test_validation_none_trains_on_every_image_and_scores_the_test_set_once(synt
     assert 0 < metrics["test_accuracy"] <= 1
     assert main(["plot", str(out), "--out", str(tmp_path / "c.png")]) == 0
     assert main(["evaluate", str(out), "--cache-dir", str(synthetic_dir)]) == 0
-
-
-@pytest.mark.parametrize("preset", ["fast", "record-cpu", "handwriting"])  # default: as most tests train
-def test_every_preset_trains_a_tiny_run(preset, synthetic_dir, tmp_path):
-    """Each shipped recipe as it stands (its model, deformations, precision, validation), for one epoch of
-    512 images: it trains, saves and scores."""
-    out = tmp_path / preset
-    argv = ["train", "--config", preset, "--epochs", "1", "--train-samples", "512", "--out", str(out)]
-    assert main([*argv, "--cache-dir", str(synthetic_dir)]) == 0
-    metrics = json.loads((out / runs.METRICS).read_text())
-    assert metrics["config_name"] == preset and metrics["train_samples"] == 512
-    assert 0 <= metrics["test_accuracy"] <= 1
