@@ -50,9 +50,18 @@ def sqlite_sweep(space, mnist_dir, tmp_path_factory):
     return out
 
 
-def _tiny_sweep(space, out, cache_dir, trials: int = 1) -> list[str]:
-    """A sweep's command line whose trials take a second: one epoch of 16 units on 500 images."""
-    tiny = ["--set", "train.train_samples=500", "--set", "train.epochs=1", "--set", "model.hidden_units=[16]"]
+TINY_TRIAL = [
+    "--set",
+    "train.train_samples=500",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "model.hidden_units=[16]",
+]
+
+
+def _sweep_args(space, out, cache_dir, trials: int = 1, sets=TINY_TRIAL) -> list[str]:
+    """A sweep's command line; by default its trials take a second: one epoch of 16 units on 500 images."""
     return [
         "sweep",
         "--space",
@@ -61,7 +70,7 @@ def _tiny_sweep(space, out, cache_dir, trials: int = 1) -> list[str]:
         str(out),
         "--trials",
         str(trials),
-        *tiny,
+        *sets,
         "--cache-dir",
         str(cache_dir),
     ]
@@ -92,23 +101,7 @@ def test_sqlite_sweep_trials_pruning_and_best_run(sqlite_sweep):
 
 
 def test_running_again_continues_the_study(sqlite_sweep, space, mnist_dir):
-    assert (
-        main(
-            [
-                "sweep",
-                "--space",
-                str(space),
-                "--out",
-                str(sqlite_sweep),
-                "--trials",
-                "8",
-                *SMALL,
-                "--cache-dir",
-                str(mnist_dir),
-            ]
-        )
-        == 0
-    )
+    assert main(_sweep_args(space, sqlite_sweep, mnist_dir, trials=8, sets=SMALL)) == 0
     study = _study(sqlite_sweep)
     trials = sorted(study.get_trials(states=FINISHED), key=lambda t: t.number)
     assert [t.number for t in trials] == list(range(8))
@@ -437,18 +430,7 @@ def test_a_killed_workers_trial_is_failed_and_another_worker_finishes_the_study(
 ):
 
     out = tmp_path / "killed"
-    args = [
-        "sweep",
-        "--space",
-        str(space),
-        "--out",
-        str(out),
-        "--trials",
-        "2",
-        *SMALL,
-        "--cache-dir",
-        str(mnist_dir),
-    ]
+    args = _sweep_args(space, out, mnist_dir, trials=2, sets=SMALL)
     worker = subprocess.Popen(
         [sys.executable, "-m", "mnist_mlp", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -511,7 +493,7 @@ def test_the_next_step_names_the_study_and_storage(tmp_path):
 
 def test_a_key_fixed_by_set_is_not_searched(space, synthetic_dir, tmp_path, capsys):
     out = tmp_path / "fixed"
-    assert main(_tiny_sweep(space, out, synthetic_dir, trials=2)) == 0
+    assert main(_sweep_args(space, out, synthetic_dir, trials=2)) == 0
     assert (
         "Not searched (fixed by --set): hidden_layers, hidden_width, train.epochs" in capsys.readouterr().out
     )
@@ -531,11 +513,11 @@ def test_a_key_fixed_by_set_is_not_searched(space, synthetic_dir, tmp_path, caps
 def test_a_renamed_sweep_folder_is_not_started_over(space, synthetic_dir, tmp_path, capsys):
     """A copied or renamed sweep folder started a new study of the new name in the same file, training over
     the old study's trial runs and best/."""
-    assert main(_tiny_sweep(space, tmp_path / "s1", synthetic_dir)) == 0
+    assert main(_sweep_args(space, tmp_path / "s1", synthetic_dir)) == 0
     shutil.copytree(tmp_path / "s1", tmp_path / "moved")
     trained = (tmp_path / "moved" / "trial-0000" / runs.MODEL).read_bytes()
     capsys.readouterr()
-    assert main(_tiny_sweep(space, tmp_path / "moved", synthetic_dir)) == 2
+    assert main(_sweep_args(space, tmp_path / "moved", synthetic_dir)) == 2
     assert (
         f"{tmp_path / 'moved' / 'study.db'} holds study s1, not moved, and its trial runs are here (was the "
         f"folder renamed or copied?); continue it in a folder of its name, e.g. `mv {tmp_path / 'moved'} "
@@ -562,7 +544,7 @@ def test_a_renamed_sweep_folder_is_not_started_over(space, synthetic_dir, tmp_pa
     shutil.rmtree(tmp_path / "s1")
     # The sweep's advice, followed: the study goes on in its folder
     (tmp_path / "moved").rename(tmp_path / "s1")
-    assert main(_tiny_sweep(space, tmp_path / "s1", synthetic_dir, trials=2)) == 0
+    assert main(_sweep_args(space, tmp_path / "s1", synthetic_dir, trials=2)) == 0
     assert len(_study(tmp_path / "s1").trials) == 2 and (tmp_path / "s1" / "trial-0001").is_dir()
 
 
@@ -572,7 +554,7 @@ def test_a_users_folder_where_a_trial_goes_is_named_with_advice_for_a_sweep(
     """train's advice (another --out, e.g. mine/trial-0000-2) would start a new study inside the old one."""
     (tmp_path / "mine" / "trial-0000").mkdir(parents=True)
     (tmp_path / "mine" / "trial-0000" / "notes.txt").write_text("my own")
-    assert main(_tiny_sweep(space, tmp_path / "mine", synthetic_dir)) == 2
+    assert main(_sweep_args(space, tmp_path / "mine", synthetic_dir)) == 2
     err = capsys.readouterr().err
     assert (
         f"{tmp_path / 'mine' / 'trial-0000'} is in the sweep's way" in err and "move or rename it" in err
@@ -748,7 +730,7 @@ def test_a_study_whose_first_trial_failed_takes_the_settings_that_fix_it(
     """The first command's error advises another --set; following it must not be refused as other settings."""
     out, common = (
         tmp_path / "fixed",
-        _tiny_sweep(space, tmp_path / "fixed", synthetic_dir),
+        _sweep_args(space, tmp_path / "fixed", synthetic_dir),
     )
     assert main([*common, "--set", "train.batch_size=1000"]) == 2
     assert "--set train.batch_size=" in capsys.readouterr().err
@@ -782,7 +764,7 @@ def test_an_interrupted_sweep_says_how_to_go_on_and_leaves_no_half_trial(
     from mnist_mlp import sweep
 
     out = tmp_path / "stopped"
-    argv = _tiny_sweep(space, out, synthetic_dir)
+    argv = _sweep_args(space, out, synthetic_dir)
     real = sweep.train
 
     def ctrl_c_mid_trial(config, run_dir, *args, **kwargs):
@@ -839,7 +821,7 @@ def test_a_worker_finding_best_being_re_trained_by_another_leaves_it_to_that_one
     """Two workers finishing the last trials together both went to re-train best/; one was refused 'in
     use'."""
     out = tmp_path / "together"
-    argv = _tiny_sweep(space, out, synthetic_dir)
+    argv = _sweep_args(space, out, synthetic_dir)
     assert main(argv) == 0
     shutil.rmtree(out / "best")
     with folders.claim(out / "best"):  # the other worker, re-training it

@@ -33,8 +33,8 @@ ENGINES = ("auto", "compiled", "fit")  # auto: compiled on JAX, Keras fit elsewh
 # bfloat16: the products' inputs only (model.BFloat16Dense); auto: bfloat16 where this machine multiplies it
 # fast, else float32 (backend.choose_precision; the run records which)
 PRECISIONS = ("float32", "bfloat16", "auto")
-# test: the classic examples' choice; split: the last 10,000 train images; none: all 60,000 train, nothing is
-# validated, and the test set is scored once, at the end (a final run whose recipe was chosen on "split")
+# test: the classic examples' choice; split: the last 10,000 train images; none: nothing held out or
+# validated, and the test set scored once, at the end (a final run whose recipe was chosen on "split")
 VALIDATIONS = ("test", "split", "none")
 BACKENDS = ("auto", "jax", "torch", "tensorflow")
 MAX_TEXT = 2**20  # bytes a config or sweep space may hold (the presets: ~2 KB)
