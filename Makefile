@@ -18,7 +18,7 @@ PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile
 test: setup-all browser postgres wrk
 	$(PYTEST)
 
-test-fast: setup-all  # the edit-test loop: offline, synthetic data (~65 s on 2 cores)
+test-fast: setup-all  # the edit-test loop: offline, synthetic data (under a minute on 2 cores)
 	$(PYTEST) -m "not slow and not mnist" -q
 
 notebook: setup-all  # examples/walkthrough.ipynb from examples/walkthrough.py (the one source; a test compares them)

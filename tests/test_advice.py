@@ -54,7 +54,7 @@ def test_ctrl_c_in_the_first_epoch_advises_a_fresh_start_that_works(
         capsys, synthetic_dir, "interrupted; ", "stopped after 1 epoch(s), before its first checkpoint"
     )
     assert "--overwrite" in argv and "--resume" not in argv
-    assert runs.load_run(out).config.train.train_samples == 500  # the same config, from config.toml
+    assert runs.load_run(out).config.train.train_samples == 512  # the same config, from config.toml
 
 
 def _stop_after_first_epoch(out, synthetic_dir, monkeypatch):
@@ -102,7 +102,7 @@ def test_checkpoints_keep_their_interval_and_resume_from_an_older_one(
     epoch 3 (12 s), none after 1, 2, 4 or 5; the resume from it gives an uninterrupted run's history."""
     argv = [
         "--train-samples",
-        "500",
+        "512",
         "--epochs",
         "7",
         "--set",
@@ -145,7 +145,7 @@ def test_ctrl_c_before_the_first_checkpoint_says_so_and_advises_a_fresh_start(
 ):
     out, argv = (
         tmp_path / "run",
-        ["--train-samples", "500", "--epochs", "4", "--cache-dir", str(synthetic_dir)],
+        ["--train-samples", "512", "--epochs", "4", "--cache-dir", str(synthetic_dir)],
     )
     with monkeypatch.context() as patch:
         patch.setattr(callbacks, "monotonic", lambda: 0.0)  # no time passes: no checkpoint is due

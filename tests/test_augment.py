@@ -202,9 +202,6 @@ def test_an_output_that_is_not_a_plain_file_is_refused_untouched(synthetic_dir, 
         and target.read_bytes().startswith(b"mine")
         and stat.S_ISFIFO(os.lstat(pipe).st_mode)
     )
-    for name in ("ours.png", "ours.pdf", "ours.svg", "ours.jpg"):  # a figure of ours, written again: replaced
-        for _ in range(2):
-            assert _preview(tmp_path / name, synthetic_dir) == 0, capsys.readouterr().err
     missing = tmp_path / "figures" / "grid.png"
     assert _preview(missing, synthetic_dir) == 2
     assert (
@@ -222,14 +219,16 @@ def test_an_output_that_is_not_a_plain_file_is_refused_untouched(synthetic_dir, 
 
 
 def test_an_output_named_pdf_or_svg_is_one(synthetic_dir, tmp_path, capsys):
-    """--out grid.pdf wrote PNG bytes under that name (a teacher's slide wants a PDF or SVG)."""
+    """--out grid.pdf wrote PNG bytes under that name (a teacher's slide wants a PDF or SVG). Each format
+    carries our mark, so that writing it again replaces it (a file without the mark is refused, above)."""
     for name, start in (
         ("grid.pdf", b"%PDF"),
         ("grid.svg", b"<?xml"),
         ("grid.jpg", b"\xff\xd8"),
         ("grid", b"\x89PNG"),
     ):
-        assert _preview(tmp_path / name, synthetic_dir) == 0
+        for _ in range(2):  # written, then written again
+            assert _preview(tmp_path / name, synthetic_dir) == 0, capsys.readouterr().err
         assert (tmp_path / name).read_bytes().startswith(start), name
     assert (
         _preview(tmp_path / "grid.txt", synthetic_dir) == 2

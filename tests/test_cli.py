@@ -276,6 +276,6 @@ def test_a_file_that_shadows_a_preset_is_named_with_the_preset_beside_it(
     (tmp_path / "runs" / "fast").mkdir(parents=True)  # a folder path is a path, shadowing nothing
     (tmp_path / "runs" / "fast" / "config.toml").write_text("")
     assert config_line("runs/fast/") == "Config: runs/fast"
-    argv = ["train", "--config", "fast", "--set", "train.train_samples=500", "--out", str(tmp_path / "r")]
+    argv = ["train", "--config", "fast", "--set", "train.train_samples=512", "--out", str(tmp_path / "r")]
     assert main([*argv, "--cache-dir", str(synthetic_dir)]) == 0
     assert capsys.readouterr().out.startswith("Config: fast (a file here; the shipped preset")

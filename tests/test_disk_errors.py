@@ -260,7 +260,7 @@ def test_an_out_on_a_read_only_disk_is_told_where_else_to_write(synthetic_dir, t
     """plot, runs compare, inspect --augment and bench said only "cannot write X (Read-only file system)",
     bench after its whole run; each now says where else, and the advice, followed, writes."""
     run = tmp_path / "run"
-    tiny = ["--train-samples", "500", "--epochs", "1", "--cache-dir", str(synthetic_dir)]
+    tiny = ["--train-samples", "512", "--epochs", "1", "--cache-dir", str(synthetic_dir)]
     assert main(["train", *tiny, "--out", str(run)]) == 0
     capsys.readouterr()
     monkeypatch.chdir(tmp_path)

@@ -23,7 +23,7 @@ from mnist_mlp.train import precision_note
 BOUND = 2**-7.9
 SMALL = [
     "--train-samples",
-    "2000",
+    "2048",
     "--epochs",
     "4",
     "--set",

@@ -13,7 +13,7 @@ from conftest import one_line_error
 from mnist_mlp import cache, folders, outputs, planning, runs
 from mnist_mlp.cli import main
 
-TINY = ["--train-samples", "500", "--epochs", "1"]
+TINY = ["--train-samples", "512", "--epochs", "1"]
 
 
 def test_overwrite_never_deletes_a_folder_the_tool_did_not_make(synthetic_dir, tmp_path, capsys):

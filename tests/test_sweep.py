@@ -52,7 +52,7 @@ def sqlite_sweep(space, mnist_dir, tmp_path_factory):
 
 TINY_TRIAL = [
     "--set",
-    "train.train_samples=500",
+    "train.train_samples=512",
     "--set",
     "train.epochs=1",
     "--set",
@@ -61,7 +61,7 @@ TINY_TRIAL = [
 
 
 def _sweep_args(space, out, cache_dir, trials: int = 1, sets=TINY_TRIAL) -> list[str]:
-    """A sweep's command line; by default its trials take a second: one epoch of 16 units on 500 images."""
+    """A sweep's command line; by default its trials take a second: one epoch of 16 units on 512 images."""
     return [
         "sweep",
         "--space",
@@ -591,7 +591,7 @@ def test_best_is_re_trained_only_when_it_is_not_the_best_trials_config(tmp_path,
             [
                 "train",
                 "--train-samples",
-                "500",
+                "512",
                 "--epochs",
                 "1",
                 "--out",
@@ -602,14 +602,14 @@ def test_best_is_re_trained_only_when_it_is_not_the_best_trials_config(tmp_path,
         )
         == 0
     )
-    trained = load_config(None, ["train.train_samples=500", "train.epochs=1"])
+    trained = load_config(None, ["train.train_samples=512", "train.epochs=1"])
     assert studies.same_config(tmp_path / "best", trained)
     assert not studies.same_config(
-        tmp_path / "best", load_config(None, ["train.train_samples=500", "train.epochs=2"])
+        tmp_path / "best", load_config(None, ["train.train_samples=512", "train.epochs=2"])
     )
     assert not studies.same_config(tmp_path / "nothing", Config())
     auto = [
-        "train.train_samples=500",
+        "train.train_samples=512",
         "train.epochs=1",
         "train.precision=auto",
     ]  # a sweep of record-cpu re-trained
@@ -620,7 +620,7 @@ def test_best_is_re_trained_only_when_it_is_not_the_best_trials_config(tmp_path,
                 "--set",
                 auto[2],
                 "--train-samples",
-                "500",
+                "512",
                 "--epochs",
                 "1",
                 "--out",
@@ -634,7 +634,7 @@ def test_best_is_re_trained_only_when_it_is_not_the_best_trials_config(tmp_path,
     assert studies.same_config(tmp_path / "auto", load_config(None, auto))
     assert not studies.same_config(
         tmp_path / "best",
-        load_config(None, ["train.train_samples=500", "train.epochs=1", "train.precision=bfloat16"]),
+        load_config(None, ["train.train_samples=512", "train.epochs=1", "train.precision=bfloat16"]),
     )
 
 
@@ -643,7 +643,7 @@ def test_a_study_is_continued_only_with_the_settings_it_started_with(space, synt
     """Trials of other settings would be ranked (and sampled from) as if alike; a new study name is the
     way."""
     out, common = tmp_path / "settings", ["--space", str(space), "--cache-dir", str(synthetic_dir)]
-    first = ["--set", "train.train_samples=500", "--set", "model.hidden_units=[16]"]
+    first = ["--set", "train.train_samples=512", "--set", "model.hidden_units=[16]"]
     assert (
         main(["sweep", *common, "--out", str(out), "--trials", "1", *first, "--set", "train.epochs=1"]) == 0
     )
@@ -734,8 +734,8 @@ def test_a_study_whose_first_trial_failed_takes_the_settings_that_fix_it(
     )
     assert main([*common, "--set", "train.batch_size=1000"]) == 2
     assert "--set train.batch_size=" in capsys.readouterr().err
-    assert main([*common, "--set", "train.batch_size=500"]) == 0
-    assert _study(out).user_attrs["settings"]["train.batch_size"] == 500
+    assert main([*common, "--set", "train.batch_size=256"]) == 0
+    assert _study(out).user_attrs["settings"]["train.batch_size"] == 256
 
 
 def test_settings_newer_than_a_study_and_a_fixed_layer_count_or_width():

@@ -136,8 +136,8 @@ def test_existing_output_is_refused_unless_overwrite(small_run, mnist_dir, tmp_p
     assert main(["train", *SMALL, "--out", str(stranger), "--overwrite", "--cache-dir", str(mnist_dir)]) == 2
     assert (stranger / "keep.txt").read_text() == "mine"
     copy = tmp_path / "copy"
-    assert main(["train", "--train-samples", "500", "--epochs", "1", "--out", str(copy)]) == 0
-    assert main(["train", "--train-samples", "500", "--epochs", "1", "--out", str(copy), "--overwrite"]) == 0
+    assert main(["train", "--train-samples", "512", "--epochs", "1", "--out", str(copy)]) == 0
+    assert main(["train", "--train-samples", "512", "--epochs", "1", "--out", str(copy), "--overwrite"]) == 0
 
 
 def test_evaluate_writes_diagnosis(small_run, mnist, capsys):
@@ -181,7 +181,7 @@ def test_incomplete_run_and_corrupt_model_are_user_errors(small_run, tmp_path, c
 
 def test_plot_overlays_runs_with_their_names(small_run, mnist_dir, tmp_path, capsys):
     other = tmp_path / "other"
-    assert main(["train", "--train-samples", "500", "--epochs", "2", "--out", str(other)]) == 0
+    assert main(["train", "--train-samples", "512", "--epochs", "2", "--out", str(other)]) == 0
     out = tmp_path / "both.png"
     assert main(["plot", str(small_run), str(other), "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
@@ -272,7 +272,7 @@ def test_train_records_the_config_name_for_the_page(small_run, tmp_path):
 @pytest.mark.parametrize("engine", ["compiled", "fit"])
 def test_a_diverged_run_says_so_in_one_line_without_kerass_lines(engine, synthetic_dir, tmp_path, capsys):
     """Keras' TerminateOnNaN printed "Batch 12: Invalid loss, terminating training" 4 times before ours."""
-    argv = ["train", "--epochs", "2", "--engine", engine, "--set", "train.train_samples=2000"]
+    argv = ["train", "--epochs", "2", "--engine", engine, "--set", "train.train_samples=2048"]
     diverging = [
         "--set",
         "train.learning_rate=1e30",
@@ -298,6 +298,8 @@ def test_validation_none_trains_on_every_image_and_scores_the_test_set_once(synt
         "2",
         "--validation",
         "none",
+        "--batch-size",
+        "125",  # the 12,000 synthetic images in 96 batches: one program shape to compile, not two
         "--out",
         str(out),
         "--cache-dir",
