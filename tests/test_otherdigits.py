@@ -1,16 +1,19 @@
-"""Digits that are not MNIST's: the printed and pen-drawn sets are what they say, UCI's handwriting loads, a
-folder of your own labelled digits is read the way predict reads files, and a model trained on MNIST reads
-them all."""
+"""Digits that are not MNIST's: the printed, handwriting-typeface and pen-drawn sets are what they say, UCI's
+handwriting loads, a folder of your own labelled digits is read the way predict reads files, and a model
+trained on MNIST reads them all."""
 
+import io
 import os
 import sys
+import tarfile
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_mlp import imagefiles, otherdigits, predict
+from mnist_mlp import cache, handfonts, imagefiles, otherdigits, predict, sources
 from mnist_mlp.cli import main
 from mnist_mlp.errors import UserError
 
@@ -54,6 +57,59 @@ def test_the_pen_set_is_every_digit_in_every_style_drawn_with_the_pages_pen():
         and tap[0, 0] == 0
         and tap.sum() == pytest.approx(np.pi * (otherdigits.PEN / 2) ** 2, rel=0.04)
     )
+
+
+def _registry(contents: dict[str, bytes], asked: list[list[str]]):
+    """A stand-in for `npm pack`: a Fontsource-shaped tarball of each asked family's font file."""
+
+    def npm_pack(specs, folder, timeout=300):
+        asked.append(specs)
+        for spec in specs:
+            family = spec.removeprefix("@fontsource/").split("@")[0]
+            with tarfile.open(Path(folder) / f"fontsource-{family}-{handfonts.VERSION}.tgz", "w:gz") as tar:
+                info = tarfile.TarInfo(f"package/files/{family}-latin-400-normal.woff")
+                info.size = len(contents[family])
+                tar.addfile(info, io.BytesIO(contents[family]))
+        return sorted(Path(folder).glob("*.tgz"))
+
+    return npm_pack
+
+
+def test_handfonts_fetch_what_is_missing_or_damaged_and_draw_every_digit_in_each(tmp_path, monkeypatch):
+    """Two stand-in typefaces (matplotlib's DejaVu files, pinned here by their hashes): fetched once, a
+    damaged one fetched again, a file that is not the pinned one refused, npm missing said in one line."""
+    from mnist_mlp.plots import matplotlib
+
+    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    contents = {
+        "sans": (ttf / "DejaVuSans.ttf").read_bytes(),
+        "serif": (ttf / "DejaVuSerif.ttf").read_bytes(),
+    }
+    monkeypatch.setattr(handfonts, "FONTS", {family: cache.sha256(data) for family, data in contents.items()})
+    asked = []
+    monkeypatch.setattr(sources, "npm_pack", _registry(contents, asked))
+    images, labels, *_ = otherdigits.load("handfonts", tmp_path)
+    assert asked == [[f"@fontsource/sans@{handfonts.VERSION}", f"@fontsource/serif@{handfonts.VERSION}"]]
+    assert len(images) == 2 * 10 * len(otherdigits.ANGLES) and np.bincount(labels).tolist() == [6] * 10
+    assert len({image.tobytes() for image in images}) == len(images)
+    folder = tmp_path / handfonts.FOLDER
+    assert otherdigits.load("handfonts", tmp_path)[1].tolist() == labels.tolist() and len(asked) == 1
+    (folder / "serif.woff").write_bytes(b"damaged")
+    otherdigits.check("handfonts", tmp_path)
+    assert asked[1] == [f"@fontsource/serif@{handfonts.VERSION}"]
+    assert (folder / "serif.woff").read_bytes() == contents["serif"]
+    (folder / "sans.woff").unlink()
+    contents["sans"] = contents["serif"]  # the registry serves another file under the name
+    with pytest.raises(UserError, match="is not the pinned file; use --on fonts") as error:
+        otherdigits.check("handfonts", tmp_path)
+    assert "\n" not in str(error.value) and not (folder / "sans.woff").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(handfonts, "FONTS", {"sans": cache.sha256((ttf / "DejaVuSans.ttf").read_bytes())})
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    with pytest.raises(
+        UserError, match=r"no npm on PATH \(install Node.js\); install Node.js with npm, or use --on fonts,"
+    ):
+        otherdigits.check("handfonts", tmp_path)
 
 
 def test_an_install_without_hershey_fonts_says_what_to_install(monkeypatch):
@@ -102,6 +158,12 @@ def test_a_model_trained_on_mnist_reads_printed_digits_and_your_folder(trained, 
     assert 0.5 < accuracy < 1, out  # far above chance (0.1), and not the test set's score
     assert main(["evaluate", str(run_dir), "--on", "pen"]) == 0
     assert 0.5 < float(capsys.readouterr().out.split("Accuracy on pen: ")[1].split()[0]) < 1
+    fonts_cache = tmp_path / "cache"  # the 30 typefaces from npm, as a new user's first --on handfonts
+    assert main(["evaluate", str(run_dir), "--on", "handfonts", "--cache-dir", str(fonts_cache)]) == 0
+    assert 0.5 < float(capsys.readouterr().out.split("Accuracy on handfonts: ")[1].split()[0]) < 1
+    assert (
+        len(handfonts.font_files(fonts_cache)) == len(list((fonts_cache / handfonts.FOLDER).iterdir())) == 30
+    )
     assert sorted(run_dir.iterdir()) == before  # scoring other digits writes nothing into the run
 
     images, labels = printed

@@ -129,8 +129,9 @@ def build_parser() -> Parser:
         default="mnist",
         metavar="SOURCE",
         help="digits to score: mnist (its test set), fonts "
-        "(printed), pen (drawn with the page's pen), uci (handwriting; needs scikit-learn) or FOLDER (your "
-        "own: FOLDER/0/ ... FOLDER/9/; ./fonts for a folder of that name)",
+        "(printed), handfonts (30 handwriting typefaces; fetched with npm into the cache), pen (drawn with "
+        "the page's pen), uci (handwriting; needs scikit-learn) or FOLDER (your own: FOLDER/0/ ... "
+        "FOLDER/9/; ./fonts for a folder of that name)",
     )
 
     p = command("runs", "list, show and compare runs")

@@ -125,7 +125,7 @@ def cmd_evaluate(args) -> int:
     if args.on != "mnist":
         from mnist_mlp import otherdigits
 
-        for note in otherdigits.check(args.on):  # so does an unreadable --on
+        for note in otherdigits.check(args.on, args.cache_dir):  # so does an unreadable --on
             print(f"mnist-mlp: note: {note}", file=sys.stderr)
     use_backend(args.backend)
     from mnist_mlp import evaluate

@@ -53,7 +53,7 @@ def evaluate(
     else:
         from mnist_mlp import otherdigits
 
-        images, labels, unread, no_digit = otherdigits.load(on)
+        images, labels, unread, no_digit = otherdigits.load(on, data_dir)
         images = np.stack(images)
     probabilities = np.asarray(model.predict(data.preprocess(images), batch_size=1024, verbose=0))
     result = _score(probabilities, labels, run.path, on, unread, no_digit)

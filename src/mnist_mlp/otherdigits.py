@@ -1,9 +1,9 @@
 """Digits that are not MNIST's, to see how a model reads what users give it: digits printed in the fonts
-matplotlib ships ("fonts"), digits drawn with the draw-a-digit page's pen along the strokes of Hershey's
-single-stroke fonts ("pen"), real handwriting from UCI's optdigits test set, 13 writers scanned at 8x8 ("uci",
-via scikit-learn if installed), or a folder of your own labelled images (FOLDER/0/*.png ... FOLDER/9/*.png).
-Each image is read as `predict` reads a file (to_mnist), so the score is the one a user's own digits would
-get."""
+matplotlib ships ("fonts") or in 30 handwriting typefaces fetched with npm ("handfonts", see handfonts.py),
+digits drawn with the draw-a-digit page's pen along the strokes of Hershey's single-stroke fonts ("pen"), real
+handwriting from UCI's optdigits test set, 13 writers scanned at 8x8 ("uci", via scikit-learn if installed),
+or a folder of your own labelled images (FOLDER/0/*.png ... FOLDER/9/*.png). Each image is read as `predict`
+reads a file (to_mnist), so the score is the one a user's own digits would get."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from mnist_mlp import handfonts
 from mnist_mlp.errors import UserError, pip_install
 from mnist_mlp.imagefiles import folder_images, left_out, read_files
 from mnist_mlp.predict import FORMAT_NAMES, NO_DIGIT, SPECKS, to_mnist
 
-SOURCES = ("fonts", "pen", "uci")  # or a folder
+SOURCES = ("fonts", "handfonts", "pen", "uci")  # or a folder
 # Upright and italic, serif, sans and monospaced; not cmmi10, whose digits are old-style (they drop below the
 # line).
 FONTS = (
@@ -53,27 +54,33 @@ PAD, PEN = 280, 18  # the page's drawing pad and its pen's width, in the pad's p
 SUPERSAMPLE = 4  # drawn 4x larger and averaged down: anti-aliased edges, as the browser's canvas draws them
 
 
-def load(source: str) -> tuple[list[np.ndarray], np.ndarray, list[str], list[str]]:
+def load(
+    source: str, cache_dir: str | Path | None = None
+) -> tuple[list[np.ndarray], np.ndarray, list[str], list[str]]:
     """MNIST-style uint8 (28, 28) images and their int labels from a source name or a folder; for a folder, an
     error line for each image that could not be read and a line for each with no digit found (neither
-    scored)."""
-    if source in ("fonts", "pen", "uci"):
+    scored). `cache_dir`: where handfonts keeps its typefaces (the MNIST cache's)."""
+    if source == "handfonts":
+        return *printed(handfonts.font_files(cache_dir)), [], []
+    if source in SOURCES:
         check(source)
         return *{"fonts": fonts, "pen": pen, "uci": uci}[source](), [], []
     return folder(Path(source))  # its own checks, without check's notes (the command printed them)
 
 
-def check(source: str) -> list[str]:
+def check(source: str, cache_dir: str | Path | None = None) -> list[str]:
     """A UserError now, before Keras starts, if `source` cannot be read: scikit-learn missing for "uci",
-    Hershey-Fonts for "pen", a folder without digit subfolders. For a folder, a note on each of its folders
-    that holds what will not be read (imagefiles.left_out)."""
-    if source == "uci":
+    Hershey-Fonts for "pen", handfonts' typefaces not fetched, a folder without digit subfolders. For a
+    folder, a note on each of its folders that holds what will not be read (imagefiles.left_out)."""
+    if source == "handfonts":
+        handfonts.font_files(cache_dir)  # fetched now, if missing
+    elif source == "uci":
         try:
             import sklearn.datasets  # noqa: F401
         except ImportError:
             raise UserError(
                 "--on uci reads UCI's handwritten digits from scikit-learn; install it with "
-                f"{pip_install('mnist-mlp[uci]')}, or use --on fonts, pen or FOLDER"
+                f"{pip_install('mnist-mlp[uci]')}, or use --on fonts, handfonts, pen or FOLDER"
             ) from None
     elif source == "pen":
         try:
@@ -83,7 +90,7 @@ def check(source: str) -> list[str]:
                 "--on pen draws the strokes of Hershey's fonts, and this install lacks them: "
                 f"{pip_install('Hershey-Fonts')} (a dependency of mnist-mlp)"
             ) from None
-    elif source != "fonts":
+    elif source not in SOURCES:
         path = Path(source)
         _labelled(path)
         digits = [path / str(d) for d in range(10) if (path / str(d)).is_dir()]
@@ -98,17 +105,23 @@ def check(source: str) -> list[str]:
 
 
 def fonts() -> tuple[list[np.ndarray], np.ndarray]:
-    """Each digit in each font at each angle, black on white as printed, 570 in all."""
+    """Each digit in each of matplotlib's fonts at each angle, black on white as printed, 570 in all."""
     from mnist_mlp.plots import matplotlib  # quiet about a read-only HOME
 
     ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    return printed([ttf / f"{name}.ttf" for name in FONTS])
+
+
+def printed(files: list[Path]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each digit in each font file at each angle, black on white as printed (a page with room for a
+    handwriting font's wide strokes)."""
     images, labels = [], []
-    for name in FONTS:
-        font = ImageFont.truetype(str(ttf / f"{name}.ttf"), 96)
+    for file in files:
+        font = ImageFont.truetype(str(file), 96)
         for digit in range(10):
             for angle in ANGLES:
-                page = Image.new("L", (160, 160), 255)
-                ImageDraw.Draw(page).text((80, 80), str(digit), font=font, fill=0, anchor="mm")
+                page = Image.new("L", (200, 200), 255)
+                ImageDraw.Draw(page).text((100, 100), str(digit), font=font, fill=0, anchor="mm")
                 page = page.rotate(angle, resample=Image.Resampling.BICUBIC, fillcolor=255)
                 images.append(to_mnist(np.asarray(page, np.float32))[0])
                 labels.append(digit)

