@@ -204,8 +204,9 @@ def build_parser() -> Parser:
     mode.add_argument(
         "--time-to",
         type=float,
+        nargs="+",
         metavar="ACCURACY",
-        help="instead: seconds to this test accuracy, the "
+        help="instead: seconds to each of these test accuracies, the "
         "classic recipe vs --config presets (and Keras fit with Keras' image layers for a preset "
         "that deforms digits) (default: off)",
     )
