@@ -77,7 +77,9 @@ def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def synthetic_files(tmp_path_factory):
     """A cache folder of four synthetic IDX files (12,000 training and 2,000 test images) and their hashes.
     One folder for all of a run's xdist workers, so that they share its compile cache (xla/): a program one
-    worker compiled, the other loads (about a third of the fast tier's time was compiling)."""
+    worker compiled, the other loads (about a third of the fast tier's time was compiling). JAX writes an
+    entry in place, so a worker may read one half-written: JAX then warns and compiles it itself, as two
+    users of one MNIST cache would."""
     root = tmp_path_factory.getbasetemp()
     folder = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "synthetic-mnist"
     folder.mkdir(exist_ok=True)

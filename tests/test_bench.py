@@ -10,6 +10,7 @@ import pytest
 
 from mnist_mlp import bench, peers
 from mnist_mlp.cli import main
+from mnist_mlp.config import Config
 from mnist_mlp.errors import UserError
 
 
@@ -281,37 +282,33 @@ def test_time_to_gives_up_at_the_first_epoch_past_the_limit(mnist_dir, tmp_path,
     assert sum("0.9999: not reached (stopped after 1 epoch, " in line for line in lines) == 3
 
 
-def test_time_to_reports_each_accuracy_where_it_was_first_reached():
-    """Several targets in one run: each its own first epoch; one not reached says where the run stopped."""
-    from mnist_mlp.bench import describe_time_to
-
-    report = {
-        "time_to": [0.99, 0.995],
-        "results": {
-            "record-cpu": {
-                "seconds": [61.5, 402.0],
-                "epochs": [20, 140],
-                "best_accuracy": 0.9953,
-                "device": "cpu",
-                "ran": [140, 402.0],
-            },
-            "classic": {
-                "seconds": [None, None],
-                "epochs": [None, None],
-                "best_accuracy": 0.9852,
-                "device": "cpu",
-                "ran": [20, 31.2],
-            },
-        },
-        "compile_cache": "shared",
-        "give_up": None,
+def test_time_to_reports_each_accuracy_where_it_was_first_reached(monkeypatch):
+    """Several targets in one run: each variant trains once, stopping at the highest; each target gets its
+    own first epoch, and one not reached says where the run stopped."""
+    curves = {  # each variant's test accuracy after each epoch, as a child process would report it
+        "classic": [0.97, 0.98, 0.9852],
+        "record-cpu": [0.98, 0.991, 0.993, 0.9953],
     }
-    lines = describe_time_to(report).splitlines()
-    assert lines[0].startswith(
-        "Seconds from process start to the first epoch with test accuracy >= 0.99 and 0.995"
-    )
-    assert lines[1] == "  record-cpu   0.99: 61.5 s (epoch 20), 0.995: 402.0 s (epoch 140); best 0.9953 (cpu)"
-    assert lines[2] == (
-        "  classic      0.99: not reached, 0.995: not reached (stopped after 20 epochs, 31.2 s); "
+    asked = []
+
+    def run_variant(variant, epochs, path, gpu, stop_at=None, cold=False, give_up=None):
+        asked.append((variant, path, stop_at))
+        accuracy = curves["classic" if path is None else path]
+        ends = [10.0 * (i + 1) for i in range(len(accuracy))]
+        return bench.VariantResult(variant, 10.0, 10.0, ends[-1], accuracy[-1], 0, 0, ends, accuracy, "cpu")
+
+    monkeypatch.setattr(bench, "run_variant", run_variant)
+    monkeypatch.setattr(bench.peers, "config_for", lambda epochs, path, variant="ours": Config())
+    report = bench.time_to([0.99, 0.995], ["record-cpu"])
+    assert asked == [("ours", None, 0.995), ("ours", "record-cpu", 0.995)]
+    assert report["time_to"] == [0.99, 0.995]
+    assert report["results"]["record-cpu"]["seconds"] == [20.0, 40.0]
+    assert report["results"]["record-cpu"]["epochs"] == [2, 4]
+    assert report["results"]["classic"]["seconds"] == [None, None]
+    lines = bench.describe_time_to(report).splitlines()
+    assert lines[0].startswith("Seconds from process start to the first epoch with test accuracy >= 0.99 and")
+    assert lines[1] == (
+        "  classic      0.99: not reached, 0.995: not reached (stopped after 3 epochs, 30.0 s); "
         "best 0.9852 (cpu)"
     )
+    assert lines[2] == "  record-cpu   0.99: 20.0 s (epoch 2), 0.995: 40.0 s (epoch 4); best 0.9953 (cpu)"

@@ -62,7 +62,7 @@ def test_the_pen_set_is_every_digit_in_every_style_drawn_with_the_pages_pen():
 def _registry(contents: dict[str, bytes], asked: list[list[str]]):
     """A stand-in for `npm pack`: a Fontsource-shaped tarball of each asked family's font file."""
 
-    def npm_pack(specs, folder, timeout=300):
+    def npm_pack(specs, folder, timeout=300, npm_cache=None):
         asked.append(specs)
         for spec in specs:
             family = spec.removeprefix("@fontsource/").split("@")[0]
@@ -100,14 +100,23 @@ def test_handfonts_fetch_what_is_missing_or_damaged_and_draw_every_digit_in_each
     assert (folder / "serif.woff").read_bytes() == contents["serif"]
     (folder / "sans.woff").unlink()
     contents["sans"] = contents["serif"]  # the registry serves another file under the name
-    with pytest.raises(UserError, match="is not the pinned file; use --on fonts") as error:
+    with pytest.raises(UserError, match="is not the file pinned by its SHA-256; use --on fonts") as error:
         otherdigits.check("handfonts", tmp_path)
     assert "\n" not in str(error.value) and not (folder / "sans.woff").exists()
+    contents["sans"] = (ttf / "DejaVuSans.ttf").read_bytes()
+    (folder / "sans.woff").mkdir()  # a folder of a font file's name: the cache's own advice, which works
+    with pytest.raises(UserError, match="a folder has a cache file's name: move it out of the cache"):
+        otherdigits.check("handfonts", tmp_path)
+    (folder / "sans.woff").rename(tmp_path / "moved")
+    otherdigits.check("handfonts", tmp_path)
+    assert (folder / "sans.woff").read_bytes() == contents["sans"]
     monkeypatch.undo()
     monkeypatch.setattr(handfonts, "FONTS", {"sans": cache.sha256((ttf / "DejaVuSans.ttf").read_bytes())})
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    (folder / "sans.woff").unlink()
     with pytest.raises(
-        UserError, match=r"no npm on PATH \(install Node.js\); install Node.js with npm, or use --on fonts,"
+        UserError,
+        match=r"with npm: no npm on PATH \(install Node.js\); use --on fonts, pen, uci or FOLDER \(or",
     ):
         otherdigits.check("handfonts", tmp_path)
 

@@ -131,7 +131,7 @@ def build_parser() -> Parser:
         help="digits to score: mnist (its test set), fonts "
         "(printed), handfonts (30 handwriting typefaces; fetched with npm into the cache), pen (drawn with "
         "the page's pen), uci (handwriting; needs scikit-learn) or FOLDER (your own: FOLDER/0/ ... "
-        "FOLDER/9/; ./fonts for a folder of that name)",
+        "FOLDER/9/; ./fonts for a folder named like a source)",
     )
 
     p = command("runs", "list, show and compare runs")

@@ -140,10 +140,10 @@ def store(directory: Path, contents: dict[str, bytes], source: str) -> None:
     except OSError as e:
         raise write_failed(directory, e, _cache_advice(e.errno)) from None
     for key, content in contents.items():
-        _write_atomic(directory / FILES[key][0], content)
+        write_file(directory / FILES[key][0], content)
     sources = _read_sources(directory)
     sources.update({key: source for key in contents})
-    _write_atomic(directory / SOURCE_FILE, json.dumps(sources, indent=2).encode())
+    write_file(directory / SOURCE_FILE, json.dumps(sources, indent=2).encode())
 
 
 def check_writable(directory: Path) -> None:
@@ -168,7 +168,9 @@ def _cache_advice(number: int | None) -> str:
     return f"free some space or {where}" if number in (errno.ENOSPC, errno.EDQUOT) else where
 
 
-def _write_atomic(path: Path, content: bytes) -> None:
+def write_file(path: Path, content: bytes) -> None:
+    """`content` into the cache folder as `path`, through a temporary name; a failure says the cache's own
+    mend (a folder of the file's name, a full disk, another --cache-dir)."""
     try:
         with atomic(path) as tmp:  # a temporary name of this process's own: two may write at once
             tmp.write_bytes(content)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import logging
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
-from mnist_mlp import cache, outputs, sources
+from mnist_mlp import cache, sources
 from mnist_mlp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,10 @@ def font_files(directory: str | Path | None = None) -> list[Path]:
         log.info(f"fetching {len(missing)} handwriting typeface{plural} into {folder} with npm ...")
         try:
             _fetch(missing, folder)
-        except sources.SourceFailed as e:
-            install = "install Node.js with npm, or " if "no npm on PATH" in str(e) else ""
+        except (sources.SourceFailed, OSError) as e:  # OSError: no room for the temporary folder, say
             raise UserError(
-                f"--on handfonts fetches its typefaces with npm, which failed: {e}; {install}use --on fonts, "
-                "pen, uci or FOLDER"
+                f"--on handfonts fetches its typefaces with npm: {e}; use --on fonts, pen, uci or FOLDER (or "
+                f"copy {folder} from a machine that has fetched them)"
             ) from None
     return [folder / f"{family}.woff" for family in FONTS]
 
@@ -81,20 +81,18 @@ def _verified(path: Path, sha: str) -> bool:
 
 
 def _fetch(families: list[str], folder: Path) -> None:
+    """Each family's font file out of its npm package, checked against its hash, into `folder`. npm keeps its
+    downloads in a temporary folder of its own: an npm cache it cannot write does not stop the fetch."""
     with tempfile.TemporaryDirectory() as tmp:
-        sources.npm_pack([f"@fontsource/{family}@{VERSION}" for family in families], tmp)
-        for family in families:
+        specs = [f"@fontsource/{family}@{VERSION}" for family in families]
+        sources.npm_pack(specs, tmp, npm_cache=str(Path(tmp) / "npm-cache"))
+        for family, spec in zip(families, specs):
             member = f"package/files/{family}-latin-400-normal.woff"
             try:
                 with tarfile.open(Path(tmp) / f"fontsource-{family}-{VERSION}.tgz") as tar:
                     content = tar.extractfile(member).read()
-            except (OSError, KeyError, AttributeError, tarfile.TarError) as e:
-                raise sources.SourceFailed(f"@fontsource/{family}@{VERSION} lacks {member} ({e})") from None
+            except (OSError, KeyError, AttributeError, EOFError, zlib.error, tarfile.TarError) as e:
+                raise sources.SourceFailed(f"{spec} has no readable {member} ({e})") from None
             if cache.sha256(content) != FONTS[family]:
-                raise sources.SourceFailed(
-                    f"@fontsource/{family}@{VERSION}'s {member} is not the pinned file"
-                )
-            with outputs.atomic(
-                folder / f"{family}.woff", "free some space, or give another --cache-dir"
-            ) as partial:
-                partial.write_bytes(content)
+                raise sources.SourceFailed(f"{spec}'s {member} is not the file pinned by its SHA-256")
+            cache.write_file(folder / f"{family}.woff", content)

@@ -97,11 +97,13 @@ def _npm_reason(stderr: str) -> str:
     return lines[-1] if lines else "npm failed"
 
 
-def npm_pack(specs: list[str], folder: str, timeout: float = 300) -> list[Path]:
-    """`npm pack` of each package spec into `folder` (one npm process): the tarballs, or SourceFailed."""
+def npm_pack(specs: list[str], folder: str, timeout: float = 300, npm_cache: str | None = None) -> list[Path]:
+    """`npm pack` of each package spec into `folder` (one npm process): the tarballs, or SourceFailed.
+    `npm_cache`: the folder npm keeps its downloads in (default: npm's own)."""
     npm = shutil.which("npm")
     if npm is None:
         raise SourceFailed("no npm on PATH (install Node.js)")
+    env = {**os.environ, "npm_config_cache": npm_cache} if npm_cache else None
     try:
         done = subprocess.run(
             [npm, "pack", *specs, "--loglevel=error", "--pack-destination", folder],
@@ -109,12 +111,14 @@ def npm_pack(specs: list[str], folder: str, timeout: float = 300) -> list[Path]:
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         raise SourceFailed(f"npm pack timed out after {timeout:.0f} s") from None
     if done.returncode != 0:
         reason = _npm_reason(done.stderr)
-        raise SourceFailed(f"npm pack {' '.join(specs)}: {reason}", npm_cache=reason.startswith(NPM_WRITE))
+        what = specs[0] if len(specs) == 1 else f"of {len(specs)} packages ({specs[0]}, ...)"
+        raise SourceFailed(f"npm pack {what}: {reason}", npm_cache=reason.startswith(NPM_WRITE))
     tarballs = sorted(Path(folder).glob("*.tgz"))
     if len(tarballs) < len(specs):
         raise SourceFailed(f"npm pack wrote {len(tarballs)} .tgz for {len(specs)} package(s)")
