@@ -1,11 +1,10 @@
 """Deformed training digits: identity when off, displacements bounded as configured, a fresh but
-reproducible draw per key, a fade to none, and training with them repeatable and exactly resumable."""
+reproducible draw per key, and training with them repeatable and exactly resumable."""
 
 import os
 import stat
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ctrl_c_after_epoch
@@ -14,7 +13,6 @@ from mnist_mlp import runs, train
 from mnist_mlp.augment import deform, gaussian_matrix, restroke
 from mnist_mlp.cli import main
 from mnist_mlp.config import AugmentConfig
-from mnist_mlp.errors import UserError
 
 DEFORM = [
     "--set",
@@ -129,50 +127,34 @@ def test_the_smoothing_matrix_is_a_gaussian_of_sigma_pixels():
 
 
 def test_training_with_deformations_repeats_resumes_and_differs(synthetic_dir, tmp_path, capsys, monkeypatch):
-    """The same seed deforms the same; a fade changes only the epochs it reaches (here the last of 3, at
-    strength 1 / 1.8); a run stopped and resumed deforms as an uninterrupted one, fade included."""
-    cache, fade = ["--cache-dir", str(synthetic_dir)], ["--set", "augment.fade=0.6"]
-    for name, extra in (("a", DEFORM), ("b", DEFORM), ("plain", []), ("faded", [*DEFORM, *fade])):
+    cache = ["--cache-dir", str(synthetic_dir)]
+    for name, extra in (("a", DEFORM), ("b", DEFORM), ("plain", [])):
         assert main(["train", *SMALL, *extra, "--out", str(tmp_path / name), *cache]) == 0
-    history = {name: (tmp_path / name / runs.HISTORY).read_text() for name in ("a", "b", "plain", "faded")}
+    history = {name: (tmp_path / name / runs.HISTORY).read_text() for name in ("a", "b", "plain")}
     assert history["a"] == history["b"] and history["a"] != history["plain"]
-    rows = {name: text.splitlines() for name, text in history.items()}
-    assert rows["faded"][:3] == rows["a"][:3] and rows["faded"][3] != rows["a"][3]  # header, epochs 1-2; 3
     assert runs.load_run(tmp_path / "a").config.augment.elastic_alpha == 36
 
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_after_epoch(1))
-        stopped = ["train", *SMALL, *DEFORM, *fade, "--set", "train.checkpoint_seconds=0"]
-        assert main([*stopped, "--out", str(tmp_path / "stopped"), *cache]) == 130
+        assert (
+            main(
+                [
+                    "train",
+                    *SMALL,
+                    *DEFORM,
+                    "--set",
+                    "train.checkpoint_seconds=0",
+                    "--out",
+                    str(tmp_path / "stopped"),
+                    *cache,
+                ]
+            )
+            == 130
+        )
     assert main(["train", "--resume", str(tmp_path / "stopped"), *cache]) == 0
-    assert (tmp_path / "stopped" / runs.HISTORY).read_text() == history["faded"]
-
-
-def test_a_fade_shrinks_every_deformation_to_none(blobs):
-    """At strength 0 every deformation is the identity, at 1 it is the unfaded draw, and at 0.5 a shift goes
-    half as far; the schedule holds 1 until the last `fade` share of the epochs, then falls to 1 / (fade *
-    epochs) in the last."""
-    config = AugmentConfig(rotation=12, scale=0.12, shear=8, translation=2, elastic_alpha=34, stroke=1.0)
-    key = jax.random.key(9)
-    np.testing.assert_array_equal(np.asarray(deform(key, blobs, config, jnp.float32(0))), blobs)
-    np.testing.assert_allclose(
-        np.asarray(deform(key, blobs, config, jnp.float32(1))),
-        np.asarray(deform(key, blobs, config)),
-        atol=1e-6,
-    )
-    many = np.repeat(blobs, 8, axis=0)
-    for strength, bound in ((1.0, 2.0), (0.5, 1.0)):
-        moved = np.asarray(deform(key, many, AugmentConfig(translation=2), jnp.float32(strength)))
-        shift = np.abs(_centre(moved.reshape(-1, 28, 28)) - _centre(many.reshape(-1, 28, 28)))
-        assert bound / 2 < shift.max() <= bound + 0.05
-    faded = AugmentConfig(fade=0.2)
-    strengths = [faded.strength(epoch, 150) for epoch in range(150)]
-    assert strengths[:121] == [1.0] * 121 and strengths[-1] == pytest.approx(1 / 30)
-    assert all(a > b for a, b in zip(strengths[120:], strengths[121:]))  # falling, by equal steps
-    assert {AugmentConfig().strength(epoch, 150) for epoch in range(150)} == {1.0}
-    assert not AugmentConfig(fade=0.5).active  # a fade alone deforms nothing
-    with pytest.raises(UserError, match=r"augment.fade must be in \[0, 1\]"):
-        AugmentConfig(fade=1.5)
+    assert (tmp_path / "stopped" / runs.HISTORY).read_text() == history[
+        "a"
+    ]  # the same deformations after resume
 
 
 def test_keras_fit_refuses_deformations_in_one_line(tmp_path, capsys):

@@ -24,21 +24,15 @@ def gaussian_matrix(sigma: float, side: int = SIDE) -> np.ndarray:
     return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def deform(key: jax.Array, images: jax.Array, config: AugmentConfig, strength=None) -> jax.Array:
+def deform(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Array:
     """`images` (n, 784) float in [0, 1], each moved by its own random affine map and elastic field; the
-    same shape back. Where a moved pixel comes from outside the image, it is background (0). `strength` (a
-    scalar in [0, 1], augment.fade's): every deformation's range times it, 0 the identity (None: 1)."""
+    same shape back. Where a moved pixel comes from outside the image, it is background (0)."""
     n = images.shape[0]
-
-    def draw(k, shape):  # uniform in [-1, 1], times the strength
-        drawn = jax.random.uniform(k, shape, minval=-1, maxval=1)
-        return drawn if strength is None else drawn * strength
-
     k_rot, k_scale, k_shear, k_shift, k_field = jax.random.split(key, 5)
-    angle = jnp.deg2rad(config.rotation) * draw(k_rot, (n,))
-    scale = 1 + config.scale * draw(k_scale, (n, 2))  # y and x apart
-    shear = jnp.deg2rad(config.shear) * draw(k_shear, (n,))
-    shift = config.translation * draw(k_shift, (n, 2))
+    angle = jnp.deg2rad(config.rotation) * jax.random.uniform(k_rot, (n,), minval=-1, maxval=1)
+    scale = 1 + config.scale * jax.random.uniform(k_scale, (n, 2), minval=-1, maxval=1)  # y and x apart
+    shear = jnp.deg2rad(config.shear) * jax.random.uniform(k_shear, (n,), minval=-1, maxval=1)
+    shift = config.translation * jax.random.uniform(k_shift, (n, 2), minval=-1, maxval=1)
     cos, sin, tan = jnp.cos(angle), jnp.sin(angle), jnp.tan(shear)
     # Output pixel p samples the input at A @ (p - centre) + centre - shift: A rotates, shears and scales.
     a = jnp.stack([jnp.stack([cos, -sin + tan * cos], -1), jnp.stack([sin, cos + tan * sin], -1)], -2)
@@ -53,7 +47,7 @@ def deform(key: jax.Array, images: jax.Array, config: AugmentConfig, strength=No
     where = jnp.einsum("nij,jhw->nihw", a, grid) + centre - shift[:, :, None, None]
     if config.elastic_alpha > 0:
         smooth = jnp.asarray(gaussian_matrix(config.elastic_sigma))
-        field = draw(k_field, (n, 2, SIDE, SIDE))
+        field = jax.random.uniform(k_field, (n, 2, SIDE, SIDE), minval=-1, maxval=1)
         # Simard's convention: uniform(-1, 1) fields smoothed by a unit-mass Gaussian, times alpha (pixels);
         # sigma 5, alpha 36 moves a pixel by about 1.2 px (RMS), smoothly.
         where = where + config.elastic_alpha * jnp.einsum("ij,ncjk,lk->ncil", smooth, field, smooth)
@@ -64,8 +58,7 @@ def deform(key: jax.Array, images: jax.Array, config: AugmentConfig, strength=No
     )
     moved = sample(images.reshape(n, SIDE, SIDE), where)
     if config.stroke > 0:  # its own key (not a sixth split): the other deformations draw as before
-        stroke = config.stroke if strength is None else config.stroke * strength
-        moved = restroke(jax.random.fold_in(key, 6), moved, stroke)
+        moved = restroke(jax.random.fold_in(key, 6), moved, config.stroke)
     return moved.reshape(n, SIDE * SIDE)
 
 

@@ -104,7 +104,6 @@ class AugmentConfig:
     elastic_alpha: float = 0.0  # pixels per unit of smoothed field (Simard 2003: 34; Ciresan 2010: 36-38)
     elastic_sigma: float = 5.0  # pixels, the Gaussian that smooths the field (Ciresan 2010: 5-6)
     stroke: float = 0.0  # pixels a stroke grows or thins, drawn from [-stroke, stroke] (pens, fonts)
-    fade: float = 0.0  # the last share of the epochs in which every range shrinks linearly toward 0 (0: none)
 
     def __post_init__(self):  # what any run may hold; check_deformations bounds what is trained from now on
         for key in ("rotation", "scale", "shear", "translation", "elastic_alpha", "stroke"):
@@ -122,12 +121,6 @@ class AugmentConfig:
         check_key(
             self.stroke <= 1, "augment.stroke", "must be <= 1 pixel (a 3x3 grey-level dilation or erosion)"
         )
-        check_key(0 <= self.fade <= 1, "augment.fade", "must be in [0, 1] (a share of the epochs; 0: none)")
-
-    def strength(self, epoch: int, epochs: int) -> float:
-        """The deformations' strength in `epoch` (from 0) of `epochs`: 1 until the last `fade` share of the
-        epochs, then falling by equal steps; the last epoch's is 1 / (fade * epochs)."""
-        return 1.0 if self.fade == 0 else min(1.0, (epochs - epoch) / (self.fade * epochs))
 
     @property
     def active(self) -> bool:

@@ -88,19 +88,14 @@ def _make_programs(
         hits = jnp.sum(jnp.argmax(y_pred, axis=-1) == jnp.argmax(y, axis=-1))
         return (trainable, non_trainable, opt_vars, loss_sum + value * x.shape[0], correct + hits), None
 
-    fading = augment is not None and augment.fade > 0
-
-    def run_chunk(state, x, y, index, key, first_step, strength):
+    def run_chunk(state, x, y, index, key, first_step):
         """index: int32 (steps, batch_size) rows of x/y for each step of this chunk; with `augment`, step s of
-        the epoch deforms its batch with the key fold_in(key, s): fresh every step, the same on a resume;
-        `strength`: the epoch's (augment.fade)."""
+        the epoch deforms its batch with the key fold_in(key, s): fresh every step, the same on a resume."""
 
         def body(s, item):
             i, number = item
-            if augment is None:
-                return step(s, (x[i], y[i]))
-            key_s = jax.random.fold_in(key, number)
-            return step(s, (deform(key_s, x[i], augment, strength if fading else None), y[i]))
+            batch = x[i] if augment is None else deform(jax.random.fold_in(key, number), x[i], augment)
+            return step(s, (batch, y[i]))
 
         steps = first_step + jnp.arange(index.shape[0], dtype=jnp.int32)
         state, _ = jax.lax.scan(body, state, (index, steps), unroll=unroll)
@@ -112,7 +107,7 @@ def _make_programs(
         return jnp.mean(loss(y, y_pred)), hits / x.shape[0]
 
     if side_by_side:
-        run_chunk = jax.vmap(run_chunk, in_axes=(0, None, None, 0, 0, None, None))
+        run_chunk = jax.vmap(run_chunk, in_axes=(0, None, None, 0, 0, None))
         evaluate = jax.vmap(evaluate, in_axes=(0, 0, None, None))
     return jax.jit(run_chunk, donate_argnums=0), jax.jit(evaluate)
 
@@ -188,8 +183,7 @@ def fit_side_by_side(
             # The chunks donate (reuse) their input buffers: a lone model's own must stay valid, so it gets a
             # copy; stacked variables are the engine's own (the models hold slices of them).
             state = _epoch_state(stacked if together else _copy(variables[0]), count)
-            strength = augment.strength(epoch, epochs) if augment is not None else 1.0
-            state, logs = plan.run(epoch, state, callback_lists, strength)
+            state, logs = plan.run(epoch, state, callback_lists)
             stacked = state[:3]
             variables = _unstack(stacked, count) if together else [stacked]
             for m, c, values, log in zip(models, callback_lists, variables, logs):
@@ -246,15 +240,12 @@ class _Epochs:
             run_chunk, evaluate, state, self.x, self.y, shapes, key, self.validation, at_once
         )
 
-    def run(self, epoch: int, state, callback_lists, strength: float = 1.0) -> tuple:
-        """One epoch from `state` (its deformations at `strength`), then the validation: (the state at the
-        end, each model's logs)."""
+    def run(self, epoch: int, state, callback_lists) -> tuple:
+        """One epoch from `state`, then the validation: (the state at the end, each model's logs)."""
         keys = [jax.random.fold_in(key, epoch) for key in self.deform_keys]
         key = jnp.stack(keys) if len(keys) > 1 else keys[0]
         blocks = [epoch_index(self.x.shape[0], self.batch_size, rng, self.chunks) for rng in self.rngs]
-        state, logs = _run_epoch(
-            self.programs, state, self.x, self.y, blocks, (key, jnp.float32(strength)), callback_lists
-        )
+        state, logs = _run_epoch(self.programs, state, self.x, self.y, blocks, key, callback_lists)
         if self.validation is None:
             return state, logs
         val_loss, val_accuracy = (
@@ -306,16 +297,15 @@ def _callback_lists(models, callbacks, verbose, epochs: int, steps: int) -> list
     return lists
 
 
-def _run_epoch(programs, state, x, y, blocks: list[list[np.ndarray]], deformation, callback_lists):
+def _run_epoch(programs, state, x, y, blocks: list[list[np.ndarray]], key, callback_lists):
     """One epoch's chunks through their compiled programs, `blocks` a list of index blocks per model (stacked
-    where several train together), `deformation` the epoch's (key, strength), each model's running loss and
-    accuracy to its callbacks after each chunk; (the state at the end, each model's logs)."""
+    where several train together), each model's running loss and accuracy to its callbacks after each chunk;
+    (the state at the end, each model's logs)."""
     together, logs = len(blocks) > 1, [{} for _ in blocks]
     done_steps = done_samples = 0
     for parts in zip(*blocks):
         index = np.stack(parts) if together else parts[0]
-        chunk = programs[index.shape].result()
-        state = chunk(state, x, y, jnp.asarray(index), deformation[0], jnp.int32(done_steps), deformation[1])
+        state = programs[index.shape].result()(state, x, y, jnp.asarray(index), key, jnp.int32(done_steps))
         done_steps += parts[0].shape[0]
         done_samples += parts[0].size
         losses, hits = np.atleast_1d(np.asarray(state[3])), np.atleast_1d(np.asarray(state[4]))
@@ -342,8 +332,7 @@ def _compile_ahead(
     pool = ThreadPoolExecutor(max_workers=len(index_shapes) + 1 if at_once else 1)
     programs = {}
     for shape in index_shapes:
-        index = jax.ShapeDtypeStruct(shape, jnp.int32)
-        lowered = run_chunk.lower(state, x, y, index, key, jnp.int32(0), jnp.float32(1))
+        lowered = run_chunk.lower(state, x, y, jax.ShapeDtypeStruct(shape, jnp.int32), key, jnp.int32(0))
         programs[shape] = pool.submit(lowered.compile)
     if validation is not None:
         programs["evaluate"] = pool.submit(evaluate.lower(state[0], state[1], *validation).compile)
