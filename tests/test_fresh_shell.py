@@ -100,6 +100,9 @@ def test_every_command_runs_in_a_fresh_shell(shell, tmp_path):
         later = {  # on the trained run and the swept study
             "evaluate": two.submit(shell, cli, "evaluate", run, *cache),
             "fonts": two.submit(shell, cli, "evaluate", run, "--on", "fonts"),
+            "handfonts": two.submit(
+                shell, cli, "evaluate", run, "--on", "handfonts", *cache
+            ),  # npm, first use
             "plot": two.submit(shell, cli, "plot", run),
             "list": two.submit(shell, cli, "runs", "list", "--root", str(shell.home / "runs")),
             "show": two.submit(shell, cli, "runs", "show", run),
@@ -113,6 +116,7 @@ def test_every_command_runs_in_a_fresh_shell(shell, tmp_path):
     assert "Backend: jax (chosen by default)" in done["train"] and "Test accuracy:" in done["train"]
     assert "confusion matrix" in done["evaluate"]
     assert "Accuracy on fonts:" in done["fonts"]
+    assert "Accuracy on handfonts:" in done["handfonts"]
     assert "curves.png" in done["plot"]
     assert ": " in _ok(shell(cli, "predict", run, str(Path(run) / "curves.png")))
     assert "first" in done["list"]

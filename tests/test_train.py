@@ -314,3 +314,30 @@ def test_validation_none_trains_on_every_image_and_scores_the_test_set_once(synt
     assert 0 < metrics["test_accuracy"] <= 1
     assert main(["plot", str(out), "--out", str(tmp_path / "c.png")]) == 0
     assert main(["evaluate", str(out), "--cache-dir", str(synthetic_dir)]) == 0
+
+
+def test_several_runs_are_scored_as_a_committee_and_nothing_is_written(synthetic_dir, tmp_path, capsys):
+    """`evaluate A B`: the mean of the two models' probabilities, scored on the test set; neither run gets
+    files (a committee is no one run's result)."""
+    from conftest import TINY
+
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for seed, folder in zip(("1", "2"), folders):
+        assert (
+            main(["train", *TINY, "--seed", seed, "--out", str(folder), "--cache-dir", str(synthetic_dir)])
+            == 0
+        )
+    before = [sorted(folder.iterdir()) for folder in folders]
+    capsys.readouterr()
+    assert main(["evaluate", *map(str, folders), "--cache-dir", str(synthetic_dir)]) == 0
+    out = capsys.readouterr().out
+    images, labels = data.load_split("test", synthetic_dir)
+    x = data.preprocess(images)
+    mean = np.mean([runs.load_model(runs.load_run(f)).predict(x, verbose=0) for f in folders], axis=0)
+    loss = -np.log(np.clip(mean[np.arange(len(labels)), labels], 1e-7, 1 - 1e-7)).mean()
+    wrong = int((mean.argmax(axis=1) != labels).sum())
+    assert out.startswith("A committee of 2 runs (the mean of their probabilities; nothing written):\n")
+    assert (
+        f"Test loss: {loss:.4f}\n" in out and f"{wrong} of {len(labels)} wrong" in out and "Wrote" not in out
+    )
+    assert [sorted(folder.iterdir()) for folder in folders] == before

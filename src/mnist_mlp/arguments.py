@@ -123,7 +123,14 @@ def build_parser() -> Parser:
         "--overwrite", action="store_true", help="replace a run folder mnist-mlp made (only its files)"
     )
 
-    p = command("evaluate", "test metrics, confusion matrix, misclassified digits", run, cache_dir, backend)
+    p = command("evaluate", "test metrics, confusion matrix, misclassified digits", cache_dir, backend)
+    p.add_argument(
+        "run",
+        metavar="RUN",
+        nargs="+",
+        help="a run directory written by `mnist-mlp train`; several: a committee, scored by the mean of "
+        "their probabilities (nothing written)",
+    )
     p.add_argument(
         "--on",
         default="mnist",

@@ -121,7 +121,8 @@ def _train(args, config, out: Path) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    run = runs.load_run(args.run)  # a missing, incomplete or edited run fails before Keras starts
+    # A missing, incomplete or edited run fails before Keras starts
+    run = [runs.load_run(r) for r in args.run]
     if args.on != "mnist":
         from mnist_mlp import otherdigits
 

@@ -31,6 +31,7 @@ class EvalResult:
     unread: tuple[str, ...] = ()  # an error line for each of a folder's images that could not be read
     no_digit: tuple[str, ...] = ()  # a line for each of a folder's images with no digit found (not scored)
     not_written: WriteFailed | None = None  # why the figures and evaluation.json were not written
+    committee: int = 1  # runs whose mean probabilities were scored (more than 1: no files written)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -40,14 +41,19 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 
 
 
 def evaluate(
-    run: runs.Run | str | Path, data_dir: str | Path | None = None, gallery_size: int = 25, on: str = "mnist"
+    run: runs.Run | str | Path | list,
+    data_dir: str | Path | None = None,
+    gallery_size: int = 25,
+    on: str = "mnist",
 ) -> EvalResult:
     """Score a run's model (a loaded Run, or its folder) on the 10,000 test images, writing confusion.png,
     misclassified.png and evaluation.json into the run directory; or, `on` another source of digits (see
-    otherdigits), only score it."""
-    run = run if isinstance(run, runs.Run) else runs.load_run(run)
+    otherdigits), only score it. A list of runs: a committee, scored by the mean of their probabilities."""
+    given = run if isinstance(run, list) else [run]
+    committee = [r if isinstance(r, runs.Run) else runs.load_run(r) for r in given]
+    run = committee[0]
     loaded = outputs.stamp(run.model_path)
-    model = load_model(run)  # first: a swapped or corrupt model is the error to report, before any data
+    models = [load_model(r) for r in committee]  # first: a swapped or corrupt model is the error to report
     if on == "mnist":
         images, labels, unread, no_digit = *data.load_split("test", data_dir), [], []
     else:
@@ -55,10 +61,11 @@ def evaluate(
 
         images, labels, unread, no_digit = otherdigits.load(on, data_dir)
         images = np.stack(images)
-    probabilities = np.asarray(model.predict(data.preprocess(images), batch_size=1024, verbose=0))
+    x = data.preprocess(images)
+    probabilities = np.mean([np.asarray(m.predict(x, batch_size=1024, verbose=0)) for m in models], axis=0)
     result = _score(probabilities, labels, run.path, on, unread, no_digit)
-    if on != "mnist":
-        return result
+    if on != "mnist" or len(models) > 1:
+        return dataclasses.replace(result, committee=len(models))
     if outputs.stamp(run.model_path) != loaded:  # `train --out RUN --overwrite` meanwhile: not its results
         raise UserError(
             f"{run.path} was trained again while it was being evaluated, so nothing was written",
@@ -162,6 +169,10 @@ def describe(result: EvalResult) -> str:
         "      " + "".join(f"{d:>6}" for d in range(10)),
     ]
     lines += [f"{d:>6}" + "".join(f"{n:>6}" for n in row) for d, row in enumerate(result.confusion)]
-    if result.source == "mnist" and not result.not_written:
+    if result.committee > 1:
+        lines.insert(
+            0, f"A committee of {result.committee} runs (the mean of their probabilities; nothing written):"
+        )
+    elif result.source == "mnist" and not result.not_written:
         lines += ["", f"Wrote confusion.png, misclassified.png and evaluation.json in {result.run_dir}/"]
     return "\n".join(lines)
