@@ -307,7 +307,7 @@ def test_two_processes_writing_one_cache_file_each_use_their_own_temporary_name(
     file')."""
     code = (
         "import sys; from pathlib import Path; from mnist_mlp import cache\n"
-        "for i in range(300): cache._write_atomic(Path(sys.argv[1]) / 'f', bytes(1000))"
+        "for i in range(300): cache.write_file(Path(sys.argv[1]) / 'f', bytes(1000))"
     )
     workers = [
         subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE, text=True)
