@@ -137,6 +137,7 @@ print(json.dumps([first, log.summary(until=1e9), log.summary(until=-1)]))
         (["bench", "--time-to", "0.9", "--give-up", "0"], "--give-up 0.0: give more than 0 seconds"),
         (["bench", "--time-to", "0.9", "--give-up", "nan"], "--give-up nan: give more than 0 seconds"),
         (["bench", "--serve", "runs/x", "--give-up", "5"], "--give-up is for --time-to"),
+        (["bench", "--time-to", "0.9", "0.9"], "names an accuracy twice; give each once"),
     ],
 )
 def test_bad_bench_arguments(argv, expected, capsys):
@@ -148,8 +149,9 @@ def test_bad_bench_arguments(argv, expected, capsys):
 def test_gpu_bench_without_a_gpu_says_so(capsys):
     if bench._jax_platform(True) != "cpu":
         pytest.skip("JAX sees a GPU on this machine")
-    assert main(["bench", "--gpu", "--variants", "ours"]) == 2
-    assert "JAX finds no GPU here" in capsys.readouterr().err
+    for argv in (["--variants", "ours"], ["--time-to", "0.9"]):  # the side-by-side bench, and time-to
+        assert main(["bench", "--gpu", *argv]) == 2
+        assert "JAX finds no GPU here" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -104,12 +104,38 @@ def test_handfonts_fetch_what_is_missing_or_damaged_and_draw_every_digit_in_each
         otherdigits.check("handfonts", tmp_path)
     assert "\n" not in str(error.value) and not (folder / "sans.woff").exists()
     contents["sans"] = (ttf / "DejaVuSans.ttf").read_bytes()
-    (folder / "sans.woff").mkdir()  # a folder of a font file's name: the cache's own advice, which works
-    with pytest.raises(UserError, match="a folder has a cache file's name: move it out of the cache"):
+    (
+        folder / "sans.woff"
+    ).mkdir()  # a folder of a font file's name: said before npm runs, and the advice works
+    with pytest.raises(UserError, match=r"sans.woff is a folder where a font file goes: move it out of"):
         otherdigits.check("handfonts", tmp_path)
+    assert len(asked) == 3
     (folder / "sans.woff").rename(tmp_path / "moved")
     otherdigits.check("handfonts", tmp_path)
     assert (folder / "sans.woff").read_bytes() == contents["sans"]
+    (folder / "sans.woff").unlink()
+    junk = _registry({"sans": b""}, asked)  # a tarball that is no tarball: one line
+
+    def npm_pack(specs, folder, timeout=300, npm_cache=None):
+        tarballs = junk(specs, folder)
+        tarballs[0].write_bytes(os.urandom(5000))
+        return tarballs
+
+    monkeypatch.setattr(sources, "npm_pack", npm_pack)
+    with pytest.raises(UserError, match="has no readable package/files/sans-latin-400-normal.woff") as error:
+        otherdigits.check("handfonts", tmp_path)
+    assert "\n" not in str(error.value)
+    fetched = []  # npm that cannot write its own cache: run again with one in the temporary folder
+
+    def npm_pack(specs, folder, timeout=300, npm_cache=None):
+        fetched.append(npm_cache)
+        if npm_cache is None:
+            raise sources.SourceFailed("npm cannot write at /home/u/.npm (EACCES)", npm_cache=True)
+        return _registry(contents, asked)(specs, folder)
+
+    monkeypatch.setattr(sources, "npm_pack", npm_pack)
+    otherdigits.check("handfonts", tmp_path)
+    assert fetched[0] is None and fetched[1] and (folder / "sans.woff").read_bytes() == contents["sans"]
     monkeypatch.undo()
     monkeypatch.setattr(handfonts, "FONTS", {"sans": cache.sha256((ttf / "DejaVuSans.ttf").read_bytes())})
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))

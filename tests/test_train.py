@@ -341,3 +341,5 @@ def test_several_runs_are_scored_as_a_committee_and_nothing_is_written(synthetic
         f"Test loss: {loss:.4f}\n" in out and f"{wrong} of {len(labels)} wrong" in out and "Wrote" not in out
     )
     assert [sorted(folder.iterdir()) for folder in folders] == before
+    assert main(["evaluate", str(folders[0]), f"{folders[0]}/"]) == 2  # one run twice is no committee of two
+    assert "is named twice; a committee counts each run once" in capsys.readouterr().err

@@ -129,6 +129,15 @@ def _child_env(gpu: bool = False) -> dict:
     return env
 
 
+def _check_gpu(gpu: bool) -> None:
+    if gpu and _jax_platform(gpu) == "cpu":
+        raise UserError(
+            "bench --gpu: JAX finds no GPU here (a GPU needs a CUDA build: "
+            f"{pip_install('jax[cuda12]')}); "
+            "run bench without --gpu"
+        )
+
+
 def run_variant(
     variant: str,
     epochs: int | None,
@@ -192,12 +201,7 @@ def bench(
         raise UserError(f"unknown bench variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if epochs < 2:
         raise UserError("bench needs --epochs >= 2 (the first epoch includes compiling)")
-    if gpu and _jax_platform(gpu) == "cpu":
-        raise UserError(
-            "bench --gpu: JAX finds no GPU here (a GPU needs a CUDA build: "
-            f"{pip_install('jax[cuda12]')}); "
-            "run bench without --gpu"
-        )
+    _check_gpu(gpu)
     peak, matmuls = matmul_peak(gpu=gpu), matmul_epoch(gpu=gpu)
     results, skipped = [], []
     for variant in variants:
@@ -232,12 +236,15 @@ def time_to(
     for accuracy in accuracies:
         if not 0 < accuracy < 1:
             raise UserError(f"--time-to {accuracy} is an accuracy between 0 and 1, e.g. 0.982")
+    if len(set(accuracies)) < len(accuracies):
+        raise UserError(f"--time-to {' '.join(map(str, accuracies))} names an accuracy twice; give each once")
     if give_up is not None and not 0 < give_up < math.inf:
         raise UserError(
             f"--give-up {give_up}: give more than 0 seconds (each variant's limit from its start), e.g. 300"
         )
     for preset in presets or ():
         peers.config_for(None, preset)  # a missing or bad preset fails here, not after the classic run
+    _check_gpu(gpu)
     found = {}
     runs = [("classic", "ours", None)]
     for path in presets or ():

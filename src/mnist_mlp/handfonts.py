@@ -4,6 +4,7 @@ kept in the MNIST cache folder (handfonts/). No preset was chosen on them: `eval
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tarfile
 import tempfile
@@ -57,17 +58,30 @@ def font_files(directory: str | Path | None = None) -> list[Path]:
     """The fonts' files in the cache folder, fetched with npm where missing or damaged."""
     folder = cache.cache_dir(directory) / FOLDER
     missing = [family for family, sha in FONTS.items() if not _verified(folder / f"{family}.woff", sha)]
-    if missing:
-        cache.check_writable(folder)
-        plural = "s" * (len(missing) != 1)
-        log.info(f"fetching {len(missing)} handwriting typeface{plural} into {folder} with npm ...")
-        try:
-            _fetch(missing, folder)
-        except (sources.SourceFailed, OSError) as e:  # OSError: no room for the temporary folder, say
-            raise UserError(
-                f"--on handfonts fetches its typefaces with npm: {e}; use --on fonts, pen, uci or FOLDER (or "
-                f"copy {folder} from a machine that has fetched them)"
-            ) from None
+    if not missing:
+        return [folder / f"{family}.woff" for family in FONTS]
+    in_the_way = next((folder / f"{f}.woff" for f in missing if (folder / f"{f}.woff").is_dir()), None)
+    if in_the_way:
+        raise UserError(
+            f"{in_the_way} is a folder where a font file goes: move it out of {folder}, or give another "
+            "--cache-dir"
+        )
+    made = not folder.exists()
+    cache.check_writable(folder)
+    log.info(
+        f"fetching {len(missing)} handwriting typeface{'s' * (len(missing) != 1)} into {folder} with npm ..."
+    )
+    try:
+        _fetch(missing, folder)
+    except (sources.SourceFailed, OSError) as e:  # OSError: no room for the temporary folder, say
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # the empty folder this call made; never one with files
+        yours = " (--on ./handfonts: your folder of that name)" if Path(FOLDER).is_dir() else ""
+        raise UserError(
+            f"--on handfonts fetches its typefaces with npm: {e}; use --on fonts, pen, uci or FOLDER{yours} "
+            f"(or copy {folder} from a machine that has fetched them)"
+        ) from None
     return [folder / f"{family}.woff" for family in FONTS]
 
 
@@ -81,18 +95,24 @@ def _verified(path: Path, sha: str) -> bool:
 
 
 def _fetch(families: list[str], folder: Path) -> None:
-    """Each family's font file out of its npm package, checked against its hash, into `folder`. npm keeps its
-    downloads in a temporary folder of its own: an npm cache it cannot write does not stop the fetch."""
+    """Each family's font file out of its npm package, checked against its hash, into `folder`. Where npm
+    cannot write its own cache, it is run again with one in the temporary folder."""
     with tempfile.TemporaryDirectory() as tmp:
         specs = [f"@fontsource/{family}@{VERSION}" for family in families]
-        sources.npm_pack(specs, tmp, npm_cache=str(Path(tmp) / "npm-cache"))
+        try:
+            sources.npm_pack(specs, tmp)
+        except sources.SourceFailed as e:
+            if not e.npm_cache:
+                raise
+            sources.npm_pack(specs, tmp, npm_cache=str(Path(tmp) / "npm-cache"))
         for family, spec in zip(families, specs):
             member = f"package/files/{family}-latin-400-normal.woff"
             try:
                 with tarfile.open(Path(tmp) / f"fontsource-{family}-{VERSION}.tgz") as tar:
                     content = tar.extractfile(member).read()
             except (OSError, KeyError, AttributeError, EOFError, zlib.error, tarfile.TarError) as e:
-                raise sources.SourceFailed(f"{spec} has no readable {member} ({e})") from None
+                reason = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
+                raise sources.SourceFailed(f"{spec} has no readable {member} ({reason})") from None
             if cache.sha256(content) != FONTS[family]:
                 raise sources.SourceFailed(f"{spec}'s {member} is not the file pinned by its SHA-256")
             cache.write_file(folder / f"{family}.woff", content)
