@@ -95,16 +95,12 @@ def _verified(path: Path, sha: str) -> bool:
 
 
 def _fetch(families: list[str], folder: Path) -> None:
-    """Each family's font file out of its npm package, checked against its hash, into `folder`. Where npm
-    cannot write its own cache, it is run again with one in the temporary folder."""
+    """Each family's font file out of its npm package, checked against its hash, into `folder`. npm keeps its
+    downloads in the temporary folder: an npm cache it cannot write (npm then fails, or hangs until the time
+    limit) does not stop the fetch."""
     with tempfile.TemporaryDirectory() as tmp:
         specs = [f"@fontsource/{family}@{VERSION}" for family in families]
-        try:
-            sources.npm_pack(specs, tmp)
-        except sources.SourceFailed as e:
-            if not e.npm_cache:
-                raise
-            sources.npm_pack(specs, tmp, npm_cache=str(Path(tmp) / "npm-cache"))
+        sources.npm_pack(specs, tmp, npm_cache=str(Path(tmp) / "npm-cache"))
         for family, spec in zip(families, specs):
             member = f"package/files/{family}-latin-400-normal.woff"
             try:
