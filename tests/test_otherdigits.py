@@ -76,9 +76,10 @@ def _registry(contents: dict[str, bytes], asked: list[list[str]]):
     return npm_pack
 
 
-def test_handfonts_fetch_what_is_missing_or_damaged_and_draw_every_digit_in_each(tmp_path, monkeypatch):
-    """Two stand-in typefaces (matplotlib's DejaVu files, pinned here by their hashes): fetched once, a
-    damaged one fetched again, a file that is not the pinned one refused, npm missing said in one line."""
+@pytest.fixture
+def stand_in_fonts(monkeypatch):
+    """Two stand-in typefaces, matplotlib's DejaVu files, pinned by their hashes as handfonts pins its own:
+    their bytes by family (what the stand-in registry serves)."""
     from mnist_mlp.plots import matplotlib
 
     ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
@@ -87,61 +88,69 @@ def test_handfonts_fetch_what_is_missing_or_damaged_and_draw_every_digit_in_each
         "serif": (ttf / "DejaVuSerif.ttf").read_bytes(),
     }
     monkeypatch.setattr(handfonts, "FONTS", {family: cache.sha256(data) for family, data in contents.items()})
-    asked = []
+    return contents
+
+
+def test_handfonts_fetch_what_is_missing_or_damaged_and_draw_every_digit_in_each(
+    stand_in_fonts, tmp_path, monkeypatch
+):
+    """Fetched once; a damaged file fetched again; a file that is not the pinned one refused; a folder named
+    like a font file said before npm runs, and the advice, followed, works."""
+    contents, asked = dict(stand_in_fonts), []
     monkeypatch.setattr(sources, "npm_pack", _registry(contents, asked))
     images, labels, *_ = otherdigits.load("handfonts", tmp_path)
     assert asked == [[f"@fontsource/sans@{handfonts.VERSION}", f"@fontsource/serif@{handfonts.VERSION}"]]
     assert len(images) == 2 * 10 * len(otherdigits.ANGLES) and np.bincount(labels).tolist() == [6] * 10
     assert len({image.tobytes() for image in images}) == len(images)
-    folder = tmp_path / handfonts.FOLDER
+    fonts = tmp_path / handfonts.FOLDER
     assert otherdigits.load("handfonts", tmp_path)[1].tolist() == labels.tolist() and len(asked) == 1
-    (folder / "serif.woff").write_bytes(b"damaged")
+    (fonts / "serif.woff").write_bytes(b"damaged")
     otherdigits.check("handfonts", tmp_path)
     assert asked[1] == [f"@fontsource/serif@{handfonts.VERSION}"]
-    assert (folder / "serif.woff").read_bytes() == contents["serif"]
-    (folder / "sans.woff").unlink()
+    assert (fonts / "serif.woff").read_bytes() == contents["serif"]
+    (fonts / "sans.woff").unlink()
     contents["sans"] = contents["serif"]  # the registry serves another file under the name
     with pytest.raises(UserError, match="is not the file pinned by its SHA-256; use --on fonts") as error:
         otherdigits.check("handfonts", tmp_path)
-    assert "\n" not in str(error.value) and not (folder / "sans.woff").exists()
-    contents["sans"] = (ttf / "DejaVuSans.ttf").read_bytes()
-    (
-        folder / "sans.woff"
-    ).mkdir()  # a folder of a font file's name: said before npm runs, and the advice works
+    assert "\n" not in str(error.value) and not (fonts / "sans.woff").exists()
+    contents["sans"] = stand_in_fonts["sans"]
+    (fonts / "sans.woff").mkdir()
     with pytest.raises(UserError, match=r"sans.woff is a folder where a font file goes: move it out of"):
         otherdigits.check("handfonts", tmp_path)
-    assert len(asked) == 3
-    (folder / "sans.woff").rename(tmp_path / "moved")
+    assert len(asked) == 3  # npm did not run
+    (fonts / "sans.woff").rename(tmp_path / "moved")
     otherdigits.check("handfonts", tmp_path)
-    assert (folder / "sans.woff").read_bytes() == contents["sans"]
-    (folder / "sans.woff").unlink()
-    junk = _registry({"sans": b""}, asked)  # a tarball that is no tarball: one line
+    assert (fonts / "sans.woff").read_bytes() == contents["sans"]
+
+
+def test_handfonts_npm_gets_a_cache_of_its_own_and_its_failures_are_one_line(
+    stand_in_fonts, tmp_path, monkeypatch
+):
+    """npm keeps its downloads in a temporary folder (an npm cache it cannot write would stop it); a tarball
+    that is none and a missing npm are one line each."""
+    given = []
 
     def npm_pack(specs, folder, timeout=300, npm_cache=None):
-        tarballs = junk(specs, folder)
+        given.append(npm_cache)
+        return _registry(stand_in_fonts, [])(specs, folder)
+
+    monkeypatch.setattr(sources, "npm_pack", npm_pack)
+    otherdigits.check("handfonts", tmp_path)
+    assert given[0].startswith(tempfile.gettempdir()) and not Path(given[0]).parent.exists()  # removed after
+    (tmp_path / handfonts.FOLDER / "sans.woff").unlink()
+
+    def junk(specs, folder, timeout=300, npm_cache=None):
+        tarballs = npm_pack(specs, folder)
         tarballs[0].write_bytes(os.urandom(5000))
         return tarballs
 
-    monkeypatch.setattr(sources, "npm_pack", npm_pack)
+    monkeypatch.setattr(sources, "npm_pack", junk)
     with pytest.raises(UserError, match="has no readable package/files/sans-latin-400-normal.woff") as error:
         otherdigits.check("handfonts", tmp_path)
     assert "\n" not in str(error.value)
-    fetched = []  # npm's own cache is never used: one it cannot write would stop it
-
-    def npm_pack(specs, folder, timeout=300, npm_cache=None):
-        fetched.append(npm_cache)
-        return _registry(contents, asked)(specs, folder)
-
-    monkeypatch.setattr(sources, "npm_pack", npm_pack)
-    otherdigits.check("handfonts", tmp_path)
-    assert (
-        fetched[0].startswith(tempfile.gettempdir())
-        and (folder / "sans.woff").read_bytes() == contents["sans"]
-    )
     monkeypatch.undo()
-    monkeypatch.setattr(handfonts, "FONTS", {"sans": cache.sha256((ttf / "DejaVuSans.ttf").read_bytes())})
+    monkeypatch.setattr(handfonts, "FONTS", {"sans": cache.sha256(stand_in_fonts["sans"])})
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
-    (folder / "sans.woff").unlink()
     with pytest.raises(
         UserError,
         match=r"with npm: no npm on PATH \(install Node.js\); use --on fonts, pen, uci or FOLDER \(or",
