@@ -282,7 +282,7 @@ def test_npm_errors_are_read_in_both_of_npms_formats():
     # No path: its temporary folder, say; and never its log's place (npm's last line), which may be gone
     log = "npm error A complete log of this run can be found in: /tmp/x/_logs/1.log\n"
     unnamed = sources._npm_reason(f"npm error code ENOSPC\nnpm error nospc ENOSPC: no space left\n{log}")
-    assert unnamed.startswith("npm has no space left (ENOSPC); free space there or in ")
+    assert unnamed.startswith("npm has no space left (ENOSPC); free space in its cache or in ")
     assert sources._npm_reason(f"npm error code ENOTCACHED\nnpm error request to x failed\n{log}") == (
         "npm error request to x failed"
     )

@@ -57,10 +57,11 @@ FONTS = {
 def font_files(directory: str | Path | None = None) -> list[Path]:
     """The fonts' files in the cache folder, fetched with npm where missing or damaged."""
     folder = cache.cache_dir(directory) / FOLDER
-    missing = [family for family, sha in FONTS.items() if not _verified(folder / f"{family}.woff", sha)]
+    files = {family: folder / f"{family}.woff" for family in FONTS}
+    missing = [family for family, sha in FONTS.items() if not _verified(files[family], sha)]
     if not missing:
-        return [folder / f"{family}.woff" for family in FONTS]
-    in_the_way = next((folder / f"{f}.woff" for f in missing if (folder / f"{f}.woff").is_dir()), None)
+        return list(files.values())
+    in_the_way = next((files[f] for f in missing if files[f].is_dir()), None)
     if in_the_way:
         raise UserError(
             f"{in_the_way} is a folder where a font file goes: move it out of {folder}, or give another "
@@ -82,7 +83,7 @@ def font_files(directory: str | Path | None = None) -> list[Path]:
             f"--on handfonts fetches its typefaces with npm: {e}; use --on fonts, pen, uci or FOLDER{yours} "
             f"(or copy {folder} from a machine that has fetched them)"
         ) from None
-    return [folder / f"{family}.woff" for family in FONTS]
+    return list(files.values())
 
 
 def _verified(path: Path, sha: str) -> bool:

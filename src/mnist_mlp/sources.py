@@ -94,7 +94,7 @@ def _npm_reason(stderr: str) -> str:
         if needle in text:
             return reason
     if code and code[1] in ("ENOSPC", "EDQUOT"):  # no path named: its temporary folder, say
-        return f"npm has no space left ({code[1]}); free space there or in {tempfile.gettempdir()}"
+        return f"npm has no space left ({code[1]}); free space in its cache or in {tempfile.gettempdir()}"
     # The last line but npm's pointer to its log (which may sit in a folder already removed)
     lines = [line for line in stderr.strip().splitlines() if line.strip() and "complete log" not in line]
     return lines[-1] if lines else "npm failed"
