@@ -134,27 +134,12 @@ def test_training_with_deformations_repeats_resumes_and_differs(synthetic_dir, t
     assert history["a"] == history["b"] and history["a"] != history["plain"]
     assert runs.load_run(tmp_path / "a").config.augment.elastic_alpha == 36
 
+    stopped = ["train", *SMALL, *DEFORM, "--set", "train.checkpoint_seconds=0", "--out", str(tmp_path / "s")]
     with monkeypatch.context() as patch:
         patch.setattr(train.Checkpoint, "on_epoch_end", ctrl_c_after_epoch(1))
-        assert (
-            main(
-                [
-                    "train",
-                    *SMALL,
-                    *DEFORM,
-                    "--set",
-                    "train.checkpoint_seconds=0",
-                    "--out",
-                    str(tmp_path / "stopped"),
-                    *cache,
-                ]
-            )
-            == 130
-        )
-    assert main(["train", "--resume", str(tmp_path / "stopped"), *cache]) == 0
-    assert (tmp_path / "stopped" / runs.HISTORY).read_text() == history[
-        "a"
-    ]  # the same deformations after resume
+        assert main([*stopped, *cache]) == 130
+    assert main(["train", "--resume", str(tmp_path / "s"), *cache]) == 0
+    assert (tmp_path / "s" / runs.HISTORY).read_text() == history["a"]  # the same deformations after resume
 
 
 def test_keras_fit_refuses_deformations_in_one_line(tmp_path, capsys):

@@ -100,9 +100,8 @@ def test_every_command_runs_in_a_fresh_shell(shell, tmp_path):
         later = {  # on the trained run and the swept study
             "evaluate": two.submit(shell, cli, "evaluate", run, *cache),
             "fonts": two.submit(shell, cli, "evaluate", run, "--on", "fonts"),
-            "handfonts": two.submit(
-                shell, cli, "evaluate", run, "--on", "handfonts", *cache
-            ),  # npm, first use
+            # npm fetches the typefaces on their first use
+            "handfonts": two.submit(shell, cli, "evaluate", run, "--on", "handfonts", *cache),
             "plot": two.submit(shell, cli, "plot", run),
             "list": two.submit(shell, cli, "runs", "list", "--root", str(shell.home / "runs")),
             "show": two.submit(shell, cli, "runs", "show", run),

@@ -9,6 +9,7 @@ import pytest
 from mnist_mlp import cache, data, outputs, plots, runs
 from mnist_mlp.cli import main
 from mnist_mlp.config import ModelConfig
+from mnist_mlp.errors import UserError
 from mnist_mlp.model import build_model
 
 SMALL = ["--train-samples", "2000", "--epochs", "2"]
@@ -343,3 +344,7 @@ def test_several_runs_are_scored_as_a_committee_and_nothing_is_written(synthetic
     assert [sorted(folder.iterdir()) for folder in folders] == before
     assert main(["evaluate", str(folders[0]), f"{folders[0]}/"]) == 2  # one run twice is no committee of two
     assert "is named twice; a committee counts each run once" in capsys.readouterr().err
+    from mnist_mlp.evaluate import evaluate
+
+    with pytest.raises(UserError, match="is named twice"):  # the library's path: a loaded run and its folder
+        evaluate([runs.load_run(folders[1]), folders[1]], synthetic_dir)

@@ -121,12 +121,7 @@ def _train(args, config, out: Path) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    # A missing, incomplete or edited run fails before Keras starts
-    run = [runs.load_run(r) for r in args.run]
-    paths = [r.path.resolve() for r in run]
-    twice = next((r.path for r, path in zip(run, paths) if paths.count(path) > 1), None)
-    if twice:
-        raise UserError(f"{twice} is named twice; a committee counts each run once: name each once")
+    run = runs.load_committee(args.run)  # a missing, edited or repeated run fails before Keras starts
     if args.on != "mnist":
         from mnist_mlp import otherdigits
 

@@ -49,8 +49,7 @@ def evaluate(
     """Score a run's model (a loaded Run, or its folder) on the 10,000 test images, writing confusion.png,
     misclassified.png and evaluation.json into the run directory; or, `on` another source of digits (see
     otherdigits), only score it. A list of runs: a committee, scored by the mean of their probabilities."""
-    given = run if isinstance(run, list) else [run]
-    committee = [r if isinstance(r, runs.Run) else runs.load_run(r) for r in given]
+    committee = runs.load_committee(run if isinstance(run, list) else [run])
     run = committee[0]
     loaded = outputs.stamp(run.model_path)
     models = [load_model(r) for r in committee]  # first: a swapped or corrupt model is the error to report

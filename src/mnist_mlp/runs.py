@@ -171,6 +171,17 @@ def load_run(path: str | Path) -> Run:
     return run
 
 
+def load_committee(given: list) -> list[Run]:
+    """Several runs (loaded, or their folders) to score together, each once: a run named twice would count
+    twice in the mean of their probabilities."""
+    committee = [run if isinstance(run, Run) else load_run(run) for run in given]
+    paths = [run.path.resolve() for run in committee]
+    twice = next((run.path for run, path in zip(committee, paths) if paths.count(path) > 1), None)
+    if twice:
+        raise UserError(f"{twice} is named twice; a committee counts each run once: name each once")
+    return committee
+
+
 def load_model(run: Run):
     """The run's model.keras as a Keras model; a corrupt file, or one that is not the model this run saved
     (its SHA-256 differs from metrics.json), is a UserError."""
